@@ -1,0 +1,65 @@
+# esp32emu -- every target works from a fresh clone (Debian/Ubuntu: see README).
+#   make run    set up, then run an emulated fleet against a private Mosquitto
+#   make test   the test suite (what CI runs)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+NPM    ?= npm
+
+DEVICES  ?= 20
+DURATION ?= 30
+FLEET_ARGS ?=
+
+NODE_INPUTS := $(wildcard package.json package-lock.json)
+
+.PHONY: setup test run fleet lint bench clean help
+
+help:
+	@echo "make setup   create $(VENV) (pip install -e '.[test]') and node_modules (npm ci)"
+	@echo "make test    run the tests: $(PY) -m pytest -q"
+	@echo "make run     setup, then: esp32emu fleet --devices $(DEVICES) --duration $(DURATION)"
+	@echo "make fleet   the same fleet without the setup step (DEVICES=, DURATION=, FLEET_ARGS=)"
+	@echo "make lint    MicroPython gates on firmware/: mpy-cross, mypy vs ESP32 stubs, static checks"
+	@echo "make clean   remove the venv, node_modules and build leftovers"
+
+setup: $(VENV)/.setup-done node_modules/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed, found " + sys.version.split()[0]'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+node_modules/.setup-done: $(NODE_INPUTS)
+	@if [ -f package-lock.json ]; then \
+		echo "$(NPM) ci"; $(NPM) ci --no-audit --no-fund; \
+	elif [ -f package.json ]; then \
+		echo "$(NPM) install (no package-lock.json)"; $(NPM) install --no-audit --no-fund; \
+	else \
+		echo "no package.json: skipping npm (MicroPython VM tests will not run)"; \
+	fi
+	mkdir -p node_modules && touch $@
+
+# pytest exits 5 when it collected no tests: that is a failure, say so.
+test: setup
+	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests (exit 5)" >&2; fi; \
+	exit $$rc
+
+run: setup fleet
+
+fleet:
+	$(VENV)/bin/esp32emu fleet --devices $(DEVICES) --duration $(DURATION) $(FLEET_ARGS)
+
+lint: setup
+	$(PY) tools/check_firmware.py firmware
+
+bench:
+	@echo "bench: not yet -- planned (fleet scale: clients per process, RSS, CPU)"
+
+clean:
+	rm -rf $(VENV) node_modules build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .esp32emu
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name '*.mpy' -delete

@@ -1,0 +1,2 @@
+from emulator.cli import main
+raise SystemExit(main())
