@@ -1,0 +1,224 @@
+# commands.py - parse and validate command payloads from `<prefix>/<id>/cmd`,
+# remember recent results (QoS 1 redelivery), build result payloads.
+#
+# Pure logic: no I/O, no MQTT, does not execute commands (device.py does).
+# Imports only `json` and `micropython`; keeps no module-level mutable state.
+# Never lets bad input escape as anything but CommandError: a malformed
+# command must not crash the board (SPEC section 2).
+#
+# Wire format (SPEC section 2):
+#   cmd:    {"id": "<string>", "op": "<name>", "args": {...}}
+#   result: {"id": "<string>", "ok": true, "result": {...}}
+#           {"id": <string or null>, "ok": false, "error": "<human readable>"}
+# Top-level keys other than id/op/args are ignored (room for later fields).
+
+import json
+
+from jsonval import is_int, show
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+MAX_PAYLOAD = const(1024)  # bytes; bigger commands are refused unread
+MAX_ID_LEN = const(64)  # characters
+_MAX_SECONDS = const(86400)
+
+OPS = ("ping", "read", "set_interval", "get_config", "reboot", "sleep", "led", "stats")
+
+# Per-op argument specs: (op, ((name, kind, lo, hi), ...)); every listed arg is
+# required. kind "int" = JSON integer lo..hi, "bool" = true/false.
+_ARG_SPECS = (
+    ("ping", ()),
+    ("read", ()),
+    ("set_interval", (("seconds", "int", 1, _MAX_SECONDS),)),
+    ("get_config", ()),
+    ("reboot", ()),
+    ("sleep", (("seconds", "int", 1, _MAX_SECONDS),)),
+    ("led", (("on", "bool", 0, 0),)),
+    ("stats", ()),
+)
+
+
+class CommandError(ValueError):
+    """A command that cannot be run. str(e) is a one-line human-readable
+    reason; `cmd_id` is the command's id when it could be read, else None."""
+
+    def __init__(self, message, cmd_id=None):
+        super().__init__(message)
+        self.cmd_id = cmd_id
+
+
+
+
+
+
+def _arg_spec(op):
+    for name, spec in _ARG_SPECS:
+        if name == op:
+            return spec
+    return None
+
+
+def _dumps(obj):
+    try:
+        return json.dumps(obj, separators=(",", ":"))
+    except TypeError:  # a MicroPython build without `separators`
+        return json.dumps(obj)
+
+
+def parse(payload, size=None, max_payload=MAX_PAYLOAD):
+    """Validate one command payload.
+
+    payload: bytes (or bytearray/memoryview/str), or None when the transport
+    dropped an oversize message (then `size` says how big it was).
+    Returns (cmd_id, op, args) with args normalized (only the op's args, with
+    their validated values). Raises CommandError for anything else.
+    """
+    if payload is None:
+        if size is None:
+            raise CommandError("payload too large (max %d bytes)" % max_payload)
+        raise CommandError("payload too large (%d bytes, max %d)" % (size, max_payload))
+    n = len(payload)
+    if size is not None and size > n:
+        n = size
+    if n > max_payload:
+        raise CommandError("payload too large (%d bytes, max %d)" % (n, max_payload))
+
+    if isinstance(payload, str):
+        text = payload
+    else:
+        if not isinstance(payload, (bytes, bytearray)):
+            payload = bytes(payload)
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeError:
+            raise CommandError("payload is not valid UTF-8")
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        raise CommandError("payload is not valid JSON")
+    except (RuntimeError, MemoryError):  # CPython RecursionError on deep nesting
+        raise CommandError("payload is not valid JSON (nested too deeply)")
+    if not isinstance(msg, dict):
+        raise CommandError("payload must be a JSON object, got " + show(msg))
+
+    # id first, so every later error can echo it.
+    if "id" not in msg:
+        raise CommandError('missing "id" (a string naming this command)')
+    cmd_id = msg["id"]
+    if not isinstance(cmd_id, str):
+        raise CommandError('"id" must be a string, got ' + show(cmd_id))
+    if not cmd_id:
+        raise CommandError('"id" must not be empty')
+    if len(cmd_id) > MAX_ID_LEN:
+        raise CommandError('"id" is too long (%d chars, max %d)' % (len(cmd_id), MAX_ID_LEN))
+
+    if "op" not in msg:
+        raise CommandError('missing "op" (one of: ' + ", ".join(OPS) + ")", cmd_id)
+    op = msg["op"]
+    if not isinstance(op, str):
+        raise CommandError('"op" must be a string, got ' + show(op), cmd_id)
+    spec = _arg_spec(op)
+    if spec is None:
+        raise CommandError("unknown op " + show(op) + " (known: " + ", ".join(OPS) + ")", cmd_id)
+
+    args = msg.get("args")
+    if args is None and "args" not in msg:
+        args = {}
+    if not isinstance(args, dict):
+        raise CommandError('"args" must be an object, got ' + show(args), cmd_id)
+    return cmd_id, op, _check_args(cmd_id, op, spec, args)
+
+
+def _check_args(cmd_id, op, spec, args):
+    extra = []
+    for key in args:
+        known = False
+        for item in spec:
+            if item[0] == key:
+                known = True
+                break
+        if not known:
+            extra.append(show(key) if isinstance(key, str) else '"' + str(key) + '"')
+    if extra:
+        if spec:
+            takes = "takes: " + ", ".join([item[0] for item in spec])
+        else:
+            takes = "takes no args"
+        extra.sort()
+        raise CommandError(
+            "unexpected arg%s %s for op \"%s\" (%s)"
+            % ("s" if len(extra) > 1 else "", ", ".join(extra), op, takes),
+            cmd_id,
+        )
+    out = {}
+    for name, kind, lo, hi in spec:
+        if name not in args:
+            raise CommandError('op "%s" needs arg "%s"' % (op, name), cmd_id)
+        v = args[name]
+        if kind == "int":
+            if not is_int(v) or v < lo or v > hi:
+                raise CommandError(
+                    '"%s" must be an integer %d..%d, got %s' % (name, lo, hi, show(v)), cmd_id
+                )
+        elif kind == "bool":
+            if v is not True and v is not False:
+                raise CommandError('"%s" must be true or false, got %s' % (name, show(v)), cmd_id)
+        out[name] = v
+    return out
+
+
+def ok_result(cmd_id, result=None):
+    """Result payload (bytes) for a command that ran."""
+    if result is None:
+        result = {}
+    return _dumps({"id": cmd_id, "ok": True, "result": result}).encode()
+
+
+def error_result(cmd_id, message):
+    """Result payload (bytes) for a command that was refused or failed;
+    cmd_id None becomes JSON null."""
+    return _dumps({"id": cmd_id, "ok": False, "error": str(message)}).encode()
+
+
+class ResultCache:
+    """Result payloads of the last `size` command ids, so a QoS 1 redelivery
+    of the same id gets the first result again instead of running twice.
+    FIFO eviction; memory bounded by `size` entries."""
+
+    def __init__(self, size=32):
+        if not is_int(size) or size < 1:
+            raise ValueError("ResultCache size must be an integer >= 1")
+        self._size = size
+        self._ring = [None] * size  # ids in insertion order (circular)
+        self._next = 0
+        self._results = {}
+
+    def get(self, cmd_id):
+        """The remembered payload for cmd_id, or None."""
+        return self._results.get(cmd_id)
+
+    def put(self, cmd_id, payload):
+        """Remember payload for cmd_id (None ids are not remembered)."""
+        if cmd_id is None:
+            return
+        if cmd_id in self._results:
+            self._results[cmd_id] = payload
+            return
+        old = self._ring[self._next]
+        if old is not None:
+            del self._results[old]
+        self._ring[self._next] = cmd_id
+        self._next = (self._next + 1) % self._size
+        self._results[cmd_id] = payload
+
+    def __len__(self):
+        return len(self._results)
+
+    def __contains__(self, cmd_id):
+        return cmd_id in self._results

@@ -1,0 +1,257 @@
+# config.py - validate the board's `config.json` into a complete config dict:
+# defaults for missing keys, one warning per unknown key, a ConfigError naming
+# the key for a bad value (SPEC section 2, "Board configuration").
+#
+# Pure logic: reads a file only through the `open_` it is given, never logs
+# (warnings go through the `warn` callable), never touches hardware.
+# Imports only `json` and `micropython`; keeps no module-level mutable state
+# (the defaults come fresh from defaults() on every call).
+#
+# Keys and bounds (all optional):
+#   id          null (app derives one from the MAC) or 1..64 of [A-Za-z0-9_-]
+#   wifi        ssid: str <= 32 bytes; password: str <= 64 bytes
+#   broker      host: non-empty str; port: int 1..65535; tls: bool;
+#               username: str or null; password: str or null (needs username,
+#               MQTT-3.1.2-22)
+#   prefix      non-empty str, no '+', '#', NUL, no leading/trailing '/',
+#               no empty level ('//'), not starting with '$' (broker-reserved)
+#   keepalive   int 2..65535 seconds (0 would disable keepalive: refused)
+#   interval    int or float 0.1..86400 seconds between telemetry messages
+#   backoff     base_ms: int 1..3600000; cap_ms: int base_ms..3600000
+#   wdt_ms      0 (no watchdog) or int 1000..3600000 (below 1 s the loop
+#               cannot feed it through a slow TLS handshake or DNS lookup)
+#   ntp         true (sync the clock with ntptime's default server), false
+#               (never; telemetry "ts" is null), or a server host name
+#   sensors     list of objects (their content is checked by the sensor code)
+
+import json
+
+from jsonval import is_int, show
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+_ID_MAX = const(64)
+_SSID_MAX = const(32)
+_WIFI_PASSWORD_MAX = const(64)
+_LIMIT_MS = const(3600000)  # one hour
+_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+REDACTED = "***"
+
+
+class ConfigError(ValueError):
+    """A bad config.json; the message names the key and is fit for the
+    console as is."""
+
+
+def _copy(v):
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy(x) for x in v]
+    return v
+
+
+def defaults():
+    """A fresh, complete default config (safe to modify). A function, not a
+    module-level dict: module globals are shared by every emulated board."""
+    return {
+        "id": None,  # the app derives one from the MAC
+        "wifi": {"ssid": "", "password": ""},
+        "broker": {"host": "127.0.0.1", "port": 1883, "tls": False, "username": None, "password": None},
+        "prefix": "devices",
+        "keepalive": 30,
+        "interval": 10,
+        "backoff": {"base_ms": 500, "cap_ms": 30000},
+        "wdt_ms": 0,
+        "ntp": True,
+        "sensors": [],
+    }
+
+
+
+
+
+
+def _bad(key, what, v):
+    return ConfigError('config.json: "%s" must be %s (got %s)' % (key, what, show(v)))
+
+
+def _int(key, v, lo, hi):
+    if not is_int(v) or v < lo or v > hi:
+        raise _bad(key, "an integer %d..%d" % (lo, hi), v)
+    return v
+
+
+def _str(key, v, max_bytes=None, empty=True):
+    if not isinstance(v, str) or (not empty and not v):
+        raise _bad(key, "a string" if empty else "a non-empty string", v)
+    if max_bytes is not None and len(v.encode()) > max_bytes:
+        raise _bad(key, "a string of at most %d bytes" % max_bytes, v)
+    return v
+
+
+def _bool(key, v):
+    if v is not True and v is not False:
+        raise _bad(key, "true or false", v)
+    return v
+
+
+def _check_id(v):
+    if v is None:
+        return None
+    what = "null or 1..%d characters of A-Z a-z 0-9 _ -" % _ID_MAX
+    if not isinstance(v, str) or not v or len(v) > _ID_MAX:
+        raise _bad("id", what, v)
+    for c in v:
+        if c not in _ID_CHARS:
+            raise _bad("id", what, v)
+    return v
+
+
+def _check_prefix(v):
+    what = "a non-empty topic prefix without '+', '#', '//', or a leading '$' or '/' or trailing '/'"
+    if not isinstance(v, str) or not v:
+        raise _bad("prefix", what, v)
+    if "+" in v or "#" in v or "\x00" in v or "//" in v or v[0] in "$/" or v[-1] == "/":
+        raise _bad("prefix", what, v)
+    return v
+
+
+def _check_interval(v):
+    # `not (lo <= v <= hi)` also refuses NaN; +-inf fail the range.
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.1 <= v <= 86400):
+        raise _bad("interval", "a number of seconds 0.1..86400", v)
+    return v
+
+
+def _check_ntp(v):
+    if v is True or v is False:
+        return v
+    if isinstance(v, str) and v:
+        return v
+    raise _bad("ntp", "true, false or an NTP server host name", v)
+
+
+def _check_sensors(v):
+    if not isinstance(v, list):
+        raise _bad("sensors", "a list of objects", v)
+    for i, s in enumerate(v):
+        if not isinstance(s, dict):
+            raise _bad("sensors[%d]" % i, "an object", s)
+    return v
+
+
+def _section(raw, base, name, warn):
+    # Merge the nested object `name` over its defaults, key by key.
+    out = base[name]
+    if name not in raw:
+        return out
+    given = raw[name]
+    if not isinstance(given, dict):
+        raise _bad(name, "an object", given)
+    for k in given:
+        if k in out:
+            out[k] = given[k]
+        else:
+            warn('config.json: unknown key "%s.%s" ignored' % (name, k))
+    return out
+
+
+def validate(raw, warn):
+    """Check a parsed config.json (a dict) and return a complete config.
+
+    Missing keys take the defaults() (nested objects merged key by key); each unknown
+    key is reported once through warn(msg) and dropped; a bad value raises
+    ConfigError naming the key path (e.g. "broker.port"). `raw` is not
+    modified.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError("config.json: must be a JSON object (got %s)" % show(raw))
+    base = defaults()
+    for k in raw:
+        if k not in base:
+            warn('config.json: unknown key "%s" ignored' % (k,))
+
+    cfg = {}
+    cfg["id"] = _check_id(raw.get("id"))
+
+    wifi = _section(raw, base, "wifi", warn)
+    _str("wifi.ssid", wifi["ssid"], _SSID_MAX)
+    _str("wifi.password", wifi["password"], _WIFI_PASSWORD_MAX)
+    cfg["wifi"] = wifi
+
+    broker = _section(raw, base, "broker", warn)
+    _str("broker.host", broker["host"], empty=False)
+    _int("broker.port", broker["port"], 1, 65535)
+    _bool("broker.tls", broker["tls"])
+    if broker["username"] is not None:
+        _str("broker.username", broker["username"])
+    if broker["password"] is not None:
+        _str("broker.password", broker["password"])
+        if broker["username"] is None:
+            raise ConfigError(
+                'config.json: "broker.password" needs "broker.username"'
+                " (MQTT 3.1.1 sends no password without a user name)"
+            )
+    cfg["broker"] = broker
+
+    cfg["prefix"] = _check_prefix(raw.get("prefix", base["prefix"]))
+    cfg["keepalive"] = _int("keepalive", raw.get("keepalive", base["keepalive"]), 2, 65535)
+    cfg["interval"] = _check_interval(raw.get("interval", base["interval"]))
+
+    backoff = _section(raw, base, "backoff", warn)
+    _int("backoff.base_ms", backoff["base_ms"], 1, _LIMIT_MS)
+    _int("backoff.cap_ms", backoff["cap_ms"], backoff["base_ms"], _LIMIT_MS)
+    cfg["backoff"] = backoff
+
+    wdt = raw.get("wdt_ms", base["wdt_ms"])
+    if not is_int(wdt) or not (wdt == 0 or 1000 <= wdt <= _LIMIT_MS):
+        raise _bad("wdt_ms", "0 (off) or an integer 1000..%d" % _LIMIT_MS, wdt)
+    cfg["wdt_ms"] = wdt
+
+    cfg["ntp"] = _check_ntp(raw.get("ntp", base["ntp"]))
+    cfg["sensors"] = _copy(_check_sensors(raw.get("sensors", [])))
+    return cfg
+
+
+def load(path, warn, open_=open):
+    """Read, parse and validate the config file at `path`."""
+    try:
+        with open_(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        # ENOENT is 2 on the ESP32 and CPython (44 in the WebAssembly VM);
+        # `errno` is not imported to keep this module pure.
+        if e.args and e.args[0] == 2:
+            raise ConfigError("config.json not found (%s): the board needs one to boot" % path)
+        raise ConfigError("config.json not found or unreadable (%s): %s" % (path, e))
+    if not isinstance(data, str):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeError:
+            raise ConfigError("config.json is not valid UTF-8 (%s)" % path)
+    try:
+        raw = json.loads(data)
+    except ValueError as e:
+        raise ConfigError("config.json is not valid JSON: %s" % e)
+    except RuntimeError:  # CPython RecursionError
+        raise ConfigError("config.json is not valid JSON: nested too deeply")
+    return validate(raw, warn)
+
+
+def redacted(cfg):
+    """A deep copy of cfg safe to print or publish (get_config): every set
+    password becomes "***". Unset ones (null or "") stay as they are, so an
+    operator can see that none is configured."""
+    out = _copy(cfg)
+    for section in ("wifi", "broker"):
+        sec = out.get(section)
+        if isinstance(sec, dict) and sec.get("password"):
+            sec["password"] = REDACTED
+    return out

@@ -1,0 +1,383 @@
+# mqtt_session.py - sans-I/O MQTT 3.1.1 client session (in the style of h11).
+#
+# Bytes in (receive_data), events out (next_event), bytes to send out
+# (data_to_send), and the time passed in as now_ms (MicroPython ticks, which
+# wrap at 2**30). Handles CONNECT/CONNACK, keepalive and dead-link detection,
+# QoS 1 in both directions (PUBACK, resend with DUP after reconnect) and
+# SUBSCRIBE/UNSUBSCRIBE bookkeeping.
+#
+# Must NOT do I/O, read a clock, sleep, or keep module-level mutable state:
+# everything lives in the Session object (the emulator runs many boards in one
+# process). The asyncio shell (mqtt_client.py) owns the socket and the clock.
+#
+# Errors: mqtt_codec.ProtocolError = the broker misbehaved (drop the link);
+# ValueError = the caller used the session wrongly (wrong state, bad topic).
+
+from mqtt_codec import (
+    Connack, Connect, Decoder, Disconnect, Pingreq, Pingresp, ProtocolError, Puback,
+    Publish, Record, Suback, Subscribe, Unsuback, Unsubscribe, encode,
+)
+
+try:
+    from micropython import const
+except ImportError:  # CPython outside the emulator
+
+    def const(x):
+        return x
+
+
+DISCONNECTED = const(0)
+CONNECTING = const(1)
+CONNECTED = const(2)
+
+MAX_INFLIGHT = const(16)  # unacked outgoing QoS 1 publishes
+_IDLE_TIMEOUT_MS = const(3600000)  # next_timeout_ms() when no timer runs
+
+_REFUSED = (
+    None,
+    "unacceptable protocol version",
+    "identifier rejected",
+    "server unavailable",
+    "bad user name or password",
+    "not authorized",
+)
+_STATE_NAMES = ("DISCONNECTED", "CONNECTING", "CONNECTED")
+
+
+def _ticks_diff(a, b):
+    # a - b for MicroPython ticks_ms() values, which wrap at 2**30
+    return ((a - b + 0x20000000) & 0x3FFFFFFF) - 0x20000000
+
+
+# ------------------------------------------------------------------ events
+
+
+class Connected(Record):
+    _FIELDS = ("session_present",)
+
+    def __init__(self, session_present):
+        self.session_present = session_present
+
+
+class ConnectionRefused(Record):
+    _FIELDS = ("return_code", "reason")
+
+    def __init__(self, return_code, reason):
+        self.return_code = return_code
+        self.reason = reason
+
+
+class Message(Record):
+    # payload None and size = payload length for a PUBLISH over max_packet;
+    # size None otherwise. packet_id None for QoS 0.
+    _FIELDS = ("topic", "payload", "qos", "retain", "dup", "packet_id", "size")
+
+    def __init__(self, topic, payload, qos, retain, dup, packet_id, size=None):
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.dup = dup
+        self.packet_id = packet_id
+        self.size = size
+
+
+class PublishAcked(Record):
+    _FIELDS = ("packet_id",)
+
+    def __init__(self, packet_id):
+        self.packet_id = packet_id
+
+
+class Subscribed(Record):
+    _FIELDS = ("packet_id", "return_codes")
+
+    def __init__(self, packet_id, return_codes):
+        self.packet_id = packet_id
+        self.return_codes = return_codes
+
+
+class Unsubscribed(Record):
+    _FIELDS = ("packet_id",)
+
+    def __init__(self, packet_id):
+        self.packet_id = packet_id
+
+
+class LinkDead(Record):
+    _FIELDS = ("reason",)
+
+    def __init__(self, reason):
+        self.reason = reason
+
+
+# ----------------------------------------------------------------- session
+
+
+class Session:
+    def __init__(self, client_id, keepalive_s, clean_session=True, will=None,
+                 username=None, password=None, max_packet=4096,
+                 connect_timeout_ms=10000):
+        if not 0 <= keepalive_s <= 65535:
+            raise ValueError("keepalive must be 0..65535 s")
+        connect = Connect(client_id, keepalive_s, clean_session, username=username,
+                          password=password)
+        if will is not None:
+            connect.will_topic, connect.will_payload, connect.will_qos, \
+                connect.will_retain = will
+        self._connect_bytes = encode(connect)  # validates every field now
+        self.client_id = client_id
+        self.keepalive_ms = keepalive_s * 1000
+        self.max_packet = max_packet
+        self.connect_timeout_ms = connect_timeout_ms
+        self.state = DISCONNECTED
+        self._decoder = Decoder(max_packet)  # replaced by start()
+        self._out = bytearray()  # bytes queued for data_to_send()
+        self._events = []
+        self._last_tx = 0  # ticks of the last queued packet
+        self._last_rx = 0  # ticks of the last received bytes
+        self._ping_sent = None  # ticks of the outstanding PINGREQ, or None
+        self._connect_sent = 0
+        # QoS 1 outgoing, in send order: [packet_id, wire bytes, sent_on_a_link]
+        self._inflight = []
+        self._pending = {}  # SUBSCRIBE/UNSUBSCRIBE id -> filter count (0 = unsub)
+        self._last_id = 0
+
+    # ------------------------------------------------------- the caller's API
+
+    def start(self, now_ms):
+        """DISCONNECTED -> CONNECTING: queue CONNECT on a fresh link."""
+        self._require(DISCONNECTED, "start")
+        self.state = CONNECTING
+        self._decoder = Decoder(self.max_packet)
+        self._out[:] = b""  # nothing from an old link goes out on the new one
+        self._pending = {}
+        self._ping_sent = None
+        self._connect_sent = now_ms
+        self._last_rx = now_ms
+        self._queue(self._connect_bytes, now_ms)
+
+    def receive_data(self, data, now_ms):
+        """Feed bytes read from the socket. Raises ProtocolError on a bad peer.
+
+        Bytes arriving after the session went DISCONNECTED (e.g. read just
+        before LinkDead) are ignored.
+        """
+        if self.state == DISCONNECTED or not data:
+            return
+        self._last_rx = now_ms
+        self._decoder.feed(data)
+        try:
+            while self.state != DISCONNECTED:
+                packet = self._decoder.next_packet()
+                if packet is None:
+                    break
+                self._ping_sent = None  # any packet shows the broker is alive
+                if self.state == CONNECTING:
+                    self._on_connecting(packet, now_ms)
+                else:
+                    self._on_connected(packet, now_ms)
+        except ProtocolError:
+            self._drop_link()
+            raise
+
+    def next_event(self):
+        """Return the oldest undelivered event, or None."""
+        if self._events:
+            return self._events.pop(0)
+        return None
+
+    def data_to_send(self):
+        """Return (and forget) every byte queued since the last call."""
+        if not self._out:
+            return b""
+        out = bytes(self._out)
+        self._out[:] = b""
+        return out
+
+    def publish(self, topic, payload, qos=0, retain=False, now_ms=0):
+        """Queue a PUBLISH. Returns the packet id (QoS 1) or 0 (QoS 0).
+
+        QoS 1 is accepted in any state and sent once connected; QoS 0 only
+        while CONNECTED.
+        """
+        if qos == 0:
+            self._require(CONNECTED, "publish QoS 0")
+            self._queue(encode(Publish(topic, payload, 0, retain)), now_ms)
+            return 0
+        if qos != 1:
+            raise ValueError("only QoS 0 and 1 are supported, got %r" % (qos,))
+        if len(self._inflight) >= MAX_INFLIGHT:
+            raise ValueError("too many QoS 1 messages in flight")
+        pid = self._new_packet_id()
+        entry = [pid, encode(Publish(topic, payload, 1, retain, False, pid)), False]
+        self._inflight.append(entry)
+        if self.state == CONNECTED:
+            self._queue(entry[1], now_ms)
+            entry[2] = True
+        return pid
+
+    def subscribe(self, topics, now_ms):
+        """Queue a SUBSCRIBE for [(filter, qos), ...]; returns its packet id."""
+        self._require(CONNECTED, "subscribe")
+        for t in topics:
+            if t[1] not in (0, 1):
+                raise ValueError("only QoS 0 and 1 subscriptions are supported")
+        pid = self._new_packet_id()
+        self._queue(encode(Subscribe(pid, list(topics))), now_ms)
+        self._pending[pid] = len(topics)
+        return pid
+
+    def unsubscribe(self, topics, now_ms):
+        """Queue an UNSUBSCRIBE for [filter, ...]; returns its packet id."""
+        self._require(CONNECTED, "unsubscribe")
+        pid = self._new_packet_id()
+        self._queue(encode(Unsubscribe(pid, list(topics))), now_ms)
+        self._pending[pid] = 0
+        return pid
+
+    def disconnect(self, now_ms):
+        """Queue DISCONNECT (the broker then discards the Will); -> DISCONNECTED."""
+        if self.state == DISCONNECTED:
+            raise ValueError("disconnect while DISCONNECTED")
+        self._queue(encode(Disconnect()), now_ms)
+        self.state = DISCONNECTED
+
+    def connection_lost(self, now_ms):
+        """The transport lost the socket. Unacked QoS 1 publishes are kept."""
+        if self.state != DISCONNECTED:
+            self._drop_link()
+
+    def tick(self, now_ms):
+        """Run the timers: CONNACK timeout, keepalive PINGREQ, dead link."""
+        if self.state == CONNECTING:
+            if _ticks_diff(now_ms, self._connect_sent) >= self.connect_timeout_ms:
+                self._link_dead("no CONNACK within %d ms" % self.connect_timeout_ms)
+            return
+        if self.state != CONNECTED or not self.keepalive_ms:
+            return
+        ka = self.keepalive_ms
+        if self._ping_sent is not None:
+            if (_ticks_diff(now_ms, self._ping_sent) >= ka
+                    and _ticks_diff(now_ms, self._last_rx) >= ka):
+                self._link_dead("no PINGRESP within %d ms" % ka)
+            return
+        due = ka * 3 // 4
+        if (_ticks_diff(now_ms, self._last_tx) >= due
+                or _ticks_diff(now_ms, self._last_rx) >= due):
+            self._queue(encode(Pingreq()), now_ms)
+            self._ping_sent = now_ms
+
+    def next_timeout_ms(self, now_ms):
+        """Milliseconds until tick() must run next (>= 0)."""
+        if self.state == CONNECTING:
+            left = self.connect_timeout_ms - _ticks_diff(now_ms, self._connect_sent)
+        elif self.state == CONNECTED and self.keepalive_ms:
+            ka = self.keepalive_ms
+            rx_idle = _ticks_diff(now_ms, self._last_rx)
+            if self._ping_sent is not None:
+                left = ka - min(_ticks_diff(now_ms, self._ping_sent), rx_idle)
+            else:
+                due = ka * 3 // 4
+                left = due - max(_ticks_diff(now_ms, self._last_tx), rx_idle)
+        else:
+            return _IDLE_TIMEOUT_MS
+        return left if left > 0 else 0
+
+    def inflight_count(self):
+        """Number of outgoing QoS 1 publishes not yet acknowledged."""
+        return len(self._inflight)
+
+    # ------------------------------------------- incoming packets, per state
+
+    def _on_connecting(self, packet, now_ms):
+        if type(packet) is not Connack:
+            raise ProtocolError("expected CONNACK, got %s" % type(packet).__name__)
+        if packet.return_code:
+            rc = packet.return_code
+            self.state = DISCONNECTED
+            self._out[:] = b""
+            self._events.append(ConnectionRefused(rc, _REFUSED[rc]))
+            return
+        self.state = CONNECTED
+        self._events.append(Connected(packet.session_present))
+        # Resend unacked QoS 1 in original order: DUP=1 if a link carried it.
+        for entry in self._inflight:
+            wire = entry[1]
+            if entry[2]:
+                wire = bytes((wire[0] | 0x08,)) + wire[1:]
+            self._queue(wire, now_ms)
+            entry[2] = True
+
+    def _on_connected(self, packet, now_ms):
+        t = type(packet)
+        if t is Publish:
+            self._on_publish(packet, now_ms)
+        elif t is Puback:
+            self._on_puback(packet.packet_id)
+        elif t is Pingresp:
+            pass  # _ping_sent was already cleared by receive_data()
+        elif t is Suback:
+            count = self._pending.get(packet.packet_id)
+            if count:  # unknown ids (or an UNSUBSCRIBE's) are ignored
+                if count != len(packet.return_codes):
+                    raise ProtocolError("SUBACK has %d return codes for %d filters"
+                                        % (len(packet.return_codes), count))
+                del self._pending[packet.packet_id]
+                self._events.append(Subscribed(packet.packet_id, packet.return_codes))
+        elif t is Unsuback:
+            if self._pending.get(packet.packet_id) == 0:
+                del self._pending[packet.packet_id]
+                self._events.append(Unsubscribed(packet.packet_id))
+        elif t is Connack:
+            raise ProtocolError("second CONNACK")
+        else:  # CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT
+            raise ProtocolError("broker sent %s, which only a client sends" % t.__name__)
+
+    def _on_publish(self, p, now_ms):
+        if p.qos == 2:
+            raise ProtocolError("QoS 2 PUBLISH, but we never subscribe above QoS 1")
+        if p.qos == 1:
+            self._queue(encode(Puback(p.packet_id)), now_ms)
+        self._events.append(Message(p.topic, p.payload, p.qos, p.retain, p.dup,
+                                    p.packet_id, p.size))
+
+    def _on_puback(self, pid):
+        for i, entry in enumerate(self._inflight):
+            if entry[0] == pid:
+                del self._inflight[i]
+                self._events.append(PublishAcked(pid))
+                return
+        # PUBACK for an id we do not know (e.g. acked twice): ignore
+
+    # ------------------------------------------------------------- helpers
+
+    def _require(self, state, what):
+        if self.state != state:
+            raise ValueError("%s while %s (needs %s)"
+                             % (what, _STATE_NAMES[self.state], _STATE_NAMES[state]))
+
+    def _queue(self, wire, now_ms):
+        self._out.extend(wire)
+        self._last_tx = now_ms
+
+    def _drop_link(self):
+        self.state = DISCONNECTED
+        self._out[:] = b""
+        self._pending = {}
+        self._ping_sent = None
+
+    def _link_dead(self, reason):
+        self._drop_link()
+        self._events.append(LinkDead(reason))
+
+    def _new_packet_id(self):
+        # 1..65535 wrapping, skipping ids still in use
+        used = [e[0] for e in self._inflight]
+        pid = self._last_id
+        for _ in range(65535):
+            pid = pid % 65535 + 1
+            if pid not in used and pid not in self._pending:
+                self._last_id = pid
+                return pid
+        raise ValueError("no free packet id")

@@ -1,0 +1,516 @@
+"""mqtt_session under CPython: feed bytes and ticks, assert events and the bytes
+the session wants to send. The broker side is played with mqtt_codec."""
+
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware"))
+
+from mqtt_codec import (  # noqa: E402
+    Connack, Connect, Decoder, Disconnect, Pingreq, Pingresp, ProtocolError, Puback,
+    Publish, Suback, Subscribe, Unsuback, Unsubscribe, encode,
+)
+import mqtt_session as ms  # noqa: E402
+from mqtt_session import (  # noqa: E402
+    CONNECTED, CONNECTING, DISCONNECTED, Connected, ConnectionRefused, LinkDead, Message,
+    PublishAcked, Session, Subscribed, Unsubscribed,
+)
+
+WRAP = 1 << 30
+KA = 10  # keepalive seconds used by most tests
+KA_MS = KA * 1000
+
+
+def ticks(t):
+    return t % WRAP
+
+
+def sent(s):
+    """Decode everything the session queued since the last call."""
+    d = Decoder(1 << 20)
+    d.feed(s.data_to_send())
+    out = []
+    while (p := d.next_packet()) is not None:
+        out.append(p)
+    return out
+
+
+def events(s):
+    out = []
+    while (e := s.next_event()) is not None:
+        out.append(e)
+    return out
+
+
+def connected(now=0, **kw):
+    kw.setdefault("keepalive_s", KA)
+    s = Session("dev-1", **kw)
+    s.start(now)
+    sent(s)
+    s.receive_data(encode(Connack()), now)
+    assert events(s) == [Connected(False)]
+    assert s.state == CONNECTED
+    return s
+
+
+# ------------------------------------------------------------------- connect
+
+
+def test_start_queues_connect_with_will_and_credentials():
+    s = Session("dev-1", 30, clean_session=False, will=("d/s", b"off", 1, True),
+                username="u", password=b"p")
+    assert s.state == DISCONNECTED
+    s.start(5)
+    assert s.state == CONNECTING
+    assert sent(s) == [Connect("dev-1", 30, False, "d/s", b"off", 1, True, "u", b"p")]
+    assert s.data_to_send() == b""
+    s.receive_data(encode(Connack(session_present=True)), 6)
+    assert events(s) == [Connected(True)]
+    assert s.state == CONNECTED
+
+
+def test_bad_will_topic_is_rejected_at_construction():
+    with pytest.raises(ValueError):
+        Session("dev-1", 30, will=("d/#", b"off", 1, True))
+
+
+@pytest.mark.parametrize("rc,reason", [(1, "protocol version"), (2, "identifier rejected"),
+                                       (3, "unavailable"), (4, "user name or password"),
+                                       (5, "not authorized")])
+def test_refused_connect(rc, reason):
+    s = Session("dev-1", KA)
+    s.start(0)
+    sent(s)
+    s.receive_data(encode(Connack(return_code=rc)), 10)
+    (ev,) = events(s)
+    assert isinstance(ev, ConnectionRefused) and ev.return_code == rc
+    assert reason in ev.reason
+    assert s.state == DISCONNECTED
+    assert s.data_to_send() == b""
+    s.start(20)  # may try again
+    assert s.state == CONNECTING
+
+
+def test_connack_timeout():
+    s = Session("dev-1", KA, connect_timeout_ms=5000)
+    s.start(1000)
+    sent(s)
+    assert s.next_timeout_ms(1000) == 5000
+    assert s.next_timeout_ms(4000) == 2000
+    s.tick(5999)
+    assert events(s) == [] and s.state == CONNECTING
+    s.tick(6000)
+    assert events(s) == [LinkDead("no CONNACK within 5000 ms")]
+    assert s.state == DISCONNECTED
+
+
+def test_connack_arrives_in_pieces():
+    s = Session("dev-1", KA)
+    s.start(0)
+    s.receive_data(b"\x20", 1)
+    assert events(s) == [] and s.state == CONNECTING
+    s.receive_data(b"\x02\x00", 2)
+    s.receive_data(b"\x00", 3)
+    assert events(s) == [Connected(False)]
+
+
+@pytest.mark.parametrize("packet", [Publish("a", b"x"), Pingresp(), Puback(1), Suback(1, [0])])
+def test_anything_before_connack_is_protocol_error(packet):
+    s = Session("dev-1", KA)
+    s.start(0)
+    with pytest.raises(ProtocolError, match="expected CONNACK"):
+        s.receive_data(encode(packet), 1)
+    assert s.state == DISCONNECTED
+
+
+@pytest.mark.parametrize("packet", [Connack(), Connect("x"), Subscribe(1, [("a", 0)]),
+                                    Unsubscribe(1, ["a"]), Pingreq(), Disconnect()])
+def test_packets_a_client_must_never_receive(packet):
+    s = connected()
+    with pytest.raises(ProtocolError):
+        s.receive_data(encode(packet), 1)
+    assert s.state == DISCONNECTED
+
+
+def test_malformed_bytes_raise_protocol_error_and_drop_state():
+    s = connected()
+    with pytest.raises(ProtocolError, match="reserved flags"):
+        s.receive_data(b"\xc1\x00", 1)
+    assert s.state == DISCONNECTED
+    s.receive_data(b"\xd0\x00", 2)  # late bytes after the drop are ignored
+    assert events(s) == []
+
+
+# ------------------------------------------------------------------ keepalive
+
+
+def test_pingreq_after_three_quarters_ka_of_idle():
+    s = connected(0)
+    assert s.next_timeout_ms(0) == 7500
+    s.tick(7499)
+    assert sent(s) == []
+    s.tick(7500)
+    assert sent(s) == [Pingreq()]
+    s.tick(9000)
+    assert sent(s) == []  # only one PINGREQ outstanding
+    s.receive_data(encode(Pingresp()), 9100)
+    assert events(s) == [] and s.state == CONNECTED
+    assert s.next_timeout_ms(9100) == 7500 - 1600  # tx idle since 7500
+
+
+def test_pingreq_when_tx_busy_but_rx_silent():
+    # telemetry every second keeps tx busy; the broker sends nothing back
+    s = connected(0)
+    for t in range(1000, 7500, 1000):
+        s.publish("d/t", b"1", now_ms=t)
+        s.tick(t)
+        assert sent(s) == [Publish("d/t", b"1")]
+    s.tick(7500)
+    assert sent(s) == [Pingreq()]
+
+
+def test_no_pingreq_while_both_directions_busy():
+    s = connected(0)
+    for t in range(500, 30000, 500):
+        s.publish("d/t", b"1", now_ms=t)
+        s.receive_data(encode(Publish("d/c", b"x")), t)
+        s.tick(t)
+        assert Pingreq() not in sent(s)
+    assert s.state == CONNECTED
+
+
+def test_idle_link_with_answering_broker_stays_up():
+    s = connected(0)
+    t = 0
+    pings = []
+    while t < 10 * KA_MS:
+        t += max(1, s.next_timeout_ms(t))
+        s.tick(t)
+        if Pingreq() in sent(s):
+            pings.append(t)
+            s.receive_data(encode(Pingresp()), t + 50)
+    assert s.state == CONNECTED and events(s) == []
+    assert len(pings) >= 10
+    assert all(b - a <= KA_MS for a, b in zip(pings, pings[1:]))
+
+
+def test_dead_broker_while_publishing_is_noticed_within_two_ka():
+    s = connected(0)
+    last_rx = 0
+    t = 0
+    while s.state == CONNECTED:
+        t += 100
+        if t % 1000 == 0:
+            s.publish("d/t", b"1", now_ms=t)
+        s.tick(t)
+        sent(s)
+    assert events(s) == [LinkDead("no PINGRESP within 10000 ms")]
+    assert t - last_rx < 2 * KA_MS
+    assert t - last_rx >= KA_MS  # not earlier than one keepalive after the last byte
+
+
+def test_late_bytes_after_pingreq_postpone_link_dead():
+    s = connected(0)
+    s.tick(7500)
+    assert sent(s) == [Pingreq()]
+    s.receive_data(b"\x30", 12000)  # start of a packet: the link is alive
+    s.tick(17500)
+    assert events(s) == []
+    assert s.next_timeout_ms(17500) == 4500
+    s.tick(22000)
+    assert events(s) == [LinkDead("no PINGRESP within 10000 ms")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(start=st.integers(0, WRAP - 1),
+       rx_gaps=st.lists(st.integers(1, 3 * KA_MS), max_size=8),
+       step=st.integers(1, 700))
+def test_dead_link_detection_bound(start, rx_gaps, step):
+    """Whatever the broker sends before going silent, LinkDead comes within
+    [KA, 2*KA) of the last received byte, and never while it still talks
+    more often than every KA/2 (ticks may wrap during the run)."""
+    s = connected(ticks(start))
+    t = start
+    last_rx = start
+    rx_at = []
+    acc = start
+    for gap in rx_gaps:
+        acc += gap
+        rx_at.append(acc)
+    while s.state == CONNECTED:
+        nxt = t + min(step, max(1, s.next_timeout_ms(ticks(t))))
+        while rx_at and rx_at[0] <= nxt:
+            r = rx_at.pop(0)
+            if s.state == CONNECTED:
+                s.receive_data(encode(Pingresp()), ticks(r))
+                last_rx = r
+        t = nxt
+        s.tick(ticks(t))
+        sent(s)
+        assert t - last_rx < 2 * KA_MS
+    (ev,) = events(s)
+    assert isinstance(ev, LinkDead)
+    assert KA_MS <= t - last_rx < 2 * KA_MS
+
+
+def test_keepalive_zero_disables_pings():
+    s = connected(0, keepalive_s=0)
+    assert s.next_timeout_ms(0) > 0
+    s.tick(10 ** 6)
+    assert sent(s) == [] and s.state == CONNECTED
+
+
+def test_next_timeout_is_never_negative():
+    s = connected(0)
+    assert s.next_timeout_ms(50000) == 0
+    s.tick(50000)
+    assert s.next_timeout_ms(60000 + 100) == 0
+
+
+# --------------------------------------------------------------- ticks wrap
+
+
+def test_keepalive_across_ticks_wrap():
+    start = WRAP - 3000
+    s = connected(start)
+    s.tick(ticks(start + 7499))
+    assert sent(s) == []
+    assert s.next_timeout_ms(ticks(start + 7000)) == 500
+    s.tick(ticks(start + 7500))  # = 4500 after the wrap
+    assert sent(s) == [Pingreq()]
+    s.tick(ticks(start + 7500 + KA_MS - 1))
+    assert events(s) == []
+    s.tick(ticks(start + 7500 + KA_MS))
+    assert events(s) == [LinkDead("no PINGRESP within 10000 ms")]
+
+
+def test_connack_timeout_across_ticks_wrap():
+    s = Session("dev-1", KA, connect_timeout_ms=2000)
+    s.start(WRAP - 1000)
+    s.tick(999)  # 1999 ms later
+    assert s.state == CONNECTING
+    s.tick(1000)
+    assert events(s) == [LinkDead("no CONNACK within 2000 ms")]
+
+
+def test_ticks_diff_helper():
+    assert ms._ticks_diff(5, WRAP - 5) == 10
+    assert ms._ticks_diff(WRAP - 5, 5) == -10
+    assert ms._ticks_diff(100, 40) == 60
+
+
+# ---------------------------------------------------------- QoS 1 outgoing
+
+
+def test_qos1_publish_acked():
+    s = connected(0)
+    pid = s.publish("d/s", b"on", qos=1, retain=True, now_ms=1)
+    assert pid == 1
+    assert sent(s) == [Publish("d/s", b"on", 1, True, False, 1)]
+    assert s.inflight_count() == 1
+    s.receive_data(encode(Puback(1)), 2)
+    assert events(s) == [PublishAcked(1)]
+    assert s.inflight_count() == 0
+    s.receive_data(encode(Puback(1)), 3)  # unknown / duplicate ack: ignored
+    assert events(s) == [] and s.state == CONNECTED
+
+
+def test_qos1_resent_with_dup_after_reconnect_in_order():
+    s = connected(0)
+    a = s.publish("d/a", b"1", qos=1, now_ms=1)
+    b = s.publish("d/b", b"2", qos=1, now_ms=1)
+    c = s.publish("d/c", b"3", qos=1, now_ms=1)
+    assert len(sent(s)) == 3
+    s.receive_data(encode(Puback(b)), 2)
+    assert events(s) == [PublishAcked(b)]
+    s.connection_lost(3)
+    assert s.state == DISCONNECTED
+    d = s.publish("d/d", b"4", qos=1, now_ms=4)  # queued while offline
+    assert s.data_to_send() == b""
+    s.start(5)
+    assert sent(s) == [Connect("dev-1", KA)]  # nothing before CONNACK
+    s.receive_data(encode(Connack(session_present=True)), 6)
+    assert events(s) == [Connected(True)]
+    assert sent(s) == [
+        Publish("d/a", b"1", 1, False, True, a),
+        Publish("d/c", b"3", 1, False, True, c),
+        Publish("d/d", b"4", 1, False, False, d),
+    ]
+    assert s.inflight_count() == 3
+
+
+def test_qos1_before_first_connect_goes_out_after_connack():
+    s = Session("dev-1", KA)
+    pid = s.publish("d/s", b"on", qos=1, retain=True)
+    s.start(0)
+    assert sent(s) == [Connect("dev-1", KA)]
+    s.receive_data(encode(Connack()), 1)
+    assert sent(s) == [Publish("d/s", b"on", 1, True, False, pid)]
+
+
+def test_unsent_bytes_are_dropped_with_the_link():
+    s = connected(0)
+    s.publish("d/t", b"x", now_ms=1)
+    s.connection_lost(2)
+    s.start(3)
+    assert sent(s) == [Connect("dev-1", KA)]
+
+
+def test_inflight_cap():
+    s = connected(0)
+    for _ in range(ms.MAX_INFLIGHT):
+        s.publish("d/s", b"x", qos=1, now_ms=1)
+    with pytest.raises(ValueError, match="too many QoS 1 messages in flight"):
+        s.publish("d/s", b"x", qos=1, now_ms=1)
+    s.receive_data(encode(Puback(3)), 2)
+    s.publish("d/s", b"x", qos=1, now_ms=3)
+
+
+def test_packet_ids_wrap_and_skip_ids_in_use():
+    s = connected(0)
+    s._last_id = 65533
+    ids = [s.publish("d/s", b"x", qos=1, now_ms=1) for _ in range(3)]
+    assert ids == [65534, 65535, 1]
+    s.receive_data(encode(Puback(65535)), 2)
+    s._last_id = 65533  # next candidates: 65534 (in use), 65535 (free again)
+    assert s.publish("d/s", b"x", qos=1, now_ms=3) == 65535
+    s._last_id = 0  # 1 is in use
+    assert s.publish("d/s", b"x", qos=1, now_ms=3) == 2
+    sub = s.subscribe([("d/cmd", 1)], 4)
+    assert sub == 3
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=200), st.integers(0, 65535))
+def test_packet_ids_unique_among_inflight(ack_oldest, last_id):
+    s = connected(0)
+    s._last_id = last_id
+    live = []
+    for ack in ack_oldest:
+        if ack and live:
+            pid = live.pop(0)
+            s.receive_data(encode(Puback(pid)), 1)
+        elif len(live) < ms.MAX_INFLIGHT:
+            pid = s.publish("d/s", b"x", qos=1, now_ms=1)
+            assert 1 <= pid <= 65535 and pid not in live
+            live.append(pid)
+    assert s.inflight_count() == len(live)
+
+
+# ----------------------------------------------------------- QoS 1 incoming
+
+
+def test_qos1_message_is_pubacked_and_dup_passed_on():
+    s = connected(0)
+    s.receive_data(encode(Publish("d/cmd", b"{}", 1, False, True, 42)), 1)
+    assert events(s) == [Message("d/cmd", b"{}", 1, False, True, 42, None)]
+    assert sent(s) == [Puback(42)]
+
+
+def test_qos0_message_needs_no_ack():
+    s = connected(0)
+    s.receive_data(encode(Publish("d/x", b"v", retain=True)), 1)
+    assert events(s) == [Message("d/x", b"v", 0, True, False, None, None)]
+    assert sent(s) == []
+
+
+def test_qos2_message_is_protocol_error():
+    s = connected(0)
+    with pytest.raises(ProtocolError, match="QoS 2"):
+        s.receive_data(encode(Publish("d/x", b"v", 2, packet_id=1)), 1)
+
+
+def test_oversize_message_is_still_pubacked():
+    s = connected(0, max_packet=64)
+    wire = encode(Publish("d/cmd", b"z" * 1000, qos=1, packet_id=7))
+    wire += encode(Publish("d/cmd", b"ok", qos=1, packet_id=8))
+    for i in range(0, len(wire), 100):
+        s.receive_data(wire[i:i + 100], 1)
+    assert events(s) == [Message("d/cmd", None, 1, False, False, 7, 1000),
+                         Message("d/cmd", b"ok", 1, False, False, 8, None)]
+    assert sent(s) == [Puback(7), Puback(8)]
+    assert s.state == CONNECTED
+
+
+# --------------------------------------------------------- (un)subscribe
+
+
+def test_subscribe_and_unsubscribe():
+    s = connected(0)
+    pid = s.subscribe([("d/cmd", 1), ("d/all/#", 0)], 1)
+    assert sent(s) == [Subscribe(pid, [("d/cmd", 1), ("d/all/#", 0)])]
+    s.receive_data(encode(Suback(pid, [1, 0x80])), 2)
+    assert events(s) == [Subscribed(pid, [1, 0x80])]
+    upid = s.unsubscribe(["d/cmd"], 3)
+    assert upid != pid
+    assert sent(s) == [Unsubscribe(upid, ["d/cmd"])]
+    s.receive_data(encode(Unsuback(upid)), 4)
+    assert events(s) == [Unsubscribed(upid)]
+    s.receive_data(encode(Unsuback(upid)) + encode(Suback(999, [0])), 5)  # unknown ids
+    assert events(s) == []
+
+
+def test_suback_with_wrong_number_of_codes():
+    s = connected(0)
+    pid = s.subscribe([("a", 1), ("b", 1)], 1)
+    with pytest.raises(ProtocolError, match="2 filters"):
+        s.receive_data(encode(Suback(pid, [1])), 2)
+
+
+# --------------------------------------------------------- wrong state
+
+
+def test_wrong_state_operations_raise_value_error():
+    s = Session("dev-1", KA)
+    with pytest.raises(ValueError):
+        s.publish("d/t", b"x")  # QoS 0 while DISCONNECTED
+    with pytest.raises(ValueError):
+        s.subscribe([("d/cmd", 1)], 0)
+    with pytest.raises(ValueError):
+        s.unsubscribe(["d/cmd"], 0)
+    with pytest.raises(ValueError):
+        s.disconnect(0)
+    s.start(0)
+    with pytest.raises(ValueError):
+        s.start(0)
+    with pytest.raises(ValueError):
+        s.publish("d/t", b"x", now_ms=0)  # QoS 0 while CONNECTING
+    with pytest.raises(ValueError):
+        s.subscribe([("d/cmd", 1)], 0)
+
+
+def test_local_misuse_raises_value_error_when_connected():
+    s = connected(0)
+    with pytest.raises(ValueError, match="wildcard"):
+        s.publish("d/#", b"x", now_ms=1)
+    with pytest.raises(ValueError, match="wildcard"):
+        s.publish("d/+", b"x", qos=1, now_ms=1)
+    assert s.inflight_count() == 0
+    with pytest.raises(ValueError, match="QoS"):
+        s.publish("d/t", b"x", qos=2, now_ms=1)
+    with pytest.raises(ValueError, match="QoS"):
+        s.subscribe([("d/cmd", 2)], 1)
+    with pytest.raises(ValueError):
+        s.subscribe([("d/#/x", 1)], 1)
+    assert sent(s) == []
+
+
+def test_disconnect_queues_disconnect():
+    s = connected(0)
+    s.disconnect(5)
+    assert s.state == DISCONNECTED
+    assert sent(s) == [Disconnect()]
+    assert s.next_timeout_ms(6) > 0
+    s.tick(10 ** 6)
+    assert events(s) == []
+
+
+def test_event_equality_and_repr():
+    assert Connected(True) != Connected(False)
+    assert LinkDead("x") == LinkDead("x") and LinkDead("x") != PublishAcked(1)
+    assert repr(PublishAcked(3)) == "PublishAcked(packet_id=3)"
+    assert CONNECTING not in (CONNECTED, DISCONNECTED)
