@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from emulator.broker import Broker
+from emulator.harness import Emulator
 from tests.helpers import Observer
 
 _observer_ids = itertools.count(1)
@@ -57,3 +58,10 @@ def observer() -> Iterator[Callable[..., Observer]]:
     yield make
     for obs in made:
         obs.close()
+
+
+@pytest.fixture
+def emu(tmp_path: Path) -> Iterator[Emulator]:
+    """Emulated boards on a background event loop; all stopped at teardown."""
+    with Emulator(tmp_path / "boards") as e:
+        yield e

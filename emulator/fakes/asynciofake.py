@@ -1,0 +1,101 @@
+"""The board's `asyncio` module: MicroPython's asyncio API on the shared
+CPython event loop.
+
+Tasks are tracked per board (a reset cancels them all), `open_connection`
+goes through the board's link, `run()` hands the coroutine to the board's
+runner (the top-level script waits in its greenlet, as on hardware), and the
+MicroPython-only helpers (`sleep_ms`, `wait_for_ms`, `ThreadSafeFlag`) exist.
+"""
+
+from __future__ import annotations
+
+import asyncio as _aio
+
+
+class ThreadSafeFlag:
+    def __init__(self):
+        self._event = _aio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event.clear()
+
+
+class _Loop:
+    """What `asyncio.get_event_loop()` returns on MicroPython."""
+
+    def __init__(self, module: "AsyncioModule"):
+        self._m = module
+
+    def create_task(self, coro):
+        return self._m.create_task(coro)
+
+    def run_until_complete(self, awaitable):
+        return self._m.run(awaitable)
+
+    def run_forever(self):
+        return self._m.run(_aio.Event().wait())
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def set_exception_handler(self, handler) -> None:
+        self._m._board.task_exception_handler = handler
+
+    def get_exception_handler(self):
+        return self._m._board.task_exception_handler
+
+    def call_exception_handler(self, context) -> None:
+        self._m._board.report_task_exception(context)
+
+
+class AsyncioModule:
+    __name__ = "asyncio"
+    CancelledError = _aio.CancelledError
+    TimeoutError = _aio.TimeoutError
+    Event = _aio.Event
+    Lock = _aio.Lock
+    Task = _aio.Task
+    ThreadSafeFlag = ThreadSafeFlag
+    sleep = staticmethod(_aio.sleep)
+    wait_for = staticmethod(_aio.wait_for)
+    gather = staticmethod(_aio.gather)
+    current_task = staticmethod(_aio.current_task)
+
+    def __init__(self, board):
+        self._board = board
+
+    @staticmethod
+    async def sleep_ms(ms: int) -> None:
+        await _aio.sleep(ms / 1000)
+
+    @staticmethod
+    async def wait_for_ms(aw, timeout_ms: int):
+        return await _aio.wait_for(aw, timeout_ms / 1000)
+
+    def create_task(self, coro):
+        return self._board.create_task(coro)
+
+    def run(self, coro):
+        return self._board.run_main_coroutine(coro)
+
+    def get_event_loop(self, *args):
+        return _Loop(self)
+
+    def new_event_loop(self):
+        return _Loop(self)
+
+    async def open_connection(self, host, port, ssl=None, server_hostname=None):
+        return await self._board.link.open_connection(host, port, ssl=ssl, server_hostname=server_hostname)
+
+    async def start_server(self, *args, **kwargs):
+        raise OSError("start_server is not emulated")

@@ -1,0 +1,98 @@
+"""Driving emulated boards from synchronous code (tests, notebooks).
+
+`Emulator` runs one asyncio event loop in a background thread; boards live
+on that loop and every control call is marshalled onto it, so a test can
+power-cycle a board or blackhole its link while a paho-mqtt observer (which
+has threads of its own) watches the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable
+
+from emulator.board import Board, default_config
+from emulator.loader import FirmwareImage
+
+
+class Emulator:
+    def __init__(self, state_dir: Path | str, image: FirmwareImage | None = None):
+        self.state_dir = Path(state_dir)
+        self.image = image or FirmwareImage()
+        self.boards: dict[str, Board] = {}
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="esp32emu-loop", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
+        """Run a plain function on the loop thread and return its result."""
+        fut: Future = Future()
+
+        def go() -> None:
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                fut.set_exception(e)
+
+        self.loop.call_soon_threadsafe(go)
+        return fut.result(timeout)
+
+    def run(self, coro, timeout: float = 30.0) -> Any:
+        """Run a coroutine on the loop thread and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def add_board(
+        self,
+        device_id: str,
+        host: str,
+        port: int,
+        *,
+        seed: int = 0,
+        console: Callable[[str], None] | None = None,
+        start: bool = True,
+        **config: Any,
+    ) -> Board:
+        cfg = default_config(device_id, host, port, **config)
+        board = Board(
+            device_id,
+            self.image,
+            self.state_dir / device_id,
+            config=cfg,
+            seed=seed,
+            index=len(self.boards),
+            console=console,
+        )
+        self.boards[device_id] = board
+        if start:
+            self.call(board.start)
+        return board
+
+    def shutdown_board(self, board: Board, timeout: float = 5.0) -> None:
+        from emulator.runner import shutdown_gracefully
+
+        self.run(shutdown_gracefully([board], timeout), timeout + 5)
+
+    def close(self) -> None:
+        async def stop_all() -> None:
+            await asyncio.gather(*(b.stop() for b in self.boards.values()), return_exceptions=True)
+
+        try:
+            self.run(stop_all(), 15)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+            if not self._thread.is_alive():
+                self.loop.close()
+
+    def __enter__(self) -> "Emulator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

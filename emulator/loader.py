@@ -1,0 +1,167 @@
+"""Loading firmware into emulated boards.
+
+`FirmwareImage` compiles every ``firmware/*.py`` file once per process; each
+board then executes those shared code objects in a module table of its own
+(`BoardModules`), whose builtins route ``import``, ``open`` and ``print`` to
+that board. Nothing here knows about MQTT or about any particular fake.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Callable
+
+FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
+
+# MicroPython's u-prefixed aliases.
+ALIASES = {
+    "uasyncio": "asyncio",
+    "utime": "time",
+    "uos": "os",
+    "ujson": "json",
+    "ustruct": "struct",
+    "usys": "sys",
+    "urandom": "random",
+    "ubinascii": "binascii",
+    "uhashlib": "hashlib",
+    "uerrno": "errno",
+    "ucollections": "collections",
+    "ussl": "ssl",
+    "uselect": "select",
+}
+
+# CPython modules that behave like their MicroPython namesakes closely enough
+# to be shared by every board.
+PASSTHROUGH = frozenset({"json", "struct", "binascii", "hashlib", "errno", "collections", "math", "re", "io", "array"})
+
+
+class FirmwareImage:
+    """The compiled firmware, shared by every board in the process."""
+
+    def __init__(self, directory: Path | str = FIRMWARE_DIR):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"firmware directory not found: {self.directory}")
+        self.sources: dict[str, str] = {}
+        self.code: dict[str, types.CodeType] = {}
+        for path in sorted(self.directory.glob("*.py")):
+            name = path.stem
+            source = path.read_text()
+            self.sources[name] = source
+            self.code[name] = compile(source, path.name, "exec", dont_inherit=True)
+
+    def files(self) -> dict[str, bytes]:
+        return {f"{name}.py": src.encode() for name, src in self.sources.items()}
+
+
+class BoardModules:
+    """One board's module table and builtins.
+
+    Lookup order for ``import X``: modules already loaded on this board, a
+    ``X.py`` in the board's flash directory that differs from the image (a
+    user copied it there), the shared firmware image, the board's fakes, the
+    passthrough standard modules. Anything else raises ImportError like
+    MicroPython does.
+    """
+
+    def __init__(
+        self,
+        image: FirmwareImage,
+        flash_dir: Path,
+        fakes: dict[str, Callable[[], object]],
+        print_fn: Callable[..., None],
+        open_fn: Callable[..., object],
+    ):
+        self.image = image
+        self.flash_dir = flash_dir
+        self.fakes = fakes
+        self.modules: dict[str, object] = {}
+        self.builtins = dict(builtins.__dict__)
+        self.builtins["__import__"] = self._import
+        self.builtins["print"] = print_fn
+        self.builtins["open"] = open_fn
+        self.builtins.pop("input", None)
+
+    def _code_for(self, name: str) -> types.CodeType | None:
+        path = self.flash_dir / f"{name}.py"
+        try:
+            source = path.read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return self.image.code.get(name)
+        if self.image.sources.get(name) == source:
+            return self.image.code[name]
+        return compile(source, f"{name}.py", "exec", dont_inherit=True)
+
+    def _import(self, name, globals=None, locals=None, fromlist=(), level=0):
+        if level:
+            raise ImportError("relative import not supported")
+        name = ALIASES.get(name, name)
+        mod = self.modules.get(name)
+        if mod is None:
+            mod = self.load(name)
+        if fromlist:
+            for attr in fromlist:
+                if not hasattr(mod, attr):
+                    raise ImportError(f"can't import name {attr}")
+        return mod
+
+    def load(self, name: str) -> object:
+        code = self._code_for(name) if "." not in name else None
+        if code is not None:
+            return self.exec_module(name, code)
+        factory = self.fakes.get(name)
+        if factory is not None:
+            mod = factory()
+        elif name in PASSTHROUGH:
+            mod = sys.modules.get(name) or __import__(name)
+        else:
+            raise ImportError(f"no module named '{name}'")
+        self.modules[name] = mod
+        return mod
+
+    def exec_module(self, name: str, code: types.CodeType) -> types.ModuleType:
+        mod = types.ModuleType(name)
+        mod.__dict__["__builtins__"] = self.builtins
+        mod.__file__ = code.co_filename
+        self.modules[name] = mod
+        try:
+            exec(code, mod.__dict__)
+        except BaseException:
+            self.modules.pop(name, None)
+            raise
+        return mod
+
+    def run_script(self, filename: str) -> bool:
+        """Run ``boot.py``/``main.py`` as ``__main__``; False if the file is absent."""
+        name = filename[:-3]
+        code = self._code_for(name)
+        if code is None:
+            return False
+        glb = {"__builtins__": self.builtins, "__name__": "__main__", "__file__": filename}
+        exec(code, glb)
+        return True
+
+
+def firmware_frames(tb) -> list[tuple[str, int, str]]:
+    """The traceback frames that belong to firmware (not emulator) code."""
+    frames = []
+    while tb is not None:
+        co = tb.tb_frame.f_code
+        if not os.path.isabs(co.co_filename) and co.co_filename.endswith(".py"):
+            frames.append((co.co_filename, tb.tb_lineno, co.co_name))
+        tb = tb.tb_next
+    return frames
+
+
+def format_micropython_exception(exc: BaseException) -> str:
+    """Render like MicroPython's sys.print_exception."""
+    lines = ["Traceback (most recent call last):"]
+    for filename, lineno, func in firmware_frames(exc.__traceback__):
+        lines.append(f'  File "{filename}", line {lineno}, in {func}')
+    msg = str(exc)
+    lines.append(f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__)
+    return "\n".join(lines)

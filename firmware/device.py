@@ -1,0 +1,382 @@
+# The device application: Last Will and retained birth, QoS 0 telemetry with
+# a sequence number, the QoS 1 command subscription and its results, and the
+# supervisor that keeps WiFi and MQTT up with jittered exponential backoff.
+#
+# Hardware is reached through the modules the board provides (machine, esp32,
+# gc, network via wifi.py); everything device-specific lives in the Device
+# object, never in module globals.
+import asyncio
+import gc
+import json
+import random
+import time
+
+import machine
+
+import commands
+import mqtt_session
+from backoff import Backoff
+from config import redacted
+from mqtt_client import LinkError, MqttClient
+from mqtt_session import Message, PublishAcked
+from wifi import Wifi
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+FW_VERSION = "0.1.0"
+_UNIX_2000 = const(946684800)  # seconds from 1970-01-01 to the ESP32 epoch 2000-01-01
+_WIFI_TIMEOUT_MS = const(15000)
+_CONNECT_TIMEOUT_MS = const(10000)
+_OFFLINE_ACK_MS = const(2000)
+_STABLE_MS = const(10000)  # a link that lived this long resets the backoff
+_LOSS_WINDOW_MS = const(8000)  # jitter window for the first retry after a lost link
+_RESULT_BACKLOG = const(32)
+_LED_PIN = const(2)
+_BUTTON_PIN = const(0)  # BOOT button on dev kits: press for a planned shutdown
+
+
+def reset_cause_name(cause):
+    if cause == machine.PWRON_RESET:
+        return "power_on"
+    if cause == machine.WDT_RESET:
+        return "watchdog"
+    if cause == machine.DEEPSLEEP_RESET:
+        return "deepsleep"
+    if cause == machine.SOFT_RESET:
+        return "soft"
+    return "hard"
+
+
+def unix_time():
+    # Unix seconds, or None while the clock has not been set (RTC still in 2000).
+    t = time.time()
+    if t < 700000000:  # before 2022: never synced
+        return None
+    return t + _UNIX_2000
+
+
+class Device:
+    def __init__(self, cfg, device_id, boot, reset, log=print):
+        self.cfg = cfg
+        self.id = device_id
+        self.boot = boot
+        self.reset = reset
+        self.log = log
+        prefix = cfg["prefix"]
+        self.t_status = "%s/%s/status" % (prefix, device_id)
+        self.t_telemetry = "%s/%s/telemetry" % (prefix, device_id)
+        self.t_cmd = "%s/%s/cmd" % (prefix, device_id)
+        self.t_result = "%s/%s/cmd/result" % (prefix, device_id)
+        self.interval_ms = int(cfg["interval"] * 1000)
+        self.seq = 0
+        self.reconnects = 0
+        self.started = time.ticks_ms()
+        self.wifi = Wifi(cfg["wifi"]["ssid"], cfg["wifi"]["password"])
+        bk = cfg["backoff"]
+        self.backoff = Backoff(bk["base_ms"], bk["cap_ms"], _rand_below)
+        broker = cfg["broker"]
+        pw = broker.get("password")
+        session = mqtt_session.Session(
+            device_id,
+            cfg["keepalive"],
+            clean_session=True,
+            will=(self.t_status, b'{"online":false}', 1, True),
+            username=broker.get("username"),
+            password=pw.encode() if pw else None,
+        )
+        self.client = MqttClient(session, self._on_event)
+        self.results = commands.ResultCache()
+        self._busy = []  # command ids queued or running (duplicates wait for them)
+        self._cmds = []  # (cmd_id, op, args) waiting for the worker
+        self._cmd_ready = asyncio.Event()
+        self._interval_changed = asyncio.Event()
+        self._online = asyncio.Event()
+        self._acked = asyncio.Event()
+        self._leaving = False
+        self._led = None
+
+    # -- entry ----------------------------------------------------------------
+
+    async def run(self):
+        if self.cfg["wdt_ms"]:
+            asyncio.create_task(self._feed_watchdog())
+        asyncio.create_task(self._telemetry_loop())
+        asyncio.create_task(self._command_worker())
+        asyncio.create_task(self._shutdown_on_button())
+        await self._supervise()
+
+    # -- connection supervisor ------------------------------------------------
+
+    async def _supervise(self):
+        first = True
+        while not self._leaving:
+            reason = await self._connect_once()
+            if reason is None:
+                first = False
+                up_since = time.ticks_ms()
+                try:
+                    await self.client.pump()
+                except LinkError as e:
+                    reason = str(e)
+                self._online.clear()
+                if self._leaving:
+                    return
+                self.reconnects += 1
+                lived = time.ticks_diff(time.ticks_ms(), up_since)
+                self.log("mqtt: link lost after %d ms: %s" % (lived, reason))
+                if lived >= _STABLE_MS:
+                    # Spread the first retry of a whole fleet over a window:
+                    # a broker restart must not see every board at once.
+                    self.backoff.reset(_loss_attempt(self.backoff))
+            elif first:
+                first = False
+            delay = self.backoff.next_delay_ms()
+            self.log("mqtt: %s; retry %d in %d ms" % (reason, self.backoff.attempt, delay))
+            await asyncio.sleep_ms(delay)
+
+    async def _connect_once(self):
+        # One attempt: WiFi, then TCP+MQTT, then subscribe and birth.
+        # Returns None when online, else the reason it failed.
+        if not self.wifi.isconnected():
+            self.log("wifi: connecting")
+            err = await self.wifi.connect(_WIFI_TIMEOUT_MS)
+            if err is not None:
+                return "wifi: " + err
+            self.log("wifi: connected, ip %s" % self.wifi.ip())
+            self._set_clock()
+        broker = self.cfg["broker"]
+        try:
+            await self.client.connect(broker["host"], broker["port"], timeout_ms=_CONNECT_TIMEOUT_MS)
+            await self.client.subscribe([(self.t_cmd, 1)])
+            await self.client.publish(self.t_status, self._birth(), 1, True)
+        except LinkError as e:
+            await self.client.close()
+            return str(e)
+        self.log("mqtt: online at %s:%d" % (broker["host"], broker["port"]))
+        self._online.set()
+        return None
+
+    def _birth(self):
+        return _dumps({"online": True, "fw": FW_VERSION, "boot": self.boot, "reset": self.reset, "ip": self.wifi.ip()})
+
+    def _set_clock(self):
+        # Real boards need NTP before TLS can verify certificates and before
+        # telemetry can carry a timestamp. A failure only costs the timestamp.
+        ntp = self.cfg["ntp"]
+        if not ntp:
+            return
+        try:
+            import ntptime
+
+            if isinstance(ntp, str):
+                ntptime.host = ntp
+            ntptime.settime()
+        except Exception as e:
+            self.log("ntp: %r" % e)
+
+    def _on_event(self, ev):
+        # Called by the client's pump for every session event; never blocks.
+        if isinstance(ev, Message) and ev.topic == self.t_cmd:
+            self._enqueue_command(ev)
+        elif isinstance(ev, PublishAcked):
+            self._acked.set()
+
+    # -- telemetry -------------------------------------------------------------
+
+    async def _telemetry_loop(self):
+        while True:
+            await self._online.wait()
+            due = time.ticks_add(time.ticks_ms(), self.interval_ms)
+            await self.publish_telemetry()
+            left = time.ticks_diff(due, time.ticks_ms())
+            if left > 0:
+                try:
+                    await asyncio.wait_for_ms(self._interval_changed.wait(), left)
+                except asyncio.TimeoutError:
+                    pass
+            self._interval_changed.clear()
+
+    async def publish_telemetry(self):
+        if not self.client.connected:
+            return
+        msg = {"seq": self.seq, "ts": unix_time()}
+        _read_sensors(msg)
+        try:
+            await self.client.publish(self.t_telemetry, _dumps(msg), 0, False)
+        except LinkError:
+            return  # the supervisor sees the same failure and reconnects
+        self.seq += 1
+
+    # -- commands ----------------------------------------------------------------
+
+    def _enqueue_command(self, msg):
+        try:
+            cmd_id, op, args = commands.parse(msg.payload, msg.size)
+        except commands.CommandError as e:
+            self._cmds.append((e.cmd_id, None, str(e)))
+            self._cmd_ready.set()
+            return
+        if cmd_id in self._busy:
+            return  # redelivery of a command still queued or running
+        self._busy.append(cmd_id)
+        self._cmds.append((cmd_id, op, args))
+        self._cmd_ready.set()
+
+    async def _command_worker(self):
+        while True:
+            await self._cmd_ready.wait()
+            self._cmd_ready.clear()
+            while self._cmds:
+                cmd_id, op, args = self._cmds.pop(0)
+                await self._handle(cmd_id, op, args)
+
+    async def _handle(self, cmd_id, op, args):
+        if op is None:  # parse error; args holds the message
+            await self._send_result(commands.error_result(cmd_id, args))
+            return
+        cached = self.results.get(cmd_id)
+        if cached is not None:
+            self._busy.remove(cmd_id)
+            await self._send_result(cached)  # duplicate: same answer, not run again
+            return
+        try:
+            result = await self._execute(op, args)
+            payload = commands.ok_result(cmd_id, result)
+        except Exception as e:  # a failing handler must never take the device down
+            payload = commands.error_result(cmd_id, "%s failed: %s" % (op, e))
+        self.results.put(cmd_id, payload)
+        self._busy.remove(cmd_id)
+        await self._send_result(payload)
+        if op == "reboot":
+            await self._go_offline("reboot")
+            machine.reset()
+        elif op == "sleep":
+            await self._go_offline("sleep")
+            machine.deepsleep(args["seconds"] * 1000)
+
+    async def _send_result(self, payload):
+        # Results are QoS 1: wait (bounded) while too many are unacknowledged,
+        # so a command flood cannot grow the queue without limit.
+        client = self.client
+        start = time.ticks_ms()
+        while client.pending() >= _RESULT_BACKLOG and time.ticks_diff(time.ticks_ms(), start) < 30000:
+            self._acked.clear()
+            try:
+                await asyncio.wait_for_ms(self._acked.wait(), 1000)
+            except asyncio.TimeoutError:
+                pass
+        try:
+            await self.client.publish(self.t_result, payload, 1, False)
+        except LinkError as e:
+            self.log("cmd: result not sent: %s" % e)
+
+    async def _execute(self, op, args):
+        if op == "ping":
+            return {"pong": unix_time()}
+        if op == "read":
+            r = {}
+            _read_sensors(r)
+            return r
+        if op == "set_interval":
+            self.interval_ms = args["seconds"] * 1000
+            self._interval_changed.set()
+            return {"interval": args["seconds"]}
+        if op == "get_config":
+            return redacted(self.cfg)
+        if op == "led":
+            if self._led is None:
+                self._led = machine.Pin(_LED_PIN, machine.Pin.OUT)
+            self._led.value(1 if args["on"] else 0)
+            return {"led": args["on"]}
+        if op == "stats":
+            gc.collect()
+            return {
+                "heap_free": gc.mem_free(),
+                "heap_alloc": gc.mem_alloc(),
+                "uptime_s": time.ticks_diff(time.ticks_ms(), self.started) // 1000,
+                "reconnects": self.reconnects,
+                "rssi": self.wifi.rssi(),
+            }
+        if op == "reboot":
+            return {"rebooting": True}
+        if op == "sleep":
+            return {"sleeping": args["seconds"]}
+        raise ValueError("unknown op %s" % op)
+
+    async def _go_offline(self, reason):
+        # Planned offline: retained status with the reason, wait (bounded) for
+        # the broker to acknowledge it and our results, then DISCONNECT so the
+        # broker discards the Will.
+        self._leaving = True
+        client = self.client
+        if client.connected:
+            payload = _dumps({"online": False, "reason": reason})
+            try:
+                await client.publish(self.t_status, payload, 1, True)
+            except LinkError:
+                pass
+            start = time.ticks_ms()
+            while client.connected and client.pending() and time.ticks_diff(time.ticks_ms(), start) < _OFFLINE_ACK_MS:
+                await asyncio.sleep_ms(20)
+        await client.disconnect()
+        self.log("mqtt: offline (%s)" % reason)
+
+    async def _shutdown_on_button(self):
+        # The IRQ only sets a flag; the planned offline runs as a task.
+        flag = asyncio.ThreadSafeFlag()
+        button = machine.Pin(_BUTTON_PIN, machine.Pin.IN, machine.Pin.PULL_UP)
+        button.irq(lambda pin: flag.set(), machine.Pin.IRQ_FALLING)
+        await flag.wait()
+        await self._go_offline("shutdown")
+
+    # -- watchdog ----------------------------------------------------------------
+
+    async def _feed_watchdog(self):
+        # Fed from the event loop: a loop that hangs stops feeding and the
+        # hardware watchdog resets the board.
+        wdt = machine.WDT(timeout=self.cfg["wdt_ms"])
+        period = max(self.cfg["wdt_ms"] // 4, 100)
+        while True:
+            wdt.feed()
+            await asyncio.sleep_ms(period)
+
+
+def _read_sensors(into):
+    try:
+        into["mcu"] = round(_mcu_temperature(), 1)
+    except Exception as e:
+        err = into.setdefault("err", {})
+        err["mcu"] = str(e)[:40]
+
+
+def _mcu_temperature():
+    # ESP32-S2/S3/C3 have esp32.mcu_temperature() in degrees C; the classic
+    # ESP32 only has raw_temperature() in degrees F.
+    import esp32
+
+    read = getattr(esp32, "mcu_temperature", None)
+    if read is not None:
+        return read()
+    return (esp32.raw_temperature() - 32) / 1.8
+
+
+def _dumps(obj):
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _rand_below(n):
+    return random.getrandbits(30) % n if n > 0 else 0
+
+
+def _loss_attempt(backoff):
+    # The first attempt whose window reaches _LOSS_WINDOW_MS (or the cap).
+    attempt = 0
+    while backoff.window_ms(attempt) < _LOSS_WINDOW_MS and backoff.window_ms(attempt + 1) > backoff.window_ms(attempt):
+        attempt += 1
+    return attempt

@@ -1,0 +1,157 @@
+"""SPEC §4 item 15: every command, bad input, duplicate ids and a flood of
+1000 commands, sent by a paho-mqtt backend to one emulated board."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.boards import KA, is_birth
+
+pytestmark = pytest.mark.integration
+
+DEV = "dev-cmd"
+CMD = f"devices/{DEV}/cmd"
+RESULT = f"devices/{DEV}/cmd/result"
+
+
+@pytest.fixture
+def online(emu, broker, observer):
+    obs = observer(broker)
+    obs.subscribe(f"devices/{DEV}/#")
+    board = emu.add_board(DEV, broker.host, broker.port, keepalive=KA, interval=1, backoff={"base_ms": 200, "cap_ms": 2000})
+    obs.wait_for(is_birth(DEV), 10)
+    return board, obs
+
+
+def send(obs, payload, qos=1):
+    mark = len(obs.messages)
+    obs.publish(CMD, payload if isinstance(payload, (bytes, str)) else json.dumps(payload), qos=qos)
+    return mark
+
+
+def result_for(obs, cmd_id, mark, timeout=5.0):
+    return obs.wait_for(lambda m: m.topic == RESULT and m.json().get("id") == cmd_id, timeout, start=mark).json()
+
+
+def test_each_op_answers(online):
+    board, obs = online
+    mark = send(obs, {"id": "p1", "op": "ping"})
+    res = result_for(obs, "p1", mark)
+    assert res["ok"] is True and isinstance(res["result"]["pong"], int)
+
+    mark = send(obs, {"id": "r1", "op": "read"})
+    res = result_for(obs, "r1", mark)
+    assert res["ok"] and 20 < res["result"]["mcu"] < 80
+
+    mark = send(obs, {"id": "g1", "op": "get_config"})
+    cfg = result_for(obs, "g1", mark)["result"]
+    assert cfg["id"] == DEV and cfg["keepalive"] == KA
+    assert cfg["wifi"]["password"] == "***", "secrets must never be published"
+
+    mark = send(obs, {"id": "l1", "op": "led", "args": {"on": True}})
+    assert result_for(obs, "l1", mark) == {"id": "l1", "ok": True, "result": {"led": True}}
+    assert board.pins[2] == 1
+
+    mark = send(obs, {"id": "s1", "op": "stats"})
+    stats = result_for(obs, "s1", mark)["result"]
+    assert set(stats) == {"heap_free", "heap_alloc", "uptime_s", "reconnects", "rssi"}
+    assert stats["heap_free"] > 0 and stats["reconnects"] == 0 and -100 < stats["rssi"] < 0
+
+    mark = send(obs, {"id": "i1", "op": "set_interval", "args": {"seconds": 3}})
+    assert result_for(obs, "i1", mark)["result"] == {"interval": 3}
+    t1 = obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 5, start=mark)
+    t2 = obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 6, start=obs.messages.index(t1) + 1)
+    assert 2.5 <= t2.t - t1.t <= 3.6
+
+
+def test_reboot_goes_offline_then_comes_back(online):
+    board, obs = online
+    mark = send(obs, {"id": "rb", "op": "reboot"})
+    assert result_for(obs, "rb", mark)["result"] == {"rebooting": True}
+    off = obs.wait_for(lambda m: m.topic.endswith("/status") and m.json()["online"] is False, 5, start=mark)
+    assert off.json() == {"online": False, "reason": "reboot"}
+    back = obs.wait_for(is_birth(DEV, boot=2), 15, start=mark).json()
+    assert back["reset"] == "hard"
+
+
+def test_sleep_goes_offline_and_wakes_from_deepsleep(online):
+    board, obs = online
+    mark = send(obs, {"id": "zz", "op": "sleep", "args": {"seconds": 2}})
+    assert result_for(obs, "zz", mark)["ok"] is True
+    off = obs.wait_for(lambda m: m.topic.endswith("/status") and m.json()["online"] is False, 5, start=mark)
+    assert off.json() == {"online": False, "reason": "sleep"}
+    back = obs.wait_for(is_birth(DEV, boot=2), 15, start=mark)
+    assert back.json()["reset"] == "deepsleep"
+    assert back.t - off.t >= 2.0
+
+
+BAD = [
+    (b"{not json", None, "not valid JSON"),
+    (b"\xff\xfe", None, "UTF-8"),
+    (b"[1, 2]", None, "JSON object"),
+    ({"op": "ping"}, None, "id"),
+    ({"id": 5, "op": "ping"}, None, "id"),
+    ({"id": "b1", "op": "explode"}, "b1", "unknown op"),
+    ({"id": "b2", "op": 7}, "b2", "op"),
+    ({"id": "b3", "op": "set_interval", "args": {"seconds": 0}}, "b3", "seconds"),
+    ({"id": "b4", "op": "set_interval", "args": {"seconds": "10"}}, "b4", "seconds"),
+    ({"id": "b5", "op": "set_interval", "args": {"seconds": True}}, "b5", "seconds"),
+    ({"id": "b6", "op": "led", "args": {"on": 1}}, "b6", "on"),
+    ({"id": "b7", "op": "sleep", "args": {}}, "b7", "seconds"),
+    ({"id": "b8", "op": "ping", "args": [1]}, "b8", "args"),
+    ({"id": "b9", "op": "ping", "args": {"x": 1}}, "b9", "x"),
+    (json.dumps({"id": "big", "op": "ping", "pad": "x" * 5000}).encode(), None, "too large"),
+]
+
+
+@pytest.mark.parametrize("payload,cmd_id,error", BAD, ids=[e for _, _, e in BAD])
+def test_bad_input_gets_clear_error_and_device_keeps_publishing(online, payload, cmd_id, error):
+    board, obs = online
+    mark = send(obs, payload)
+    res = obs.wait_for(lambda m: m.topic == RESULT, 5, start=mark).json()
+    assert res["ok"] is False and res["id"] == cmd_id
+    assert error.lower() in res["error"].lower(), res["error"]
+    assert "\n" not in res["error"]
+    seq = obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 3, start=mark).json()["seq"]
+    nxt = obs.wait_for(lambda m: m.topic.endswith("/telemetry") and m.json()["seq"] == seq + 1, 3, start=mark)
+    assert nxt.json()["seq"] == seq + 1
+
+
+def test_duplicate_id_is_not_executed_twice(online):
+    board, obs = online
+    mark = send(obs, {"id": "dup", "op": "stats"})
+    first = result_for(obs, "dup", mark)
+    mark2 = send(obs, {"id": "dup", "op": "stats"})
+    again = result_for(obs, "dup", mark2)
+    assert again == first, "the first result is sent again, not a fresh one"
+    mark3 = send(obs, {"id": "dup-led", "op": "led", "args": {"on": True}})
+    result_for(obs, "dup-led", mark3)
+    board.pins[2] = 0  # somebody switched it off; a redelivery must not switch it on again
+    mark4 = send(obs, {"id": "dup-led", "op": "led", "args": {"on": True}})
+    result_for(obs, "dup-led", mark4)
+    assert board.pins[2] == 0
+
+
+def test_flood_of_1000_commands(online, broker):
+    board, obs = online
+    mark = len(obs.messages)
+    for i in range(1000):
+        obs.client.publish(CMD, json.dumps({"id": f"f{i}", "op": "ping"}), qos=1)
+    want = {f"f{i}" for i in range(1000)}
+
+    def all_answered(m) -> bool:
+        if m.topic == RESULT:
+            body = m.json()
+            assert body["ok"] is True, body
+            want.discard(body["id"])
+        return not want
+
+    obs.wait_for(all_answered, 60, start=mark)
+    # Still up: telemetry keeps flowing and nothing was executed twice.
+    results = [m.json()["id"] for m in obs.messages[mark:] if m.topic == RESULT]
+    assert len(results) == 1000 == len(set(results))
+    before = obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 5, start=len(obs.messages)).json()["seq"]
+    obs.wait_for(lambda m: m.topic.endswith("/telemetry") and m.json()["seq"] > before, 5)
+    assert board.halted is False
