@@ -36,6 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed for the board's randomness")
     run.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
 
+    fl = sub.add_parser("fleet", help="boot N boards, live view, JSON report at the end")
+    fl.add_argument("--devices", type=int, required=True, help="number of boards")
+    fl.add_argument("--broker", help="mqtt://host:port (default: start a private Mosquitto)")
+    fl.add_argument("--interval", type=float, default=10, help="telemetry interval in seconds (default 10)")
+    fl.add_argument("--keepalive", type=int, default=30, help="MQTT keepalive in seconds (default 30)")
+    fl.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    fl.add_argument("--report", type=Path, help="write the JSON report here")
+    fl.add_argument("--seed", type=int, default=0, help="seed for every board's randomness")
+    fl.add_argument("--boot-rate", type=float, default=200, help="boards powered on per second (default 200)")
+    fl.add_argument("--quiet", action="store_true", help="no live view (CI)")
+
     br = sub.add_parser("broker", help="run a private Mosquitto with the project's config")
     br.add_argument("--port", type=int, default=1883)
     br.add_argument("--tls", action="store_true", help="mutual TLS with certs/ (planned)")
@@ -59,6 +70,23 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_single(
             args.broker, args.id, args.keepalive, args.interval, args.seed, args.state, args.link, args.duration
+        )
+    if args.command == "fleet":
+        from emulator.fleet import FleetOptions, run_fleet
+
+        return run_fleet(
+            FleetOptions(
+                devices=args.devices,
+                broker=args.broker,
+                interval=args.interval,
+                keepalive=args.keepalive,
+                duration=args.duration,
+                seed=args.seed,
+                report=args.report,
+                state_dir=args.state,
+                boot_rate=args.boot_rate,
+                quiet=args.quiet,
+            )
         )
     if args.command == "broker":
         from emulator.runner import serve_broker
