@@ -32,6 +32,7 @@ except ImportError:
 FW_VERSION = "0.1.0"
 _UNIX_2000 = const(946684800)  # seconds from 1970-01-01 to the ESP32 epoch 2000-01-01
 _WIFI_TIMEOUT_MS = const(15000)
+_WIFI_CHECK_MS = const(1000)
 _CONNECT_TIMEOUT_MS = const(10000)
 _OFFLINE_ACK_MS = const(2000)
 _STABLE_MS = const(10000)  # a link that lived this long resets the backoff
@@ -99,6 +100,7 @@ class Device:
         self._online = asyncio.Event()
         self._acked = asyncio.Event()
         self._leaving = False
+        self._wifi_lost = False
         self._led = None
 
     # -- entry ----------------------------------------------------------------
@@ -120,25 +122,52 @@ class Device:
             if reason is None:
                 first = False
                 up_since = time.ticks_ms()
-                try:
-                    await self.client.pump()
-                except LinkError as e:
-                    reason = str(e)
+                reason = await self._stay_online()
                 self._online.clear()
                 if self._leaving:
                     return
                 self.reconnects += 1
                 lived = time.ticks_diff(time.ticks_ms(), up_since)
                 self.log("mqtt: link lost after %d ms: %s" % (lived, reason))
-                if lived >= _STABLE_MS:
-                    # Spread the first retry of a whole fleet over a window:
-                    # a broker restart must not see every board at once.
-                    self.backoff.reset(_loss_attempt(self.backoff))
+                # Spread the first retry of a whole fleet over a window: a
+                # broker restart must not see every board at once. A link
+                # that died young keeps escalating instead.
+                floor = _loss_attempt(self.backoff)
+                if lived >= _STABLE_MS or self.backoff.attempt < floor:
+                    self.backoff.reset(floor)
             elif first:
                 first = False
             delay = self.backoff.next_delay_ms()
             self.log("mqtt: %s; retry %d in %d ms" % (reason, self.backoff.attempt, delay))
             await asyncio.sleep_ms(delay)
+
+    async def _stay_online(self):
+        # Run the client's pump until the link fails or WiFi goes away (a
+        # socket over a lost WiFi can stay silent for minutes); return why.
+        pump = asyncio.create_task(self.client.pump())
+        self._wifi_lost = False
+        watch = asyncio.create_task(self._watch_wifi(pump))
+        try:
+            await pump
+            return "link closed"
+        except LinkError as e:
+            return str(e)
+        except asyncio.CancelledError:
+            if not self._wifi_lost:
+                raise
+            await self.client.close()
+            return "wifi lost"
+        finally:
+            watch.cancel()
+
+    async def _watch_wifi(self, pump):
+        while True:
+            await asyncio.sleep_ms(_WIFI_CHECK_MS)
+            if not self.wifi.isconnected():
+                self.log("wifi: lost; closing the MQTT socket")
+                self._wifi_lost = True
+                pump.cancel()
+                return
 
     async def _connect_once(self):
         # One attempt: WiFi, then TCP+MQTT, then subscribe and birth.
