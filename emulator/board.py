@@ -48,6 +48,7 @@ from emulator.fakes.misc import (
 )
 from emulator.fakes.networkfake import AccessPoint, NetworkModule, Radio
 from emulator.fakes.timefake import TimeModule
+from emulator.fakes.tlsfake import SslModule, TlsModule
 from emulator.link import Link
 from emulator.loader import BoardModules, FirmwareImage, format_micropython_exception
 
@@ -117,6 +118,7 @@ class Board:
         self.link = Link(self)
         self.fs = FlashFS(self.flash_dir)
         self._console = console or (lambda line: None)
+        self._partial = ""  # firmware output not yet ended by a newline
         self.console_tail: list[str] = []
         self.events: list[tuple[float, str, str]] = []
         self.nvs: dict[str, dict] = self._load_nvs()
@@ -126,6 +128,7 @@ class Board:
         self.reset_cause = PWRON_RESET
         self.boots = 0
         self.halted = False
+        self.hung = False
         self.running = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.modules: BoardModules | None = None
@@ -140,24 +143,43 @@ class Board:
         self._wdt_fed = 0.0
         self._wdt_task: asyncio.Task | None = None
         self._run_task: asyncio.Task | None = None
+        # A REPL on the console (emulator/serial_board.py), or None: then the
+        # board only prints the banner when boot.py/main.py end.
+        self.repl = None
+        self._interrupted = False  # Ctrl-C: KeyboardInterrupt instead of CancelledError
+        self._interrupt_waiter: asyncio.Future | None = None
 
     # -- console and logging ---------------------------------------------------
 
+    def _emit(self, line: str) -> None:
+        self.console_tail.append(line)
+        if len(self.console_tail) > 200:
+            del self.console_tail[:100]
+        self._console(line)
+
     def console(self, line: str) -> None:
+        """Whole lines from the board itself (tracebacks, REPL banner, WDT)."""
+        if self._partial:
+            self._emit(self._partial)
+            self._partial = ""
         for part in str(line).split("\n"):
-            self.console_tail.append(part)
-            if len(self.console_tail) > 200:
-                del self.console_tail[:100]
-            self._console(part)
+            self._emit(part)
+
+    def write(self, text: str) -> None:
+        """Firmware output (print, sys.stdout): goes out line by line, so
+        `print(".", end="")` continues the current line as on a serial console."""
+        self._partial += text
+        if "\n" in self._partial:
+            *lines, self._partial = self._partial.split("\n")
+            for line in lines:
+                self._emit(line)
 
     def _print(self, *args, sep=" ", end="\n", file=None) -> None:
         text = sep.join(str(a) for a in args) + end
         if file is not None and hasattr(file, "write"):
             file.write(text)
             return
-        if text.endswith("\n"):
-            text = text[:-1]
-        self.console(text)
+        self.write(text)
 
     def log_event(self, kind: str, message: str) -> None:
         self.events.append((time.monotonic(), kind, message))
@@ -189,6 +211,17 @@ class Board:
         tmp.write_text(json.dumps(raw))
         tmp.replace(self._nvs_path())
 
+    def install_files(self, files: dict[str, bytes]) -> None:
+        """Put files at the root of the board's filesystem (e.g. the DER
+        `ca.crt`, `client.crt`, `client.key` from `certs.board_files`), as
+        `esp32emu flash` does for a real board. Keys stay 0600 on the host."""
+        for name, data in files.items():
+            path = self.fs.host_path("/" + name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            if name.endswith(".key"):
+                path.chmod(0o600)
+
     def rssi(self) -> int:
         return int(-58 + self.rng.gauss(0, 3))
 
@@ -213,6 +246,8 @@ class Board:
             "sys": lambda: SysModule(self),
             "random": lambda: RandomModule(self),
             "os": lambda: OsModule(self),
+            "tls": lambda: TlsModule(self),
+            "ssl": lambda: SslModule(self),
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -230,15 +265,34 @@ class Board:
         self.clock.power_on()
         try:
             while True:
-                cause, sleep_ms, power_loss = await self._boot_once(cause)
-                if power_loss:
-                    self.rtc_memory = b""
-                    self.clock.power_on()
-                if sleep_ms:
-                    self.log_event("power", f"sleeping {sleep_ms} ms")
-                    await asyncio.sleep(sleep_ms / 1000)
+                request = await self._boot_once(cause)
+                cause = await self._between_boots(*request)
         finally:
             self.running = False
+
+    async def _between_boots(self, cause: int, sleep_ms: int | None, power_loss: bool) -> int:
+        """Deep sleep or power off until the timer (or, for deepsleep() without
+        a time, forever); a reset or power event meanwhile (EN button, power
+        cycle) ends it at once. Returns the reset cause of the next boot."""
+        lost = False
+        while True:
+            if power_loss:
+                lost = True
+                self.rtc_memory = b""
+            forever = cause == DEEPSLEEP_RESET and not sleep_ms  # no timer wake source
+            if not sleep_ms and not forever:
+                break
+            self._reset_request = None
+            self._reset_event = asyncio.Event()
+            self.log_event("power", "sleeping until reset" if forever else f"off for {sleep_ms} ms")
+            try:
+                await asyncio.wait_for(self._reset_event.wait(), None if forever else sleep_ms / 1000)
+                cause, sleep_ms, power_loss = self._reset_request  # woken early
+            except asyncio.TimeoutError:
+                break
+        if lost:
+            self.clock.power_on()  # the RTC restarts at 2000-01-01 when power returns
+        return cause
 
     async def stop(self) -> None:
         """Take the board away for good (like pulling its power)."""
@@ -257,6 +311,8 @@ class Board:
         self._reset_request = None
         self._reset_event = asyncio.Event()
         self.pin_irqs.clear()
+        self.hung = False
+        self.fs.cwd = "/"
         self.radio = Radio(self)
         self.modules = BoardModules(self.image, self.flash_dir, self._fakes(), self._print, self.fs.open)
         self.log_event("boot", f"boot #{self.boots}, reset cause {cause}")
@@ -273,21 +329,32 @@ class Board:
         req = self._reset_request or (HARD_RESET, None, False)
         return req
 
-    async def _teardown(self) -> None:
-        # The board is gone before any firmware cleanup can run: abandon the
-        # sockets first so a `finally: sock.close()` cannot send a FIN.
+    async def _stop_tasks(self) -> None:
+        # No firmware cleanup reaches the network: abandon the sockets first
+        # so a `finally: sock.close()` cannot send a FIN.
         self.link.abandon_connections()
+        # On Python 3.11 `asyncio.wait_for` can swallow a cancel() when the
+        # awaited read completes in the same loop step, so cancel again until
+        # every task of this boot is really gone (a survivor would reconnect
+        # from beyond the reset).
+        for _ in range(50):
+            tasks = [t for t in self.tasks if not t.done()]
+            if not tasks:
+                break
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks, timeout=0.1)
+        else:
+            log.warning("[%s] %d task(s) ignore cancellation", self.id, len([t for t in self.tasks if not t.done()]))
+        self.tasks.clear()
+        self.link.release_abandoned()
+
+    async def _teardown(self) -> None:
         if self._wdt_task is not None:
             self._wdt_task.cancel()
             self._wdt_task = None
         self._wdt_timeout_ms = None
-        tasks = [t for t in self.tasks if not t.done()]
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=2)
-        self.tasks.clear()
-        self.link.release_abandoned()
+        await self._stop_tasks()
         if self.radio is not None:
             self.radio.close()
         g = self._greenlet
@@ -309,27 +376,60 @@ class Board:
             if kind == "run":
                 task = self.create_task(arg)
                 self._main_task = task
+                self._interrupted = False
                 try:
+                    if self.repl is not None and (not await self._done_or_interrupted(task) or self._interrupted):
+                        # Ctrl-C: KeyboardInterrupt now, whether or not the
+                        # firmware lets its task be cancelled; the REPL stops the rest.
+                        self._interrupted = False
+                        msg = g.throw(KeyboardInterrupt())
+                        continue
                     result = await task
                 except asyncio.CancelledError:
-                    if self._reset_request is not None or task is asyncio.current_task():
+                    if self.hung:
+                        await asyncio.Event().wait()  # stuck until a reset
+                    # The board is going away (reset, stop): leave the firmware
+                    # suspended for _teardown. Only a main task cancelled by the
+                    # firmware itself raises CancelledError into main.py.
+                    if self._reset_request is not None or asyncio.current_task().cancelling():
                         raise
-                    msg = g.throw(asyncio.CancelledError())
+                    interrupted, self._interrupted = self._interrupted, False
+                    msg = g.throw(KeyboardInterrupt() if interrupted else asyncio.CancelledError())
                     continue
                 except BaseException as e:  # noqa: BLE001 - handed back to the firmware's stack
-                    msg = g.throw(e)
+                    msg = g.throw(type(e), e, e.__traceback__)  # keeps the coroutine's frames
                     continue
                 msg = g.switch(result)
             elif kind == "sleep":
-                await asyncio.sleep(arg)
+                sleeper = self._main_task = self.create_task(asyncio.sleep(arg))
+                try:
+                    await sleeper
+                except asyncio.CancelledError:
+                    if self.hung:
+                        await asyncio.Event().wait()
+                    if not self._interrupted or asyncio.current_task().cancelling():
+                        raise
+                    self._interrupted = False
+                    msg = g.throw(KeyboardInterrupt())
+                    continue
                 msg = g.switch()
             else:
                 raise RuntimeError(f"unknown greenlet request {kind!r}")
+        if self.halted and self.repl is None:
+            # At the REPL no event loop runs: the board's tasks stop where they
+            # are (their sockets stay open until the broker gives up on them).
+            await self._stop_tasks()
+            self.console(REPL_BANNER)
+            self.console(">>> ")
 
     def _scripts_body(self) -> tuple:
+        repl = self.repl
         try:
+            if repl is not None:
+                repl.booting(self)
             self.modules.run_script("boot.py")
-            self.modules.run_script("main.py")
+            if repl is None or repl.runs_main():  # not after a soft reset from the raw REPL
+                self.modules.run_script("main.py")
         except BoardReset:
             return ("done", None)
         except greenlet.GreenletExit:
@@ -339,9 +439,12 @@ class Board:
         except BaseException as e:  # noqa: BLE001 - an unhandled firmware exception halts the board
             self.console(format_micropython_exception(e))
             self.log_event("halt", f"unhandled {type(e).__name__}: {e}")
-        self.halted = True
-        self.console(REPL_BANNER)
-        self.console(">>> ")
+        self.halted = True  # _run_scripts stops the tasks and shows the REPL
+        if repl is not None:
+            try:
+                repl.serve(self)  # the REPL runs in this greenlet until a reset
+            except BoardReset:
+                pass
         return ("done", None)
 
     # -- called by the fakes ---------------------------------------------------------
@@ -375,6 +478,13 @@ class Board:
         self.tasks.discard(t)
         if t.cancelled() or t is self._main_task:
             return
+        # Like MicroPython, report only if nobody retrieves the exception
+        # meanwhile: a task awaiting `t` (or gather) was queued before this check.
+        self.loop.call_soon(self._check_task_exception, t)
+
+    def _check_task_exception(self, t: asyncio.Task) -> None:
+        if not t._log_traceback:  # retrieved by an awaiting task, gather, .exception()
+            return
         exc = t.exception()
         if exc is None or isinstance(exc, BoardReset):
             return
@@ -389,9 +499,40 @@ class Board:
         if exc is not None:
             self.console(format_micropython_exception(exc))
 
+    async def _done_or_interrupted(self, task: asyncio.Task) -> bool:
+        waiter = self._interrupt_waiter = self.loop.create_future()
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()  # as `await task` would have
+            raise
+        finally:
+            self._interrupt_waiter = None
+        return task.done()
+
+    def interrupt(self) -> bool:
+        """Ctrl-C on the console: KeyboardInterrupt where boot.py/main.py (or
+        code run at the REPL) waits in `asyncio.run` or `time.sleep`; False if
+        nothing is running. Its sockets are left half-open; the REPL
+        (emulator/serial_board.py) stops the firmware's other tasks."""
+        task = self._main_task
+        if self._greenlet is None or self._greenlet.dead or task is None or task.done():
+            return False
+        self._interrupted = True
+        self.log_event("interrupt", "KeyboardInterrupt (Ctrl-C on the console)")
+        self.link.abandon_connections()  # no firmware `finally` reaches the network
+        if self._interrupt_waiter is not None and not self._interrupt_waiter.done():
+            self._interrupt_waiter.set_result(None)
+        task.cancel()
+        return True
+
     def request_reset(self, cause: int, sleep_ms: int | None = None, power_loss: bool = False) -> None:
-        if self._reset_request is not None:
-            return
+        pending = self._reset_request
+        if pending is not None:
+            # The first reset wins, except that losing power beats anything
+            # and a board on its way into deep sleep can still be reset.
+            if not (power_loss and not pending[2]) and pending[0] != DEEPSLEEP_RESET:
+                return
         self._reset_request = (cause, sleep_ms, power_loss)
         self.log_event("reset", f"cause {cause}" + (f", sleep {sleep_ms} ms" if sleep_ms else ""))
         if self._reset_event is not None:
@@ -400,8 +541,9 @@ class Board:
     def arm_watchdog(self, timeout_ms: int) -> None:
         self._wdt_timeout_ms = timeout_ms
         self._wdt_fed = time.monotonic()
-        if self._wdt_task is None:
-            self._wdt_task = self.loop.create_task(self._watchdog())
+        if self._wdt_task is not None:
+            self._wdt_task.cancel()  # it may be asleep until the old, longer deadline
+        self._wdt_task = self.loop.create_task(self._watchdog())
         self.log_event("wdt", f"armed, timeout {timeout_ms} ms")
 
     def feed_watchdog(self) -> None:
@@ -418,6 +560,16 @@ class Board:
             await asyncio.sleep(left)
 
     # -- external controls (tests, scenarios, CLI) --------------------------------------
+
+    def hang(self) -> None:
+        """The firmware stops running (a deadlock, a stuck driver): nothing is
+        sent any more, the sockets stay open at the broker, and only an armed
+        watchdog (or a reset) brings the board back."""
+        if self.loop is None or not self.running or self.hung:
+            return
+        self.hung = True
+        self.log_event("hang", "firmware hung")
+        self.loop.create_task(self._stop_tasks())
 
     def hard_reset(self) -> None:
         """The EN button: reset without warning, connections left half-open."""

@@ -57,6 +57,10 @@ class BoardClock:
 
 
 def ticks_add(ticks: int, delta: int) -> int:
+    # Like MicroPython >= 1.23: a delta that ticks_diff could not give back
+    # (|delta| >= 2**29) is refused rather than silently wrapped.
+    if not -(TICKS_PERIOD >> 1) < delta < (TICKS_PERIOD >> 1):
+        raise OverflowError("ticks interval overflow")
     return (ticks + delta) & TICKS_MASK
 
 

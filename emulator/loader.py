@@ -63,8 +63,8 @@ class BoardModules:
 
     Lookup order for ``import X``: modules already loaded on this board, a
     ``X.py`` in the board's flash directory that differs from the image (a
-    user copied it there), the shared firmware image, the board's fakes, the
-    passthrough standard modules. Anything else raises ImportError like
+    user copied it there), the shared firmware image, ``/lib/X.py`` on the
+    flash, the board's fakes, the passthrough standard modules. Anything else raises ImportError like
     MicroPython does.
     """
 
@@ -87,14 +87,19 @@ class BoardModules:
         self.builtins.pop("input", None)
 
     def _code_for(self, name: str) -> types.CodeType | None:
-        path = self.flash_dir / f"{name}.py"
-        try:
-            source = path.read_text()
-        except (FileNotFoundError, NotADirectoryError):
-            return self.image.code.get(name)
-        if self.image.sources.get(name) == source:
+        # The board's sys.path is ['', '.frozen', '/lib']: the flash root
+        # (where the image's files live), then /lib (where `mip` installs).
+        source = _read(self.flash_dir / f"{name}.py")
+        if source is not None:
+            if self.image.sources.get(name) == source:
+                return self.image.code[name]
+            return compile(source, f"{name}.py", "exec", dont_inherit=True)
+        if name in self.image.code:
             return self.image.code[name]
-        return compile(source, f"{name}.py", "exec", dont_inherit=True)
+        source = _read(self.flash_dir / "lib" / f"{name}.py")
+        if source is not None:
+            return compile(source, f"lib/{name}.py", "exec", dont_inherit=True)
+        return None
 
     def _import(self, name, globals=None, locals=None, fromlist=(), level=0):
         if level:
@@ -144,6 +149,13 @@ class BoardModules:
         glb = {"__builtins__": self.builtins, "__name__": "__main__", "__file__": filename}
         exec(code, glb)
         return True
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
 
 
 def firmware_frames(tb) -> list[tuple[str, int, str]]:

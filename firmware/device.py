@@ -180,13 +180,38 @@ class Device:
             self.log("wifi: connected, ip %s" % self.wifi.ip())
             self._set_clock()
         broker = self.cfg["broker"]
+        ctx = None
+        if broker["tls"]:
+            # Mutual TLS: certificates are checked against the RTC, so the
+            # clock is set first; never fall back to plaintext.
+            import tlsctx
+
+            if not tlsctx.clock_ok():
+                self._set_clock()
+                if not tlsctx.clock_ok():
+                    return "tls: clock not set (NTP needed before certificates can be checked)"
+            try:
+                ctx = tlsctx.client_context()
+            except tlsctx.TlsSetupError as e:
+                return str(e)
         try:
-            await self.client.connect(broker["host"], broker["port"], timeout_ms=_CONNECT_TIMEOUT_MS)
+            await self.client.connect(
+                broker["host"],
+                broker["port"],
+                ssl=ctx,
+                server_hostname=broker["host"] if ctx is not None else None,
+                timeout_ms=_CONNECT_TIMEOUT_MS,
+            )
             await self.client.subscribe([(self.t_cmd, 1)])
             await self.client.publish(self.t_status, self._birth(), 1, True)
         except LinkError as e:
             await self.client.close()
             return str(e)
+        except ValueError as e:
+            # MicroPython's mbedTLS raises ValueError (with mbedTLS's reason)
+            # when the server's certificate fails verification.
+            await self.client.close()
+            return "tls: server certificate rejected: %s" % e
         self.log("mqtt: online at %s:%d" % (broker["host"], broker["port"]))
         self._online.set()
         return None

@@ -3,6 +3,8 @@ power loss like the flash partition it lives in) and the MCU temperature."""
 
 from __future__ import annotations
 
+from emulator.fakes import mp_oserror
+
 ESP_ERR_NVS_NOT_FOUND = -4354
 ESP_ERR_NVS_INVALID_LENGTH = -4364
 
@@ -17,50 +19,53 @@ class Esp32Module:
         store = board.nvs
 
         class NVS:
+            # Write-through like ESP-IDF's NVS: a set is visible to every
+            # handle of the namespace at once and lands in flash (survives any
+            # reset); commit() is kept for API fidelity.
             def __init__(self, namespace: str):
                 if not isinstance(namespace, str) or not 0 < len(namespace) <= 15:
-                    raise OSError(-4353)  # ESP_ERR_NVS_INVALID_NAME... close enough: bad name
+                    raise mp_oserror(-4353)  # bad namespace name
                 self._ns = namespace
-                self._pending: dict[str, object] = dict(store.get(namespace, {}))
-                self._erased: set[str] = set()
 
             def _get(self, key):
-                if key in self._erased or key not in self._pending:
-                    raise OSError(ESP_ERR_NVS_NOT_FOUND)
-                return self._pending[key]
+                items = store.get(self._ns, {})
+                if key not in items:
+                    raise mp_oserror(ESP_ERR_NVS_NOT_FOUND)
+                return items[key]
+
+            def _set(self, key, value) -> None:
+                store.setdefault(self._ns, {})[key] = value
+                board.save_nvs()
 
             def set_i32(self, key: str, value: int) -> None:
                 if not -(2**31) <= value < 2**31:
                     raise OverflowError("value out of range for i32")
-                self._erased.discard(key)
-                self._pending[key] = int(value)
+                self._set(key, int(value))
 
             def get_i32(self, key: str) -> int:
                 v = self._get(key)
                 if not isinstance(v, int):
-                    raise OSError(-4355)  # ESP_ERR_NVS_TYPE_MISMATCH
+                    raise mp_oserror(-4355)  # ESP_ERR_NVS_TYPE_MISMATCH
                 return v
 
             def set_blob(self, key: str, value) -> None:
-                self._erased.discard(key)
-                self._pending[key] = bytes(value)
+                self._set(key, bytes(value))
 
             def get_blob(self, key: str, buf) -> int:
                 v = self._get(key)
                 if not isinstance(v, bytes):
-                    raise OSError(-4355)
+                    raise mp_oserror(-4355)
                 if len(buf) < len(v):
-                    raise OSError(ESP_ERR_NVS_INVALID_LENGTH)
+                    raise mp_oserror(ESP_ERR_NVS_INVALID_LENGTH)
                 buf[: len(v)] = v
                 return len(v)
 
             def erase_key(self, key: str) -> None:
                 self._get(key)
-                self._erased.add(key)
+                del store[self._ns][key]
+                board.save_nvs()
 
             def commit(self) -> None:
-                ns = {k: v for k, v in self._pending.items() if k not in self._erased}
-                store[self._ns] = ns
                 board.save_nvs()
 
         self.NVS = NVS

@@ -8,7 +8,10 @@ import os as _os
 import random as _random
 from pathlib import Path
 
+from emulator.fakes import mp_oserror
 from emulator.loader import format_micropython_exception
+
+ETIMEDOUT = 116  # as the ESP32 port reports it (CPython on Linux says 110)
 
 HEAP_SIZE = 112_000  # ESP32 without PSRAM: the GC heap grows to about this
 
@@ -94,14 +97,15 @@ class NtptimeModule:
         self._board = board
 
     def settime(self) -> None:
-        if not self._board.radio.connected:
-            raise OSError(errno.ETIMEDOUT)
+        self.time()
         self._board.clock.sync_rtc_to_host()
 
     def time(self) -> int:
         from emulator.clock import UNIX_2000
         import time
 
+        if not self._board.radio.connected:
+            raise mp_oserror(ETIMEDOUT)  # the UDP request goes nowhere
         return int(time.time()) - UNIX_2000
 
 
@@ -118,15 +122,11 @@ class _Implementation:
 class _Stream:
     def __init__(self, board):
         self._board = board
-        self._buf = ""
 
     def write(self, s) -> int:
         if isinstance(s, (bytes, bytearray)):
             s = bytes(s).decode("utf-8", "replace")
-        self._buf += s
-        while "\n" in self._buf:
-            line, self._buf = self._buf.split("\n", 1)
-            self._board.console(line)
+        self._board.write(s)
         return len(s)
 
     def flush(self) -> None:
@@ -213,13 +213,13 @@ class FlashFS:
 
     def open(self, file, mode="r", *args, **kwargs):
         if isinstance(file, int):
-            raise OSError(errno.EBADF)
+            raise mp_oserror(errno.EBADF)
         try:
             return open(self.host_path(file), mode, *args, **kwargs)
         except FileNotFoundError:
-            raise OSError(errno.ENOENT) from None
+            raise mp_oserror(errno.ENOENT) from None
         except IsADirectoryError:
-            raise OSError(errno.EISDIR) from None
+            raise mp_oserror(errno.EISDIR) from None
 
 
 class OsModule:
@@ -236,15 +236,15 @@ class OsModule:
         try:
             return fn(*args)
         except FileNotFoundError:
-            raise OSError(errno.ENOENT) from None
+            raise mp_oserror(errno.ENOENT) from None
         except FileExistsError:
-            raise OSError(errno.EEXIST) from None
+            raise mp_oserror(errno.EEXIST) from None
         except IsADirectoryError:
-            raise OSError(errno.EISDIR) from None
+            raise mp_oserror(errno.EISDIR) from None
         except NotADirectoryError:
-            raise OSError(errno.ENOTDIR) from None
+            raise mp_oserror(errno.ENOTDIR) from None
         except OSError as e:
-            raise OSError(e.errno or errno.EIO) from None
+            raise mp_oserror(e.errno or errno.EIO) from None
 
     def listdir(self, path=None) -> list:
         return sorted(self._wrap(_os.listdir, self._p(path or self._fs.cwd)))
@@ -276,7 +276,7 @@ class OsModule:
     def statvfs(self, path="/") -> tuple:
         # A 2 MiB littlefs partition of 4 KiB blocks.
         used = sum(f.stat().st_size for f in self._fs.root.rglob("*") if f.is_file())
-        blocks = 512
+        blocks = getattr(self._fs, "blocks", 512)  # serial_board.py may make it smaller
         free = max(blocks - (used + 4095) // 4096, 0)
         return (4096, 4096, blocks, free, free, 0, 0, 0, 0, 255)
 
@@ -286,8 +286,9 @@ class OsModule:
     def chdir(self, path) -> None:
         p = self._p(path)
         if not p.is_dir():
-            raise OSError(errno.ENOENT)
-        self._fs.cwd = "/" + str(p.relative_to(self._fs.root)).strip(".")
+            raise mp_oserror(errno.ENOENT)
+        rel = p.relative_to(self._fs.root).as_posix()
+        self._fs.cwd = "/" if rel == "." else "/" + rel
 
     def sync(self) -> None:
         pass
