@@ -32,6 +32,7 @@ __all__ = [
     "Broker",
     "BrokerError",
     "TlsConfig",
+    "acl_text",
     "find_mosquitto",
     "free_port",
     "mosquitto_version",
@@ -51,11 +52,20 @@ class BrokerError(RuntimeError):
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """Mutual-TLS listener settings (hook for `esp32emu broker --tls`; not exercised yet).
+    """Mutual-TLS listener settings (`esp32emu broker --tls`, TLS tests).
 
     With `use_identity_as_username` the client certificate's CN becomes the
     MQTT username, so an ACL line `pattern readwrite devices/%u/#` confines
-    each device to its own topics.
+    each device to its own topics. Unless `acl_file` names one, the broker
+    writes that ACL itself (`acl_text`) for topic prefix `acl_prefix`, giving
+    the `backend_users` identities fleet-wide rights; `acl_prefix=None`
+    means no ACL at all (every valid certificate may use every topic).
+
+    `bind_client_id` adds `use_username_as_clientid true`: the client id
+    becomes the certificate's CN, so one certificate cannot take over
+    another device's session by connecting with its client id. It is off by
+    default because every backend client then shares the client id
+    "backend" and would disconnect the others.
     """
 
     cafile: str | os.PathLike[str]
@@ -64,6 +74,18 @@ class TlsConfig:
     require_certificate: bool = True
     use_identity_as_username: bool = True
     acl_file: str | os.PathLike[str] | None = None
+    acl_prefix: str | None = "devices"
+    backend_users: tuple[str, ...] = ("backend",)
+    bind_client_id: bool = False
+
+    @classmethod
+    def from_pki(cls, directory: str | os.PathLike[str], **options) -> "TlsConfig":
+        """The broker side of an `esp32emu certs` directory (ca.crt, broker.crt/.key)."""
+        root = Path(directory)
+        for name in ("ca.crt", "broker.crt", "broker.key"):
+            if not (root / name).is_file():
+                raise BrokerError(f"{root / name} is missing: run `esp32emu certs` first")
+        return cls(root / "ca.crt", root / "broker.crt", root / "broker.key", **options)
 
     def listener_lines(self) -> list[str]:
         lines = [
@@ -73,9 +95,31 @@ class TlsConfig:
             f"require_certificate {'true' if self.require_certificate else 'false'}",
             f"use_identity_as_username {'true' if self.use_identity_as_username else 'false'}",
         ]
+        if self.bind_client_id:
+            lines.append("use_username_as_clientid true")
         if self.acl_file is not None:
             lines.append(f"acl_file {Path(self.acl_file).resolve()}")
         return lines
+
+    def acl_text(self) -> str | None:
+        """The generated ACL (None when `acl_file` is given or ACLs are off)."""
+        if self.acl_file is not None or self.acl_prefix is None:
+            return None
+        return acl_text(self.acl_prefix, self.backend_users)
+
+
+def acl_text(prefix: str = "devices", backend_users: Iterable[str] = ("backend",)) -> str:
+    """A Mosquitto ACL: each device (username = certificate CN) may read and
+    write only `<prefix>/<its id>/#`; backend identities may use the whole
+    fleet's topics and read `$SYS`. Anything not granted is denied."""
+    lines = [
+        "# written by esp32emu (emulator/broker.py); regenerated on every start",
+        "# devices: the certificate CN is the username (use_identity_as_username)",
+        f"pattern readwrite {prefix}/%u/#",
+    ]
+    for user in backend_users:
+        lines += ["", f"user {user}", f"topic readwrite {prefix}/#", "topic read $SYS/#"]
+    return "\n".join(lines) + "\n"
 
 
 def find_mosquitto() -> str:
@@ -293,6 +337,8 @@ class Broker:
         ]
         if self.tls is not None:
             lines += self.tls.listener_lines()
+            if self.tls.acl_text() is not None:
+                lines.append(f"acl_file {self._acl_path()}")
         if self.users is not None or self.password_file is not None:
             lines += ["allow_anonymous false", f"password_file {self._password_path()}"]
         elif self.tls is not None:
@@ -326,6 +372,14 @@ class Broker:
         lines += self.extra_config
         return "\n".join(lines) + "\n"
 
+    def _acl_path(self) -> Path:
+        return self.workdir / "acl"
+
+    def _write_acl_file(self) -> None:
+        text = self.tls.acl_text() if self.tls is not None else None
+        if text is not None:
+            self._acl_path().write_text(text)
+
     def _password_path(self) -> Path:
         return self.password_file if self.password_file is not None else self.workdir / "passwd"
 
@@ -352,6 +406,7 @@ class Broker:
             self._binary = find_mosquitto()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_password_file()
+        self._write_acl_file()
         attempts = 1 if self._fixed_port else 5
         for attempt in range(attempts):
             if not self._fixed_port and (self._port is None or attempt > 0):

@@ -57,8 +57,14 @@ class Emulator:
         seed: int = 0,
         console: Callable[[str], None] | None = None,
         start: bool = True,
+        certs: Path | str | None = None,
         **config: Any,
     ) -> Board:
+        """Make (and by default power on) a board. With `certs` (an
+        `esp32emu certs` directory) the board gets its device's DER
+        `ca.crt`/`client.crt`/`client.key` and `"tls": true` in its config."""
+        if certs is not None:
+            config["broker"] = {"tls": True, **config.get("broker", {})}
         cfg = default_config(device_id, host, port, **config)
         board = Board(
             device_id,
@@ -69,6 +75,10 @@ class Emulator:
             index=len(self.boards),
             console=console,
         )
+        if certs is not None:
+            from emulator.certs import board_files
+
+            board.install_files(board_files(certs, device_id))
         self.boards[device_id] = board
         if start:
             self.call(board.start)
