@@ -13,13 +13,14 @@ FLEET_ARGS ?=
 
 NODE_INPUTS := $(wildcard package.json package-lock.json)
 
-.PHONY: setup test run fleet lint bench clean help
+.PHONY: setup test run fleet lint bench clean help flash
 
 help:
 	@echo "make setup   create $(VENV) (pip install -e '.[test]') and node_modules (npm ci)"
 	@echo "make test    run the tests: $(PY) -m pytest -q"
 	@echo "make run     setup, then: esp32emu fleet --devices $(DEVICES) --duration $(DURATION)"
 	@echo "make fleet   the same fleet without the setup step (DEVICES=, DURATION=, FLEET_ARGS=)"
+	@echo "make flash   PORT=/dev/ttyUSB0 ID=dev-00001 [BROKER=mqtt://host:port] [FLASH_ARGS=--mpy]: deploy to a real board"
 	@echo "make lint    MicroPython gates on firmware/: mpy-cross, mypy vs ESP32 stubs, static checks"
 	@echo "make clean   remove the venv, node_modules and build leftovers"
 
@@ -52,6 +53,11 @@ run: setup fleet
 
 fleet:
 	$(VENV)/bin/esp32emu fleet --devices $(DEVICES) --duration $(DURATION) $(FLEET_ARGS)
+
+# WiFi comes from ESP32EMU_WIFI_SSID / ESP32EMU_WIFI_PASSWORD (or the board's config.json).
+flash: setup
+	@test -n "$(PORT)" -a -n "$(ID)" || { echo "usage: make flash PORT=/dev/ttyUSB0 ID=dev-00001 [BROKER=mqtt://host:port]" >&2; exit 2; }
+	$(VENV)/bin/esp32emu flash --port $(PORT) --id $(ID) $(if $(BROKER),--broker $(BROKER)) $(FLASH_ARGS)
 
 lint: setup
 	$(PY) tools/check_firmware.py firmware

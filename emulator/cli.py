@@ -8,6 +8,7 @@ Exit codes: 0 success, 2 bad usage or bad input (one line, no traceback),
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from emulator.broker import BrokerError
 from emulator.runner import UsageError
 
 STATE_DIR = Path(".esp32emu")
+CERTS_DIR = Path("certs")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,9 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--id", default="dev-00001", help="device id (default dev-00001)")
     run.add_argument("--keepalive", type=int, default=30, help="MQTT keepalive in seconds (default 30)")
     run.add_argument("--interval", type=float, default=10, help="telemetry interval in seconds (default 10)")
-    run.add_argument("--link", default="wifi-good", help="link profile (default wifi-good)")
+    run.add_argument("--link", default="wifi-good", help="link profile: wifi-good, wifi-weak, cellular-2g, nb-iot")
+    run.add_argument("--scenario", type=Path, help="TOML timeline of faults (see README: Scenario files)")
     run.add_argument("--seed", type=int, default=0, help="seed for the board's randomness")
     run.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    run.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (default certs)")
 
     fl = sub.add_parser("fleet", help="boot N boards, live view, JSON report at the end")
     fl.add_argument("--devices", type=int, required=True, help="number of boards")
@@ -46,10 +50,40 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--seed", type=int, default=0, help="seed for every board's randomness")
     fl.add_argument("--boot-rate", type=float, default=200, help="boards powered on per second (default 200)")
     fl.add_argument("--quiet", action="store_true", help="no live view (CI)")
+    fl.add_argument("--scenario", type=Path, help="TOML timeline of faults (see README: Scenario files)")
+    fl.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (default certs)")
 
     br = sub.add_parser("broker", help="run a private Mosquitto with the project's config")
-    br.add_argument("--port", type=int, default=1883)
-    br.add_argument("--tls", action="store_true", help="mutual TLS with certs/ (planned)")
+    br.add_argument("--port", type=int, help="listen port (default 1883, or 8883 with --tls)")
+    br.add_argument("--tls", action="store_true", help="mutual TLS only, with the certificates in --certs")
+    br.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI directory (default certs)")
+
+    ce = sub.add_parser("certs", help="make a dev PKI: CA, broker, backend and one client cert per device")
+    ce.add_argument("--devices", type=int, default=1, help="client certificates dev-00001..N (default 1)")
+    ce.add_argument("--dir", type=Path, default=CERTS_DIR, help="where to write them (default certs)")
+    ce.add_argument("--force", action="store_true", help="replace existing files (a new CA: every old cert dies)")
+
+    fw = sub.add_parser("flash", help="deploy firmware/ + this device's config (and certs) to a real board with mpremote")
+    fw.add_argument("--port", required=True, help="serial port of the board (e.g. /dev/ttyUSB0, COM3)")
+    fw.add_argument("--id", required=True, help="device id written to the board's config.json")
+    fw.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default: keep the board's)")
+    fw.add_argument("--wifi-ssid", default=os.environ.get("ESP32EMU_WIFI_SSID"), help="WiFi network (env ESP32EMU_WIFI_SSID; default: keep the board's)")
+    fw.add_argument("--wifi-password", default=os.environ.get("ESP32EMU_WIFI_PASSWORD"), help="WiFi password (env ESP32EMU_WIFI_PASSWORD)")
+    fw.add_argument("--mpy", action="store_true", help="compile to .mpy with mpy-cross (boot.py/main.py stay .py)")
+    fw.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (default certs)")
+    fw.add_argument("--no-reset", action="store_true", help="do not reset the board at the end")
+
+    mo = sub.add_parser("monitor", help="a board's serial console with timestamps; reconnects when it resets")
+    mo.add_argument("--port", required=True, help="serial port of the board")
+
+    se = sub.add_parser("serial", help="one emulated board whose REPL is on a pty that mpremote can use")
+    se.add_argument("--id", default="dev-00001", help="device id (default dev-00001)")
+    se.add_argument("--broker", help="mqtt://host:port (default: start a private Mosquitto)")
+    se.add_argument("--no-firmware", action="store_true", help="start with no firmware/config (fresh MicroPython)")
+    se.add_argument("--erase", action="store_true", help="erase the board's flash directory first")
+    se.add_argument("--flash-kib", type=int, help="size of the board's filesystem in KiB (default 2048)")
+    se.add_argument("--seed", type=int, default=0, help="seed for the board's randomness")
+    se.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     return p
 
 
@@ -69,7 +103,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from emulator.runner import run_single
 
         return run_single(
-            args.broker, args.id, args.keepalive, args.interval, args.seed, args.state, args.link, args.duration
+            args.broker,
+            args.id,
+            args.keepalive,
+            args.interval,
+            args.seed,
+            args.state,
+            args.link,
+            args.duration,
+            certs_dir=args.certs,
+            scenario=args.scenario,
         )
     if args.command == "fleet":
         from emulator.fleet import FleetOptions, run_fleet
@@ -86,10 +129,65 @@ def _dispatch(args: argparse.Namespace) -> int:
                 state_dir=args.state,
                 boot_rate=args.boot_rate,
                 quiet=args.quiet,
+                scenario=args.scenario,
+                certs_dir=args.certs,
             )
         )
     if args.command == "broker":
         from emulator.runner import serve_broker
 
-        return serve_broker(args.port, args.tls, args.state)
+        return serve_broker(args.port, args.tls, args.state, args.certs)
+    if args.command == "certs":
+        return _certs(args)
+    if args.command == "flash":
+        from emulator.flash import FlashError, flash
+
+        try:
+            flash(
+                args.port,
+                args.id,
+                args.broker,
+                wifi_ssid=args.wifi_ssid,
+                wifi_password=args.wifi_password,
+                mpy=args.mpy,
+                certs_dir=args.certs,
+                reset=not args.no_reset,
+            )
+        except FlashError as e:
+            print(f"esp32emu: flash: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "monitor":
+        from emulator.monitor import run_monitor
+
+        return run_monitor(args.port)
+    if args.command == "serial":
+        from emulator.serial_board import run_serial
+
+        return run_serial(
+            args.id,
+            args.broker,
+            args.state,
+            firmware=not args.no_firmware,
+            erase=args.erase,
+            flash_kib=args.flash_kib,
+            seed=args.seed,
+            duration=args.duration,
+        )
     raise UsageError(f"unknown command {args.command!r}")
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from emulator.certs import CertError, device_ids, make_pki
+
+    if not 0 <= args.devices <= 100_000:
+        raise UsageError(f"--devices must be 0..100000, got {args.devices}")
+    try:
+        issued = make_pki(args.dir, device_ids(args.devices), force=args.force)
+    except CertError as e:
+        raise UsageError(str(e)) from None
+    for item in issued:
+        print(item.line(args.dir))
+    made = sum(not item.kept for item in issued)
+    print(f"esp32emu: {made} new, {len(issued) - made} kept in {args.dir} (private keys 0600; never commit them)")
+    return 0

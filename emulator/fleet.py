@@ -17,10 +17,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from emulator import scenario as scenario_mod
 from emulator.board import Board, default_config
 from emulator.loader import FirmwareImage
 from emulator.observer import FleetObserver
-from emulator.runner import UsageError, broker_for, shutdown_gracefully, wait_for_stop_signal
+from emulator.runner import (
+    UsageError,
+    broker_for,
+    load_scenario,
+    install_tls,
+    provision_tls,
+    shutdown_gracefully,
+    wait_for_stop_signal,
+)
 
 FDS_PER_BOARD = 1  # one MQTT socket per board
 FD_RESERVE = 64  # broker probe, observer, log files, the interpreter itself
@@ -39,6 +48,8 @@ class FleetOptions:
     boot_rate: float = 200.0  # boards powered on per second
     cmd_sample: int = 10  # boards pinged by the observer every interval
     quiet: bool = False
+    certs_dir: Path = Path("certs")  # the PKI for mqtts:// (one client cert per board)
+    scenario: Path | None = None  # a TOML timeline of faults (emulator/scenario.py)
 
 
 def check_fd_limit(devices: int) -> None:
@@ -66,15 +77,26 @@ def validate(opts: FleetOptions) -> None:
     if opts.duration is not None and opts.duration <= 0:
         raise UsageError(f"--duration must be positive, got {opts.duration}")
     check_fd_limit(opts.devices)
+    if opts.scenario is not None:
+        load_scenario(opts.scenario, private_broker=opts.broker is None)
 
 
 def run_fleet(opts: FleetOptions) -> int:
     validate(opts)
     image = FirmwareImage()
     with broker_for(opts.broker, opts.state_dir) as url:
+        observer = FleetObserver(url.host, url.port)
         if url.tls:
-            raise UsageError("mqtts:// needs the TLS support that is not built yet")
-        observer = FleetObserver(url.host, url.port).start()
+            provision_tls(opts.certs_dir, [f"dev-{i + 1:05d}" for i in range(opts.devices)])
+            if not (opts.certs_dir / "backend.key").is_file():
+                raise UsageError(f"{opts.certs_dir / 'backend.key'} is missing: run `esp32emu certs` first")
+            # The observer is the backend identity: fleet-wide rights in the ACL.
+            observer.client.tls_set(
+                ca_certs=str(opts.certs_dir / "ca.crt"),
+                certfile=str(opts.certs_dir / "backend.crt"),
+                keyfile=str(opts.certs_dir / "backend.key"),
+            )
+        observer.start()
         try:
             report = asyncio.run(_run(opts, image, url, observer))
         finally:
@@ -91,10 +113,13 @@ async def _run(opts: FleetOptions, image: FirmwareImage, url, observer: FleetObs
     boards = []
     for i in range(opts.devices):
         device_id = f"dev-{i + 1:05d}"
-        cfg = default_config(device_id, url.host, url.port, keepalive=opts.keepalive, interval=opts.interval)
-        boards.append(
-            Board(device_id, image, opts.state_dir / "boards" / device_id, config=cfg, seed=opts.seed, index=i)
+        cfg = default_config(
+            device_id, url.host, url.port, keepalive=opts.keepalive, interval=opts.interval, broker={"tls": url.tls}
         )
+        board = Board(device_id, image, opts.state_dir / "boards" / device_id, config=cfg, seed=opts.seed, index=i)
+        if url.tls:
+            install_tls(board, opts.certs_dir)
+        boards.append(board)
     started = time.monotonic()
     cpu0 = time.process_time()
     view = LiveView(opts, observer, boards, started)
@@ -103,6 +128,9 @@ async def _run(opts: FleetOptions, image: FirmwareImage, url, observer: FleetObs
         asyncio.create_task(_ping_sample(boards, observer, opts)),
         asyncio.create_task(view.run()),
     ]
+    if opts.scenario is not None:
+        timeline = scenario_mod.Timeline(load_scenario(opts.scenario, url.broker is not None), boards, url.broker)
+        tasks.append(asyncio.create_task(timeline.run()))
     online_at_end = 0
     try:
         await wait_for_stop_signal(opts.duration)

@@ -12,13 +12,16 @@ import contextlib
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from emulator.board import Board, default_config
-from emulator.broker import Broker
+from emulator.broker import Broker, TlsConfig
 from emulator.loader import FirmwareImage
+from emulator.profiles import profile_names
+from emulator.scenario import Scenario, ScenarioError, Timeline
+from emulator.scenario import load as load_scenario_file
 
 
 class UsageError(Exception):
@@ -30,6 +33,7 @@ class BrokerURL:
     scheme: str
     host: str
     port: int
+    broker: Broker | None = field(default=None, compare=False)  # set when the tool started it
 
     @property
     def tls(self) -> bool:
@@ -62,9 +66,32 @@ def broker_for(url: str | None, state_dir: Path, say=lambda msg: print(msg, file
     broker.start()
     say(f"esp32emu: started a private Mosquitto at {broker.url} (config and log in {broker.workdir})")
     try:
-        yield parse_broker_url(broker.url)
+        yield replace(parse_broker_url(broker.url), broker=broker)
     finally:
         broker.stop()
+
+
+def provision_tls(certs_dir: Path, device_ids: list[str]) -> None:
+    """Make sure every device has its client certificate in `certs_dir`
+    (issued from the CA there when missing; existing ones are kept)."""
+    from emulator.certs import CertError, ensure_devices
+
+    try:
+        made = ensure_devices(certs_dir, device_ids)
+    except CertError as e:
+        raise UsageError(f"mqtts:// needs the dev PKI: {e}") from None
+    if made:
+        print(f"esp32emu: issued {made} device certificate(s) in {certs_dir}", file=sys.stderr, flush=True)
+
+
+def install_tls(board: Board, certs_dir: Path) -> None:
+    """Put the board's own DER ca.crt/client.crt/client.key on its flash."""
+    from emulator.certs import CertError, board_files
+
+    try:
+        board.install_files(board_files(certs_dir, board.id))
+    except CertError as e:
+        raise UsageError(str(e)) from None
 
 
 async def shutdown_gracefully(boards: list[Board], timeout: float = 5.0) -> None:
@@ -104,42 +131,78 @@ def run_single(
     state_dir: Path,
     link: str = "wifi-good",
     duration: float | None = None,
+    certs_dir: Path = Path("certs"),
+    scenario: Path | None = None,
 ) -> int:
-    """`esp32emu run`: one board, its console on stdout, until Ctrl-C."""
+    """`esp32emu run`: one board, its console on stdout, until Ctrl-C.
+    With an mqtts:// broker the board gets its own certificate from `certs_dir`."""
     if keepalive < 2 or keepalive > 65535:
         raise UsageError(f"--keepalive must be 2..65535 seconds, got {keepalive}")
     if not 0.1 <= interval <= 86400:
         raise UsageError(f"--interval must be 0.1..86400 seconds, got {interval}")
-    if link != "wifi-good":
-        raise UsageError(f"unknown --link profile {link!r} (known: wifi-good)")
+    if link not in profile_names():
+        raise UsageError(f"unknown --link profile {link!r} (known: {', '.join(profile_names())})")
+    if scenario is not None:
+        load_scenario(scenario, private_broker=broker is None)
     image = FirmwareImage()
     with broker_for(broker, state_dir) as url:
         if url.tls:
-            raise UsageError("mqtts:// needs the TLS support that is not built yet")
-        cfg = default_config(device_id, url.host, url.port, keepalive=keepalive, interval=interval)
+            provision_tls(certs_dir, [device_id])
+        cfg = default_config(
+            device_id, url.host, url.port, keepalive=keepalive, interval=interval, broker={"tls": url.tls}
+        )
 
         def console(line: str) -> None:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
         board = Board(device_id, image, state_dir / "boards" / device_id, config=cfg, seed=seed, console=console)
+        if url.tls:
+            install_tls(board, certs_dir)
+
+        board.link.set_profile(link)
 
         async def main() -> None:
             board.start()
+            extra = []
+            if scenario is not None:
+                timeline = Timeline(load_scenario(scenario, url.broker is not None), [board], url.broker)
+                extra.append(asyncio.create_task(timeline.run()))
             await wait_for_stop_signal(duration)
+            for t in extra:
+                t.cancel()
             await shutdown_gracefully([board])
 
         asyncio.run(main())
     return 0
 
 
-def serve_broker(port: int, tls: bool, state_dir: Path) -> int:
-    """`esp32emu broker`: a private Mosquitto in the foreground until Ctrl-C."""
-    if tls:
-        raise UsageError("--tls needs `esp32emu certs`, which is not built yet")
+def load_scenario(path: Path, private_broker: bool) -> Scenario:
+    """Parse a scenario file up front: a bad one is a usage error naming the line."""
+    try:
+        scenario = load_scenario_file(path)
+    except ScenarioError as e:
+        raise UsageError(str(e)) from None
+    if scenario.uses_broker and not private_broker:
+        raise UsageError(f"{path}: broker events need the private broker (omit --broker)")
+    return scenario
+
+
+def serve_broker(port: int | None, tls: bool, state_dir: Path, certs_dir: Path = Path("certs")) -> int:
+    """`esp32emu broker`: a private Mosquitto in the foreground until Ctrl-C.
+    With `tls`: mutual TLS only (certificates from `certs_dir`, CN = username,
+    each device confined to its own topics by an ACL; no anonymous access)."""
+    if port is None:
+        port = 8883 if tls else 1883
     if not 1 <= port <= 65535:
         raise UsageError(f"--port must be 1..65535, got {port}")
-    broker = Broker(state_dir / "broker", port=port)
+    tls_config = None
+    if tls:
+        missing = [n for n in ("ca.crt", "broker.crt", "broker.key") if not (certs_dir / n).is_file()]
+        if missing:
+            raise UsageError(f"--tls needs {certs_dir / missing[0]}: run `esp32emu certs` first")
+        tls_config = TlsConfig.from_pki(certs_dir)
+    broker = Broker(state_dir / "broker", port=port, tls=tls_config)
     broker.start()
     print(f"esp32emu: Mosquitto listening at {broker.url} (config and log in {broker.workdir}); Ctrl-C stops it")
     try:

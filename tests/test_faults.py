@@ -141,3 +141,33 @@ def test_quick_reboot_with_half_open_link_ends_online(emu, broker, observer):
     late.subscribe("devices/dev-q1/status")
     final = late.wait_topic("devices/dev-q1/status", 5)
     assert final.retain and final.json()["online"] is True and final.json()["boot"] == 2
+
+
+def test_watchdog_resets_a_hung_board(emu, broker, observer):
+    """Item 16: firmware hangs, the armed machine.WDT resets the board, and
+    its new birth says reset "watchdog"."""
+    obs = observer(broker)
+    obs.subscribe("devices/dev-h1/status")
+    board = emu.add_board("dev-h1", broker.host, broker.port, keepalive=KA, interval=1, wdt_ms=1500,
+                          backoff={"base_ms": 200, "cap_ms": 1000})
+    obs.wait_for(is_birth("dev-h1", boot=1), 10)
+    mark = len(obs.messages)
+    t_hang = time.monotonic()
+    emu.call(board.hang)
+    back = obs.wait_for(is_birth("dev-h1", boot=2), 10, start=mark)
+    assert back.json()["reset"] == "watchdog"
+    assert back.t - t_hang >= 1.5, "not before the watchdog timeout"
+    assert any("task_wdt" in line for line in board.console_tail)
+
+
+def test_hung_board_without_watchdog_stays_down(emu, broker, observer):
+    """Without an armed watchdog a hung board never comes back (as on hardware):
+    the broker fires its Will by keepalive."""
+    obs = observer(broker)
+    obs.subscribe("devices/dev-h2/status")
+    board = emu.add_board("dev-h2", broker.host, broker.port, keepalive=KA, interval=1)
+    obs.wait_for(is_birth("dev-h2", boot=1), 10)
+    mark = len(obs.messages)
+    emu.call(board.hang)
+    obs.wait_for(is_will("dev-h2"), D + 2, start=mark)
+    assert emu.call(lambda: board.boots) == 1
