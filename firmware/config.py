@@ -22,7 +22,14 @@
 #               cannot feed it through a slow TLS handshake or DNS lookup)
 #   ntp         true (sync the clock with ntptime's default server), false
 #               (never; telemetry "ts" is null), or a server host name
-#   sensors     list of objects (their content is checked by the sensor code)
+#   sensors     list of objects, each {"type": ..., "prefix": "" (put before
+#               its reading names), plus per type}:
+#                 bme280  i2c: 0|1 (0), sda/scl: pins (21/22), addr: 118|119 (0x76)
+#                 dht22   pin: required
+#                 battery pin (35), atten: dB 0|2.5|6|11 (11), divider: 1..100 (2.0)
+#                 mcu     nothing
+#               no two entries may produce the same reading name; an empty
+#               list means the MCU's own sensor alone
 
 import json
 
@@ -138,13 +145,92 @@ def _check_ntp(v):
     raise _bad("ntp", "true, false or an NTP server host name", v)
 
 
-def _check_sensors(v):
+def _sensor_defaults(kind):
+    # Each sensor type's keys and their defaults (None: required).
+    if kind == "bme280":
+        return {"i2c": 0, "sda": 21, "scl": 22, "addr": 0x76}
+    if kind == "dht22":
+        return {"pin": None}
+    if kind == "battery":
+        return {"pin": 35, "atten": 11, "divider": 2.0}
+    if kind == "mcu":
+        return {}
+    return None
+
+
+def _sensor_readings(kind):
+    if kind == "bme280":
+        return ("t", "p", "h")
+    if kind == "dht22":
+        return ("t", "h")
+    if kind == "battery":
+        return ("bat",)
+    return ("mcu",)
+
+
+def _pin(key, v):
+    if v is None:
+        raise ConfigError('config.json: "%s" is required' % key)
+    return _int(key, v, 0, 48)
+
+
+def _check_sensor(i, s, warn):
+    key = "sensors[%d]" % i
+    if not isinstance(s, dict):
+        raise _bad(key, "an object", s)
+    kind = s.get("type")
+    out = _sensor_defaults(kind) if isinstance(kind, str) else None
+    if out is None:
+        raise _bad(key + ".type", '"bme280", "dht22", "battery" or "mcu"', kind)
+    out["type"] = kind
+    out["prefix"] = ""
+    for k in s:
+        if k in out:
+            out[k] = s[k]
+        else:
+            warn('config.json: unknown key "%s.%s" ignored' % (key, k))
+    key += "."
+    prefix = out["prefix"]
+    if not isinstance(prefix, str) or len(prefix) > 16 or [c for c in prefix if c not in _ID_CHARS]:
+        raise _bad(key + "prefix", "up to 16 characters of A-Z a-z 0-9 _ -", prefix)
+    if kind == "bme280":
+        _int(key + "i2c", out["i2c"], 0, 1)
+        _pin(key + "sda", out["sda"])
+        _pin(key + "scl", out["scl"])
+        if out["sda"] == out["scl"]:
+            raise _bad(key + "scl", "a pin other than sda", out["scl"])
+        if not is_int(out["addr"]) or out["addr"] not in (0x76, 0x77):
+            raise _bad(key + "addr", "118 (0x76) or 119 (0x77)", out["addr"])
+    elif kind == "dht22":
+        _pin(key + "pin", out["pin"])
+    elif kind == "battery":
+        _pin(key + "pin", out["pin"])
+        atten = out["atten"]
+        if isinstance(atten, bool) or atten not in (0, 2.5, 6, 11):
+            raise _bad(key + "atten", "an ADC attenuation in dB: 0, 2.5, 6 or 11", atten)
+        div = out["divider"]
+        if isinstance(div, bool) or not isinstance(div, (int, float)) or not (1 <= div <= 100):
+            raise _bad(key + "divider", "a divider ratio 1..100 (2 for a 1:2 divider)", div)
+    return out
+
+
+def _check_sensors(v, warn):
     if not isinstance(v, list):
         raise _bad("sensors", "a list of objects", v)
+    out = []
+    seen = []  # (reading, index) so far
     for i, s in enumerate(v):
-        if not isinstance(s, dict):
-            raise _bad("sensors[%d]" % i, "an object", s)
-    return v
+        spec = _check_sensor(i, s, warn)
+        for r in _sensor_readings(spec["type"]):
+            name = spec["prefix"] + r
+            for other, j in seen:
+                if other == name:
+                    raise ConfigError(
+                        'config.json: "sensors[%d]" reads "%s" like "sensors[%d]": give one a "prefix"' % (i, name, j)
+                    )
+            seen.append((name, i))
+        out.append(spec)
+    return out
 
 
 def _section(raw, base, name, warn):
@@ -216,7 +302,7 @@ def validate(raw, warn):
     cfg["wdt_ms"] = wdt
 
     cfg["ntp"] = _check_ntp(raw.get("ntp", base["ntp"]))
-    cfg["sensors"] = _copy(_check_sensors(raw.get("sensors", [])))
+    cfg["sensors"] = _check_sensors(raw.get("sensors", []), warn)
     return cfg
 
 

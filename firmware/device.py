@@ -19,6 +19,7 @@ from backoff import Backoff
 from config import redacted
 from mqtt_client import LinkError, MqttClient
 from mqtt_session import Message, PublishAcked
+from sensors import Sensors
 from wifi import Wifi
 
 try:
@@ -102,6 +103,7 @@ class Device:
         self._leaving = False
         self._wifi_lost = False
         self._led = None
+        self.sensors = Sensors(cfg["sensors"], log)
 
     # -- entry ----------------------------------------------------------------
 
@@ -260,7 +262,7 @@ class Device:
         if not self.client.connected:
             return
         msg = {"seq": self.seq, "ts": unix_time()}
-        _read_sensors(msg)
+        await self.sensors.read_all(msg)
         try:
             await self.client.publish(self.t_telemetry, _dumps(msg), 0, False)
         except LinkError:
@@ -335,7 +337,7 @@ class Device:
             return {"pong": unix_time()}
         if op == "read":
             r = {}
-            _read_sensors(r)
+            await self.sensors.read_all(r)
             return r
         if op == "set_interval":
             self.interval_ms = args["seconds"] * 1000
@@ -399,25 +401,6 @@ class Device:
         while True:
             wdt.feed()
             await asyncio.sleep_ms(period)
-
-
-def _read_sensors(into):
-    try:
-        into["mcu"] = round(_mcu_temperature(), 1)
-    except Exception as e:
-        err = into.setdefault("err", {})
-        err["mcu"] = str(e)[:40]
-
-
-def _mcu_temperature():
-    # ESP32-S2/S3/C3 have esp32.mcu_temperature() in degrees C; the classic
-    # ESP32 only has raw_temperature() in degrees F.
-    import esp32
-
-    read = getattr(esp32, "mcu_temperature", None)
-    if read is not None:
-        return read()
-    return (esp32.raw_temperature() - 32) / 1.8
 
 
 def _dumps(obj):

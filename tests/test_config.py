@@ -166,6 +166,22 @@ BAD = [
     ({"sensors": {}}, '"sensors"', "a list of objects"),
     ({"sensors": None}, '"sensors"', "got null"),
     ({"sensors": [{"type": "bme280"}, "dht22"]}, '"sensors[1]"', 'got "dht22"'),
+    ({"sensors": [{}]}, '"sensors[0].type"', '"bme280", "dht22", "battery" or "mcu" (got null)'),
+    ({"sensors": [{"type": "sht31"}]}, '"sensors[0].type"', 'got "sht31"'),
+    ({"sensors": [{"type": "mcu"}, {"type": "bme280", "addr": 0x78}]}, '"sensors[1].addr"', "118 (0x76) or 119 (0x77) (got 120)"),
+    ({"sensors": [{"type": "bme280", "addr": "0x76"}]}, '"sensors[0].addr"', 'got "0x76"'),
+    ({"sensors": [{"type": "bme280", "i2c": 2}]}, '"sensors[0].i2c"', "0..1"),
+    ({"sensors": [{"type": "bme280", "sda": 49}]}, '"sensors[0].sda"', "0..48"),
+    ({"sensors": [{"type": "bme280", "scl": 21}]}, '"sensors[0].scl"', "a pin other than sda"),
+    ({"sensors": [{"type": "dht22"}]}, '"sensors[0].pin"', "is required"),
+    ({"sensors": [{"type": "dht22", "pin": True}]}, '"sensors[0].pin"', "got true"),
+    ({"sensors": [{"type": "battery", "pin": -1}]}, '"sensors[0].pin"', "0..48"),
+    ({"sensors": [{"type": "battery", "atten": 12}]}, '"sensors[0].atten"', "0, 2.5, 6 or 11"),
+    ({"sensors": [{"type": "battery", "divider": 0.5}]}, '"sensors[0].divider"', "1..100"),
+    ({"sensors": [{"type": "battery", "divider": "2"}]}, '"sensors[0].divider"', 'got "2"'),
+    ({"sensors": [{"type": "mcu", "prefix": "a b"}]}, '"sensors[0].prefix"', "A-Z a-z 0-9"),
+    ({"sensors": [{"type": "bme280"}, {"type": "dht22", "pin": 4}]}, '"sensors[1]"', 'reads "t" like "sensors[0]"'),
+    ({"sensors": [{"type": "mcu"}, {"type": "mcu"}]}, '"sensors[1]"', "prefix"),
 ]
 
 
@@ -206,7 +222,18 @@ GOOD = [
     ({"wdt_ms": 3600000}, "wdt_ms", 3600000),
     ({"ntp": False}, "ntp", False),
     ({"ntp": "192.168.1.1"}, "ntp", "192.168.1.1"),
-    ({"sensors": [{"type": "bme280", "addr": 118}, {}]}, "sensors", [{"type": "bme280", "addr": 118}, {}]),
+    (
+        {"sensors": [{"type": "bme280", "addr": 119}, {"type": "mcu"}]},
+        "sensors",
+        [{"type": "bme280", "prefix": "", "i2c": 0, "sda": 21, "scl": 22, "addr": 119}, {"type": "mcu", "prefix": ""}],
+    ),
+    (
+        {"sensors": [{"type": "dht22", "pin": 4, "prefix": "in_"}, {"type": "battery", "atten": 2.5, "divider": 3}]},
+        "sensors",
+        [{"type": "dht22", "prefix": "in_", "pin": 4}, {"type": "battery", "prefix": "", "pin": 35, "atten": 2.5, "divider": 3}],
+    ),
+    ({"sensors": [{"type": "bme280"}, {"type": "dht22", "pin": 4, "prefix": "dht_"}]}, "sensors",
+     [{"type": "bme280", "prefix": "", "i2c": 0, "sda": 21, "scl": 22, "addr": 118}, {"type": "dht22", "prefix": "dht_", "pin": 4}]),
 ]
 
 
@@ -313,3 +340,9 @@ def test_no_module_level_mutable_state():
         if name.startswith("__"):
             continue
         assert not isinstance(getattr(config, name), (list, dict, set, bytearray)), name
+
+
+def test_unknown_sensor_key_warns_and_is_dropped():
+    cfg, warns = check({"sensors": [{"type": "mcu"}, {"type": "battery", "pins": 34}]})
+    assert warns == ['config.json: unknown key "sensors[1].pins" ignored']
+    assert cfg["sensors"][1] == {"type": "battery", "prefix": "", "pin": 35, "atten": 11, "divider": 2.0}

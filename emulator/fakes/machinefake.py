@@ -205,26 +205,39 @@ def _adc_class(board):
         ATTN_11DB = 3
         WIDTH_12BIT = 3
 
+        # The ESP32's 12-bit SAR converter: the input voltage at which the raw
+        # code saturates (4095) for each attenuation, and its noise. read_uv()
+        # is the calibrated voltage, so it stops rising at saturation too.
+        FULL_SCALE_V = (1.1, 1.5, 2.2, 3.3)
+        NOISE_V = 0.006
+
         def __init__(self, pin, *, atten=None):
             self._pin = pin._id if hasattr(pin, "_id") else int(pin)
             self._atten = self.ATTN_0DB if atten is None else atten
+            if self._atten not in (0, 1, 2, 3):
+                raise ValueError("invalid attenuation")
 
         def atten(self, a):
+            if a not in (0, 1, 2, 3):
+                raise ValueError("invalid attenuation")
             self._atten = a
 
         def width(self, w):
             pass
 
+        def _code(self) -> int:
+            full = self.FULL_SCALE_V[self._atten]
+            v = board.env.adc_volts(self._pin) + board.env.rng.gauss(0, self.NOISE_V)
+            return max(0, min(4095, round(v / full * 4095)))
+
         def read_uv(self) -> int:
-            return int(board.env.adc_volts(self._pin) * 1_000_000)
+            return int(self._code() * self.FULL_SCALE_V[self._atten] / 4095 * 1_000_000)
 
         def read_u16(self) -> int:
-            full = (1.0, 1.34, 2.0, 3.6)[self._atten]
-            v = min(board.env.adc_volts(self._pin), full)
-            return int(v / full * 65535)
+            return self._code() * 65535 // 4095
 
         def read(self) -> int:
-            return self.read_u16() >> 4
+            return self._code()
 
     return ADC
 

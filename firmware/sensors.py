@@ -1,0 +1,229 @@
+# sensors.py - the sensor registry: builds one driver per entry of
+# cfg["sensors"] (validated by config.py) and reads them all into a telemetry
+# dict. A sensor that fails leaves its readings out and names the reason in
+# into["err"]; the others still report, and nothing here ever raises.
+#
+# Small drivers live here (DHT22 via `dht`, battery via machine.ADC and a
+# divider, the MCU's own sensor); the BME280 has bme280.py. Hardware is
+# touched when a Sensors object is built (pins, buses) and read, never at
+# import. Every reading also passes a plausibility check: outside the
+# sensor's range, or a jump no physical change makes between two reads
+# ("spike"), is reported as an error instead of a value.
+import time
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+# reading -> (lowest, highest, largest plausible jump between reads, digits)
+LIMITS = (
+    ("t", -40.0, 85.0, 8.0, 2),
+    ("h", 0.0, 100.0, 25.0, 1),
+    ("p", 300.0, 1100.0, 15.0, 2),
+    ("bat", 0.0, 6.0, 0.8, 3),
+    ("mcu", -40.0, 125.0, 0.0, 1),
+)
+READINGS = (("bme280", ("t", "p", "h")), ("dht22", ("t", "h")), ("battery", ("bat",)), ("mcu", ("mcu",)))
+ERRNO_NAMES = ((5, "EIO"), (19, "ENODEV"), (110, "ETIMEDOUT"), (116, "ETIMEDOUT"), (11, "EAGAIN"))
+ADC_ATTEN_DB = (0, 2.5, 6, 11)  # index = machine.ADC.ATTN_0DB .. ATTN_11DB
+_JUMP_WINDOW_MS = const(600000)  # after 10 min without a good value, any value in range is fine
+_DHT_MIN_MS = const(2000)  # the DHT22 cannot measure more often
+_BAT_SAMPLES = const(8)
+
+
+def base_names(kind):
+    """The readings a sensor type produces: bme280 -> ("t", "p", "h")."""
+    for k, names in READINGS:
+        if k == kind:
+            return names
+    return ()
+
+
+def reading_names(spec):
+    """The reading names an entry of cfg["sensors"] produces, with its prefix."""
+    prefix = spec.get("prefix", "")
+    return tuple(prefix + n for n in base_names(spec["type"]))
+
+
+def reason(e):
+    """A short reason for telemetry's "err": ENODEV, ETIMEDOUT, stuck..."""
+    if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
+        for code, name in ERRNO_NAMES:
+            if code == e.args[0]:
+                return name
+        return "OSError %d" % e.args[0]
+    msg = str(e)
+    return (msg if msg else type(e).__name__)[:40]
+
+
+def _limits(base):
+    for lim in LIMITS:
+        if lim[0] == base:
+            return lim
+    return None
+
+
+def mcu_temperature():
+    # ESP32-S2/S3/C3 have esp32.mcu_temperature() in degrees C; the classic
+    # ESP32 only has raw_temperature() in degrees F.
+    import esp32
+
+    read = getattr(esp32, "mcu_temperature", None)
+    if read is not None:
+        return read()
+    return (esp32.raw_temperature() - 32) / 1.8
+
+
+class Mcu:
+    async def read(self):
+        return (mcu_temperature(),)
+
+
+class Dht22:
+    def __init__(self, pin):
+        import dht
+        import machine
+
+        self.dev = dht.DHT22(machine.Pin(pin))
+        self._at = time.ticks_ms()
+        self._values = None
+
+    async def read(self):
+        # The sensor answers at most every 2 s: a read sooner (a `read`
+        # command right after telemetry) reuses the last measurement.
+        now = time.ticks_ms()
+        if self._values is None or time.ticks_diff(now, self._at) >= _DHT_MIN_MS:
+            self._values = None
+            self._at = now
+            self.dev.measure()  # OSError(ETIMEDOUT) when nobody answers, OSError on a bad checksum
+            self._values = (self.dev.temperature(), self.dev.humidity())
+        return self._values
+
+
+class Battery:
+    def __init__(self, pin, atten_db, divider):
+        import machine
+
+        atten = (machine.ADC.ATTN_0DB, machine.ADC.ATTN_2_5DB, machine.ADC.ATTN_6DB, machine.ADC.ATTN_11DB)
+        self.adc = machine.ADC(machine.Pin(pin), atten=atten[ADC_ATTEN_DB.index(atten_db)])
+        self.divider = divider
+
+    async def read(self):
+        adc = self.adc
+        if adc.read_u16() >= 65535:
+            raise ValueError("over range (attenuation too low?)")
+        total = 0
+        for _ in range(_BAT_SAMPLES):
+            total += adc.read_uv()  # calibrated microvolts at the pin
+        return (total / _BAT_SAMPLES / 1000000 * self.divider,)
+
+
+class Broken:
+    """Stands in for a sensor whose driver could not be set up."""
+
+    def __init__(self, why):
+        self.why = why
+
+    async def read(self):
+        raise ValueError(self.why)
+
+
+class Sensors:
+    def __init__(self, specs, log=print):
+        """Drivers for the entries of cfg["sensors"]; an empty list means the
+        MCU's own sensor alone (it needs no wiring)."""
+        self.log = log
+        self.entries = []  # [names, base names, driver, last reason or None]
+        self._good = {}  # reading -> (value, ticks) last accepted
+        self._pending = {}  # reading -> value rejected as a jump (a real step repeats)
+        self._seen = {}  # reading -> (last value, its verdict)
+        buses = {}
+        for i, spec in enumerate(specs or ({"type": "mcu"},)):
+            try:
+                drv = _build(spec, buses)
+            except Exception as e:  # a missing module, a bad pin: report, never crash
+                log("sensors[%d] %s: %s" % (i, spec.get("type"), e))
+                drv = Broken(reason(e))
+            self.entries.append([reading_names(spec), base_names(spec["type"]), drv, None])
+
+    async def read_all(self, into):
+        """Read every sensor into the dict `into` (readings, and "err" for
+        the ones that failed this round)."""
+        for entry in self.entries:
+            names, bases, drv = entry[0], entry[1], entry[2]
+            try:
+                values = await drv.read()
+                why = None
+            except Exception as e:
+                values = ()
+                why = reason(e)
+                for n in names:
+                    _fail(into, n, why)
+            if why != entry[3]:
+                self.log("sensor %s: %s" % ("/".join(names), why or "reading again"))
+                entry[3] = why
+            for i in range(len(values)):
+                self._accept(into, names[i], bases[i], values[i])
+
+    def _accept(self, into, name, base, v):
+        lim = _limits(base)
+        if lim is None:
+            into[name] = v
+            return
+        seen = self._seen.get(name)
+        if seen is not None and seen[0] == v:
+            why = seen[1]  # the same measurement again (a DHT22 read within 2 s): same verdict
+        else:
+            why = self._judge(name, v, lim)
+            self._seen[name] = (v, why)
+        if why is None:
+            into[name] = round(v, lim[4])
+        else:
+            _fail(into, name, why)
+
+    def _judge(self, name, v, lim):
+        # None when v is plausible, else the reason.
+        _, lo, hi, jump, _ = lim
+        if not (lo <= v <= hi):  # also refuses NaN
+            return "out of range"
+        now = time.ticks_ms()
+        good = self._good.get(name)
+        if jump and good is not None and time.ticks_diff(now, good[1]) < _JUMP_WINDOW_MS and abs(v - good[0]) > jump:
+            pending = self._pending.get(name)
+            if pending is None or abs(v - pending) > jump:
+                self._pending[name] = v  # a real step shows again in the next measurement
+                return "spike"
+        self._pending.pop(name, None)
+        self._good[name] = (v, now)
+        return None
+
+
+def _fail(into, name, why):
+    err = into.get("err")
+    if err is None:
+        err = into["err"] = {}
+    err[name] = why
+
+
+def _build(spec, buses):
+    kind = spec["type"]
+    if kind == "mcu":
+        return Mcu()
+    if kind == "battery":
+        return Battery(spec["pin"], spec["atten"], spec["divider"])
+    if kind == "dht22":
+        return Dht22(spec["pin"])
+    if kind == "bme280":
+        import machine
+        from bme280 import BME280
+
+        key = spec["i2c"]
+        i2c = buses.get(key)
+        if i2c is None:
+            i2c = buses[key] = machine.I2C(key, scl=machine.Pin(spec["scl"]), sda=machine.Pin(spec["sda"]))
+        return BME280(i2c, spec["addr"])
+    raise ValueError("unknown sensor type %s" % kind)
