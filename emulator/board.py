@@ -28,6 +28,7 @@ import greenlet
 from emulator.clock import BoardClock
 from emulator.environment import Environment
 from emulator.fakes.asynciofake import AsyncioModule
+from emulator.fakes.dhtfake import DhtModule
 from emulator.fakes.esp32fake import Esp32Module
 from emulator.fakes.machinefake import (
     DEEPSLEEP_RESET,
@@ -51,6 +52,7 @@ from emulator.fakes.timefake import TimeModule
 from emulator.fakes.tlsfake import SslModule, TlsModule
 from emulator.link import Link
 from emulator.loader import BoardModules, FirmwareImage, format_micropython_exception
+from emulator.sensors import wire as wire_sensors
 
 log = logging.getLogger("esp32emu")
 
@@ -69,7 +71,12 @@ def default_config(device_id: str, host: str, port: int, **overrides) -> dict:
         "interval": 10,
         "backoff": {"base_ms": 500, "cap_ms": 30000},
         "wdt_ms": 0,
-        "sensors": [],
+        # SPEC §2: a BME280, a battery divider and the MCU sensor.
+        "sensors": [
+            {"type": "bme280", "i2c": 0, "sda": 21, "scl": 22, "addr": 0x76},
+            {"type": "battery", "pin": 35, "atten": 11, "divider": 2.0},
+            {"type": "mcu"},
+        ],
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
@@ -116,6 +123,8 @@ class Board:
         self.env = Environment(random.Random(f"env:{seed}:{device_id}"))
         self.ap = ap or AccessPoint()
         self.link = Link(self)
+        # Every byte the radio sends draws current: the battery sags meanwhile.
+        self.link.taps.append(lambda direction, data, t: direction == "tx" and self.env.radio_transmit(len(data)))
         self.fs = FlashFS(self.flash_dir)
         self._console = console or (lambda line: None)
         self._partial = ""  # firmware output not yet ended by a newline
@@ -231,6 +240,21 @@ class Board:
     def i2c_bus(self, bus_id: int):
         return self.env.i2c_bus(bus_id)
 
+    def _wire_sensors(self) -> None:
+        # The emulated hardware matches the board's config.json "sensors".
+        try:
+            specs = json.loads((self.flash_dir / "config.json").read_text()).get("sensors", [])
+        except (OSError, ValueError, AttributeError):
+            specs = []
+        wire_sensors(self.env, specs)
+
+    def sensor_fault(self, sensor: str, fault: str):
+        """Give this board's `sensor` chips a fault (emulator/sensors.py
+        FAULTS); returns the function that clears it."""
+        from emulator.sensors import apply_fault
+
+        return apply_fault(self.env, sensor, fault)
+
     # -- the fakes table ----------------------------------------------------------------
 
     def _fakes(self) -> dict[str, Callable[[], object]]:
@@ -248,6 +272,7 @@ class Board:
             "os": lambda: OsModule(self),
             "tls": lambda: TlsModule(self),
             "ssl": lambda: SslModule(self),
+            "dht": lambda: DhtModule(self),
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -314,6 +339,7 @@ class Board:
         self.hung = False
         self.fs.cwd = "/"
         self.radio = Radio(self)
+        self._wire_sensors()
         self.modules = BoardModules(self.image, self.flash_dir, self._fakes(), self._print, self.fs.open)
         self.log_event("boot", f"boot #{self.boots}, reset cause {cause}")
         runner = self.loop.create_task(self._run_scripts())

@@ -17,6 +17,14 @@
     action = "blackhole"             # see BOARD_ACTIONS
     duration = 10                    # undone after 10 s (blackhole, wifi_down, dns_fail, partition, hang...)
 
+    [[event]]
+    at = 20
+    action = "sensor_fault"          # a sensor misbehaves (emulator/sensors.py FAULTS)
+    sensor = "bme280"                # bme280 | dht22
+    fault = "missing"                # bme280: stuck | spike | missing | bus_errors;
+                                     # dht22: spike | bus_errors | unplugged
+    duration = 30                    # cleared after 30 s (without: until the run ends)
+
 Parsing is strict: an unknown key, action or selector is an error that
 names the line. Running is separate (`Timeline.run`) and logs every event.
 """
@@ -50,6 +58,7 @@ BOARD_ACTIONS: dict[str, set[str]] = {
     "dns_fail": {"duration"},
     "link": {"profile"},  # switch link profile (wifi-good, nb-iot, ...)
     "partition": {"duration"},  # the selected boards lose the broker together
+    "sensor_fault": {"sensor", "fault", "duration"},  # telemetry shows it in "err"
 }
 COMMON_KEYS = {"at", "select", "action", "target"}
 
@@ -185,6 +194,14 @@ def _parse_event(ev: dict, line: int, text: str, bad, groups: dict) -> Event:
     if action == "link":
         if not isinstance(params.get("profile"), (str, dict)):
             raise bad(where("profile") if "profile" in ev else line, "action 'link' needs profile = \"name\"")
+    if action == "sensor_fault":
+        from emulator.sensors import FAULTS
+
+        sensor, fault = params.get("sensor"), params.get("fault")
+        if sensor not in FAULTS:
+            raise bad(where("sensor") if "sensor" in ev else line, f"sensor_fault needs sensor = one of {', '.join(sorted(FAULTS))}")
+        if fault not in FAULTS[sensor]:
+            raise bad(where("fault") if "fault" in ev else line, f"{sensor} faults are {', '.join(FAULTS[sensor])}, got {fault!r}")
     return Event(float(at), action, line, select=select, params=params)
 
 
@@ -346,6 +363,14 @@ def apply_board_action(action: str, params: dict, boards: list):
                 b.ap.set_up(True)
 
         return back
+    if action == "sensor_fault":
+        undos = [b.sensor_fault(params["sensor"], params["fault"]) for b in boards]
+
+        def clear() -> None:
+            for u in undos:
+                u()
+
+        return clear
     if action == "dns_fail":
         for b in boards:
             b.link.dns_fail = True
