@@ -8,8 +8,10 @@ that board. Nothing here knows about MQTT or about any particular fake.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import os
+import re
 import sys
 import types
 from pathlib import Path
@@ -39,8 +41,31 @@ ALIASES = {
 PASSTHROUGH = frozenset({"json", "struct", "binascii", "hashlib", "errno", "collections", "math", "re", "io", "array"})
 
 
+# Names whose use makes a module board-specific even if it imports nothing
+# board-specific: they reach the board's console, filesystem or importer.
+_BOARD_BUILTINS = frozenset({"print", "open", "input", "__import__", "globals", "exec", "eval", "compile"})
+
+
+class _ConstOnly:
+    """The `micropython` module as the pure modules see it: just const()."""
+
+    __name__ = "micropython"
+
+    @staticmethod
+    def const(x):
+        return x
+
+
 class FirmwareImage:
-    """The compiled firmware, shared by every board in the process."""
+    """The compiled firmware, shared by every board in the process.
+
+    Pure modules (they import only other pure modules, `micropython` and the
+    passthrough standard modules, and reach no board builtins such as print
+    or open) are executed once and their module object is shared by every
+    board: the firmware gates already forbid module-level mutable state, so
+    this is invisible to the firmware and saves each board its own copy of
+    every class and function in the MQTT core.
+    """
 
     def __init__(self, directory: Path | str = FIRMWARE_DIR):
         self.directory = Path(directory)
@@ -53,9 +78,103 @@ class FirmwareImage:
             source = path.read_text()
             self.sources[name] = source
             self.code[name] = compile(source, path.name, "exec", dont_inherit=True)
+        self.pure = _pure_modules(self.sources)
+        self._shared: dict[str, object] = {}
+        self._shared_builtins = dict(builtins.__dict__)
+        self._shared_builtins["__import__"] = self._import_shared
 
     def files(self) -> dict[str, bytes]:
         return {f"{name}.py": src.encode() for name, src in self.sources.items()}
+
+    def shared_module(self, name: str) -> object:
+        mod = self._shared.get(name)
+        if mod is None:
+            mod = types.ModuleType(name)
+            mod.__dict__["__builtins__"] = self._shared_builtins
+            mod.__file__ = self.code[name].co_filename
+            self._shared[name] = mod
+            try:
+                exec(self.code[name], mod.__dict__)
+            except BaseException:
+                del self._shared[name]
+                raise
+        return mod
+
+    def _import_shared(self, name, globals=None, locals=None, fromlist=(), level=0):
+        name = ALIASES.get(name, name)
+        if name in self.pure:
+            return self.shared_module(name)
+        if name == "micropython":
+            return _ConstOnly
+        if name in PASSTHROUGH:
+            return sys.modules.get(name) or __import__(name)
+        raise ImportError(f"no module named '{name}'")
+
+
+_CONSTANT_NAME = re.compile(r"_?[A-Z][A-Z0-9_]*$")
+_MUTABLE = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp, ast.Call)
+
+
+def _holds_state(tree: ast.Module) -> bool:
+    """True if the module could keep state of its own: `global`, a lowercase
+    module-level name, or a mutable container at module or class level."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Global, ast.Nonlocal)):
+            return True
+    for body, at_module in [(tree.body, True)] + [
+        (n.body, False) for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
+    ]:
+        for stmt in body:
+            if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                value = stmt.value
+                if isinstance(value, _MUTABLE) and not _is_const_call(value):
+                    return True
+                if at_module and not all(isinstance(t, ast.Name) and _CONSTANT_NAME.match(t.id) for t in targets):
+                    return True
+    return False
+
+
+def _is_const_call(value: ast.expr) -> bool:
+    return isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "const"
+
+
+def _imports_and_names(source: str) -> tuple[set[str], set[str], bool]:
+    """What a module imports, which names it uses, and whether it holds state."""
+    tree = ast.parse(source)
+    imports: set[str] = set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imports.update(ALIASES.get(a.name, a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imports.add(ALIASES.get(node.module, node.module))
+        elif isinstance(node, ast.Name):
+            names.add(node.id)
+    return imports, names, _holds_state(tree)
+
+
+def _pure_modules(sources: dict[str, str]) -> frozenset[str]:
+    info = {}
+    for name, source in sources.items():
+        try:
+            info[name] = _imports_and_names(source)
+        except SyntaxError:
+            continue
+    pure = {
+        n
+        for n, (_, names, stateful) in info.items()
+        if not stateful and not names & _BOARD_BUILTINS and n not in ("boot", "main")
+    }
+    changed = True
+    while changed:  # drop every module that imports something not pure
+        changed = False
+        for n in list(pure):
+            imports = info[n][0]
+            if any(m not in pure and m not in PASSTHROUGH and m != "micropython" for m in imports):
+                pure.discard(n)
+                changed = True
+    return frozenset(pure)
 
 
 class BoardModules:
@@ -86,6 +205,11 @@ class BoardModules:
         self.builtins["open"] = open_fn
         self.builtins.pop("input", None)
 
+    def _overridden(self, name: str) -> bool:
+        """True when the board's flash holds its own, different copy of `name`."""
+        source = _read(self.flash_dir / f"{name}.py")
+        return source is not None and source != self.image.sources.get(name)
+
     def _code_for(self, name: str) -> types.CodeType | None:
         # The board's sys.path is ['', '.frozen', '/lib']: the flash root
         # (where the image's files live), then /lib (where `mip` installs).
@@ -115,6 +239,10 @@ class BoardModules:
         return mod
 
     def load(self, name: str) -> object:
+        if name in self.image.pure and not self._overridden(name):
+            mod = self.image.shared_module(name)
+            self.modules[name] = mod
+            return mod
         code = self._code_for(name) if "." not in name else None
         if code is not None:
             return self.exec_module(name, code)
