@@ -18,13 +18,13 @@ import base64
 import hashlib
 import json
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Callable
 
 import greenlet
 
+from emulator.rng import SmallRandom
 from emulator.clock import BoardClock
 from emulator.environment import Environment
 from emulator.fakes.asynciofake import AsyncioModule
@@ -113,14 +113,14 @@ class Board:
             for name, data in image.files().items():
                 (self.flash_dir / name).write_bytes(data)
         self.seed = seed
-        self.rng = random.Random(f"{seed}:{device_id}")
+        self.rng = SmallRandom(f"{seed}:{device_id}")
         digest = hashlib.sha256(f"{seed}:{device_id}".encode()).digest()
         self.mac = bytes([0x24, 0x0A, 0xC4]) + digest[:3]
         host = index + 2  # .0.1 is the gateway
         self.ip = f"10.42.{(host >> 8) & 0xFF}.{host & 0xFF}"
         self.gateway = "10.42.0.1"
         self.clock = BoardClock(ticks_offset_ms)
-        self.env = Environment(random.Random(f"env:{seed}:{device_id}"))
+        self.env = Environment(SmallRandom(f"env:{seed}:{device_id}"))
         self.ap = ap or AccessPoint()
         self.link = Link(self)
         # Every byte the radio sends draws current: the battery sags meanwhile.
@@ -395,6 +395,7 @@ class Board:
 
     async def _run_scripts(self) -> None:
         g = greenlet.greenlet(self._scripts_body)
+        g.gr_context = self.modules.context.copy()  # firmware code knows its board
         self._greenlet = g
         msg = g.switch()
         while not g.dead:
@@ -495,7 +496,7 @@ class Board:
         time.sleep(seconds)
 
     def create_task(self, coro) -> asyncio.Task:
-        t = self.loop.create_task(coro)
+        t = self.loop.create_task(coro, context=self.modules.context.copy())
         self.tasks.add(t)
         t.add_done_callback(self._task_done)
         return t
@@ -518,7 +519,7 @@ class Board:
 
     def report_task_exception(self, context: dict) -> None:
         if self.task_exception_handler is not None:
-            self.task_exception_handler(None, context)
+            self.modules.context.copy().run(self.task_exception_handler, None, context)
             return
         self.console(context.get("message", "Task exception"))
         exc = context.get("exception")
@@ -612,7 +613,7 @@ class Board:
         if handler is None or self.loop is None:
             return False
         pin_obj = MachineModule(self).Pin(pin)
-        self.loop.call_soon(handler, pin_obj)
+        self.loop.call_soon(handler, pin_obj, context=self.modules.context.copy())
         return True
 
     @property

@@ -15,6 +15,7 @@ import random
 import time
 from typing import Callable
 
+from emulator.rng import SmallRandom
 from emulator.fakes import mp_oserror
 
 EIO = 5
@@ -28,7 +29,7 @@ class I2CBus:
 
     def __init__(self, rng: random.Random | None = None):
         self.devices: dict[int, object] = {}
-        self.rng = rng or random.Random(0)
+        self.rng = rng or SmallRandom(0)
         self.error_rate = 0.0
 
     def scan(self) -> list[int]:
@@ -153,7 +154,7 @@ class Environment:
 
     def child(self, name: str) -> random.Random:
         """A generator of its own for one part of the world (reproducible)."""
-        return random.Random(f"{self.key}:{name}")
+        return SmallRandom(f"{self.key}:{name}")
 
     # -- the air ---------------------------------------------------------------
 

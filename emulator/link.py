@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 
+from emulator.rng import SmallRandom
 from emulator.profiles import PROFILES, Profile, make_profile, profile_names, tuned
 
 # ESP-IDF (newlib) errno values, as MicroPython on ESP32 reports them.
@@ -81,7 +82,7 @@ class Link:
         seed = getattr(board, "seed", None)
         if seed is None:
             seed = board.rng.getrandbits(64)
-        self.rng = random.Random(f"link:{seed}:{board.id}")
+        self.rng = SmallRandom(f"link:{seed}:{board.id}")
         self._blocked = {"rx": False, "tx": False}
         self._abandoned: list[Connection] = []
         self._path_change = asyncio.Event()
@@ -426,8 +427,8 @@ class Connection(asyncio.Protocol):
         self.abandoned = False  # the board vanished
         self.killed: str | None = None  # "RST" or "FIN" from kill()
         self.stalled = False  # WiFi lost under it
-        self.tx = Pipe(self, "tx", random.Random(f"{seed}:tx"), self._send)
-        self.rx = Pipe(self, "rx", random.Random(f"{seed}:rx"), self._receive)
+        self.tx = Pipe(self, "tx", SmallRandom(f"{seed}:tx"), self._send)
+        self.rx = Pipe(self, "rx", SmallRandom(f"{seed}:rx"), self._receive)
         self._rx_buf: deque = deque()  # (bytes, sliced) delivered, not yet read
         self._rx_size = 0
         self._rx_end: str | None = None  # _EOF or _RESET once delivered to the board

@@ -1,15 +1,27 @@
 """Loading firmware into emulated boards.
 
 `FirmwareImage` compiles every ``firmware/*.py`` file once per process; each
-board then executes those shared code objects in a module table of its own
-(`BoardModules`), whose builtins route ``import``, ``open`` and ``print`` to
-that board. Nothing here knows about MQTT or about any particular fake.
+board has a module table of its own (`BoardModules`), whose builtins route
+``import``, ``open`` and ``print`` to that board.
+
+Stateless firmware modules (no `global`, no lowercase module-level names, no
+mutable module or class attributes — what the firmware gates demand anyway)
+are executed once and shared by every board: a module-level ``import
+machine`` in them binds a `ModuleProxy` that resolves, at each use, to the
+module of the board whose code is running (a context variable set in every
+task and greenlet of that board). Modules with state, or with a module-level
+``from <board module> import name``, are executed per board. At 10,000
+boards this is the difference between every board carrying its own copy of
+every firmware class and function, and none doing so.
+
+Nothing here knows about MQTT or about any particular fake.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import contextvars
 import os
 import re
 import sys
@@ -41,11 +53,6 @@ ALIASES = {
 PASSTHROUGH = frozenset({"json", "struct", "binascii", "hashlib", "errno", "collections", "math", "re", "io", "array"})
 
 
-# Names whose use makes a module board-specific even if it imports nothing
-# board-specific: they reach the board's console, filesystem or importer.
-_BOARD_BUILTINS = frozenset({"print", "open", "input", "__import__", "globals", "exec", "eval", "compile"})
-
-
 class _ConstOnly:
     """The `micropython` module as the pure modules see it: just const()."""
 
@@ -56,16 +63,34 @@ class _ConstOnly:
         return x
 
 
-class FirmwareImage:
-    """The compiled firmware, shared by every board in the process.
+_CURRENT: contextvars.ContextVar["BoardModules"] = contextvars.ContextVar("esp32emu_board_modules")
 
-    Pure modules (they import only other pure modules, `micropython` and the
-    passthrough standard modules, and reach no board builtins such as print
-    or open) are executed once and their module object is shared by every
-    board: the firmware gates already forbid module-level mutable state, so
-    this is invisible to the firmware and saves each board its own copy of
-    every class and function in the MQTT core.
-    """
+
+def current_modules() -> "BoardModules":
+    """The module table of the board whose code is running."""
+    try:
+        return _CURRENT.get()
+    except LookupError:
+        raise RuntimeError("firmware code ran outside any emulated board") from None
+
+
+class ModuleProxy:
+    """Stands for a board-specific module inside a shared module."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        return getattr(current_modules().module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"<module '{self._name}' of the running board>"
+
+
+class FirmwareImage:
+    """The compiled firmware, shared by every board in the process."""
 
     def __init__(self, directory: Path | str = FIRMWARE_DIR):
         self.directory = Path(directory)
@@ -78,13 +103,28 @@ class FirmwareImage:
             source = path.read_text()
             self.sources[name] = source
             self.code[name] = compile(source, path.name, "exec", dont_inherit=True)
-        self.pure = _pure_modules(self.sources)
+        self.imports, self.shareable = _analyse(self.sources)
         self._shared: dict[str, object] = {}
+        self._exec_depth = 0  # > 0 while a shared module's top level runs
         self._shared_builtins = dict(builtins.__dict__)
+        self._shared_builtins.pop("input", None)
         self._shared_builtins["__import__"] = self._import_shared
+        self._shared_builtins["print"] = lambda *a, **k: current_modules().builtins["print"](*a, **k)
+        self._shared_builtins["open"] = lambda *a, **k: current_modules().builtins["open"](*a, **k)
 
     def files(self) -> dict[str, bytes]:
         return {f"{name}.py": src.encode() for name, src in self.sources.items()}
+
+    def depends_on(self, name: str) -> set[str]:
+        """Every firmware module `name` imports, directly or not."""
+        seen: set[str] = set()
+        todo = [name]
+        while todo:
+            for dep in self.imports.get(todo.pop(), ()):
+                if dep in self.code and dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        return seen
 
     def shared_module(self, name: str) -> object:
         mod = self._shared.get(name)
@@ -93,22 +133,29 @@ class FirmwareImage:
             mod.__dict__["__builtins__"] = self._shared_builtins
             mod.__file__ = self.code[name].co_filename
             self._shared[name] = mod
+            self._exec_depth += 1
             try:
                 exec(self.code[name], mod.__dict__)
             except BaseException:
                 del self._shared[name]
                 raise
+            finally:
+                self._exec_depth -= 1
         return mod
 
     def _import_shared(self, name, globals=None, locals=None, fromlist=(), level=0):
         name = ALIASES.get(name, name)
-        if name in self.pure:
+        if self._exec_depth == 0:
+            # An import inside a function of a shared module, at run time:
+            # the running board's module.
+            return current_modules()._import(name, globals, locals, fromlist, level)
+        if name in self.shareable:
             return self.shared_module(name)
         if name == "micropython":
             return _ConstOnly
         if name in PASSTHROUGH:
             return sys.modules.get(name) or __import__(name)
-        raise ImportError(f"no module named '{name}'")
+        return ModuleProxy(name)
 
 
 _CONSTANT_NAME = re.compile(r"_?[A-Z][A-Z0-9_]*$")
@@ -139,42 +186,48 @@ def _is_const_call(value: ast.expr) -> bool:
     return isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "const"
 
 
-def _imports_and_names(source: str) -> tuple[set[str], set[str], bool]:
-    """What a module imports, which names it uses, and whether it holds state."""
-    tree = ast.parse(source)
-    imports: set[str] = set()
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imports.update(ALIASES.get(a.name, a.name) for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imports.add(ALIASES.get(node.module, node.module))
-        elif isinstance(node, ast.Name):
-            names.add(node.id)
-    return imports, names, _holds_state(tree)
+def _module_level_from_imports(tree: ast.Module) -> set[str]:
+    """Modules named by `from X import y` outside any function or class."""
+    found: set[str] = set()
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(ALIASES.get(node.module, node.module))
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                for child in getattr(node, field, []):
+                    todo.extend(child.body if isinstance(child, ast.ExceptHandler) else [child])
+    return found
 
 
-def _pure_modules(sources: dict[str, str]) -> frozenset[str]:
-    info = {}
+def _analyse(sources: dict[str, str]) -> tuple[dict[str, set[str]], frozenset[str]]:
+    """Each module's imports, and which modules can be shared by all boards."""
+    imports: dict[str, set[str]] = {}
+    candidates: dict[str, set[str]] = {}
     for name, source in sources.items():
         try:
-            info[name] = _imports_and_names(source)
+            tree = ast.parse(source)
         except SyntaxError:
             continue
-    pure = {
-        n
-        for n, (_, names, stateful) in info.items()
-        if not stateful and not names & _BOARD_BUILTINS and n not in ("boot", "main")
-    }
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                deps.update(ALIASES.get(a.name, a.name) for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                deps.add(ALIASES.get(node.module, node.module))
+        imports[name] = deps
+        if name not in ("boot", "main") and not _holds_state(tree):
+            candidates[name] = _module_level_from_imports(tree)
+    shareable = set(candidates)
     changed = True
-    while changed:  # drop every module that imports something not pure
+    while changed:  # `from X import y` at module level needs X shared (or constant) too
         changed = False
-        for n in list(pure):
-            imports = info[n][0]
-            if any(m not in pure and m not in PASSTHROUGH and m != "micropython" for m in imports):
-                pure.discard(n)
+        for n in list(shareable):
+            if any(m not in shareable and m not in PASSTHROUGH and m != "micropython" for m in candidates[n]):
+                shareable.discard(n)
                 changed = True
-    return frozenset(pure)
+    return imports, frozenset(shareable)
 
 
 class BoardModules:
@@ -204,11 +257,21 @@ class BoardModules:
         self.builtins["print"] = print_fn
         self.builtins["open"] = open_fn
         self.builtins.pop("input", None)
+        # A board whose flash carries its own copy of a module cannot share
+        # anything that imports that module.
+        self._own: set[str] = set()
+        for name in image.code:
+            if _read(self.flash_dir / f"{name}.py") not in (None, image.sources[name]):
+                self._own.add(name)
+                self._own.update(n for n in image.shareable if name in image.depends_on(n))
+        # The context every task and greenlet of this board runs in.
+        self.context = contextvars.copy_context()
+        self.context.run(_CURRENT.set, self)
 
-    def _overridden(self, name: str) -> bool:
-        """True when the board's flash holds its own, different copy of `name`."""
-        source = _read(self.flash_dir / f"{name}.py")
-        return source is not None and source != self.image.sources.get(name)
+    def module(self, name: str) -> object:
+        """The board's module `name`, loading it if needed (for ModuleProxy)."""
+        mod = self.modules.get(name)
+        return mod if mod is not None else self.load(name)
 
     def _code_for(self, name: str) -> types.CodeType | None:
         # The board's sys.path is ['', '.frozen', '/lib']: the flash root
@@ -239,7 +302,11 @@ class BoardModules:
         return mod
 
     def load(self, name: str) -> object:
-        if name in self.image.pure and not self._overridden(name):
+        if _CURRENT.get(None) is not self:
+            # Called from outside the board's tasks (a test driving the
+            # module table directly): this thread now runs this board's code.
+            _CURRENT.set(self)
+        if name in self.image.shareable and name not in self._own:
             mod = self.image.shared_module(name)
             self.modules[name] = mod
             return mod

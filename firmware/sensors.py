@@ -137,7 +137,7 @@ class Sensors:
         """Drivers for the entries of cfg["sensors"]; an empty list means the
         MCU's own sensor alone (it needs no wiring)."""
         self.log = log
-        self.entries = []  # [names, base names, driver, last reason or None]
+        self.entries = []  # [names, base names, driver, last reason or None, last values]
         self._good = {}  # reading -> (value, ticks) last accepted
         self._pending = {}  # reading -> value rejected as a jump (a real step repeats)
         self._seen = {}  # reading -> (last value, its verdict)
@@ -148,7 +148,7 @@ class Sensors:
             except Exception as e:  # a missing module, a bad pin: report, never crash
                 log("sensors[%d] %s: %s" % (i, spec.get("type"), e))
                 drv = Broken(reason(e))
-            self.entries.append([reading_names(spec), base_names(spec["type"]), drv, None])
+            self.entries.append([reading_names(spec), base_names(spec["type"]), drv, None, None])
 
     async def read_all(self, into):
         """Read every sensor into the dict `into` (readings, and "err" for
@@ -166,17 +166,21 @@ class Sensors:
             if why != entry[3]:
                 self.log("sensor %s: %s" % ("/".join(names), why or "reading again"))
                 entry[3] = why
+            # A driver that hands back the very same tuple (a DHT22 read
+            # within 2 s) gives no new measurement: it keeps its verdict.
+            fresh = values is not entry[4]
+            entry[4] = values
             for i in range(len(values)):
-                self._accept(into, names[i], bases[i], values[i])
+                self._accept(into, names[i], bases[i], values[i], fresh)
 
-    def _accept(self, into, name, base, v):
+    def _accept(self, into, name, base, v, fresh):
         lim = _limits(base)
         if lim is None:
             into[name] = v
             return
         seen = self._seen.get(name)
-        if seen is not None and seen[0] == v:
-            why = seen[1]  # the same measurement again (a DHT22 read within 2 s): same verdict
+        if not fresh and seen is not None and seen[0] == v:
+            why = seen[1]  # the same measurement again: the same verdict
         else:
             why = self._judge(name, v, lim)
             self._seen[name] = (v, why)

@@ -1,12 +1,16 @@
-"""The firmware loader: pure modules are shared by every board, anything
-that could hold board state or reach board builtins is executed per board."""
+"""The firmware loader: stateless modules are shared by every board and
+reach the running board through proxies; modules with state, and boards
+with their own copy of a module, get modules of their own."""
 
 from __future__ import annotations
 
 import textwrap
+import types
 from pathlib import Path
 
-from emulator.loader import BoardModules, FirmwareImage
+import pytest
+
+from emulator.loader import BoardModules, FirmwareImage, ModuleProxy, current_modules
 
 
 def image(tmp_path: Path, files: dict[str, str]) -> FirmwareImage:
@@ -17,46 +21,75 @@ def image(tmp_path: Path, files: dict[str, str]) -> FirmwareImage:
     return FirmwareImage(d)
 
 
-def modules(img: FirmwareImage, flash: Path) -> BoardModules:
+def board_modules(img: FirmwareImage, flash: Path, label: str) -> BoardModules:
     flash.mkdir(parents=True, exist_ok=True)
-    return BoardModules(img, flash, {"machine": lambda: object()}, print, open)
+    hw = types.SimpleNamespace(label=label, read=lambda: f"read on {label}")
+    lines: list[str] = []
+    mods = BoardModules(img, flash, {"machine": lambda: hw}, lambda *a, **k: lines.append(" ".join(map(str, a))), open)
+    mods.lines = lines
+    return mods
 
 
-def test_real_firmware_shares_the_mqtt_core():
-    pure = FirmwareImage().pure
-    assert {"mqtt_codec", "mqtt_session", "backoff", "commands", "jsonval"} <= pure
-    # these reach the board (machine, time, asyncio, print/open)
-    assert not pure & {"device", "app", "wifi", "mqtt_client", "config", "main", "boot"}
+def test_real_firmware_is_shared_except_the_scripts():
+    img = FirmwareImage()
+    assert {"mqtt_codec", "mqtt_session", "mqtt_client", "device", "wifi", "config", "app"} <= img.shareable
+    assert not img.shareable & {"boot", "main"}
 
 
-def test_what_is_shared_and_what_is_not(tmp_path):
-    img = image(
-        tmp_path,
-        {
-            "codec.py": "from micropython import const\n_N = const(3)\nLIMIT = 10\n\ndef f(x):\n    return x * _N\n",
-            "uses_codec.py": "import codec\nimport json\n\ndef g():\n    return codec.f(2)\n",
-            "counter.py": "n = 0\n\ndef bump():\n    global n\n    n += 1\n    return n\n",
-            "cache.py": "class C:\n    seen = []\n",
-            "hw.py": "import machine\n",
-            "talks.py": "def hello():\n    print('hi')\n",
-            "on_hw.py": "import hw\n",
-        },
-    )
-    assert img.pure == {"codec", "uses_codec"}
-    a = modules(img, tmp_path / "a")
-    b = modules(img, tmp_path / "b")
-    assert a.load("codec") is b.load("codec")
-    assert a.load("uses_codec").g() == 6
-    assert a.load("counter") is not b.load("counter")
-    a.load("counter").bump()
-    assert b.load("counter").bump() == 1, "per-board state stays per board"
+FILES = {
+    "codec.py": "from micropython import const\n_N = const(3)\nLIMIT = 10\n\ndef f(x):\n    return x * _N\n",
+    "dev.py": "import machine\nfrom codec import f\n\ndef where():\n    print('here')\n    return machine.read(), f(2)\n",
+    "counter.py": "n = 0\n\ndef bump():\n    global n\n    n += 1\n    return n\n",
+    "cache.py": "class C:\n    seen = []\n",
+    "pins.py": "from machine import read\n",
+}
 
 
-def test_a_board_with_its_own_copy_gets_its_own_module(tmp_path):
-    img = image(tmp_path, {"codec.py": "def f():\n    return 1\n"})
+def test_what_is_shared(tmp_path):
+    img = image(tmp_path, FILES)
+    assert img.shareable == {"codec", "dev"}
+
+
+def test_shared_module_reaches_the_running_board(tmp_path):
+    img = image(tmp_path, FILES)
+    a = board_modules(img, tmp_path / "a", "A")
+    b = board_modules(img, tmp_path / "b", "B")
+    dev_a, dev_b = a.context.run(a.load, "dev"), b.context.run(b.load, "dev")
+    assert dev_a is dev_b, "one module object for every board"
+    assert isinstance(dev_a.machine, ModuleProxy)
+    assert a.context.run(dev_a.where) == ("read on A", 6)
+    assert b.context.run(dev_b.where) == ("read on B", 6)
+    assert a.lines == ["here"] and b.lines == ["here"], "print goes to the running board's console"
+
+
+def test_state_stays_per_board(tmp_path):
+    img = image(tmp_path, FILES)
+    a = board_modules(img, tmp_path / "a", "A")
+    b = board_modules(img, tmp_path / "b", "B")
+    assert a.context.run(a.load, "counter") is not b.context.run(b.load, "counter")
+    a.modules["counter"].bump()
+    assert b.modules["counter"].bump() == 1
+
+
+def test_a_board_with_its_own_copy_gets_its_own_modules(tmp_path):
+    img = image(tmp_path, FILES)
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "codec.py").write_text("def f():\n    return 2\n")
-    a = modules(img, tmp_path / "a")
-    b = modules(img, tmp_path / "b")
-    assert a.load("codec").f() == 2 and b.load("codec").f() == 1
-    assert a.load("codec") is not img.shared_module("codec")
+    (tmp_path / "a" / "codec.py").write_text("def f(x):\n    return -x\n")
+    a = board_modules(img, tmp_path / "a", "A")
+    b = board_modules(img, tmp_path / "b", "B")
+    # dev imports codec: on board A both are A's own; B still shares them.
+    assert a.context.run(lambda: a.load("dev").where()) == ("read on A", -2)
+    assert b.context.run(lambda: b.load("dev").where()) == ("read on B", 6)
+    assert a.modules["dev"] is not img.shared_module("dev")
+    assert b.modules["dev"] is img.shared_module("dev")
+
+
+def test_firmware_outside_any_board_fails_clearly(tmp_path):
+    import contextvars
+
+    img = image(tmp_path, FILES)
+    a = board_modules(img, tmp_path / "a", "A")
+    dev = a.context.run(a.load, "dev")
+    with pytest.raises(RuntimeError, match="outside any emulated board"):
+        contextvars.Context().run(dev.where)
+    assert a.context.run(current_modules) is a

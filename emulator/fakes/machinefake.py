@@ -47,12 +47,25 @@ class MachineModule:
     def __init__(self, board):
         self._board = board
         self._freq = 160_000_000
-        self.Pin = _pin_class(board)
-        self.WDT = _wdt_class(board)
-        self.RTC = _rtc_class(board)
-        self.ADC = _adc_class(board)
-        self.I2C = _i2c_class(board)
-        self.SoftI2C = self.I2C
+
+    # The peripheral classes are bound to this board and made on first use:
+    # a fleet of thousands only pays for the classes its firmware touches.
+    _CLASSES = {
+        "Pin": lambda b: _pin_class(b),
+        "WDT": lambda b: _wdt_class(b),
+        "RTC": lambda b: _rtc_class(b),
+        "ADC": lambda b: _adc_class(b),
+        "I2C": lambda b: _i2c_class(b),
+        "SoftI2C": lambda b: _i2c_class(b),
+    }
+
+    def __getattr__(self, name: str):
+        make = MachineModule._CLASSES.get(name)
+        if make is None:
+            raise AttributeError(f"'module' object has no attribute '{name}'")
+        cls = make(self._board)
+        setattr(self, name, cls)
+        return cls
 
     def unique_id(self) -> bytes:
         return self._board.mac
