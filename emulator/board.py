@@ -133,6 +133,7 @@ class Board:
         self.nvs: dict[str, dict] = self._load_nvs()
         self.rtc_memory = b""
         self.pins: dict[int, int] = {}
+        self.pin_writes: dict[int, int] = {}  # how often firmware drove each pin (tests count executions)
         self.pin_irqs: dict[int, Callable] = {}
         self.reset_cause = PWRON_RESET
         self.boots = 0

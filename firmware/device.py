@@ -263,11 +263,15 @@ class Device:
             return
         msg = {"seq": self.seq, "ts": unix_time()}
         await self.sensors.read_all(msg)
+        if not self.client.connected:
+            return
+        # Once handed to the link a message has used its number, even if the
+        # link then fails: a subscriber sees a gap (a loss), never a repeat.
+        self.seq += 1
         try:
             await self.client.publish(self.t_telemetry, _dumps(msg), 0, False)
         except LinkError:
-            return  # the supervisor sees the same failure and reconnects
-        self.seq += 1
+            pass  # the supervisor sees the same failure and reconnects
 
     # -- commands ----------------------------------------------------------------
 

@@ -138,6 +138,7 @@ def _pin_class(board):
             if v is None:
                 return board.pins.get(self._id, 0)
             board.pins[self._id] = 1 if v else 0
+            board.pin_writes[self._id] = board.pin_writes.get(self._id, 0) + 1
             return None
 
         def __call__(self, v=None):
