@@ -21,6 +21,7 @@ help:
 	@echo "make run     setup, then: esp32emu fleet --devices $(DEVICES) --duration $(DURATION)"
 	@echo "make fleet   the same fleet without the setup step (DEVICES=, DURATION=, FLEET_ARGS=)"
 	@echo "make flash   PORT=/dev/ttyUSB0 ID=dev-00001 [BROKER=mqtt://host:port] [FLASH_ARGS=--mpy]: deploy to a real board"
+	@echo "make bench   fleet scale benchmark vs paho thread-per-client (BENCH_ARGS=--quick)"
 	@echo "make lint    MicroPython gates on firmware/: mpy-cross, mypy vs ESP32 stubs, static checks"
 	@echo "make clean   remove the venv, node_modules and build leftovers"
 
@@ -62,8 +63,9 @@ flash: setup
 lint: setup
 	$(PY) tools/check_firmware.py firmware
 
-bench:
-	@echo "bench: not yet -- planned (fleet scale: clients per process, RSS, CPU)"
+# Fleet scale vs a paho thread-per-client simulator; prints a table (~15 min; BENCH_ARGS=--quick ~6 min).
+bench: setup
+	$(PY) bench/fleet_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .esp32emu

@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--quiet", action="store_true", help="no live view (CI)")
     fl.add_argument("--scenario", type=Path, help="TOML timeline of faults (see README: Scenario files)")
     fl.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (default certs)")
+    fl.add_argument("--workers", type=int, default=1, help="processes running boards, to use every core (default 1)")
+
+    wa = sub.add_parser("watch", help="live table of every device seen on a broker (ours or not)")
+    wa.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883)")
+    wa.add_argument("--prefix", default="devices", help="topic prefix (default devices)")
+    wa.add_argument("--duration", type=float, help="stop after this many seconds, then print every device")
+    wa.add_argument("--once", action="store_true", help="print the device table once (after --duration, or at once) and exit")
+    wa.add_argument("--plain", action="store_true", help="plain lines instead of the live table (automatic when not a terminal)")
+    wa.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (backend.crt; default certs)")
 
     br = sub.add_parser("broker", help="run a private Mosquitto with the project's config")
     br.add_argument("--port", type=int, help="listen port (default 1883, or 8883 with --tls)")
@@ -131,8 +140,13 @@ def _dispatch(args: argparse.Namespace) -> int:
                 quiet=args.quiet,
                 scenario=args.scenario,
                 certs_dir=args.certs,
+                workers=args.workers,
             )
         )
+    if args.command == "watch":
+        from emulator.watch import run_watch
+
+        return run_watch(args.broker, args.prefix, args.duration, once=args.once, plain=args.plain, certs_dir=args.certs)
     if args.command == "broker":
         from emulator.runner import serve_broker
 

@@ -1,38 +1,39 @@
-"""`esp32emu fleet`: N emulated boards in one event loop against one broker,
-a live view, and a JSON report whose numbers come from an independent
-paho-mqtt observer (see observer.py).
+"""`esp32emu fleet`: N emulated boards against one broker — in this process
+(one asyncio event loop) or spread over `--workers K` processes — with a live
+view and a JSON report whose numbers come from an independent paho-mqtt
+observer in this process (see observer.py), never from the boards counting
+themselves.
 
-Boards boot staggered (a fleet powered on at once still boots over a few
-seconds), each with its own flash directory, identity and seed.
+Boards boot staggered on one fleet-wide schedule (`--boot-rate` per second),
+each with its own flash directory, identity (`dev-00001`...) and seed. Where
+the boards run is workers.py; the live view's pieces are shared with
+`esp32emu watch` (watch.py).
+
+Scenario files work with any K: broker events run here, board events run in
+every worker against the whole fleet's index order with the scenario's seed,
+so each worker draws the same random selection and acts on its own boards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from emulator import scenario as scenario_mod
-from emulator.board import Board, default_config
-from emulator.loader import FirmwareImage
-from emulator.observer import FleetObserver
-from emulator.runner import (
-    UsageError,
-    broker_for,
-    load_scenario,
-    install_tls,
-    provision_tls,
-    shutdown_gracefully,
-    wait_for_stop_signal,
-)
+from emulator.observer import FleetObserver, percentile
+from emulator.runner import UsageError, broker_for, load_scenario, provision_tls, wait_for_stop_signal
+from emulator.watch import Rate, rtt_text, worst_table
+from emulator.workers import GroupSpec, LocalBoards, WorkerError, WorkerPool, device_id, rss_kb, split
 
 FDS_PER_BOARD = 1  # one MQTT socket per board
-FD_RESERVE = 64  # broker probe, observer, log files, the interpreter itself
+FD_RESERVE = 64  # broker probe, observer, log files, worker pipes, the interpreter itself
 
 
 @dataclass
@@ -45,62 +46,94 @@ class FleetOptions:
     seed: int
     report: Path | None
     state_dir: Path
-    boot_rate: float = 200.0  # boards powered on per second
-    cmd_sample: int = 10  # boards pinged by the observer every interval
+    boot_rate: float = 200.0  # boards powered on per second, fleet-wide
+    cmd_sample: int = 10  # online boards pinged by the observer every interval
     quiet: bool = False
     certs_dir: Path = Path("certs")  # the PKI for mqtts:// (one client cert per board)
     scenario: Path | None = None  # a TOML timeline of faults (emulator/scenario.py)
+    workers: int = 1  # processes running boards
 
 
-def check_fd_limit(devices: int) -> None:
-    """Raise the soft open-file limit if needed; UsageError if it cannot be."""
-    need = devices * FDS_PER_BOARD + FD_RESERVE
+def check_fd_limit(devices: int, workers: int = 1, private_broker: bool = True) -> None:
+    """Raise the soft open-file limit to the hard one if needed; UsageError
+    if even that is too low. A private Mosquitto inherits our limit and holds
+    every board's connection, so then the whole fleet counts."""
+    per_process = devices if private_broker else math.ceil(devices / workers)
+    need = per_process * FDS_PER_BOARD + FD_RESERVE
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= need:
         return
     if hard == resource.RLIM_INFINITY or hard >= need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         return
     raise UsageError(
-        f"{devices} boards need about {need} open files but the limit is {soft} (hard {hard}); "
-        f"raise it, e.g. `ulimit -n {need}`, or use fewer --devices"
+        f"{devices} boards need about {need} open files but the open-file limit is {hard}: "
+        f"raise it (`ulimit -n {need}` in the shell, or LimitNOFILE / limits.conf) or use fewer --devices"
     )
 
 
 def validate(opts: FleetOptions) -> None:
     if opts.devices < 1:
         raise UsageError(f"--devices must be at least 1, got {opts.devices}")
+    if opts.devices > 99_999:
+        raise UsageError(f"--devices must be at most 99999 (ids dev-00001..dev-99999), got {opts.devices}")
+    if not 1 <= opts.workers <= max(64, os.cpu_count() or 1):
+        raise UsageError(f"--workers must be 1..{max(64, os.cpu_count() or 1)}, got {opts.workers}")
+    if opts.workers > opts.devices:
+        raise UsageError(f"--workers ({opts.workers}) cannot exceed --devices ({opts.devices})")
     if not 2 <= opts.keepalive <= 65535:
         raise UsageError(f"--keepalive must be 2..65535 seconds, got {opts.keepalive}")
     if not 0.1 <= opts.interval <= 86400:
         raise UsageError(f"--interval must be 0.1..86400 seconds, got {opts.interval}")
     if opts.duration is not None and opts.duration <= 0:
         raise UsageError(f"--duration must be positive, got {opts.duration}")
-    check_fd_limit(opts.devices)
+    if opts.boot_rate <= 0:
+        raise UsageError(f"--boot-rate must be positive, got {opts.boot_rate}")
+    check_fd_limit(opts.devices, opts.workers, private_broker=opts.broker is None)
     if opts.scenario is not None:
         load_scenario(opts.scenario, private_broker=opts.broker is None)
 
 
 def run_fleet(opts: FleetOptions) -> int:
     validate(opts)
-    image = FirmwareImage()
     with broker_for(opts.broker, opts.state_dir) as url:
         observer = FleetObserver(url.host, url.port)
         if url.tls:
-            provision_tls(opts.certs_dir, [f"dev-{i + 1:05d}" for i in range(opts.devices)])
-            if not (opts.certs_dir / "backend.key").is_file():
-                raise UsageError(f"{opts.certs_dir / 'backend.key'} is missing: run `esp32emu certs` first")
-            # The observer is the backend identity: fleet-wide rights in the ACL.
-            observer.client.tls_set(
-                ca_certs=str(opts.certs_dir / "ca.crt"),
-                certfile=str(opts.certs_dir / "backend.crt"),
-                keyfile=str(opts.certs_dir / "backend.key"),
-            )
+            provision_tls(opts.certs_dir, [device_id(i) for i in range(opts.devices)])
+            try:
+                observer.use_tls(opts.certs_dir)  # the backend identity: fleet-wide rights in the ACL
+            except FileNotFoundError as e:
+                raise UsageError(str(e)) from None
+        spec = GroupSpec(
+            indices=(),
+            devices=opts.devices,
+            host=url.host,
+            port=url.port,
+            tls=url.tls,
+            keepalive=opts.keepalive,
+            interval=opts.interval,
+            seed=opts.seed,
+            state_dir=opts.state_dir,
+            certs_dir=opts.certs_dir,
+            boot_rate=opts.boot_rate,
+            scenario=opts.scenario,
+        )
+        if opts.workers == 1:
+            boards = LocalBoards(replace(spec, indices=tuple(range(opts.devices))))
+        else:
+            boards = WorkerPool([replace(spec, indices=s) for s in split(range(opts.devices), opts.workers)])
+        observer.expect(opts.devices)
         observer.start()
         try:
-            report = asyncio.run(_run(opts, image, url, observer))
+            boards.build()
+            report = asyncio.run(_run(opts, url, observer, boards))
+        except WorkerError as e:
+            print(f"esp32emu: {e}", file=sys.stderr)
+            return 1
         finally:
             observer.stop()
+            if isinstance(boards, WorkerPool):
+                boards.kill()
     if opts.report is not None:
         opts.report.parent.mkdir(parents=True, exist_ok=True)
         opts.report.write_text(json.dumps(report, indent=2) + "\n")
@@ -109,43 +142,99 @@ def run_fleet(opts: FleetOptions) -> int:
     return 0
 
 
-async def _run(opts: FleetOptions, image: FirmwareImage, url, observer: FleetObserver) -> dict:
-    boards = []
-    for i in range(opts.devices):
-        device_id = f"dev-{i + 1:05d}"
-        cfg = default_config(
-            device_id, url.host, url.port, keepalive=opts.keepalive, interval=opts.interval, broker={"tls": url.tls}
-        )
-        board = Board(device_id, image, opts.state_dir / "boards" / device_id, config=cfg, seed=opts.seed, index=i)
-        if url.tls:
-            install_tls(board, opts.certs_dir)
-        boards.append(board)
-    started = time.monotonic()
-    cpu0 = time.process_time()
-    view = LiveView(opts, observer, boards, started)
+class _Meter:
+    """CPU and RSS of this process plus its workers, and the steady state:
+    the figures from the moment every board was first online."""
+
+    def __init__(self, boards, observer: FleetObserver, started: float):
+        self.boards = boards
+        self.observer = observer
+        self.started = started
+        self.cpu0 = time.process_time()
+        self.steady_at: tuple[float, float, int, int] | None = None  # (t, cpu, telemetry, lag index)
+
+    def cpu_s(self) -> float:
+        return time.process_time() - self.cpu0 + self.boards.stats()["worker_cpu_s"]
+
+    def rss_kb(self) -> int:
+        return rss_kb() + self.boards.stats()["worker_rss_kb"]
+
+    def mark(self) -> None:
+        if self.steady_at is None and self.observer.all_online_at is not None:
+            self.steady_at = (
+                time.monotonic(),
+                self.cpu_s(),
+                self.observer.summary()["telemetry_total"],
+                len(self.boards.stats()["lag_ms"]),
+            )
+
+    def steady(self) -> dict | None:
+        if self.steady_at is None:
+            return None
+        t, cpu, telemetry, lag_i = self.steady_at
+        msgs = self.observer.summary()["telemetry_total"] - telemetry
+        cpu_s = self.cpu_s() - cpu
+        lag = sorted(self.boards.stats()["lag_ms"][lag_i:])
+        return {
+            "s": round(time.monotonic() - t, 1),
+            "telemetry": msgs,
+            "msgs_per_s": round(msgs / max(time.monotonic() - t, 1e-9), 1),
+            "cpu_s": round(cpu_s, 2),
+            "cpu_s_per_1000_msgs": round(cpu_s / msgs * 1000, 3) if msgs else None,
+            "loop_lag_p99_ms": percentile(lag, 99),
+        }
+
+
+async def _run(opts: FleetOptions, url, observer: FleetObserver, boards) -> dict:
+    t0 = time.monotonic() + 0.1  # the fleet's boot schedule starts here, in every worker
+    meter = _Meter(boards, observer, t0)
+    boards.start(t0, broker=url.broker)
+    view = LiveView(opts, observer, boards, meter)
     tasks = [
-        asyncio.create_task(_boot_staggered(boards, opts.boot_rate)),
-        asyncio.create_task(_ping_sample(boards, observer, opts)),
+        asyncio.create_task(_ping_sample(observer, opts)),
         asyncio.create_task(view.run()),
     ]
-    if opts.scenario is not None:
-        timeline = scenario_mod.Timeline(load_scenario(opts.scenario, url.broker is not None), boards, url.broker)
-        tasks.append(asyncio.create_task(timeline.run()))
-    online_at_end = 0
+    if opts.scenario is not None and isinstance(boards, WorkerPool):
+        # Board events run in the workers; the broker's run here.
+        sc = load_scenario(opts.scenario, url.broker is not None)
+        broker_only = replace(sc, events=[e for e in sc.events if e.target == "broker"])
+        if broker_only.events:
+            tasks.append(asyncio.create_task(scenario_mod.Timeline(broker_only, [], url.broker).run()))
+    stop = asyncio.create_task(wait_for_stop_signal(opts.duration))
+    failed = None
     try:
-        await wait_for_stop_signal(opts.duration)
-        online_at_end = observer.summary()["online"]
+        while not stop.done():
+            await asyncio.wait({stop}, timeout=0.25)
+            meter.mark()
+            failed = boards.failed() if isinstance(boards, WorkerPool) else None
+            if failed:
+                break
+        end = {
+            "online_at_end": observer.online_count,
+            "rss_kb": meter.rss_kb(),
+            "cpu_s": meter.cpu_s(),
+            "steady": meter.steady(),
+            "t": time.monotonic(),
+        }
     finally:
+        stop.cancel()
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await shutdown_gracefully(boards, timeout=10)
+        await asyncio.gather(stop, *tasks, return_exceptions=True)
+        await boards.stop()
+        await asyncio.to_thread(observer.flush)  # count what the broker already routed to us
         view.close()
+    if failed:
+        raise WorkerError(failed)
     summary = observer.summary()
+    stats = boards.stats()
+    lag = sorted(stats["lag_ms"])
     return {
         "devices": opts.devices,
-        "duration_s": round(time.monotonic() - started, 1),
-        "online_at_end": online_at_end,
+        "workers": opts.workers,
+        "duration_s": round(end["t"] - t0, 1),
+        "online_at_end": end["online_at_end"],
+        "all_online_s": None if observer.all_online_at is None else round(observer.all_online_at - t0, 1),
         "telemetry_sent": summary["telemetry_sent"],
         "telemetry_received": summary["telemetry_received"],
         "telemetry_lost": summary["telemetry_lost"],
@@ -154,105 +243,110 @@ async def _run(opts: FleetOptions, image: FirmwareImage, url, observer: FleetObs
         "commands_sent": summary["commands_sent"],
         "commands_ok": summary["commands_ok"],
         "cmd_rtt_ms": summary["cmd_rtt_ms"],
-        "rss_mb": round(_rss_mb(), 1),
-        "cpu_s": round(time.process_time() - cpu0, 1),
+        "loop_lag_ms": {"p50": percentile(lag, 50), "p99": percentile(lag, 99), "max": round(lag[-1], 1) if lag else None},
+        "rss_mb": round(end["rss_kb"] / 1024, 1),
+        "rss_base_mb": round(stats["rss_base_kb"] / 1024, 1),
+        "rss_per_board_kb": round((end["rss_kb"] - stats["rss_base_kb"]) / opts.devices, 1),
+        "cpu_s": round(end["cpu_s"], 1),
+        "steady": end["steady"],
         "broker": str(url),
     }
 
 
-async def _boot_staggered(boards: list[Board], rate: float) -> None:
-    gap = 1.0 / rate
-    t0 = time.monotonic()
-    for i, board in enumerate(boards):
-        board.start()
-        delay = t0 + (i + 1) * gap - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-
-async def _ping_sample(boards: list[Board], observer: FleetObserver, opts: FleetOptions) -> None:
-    """Send `ping` to a rotating sample of boards; the observer times the results."""
+async def _ping_sample(observer: FleetObserver, opts: FleetOptions) -> None:
+    """Every interval, send `ping` to the next few boards the observer sees
+    online; the observer times the results."""
     k = 0
     period = max(opts.interval, 1.0)
     while True:
         await asyncio.sleep(period)
-        for _ in range(min(opts.cmd_sample, len(boards))):
-            board = boards[k % len(boards)]
+        online = observer.online_ids()
+        for _ in range(min(opts.cmd_sample, len(online))):
+            observer.send_command(online[k % len(online)], "ping")
             k += 1
-            if board.running:
-                observer.send_command(board.id, "ping")
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class LiveView:
-    """A rich live table on a terminal; one plain line every few seconds otherwise."""
+    """A rich live panel on a terminal (boot progress, online, messages/s,
+    reconnects, Wills, command RTT, loop lag, the worst boards); one plain
+    line every few seconds when stdout is not a terminal; nothing with --quiet."""
 
-    def __init__(self, opts: FleetOptions, observer: FleetObserver, boards: list[Board], started: float):
+    PLAIN_EVERY_S = 5.0
+
+    def __init__(self, opts: FleetOptions, observer: FleetObserver, boards, meter: _Meter):
         self.opts = opts
         self.observer = observer
         self.boards = boards
-        self.started = started
+        self.meter = meter
+        self.rate = Rate()
         self.live = None
         self.fancy = not opts.quiet and sys.stdout.isatty() and os.environ.get("CI") != "true"
 
     def _figures(self) -> dict:
         s = self.observer.summary()
-        s["booted"] = sum(1 for b in self.boards if b.running)
-        s["halted"] = sum(1 for b in self.boards if b.halted)
-        s["elapsed"] = time.monotonic() - self.started
+        st = self.boards.stats()
+        s.update(booted=st["booted"], halted=st["halted"])
+        s["elapsed"] = max(time.monotonic() - self.meter.started, 0.0)
+        s["rate"] = self.rate.update(s["telemetry_total"])
+        recent = sorted(st["lag_ms"][-200:])  # the last ~10 s of probes per process
+        s["lag_p99"] = percentile(recent, 99)
         return s
 
-    def _table(self, s: dict):
+    def _panel(self, s: dict):
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
         from rich.table import Table
 
-        t = Table(title=f"esp32emu fleet — {len(self.boards)} boards, {s['elapsed']:.0f} s")
-        for col in ("booted", "online", "telemetry", "lost", "reconnects", "Wills", "cmd ok", "RTT p50/p99 ms", "halted"):
+        n = self.opts.devices
+        bars = Table.grid(padding=(0, 1))
+        bars.add_row("booted", ProgressBar(total=n, completed=s["booted"], width=40), f"{s['booted']}/{n}")
+        bars.add_row("online", ProgressBar(total=n, completed=s["online"], width=40), f"{s['online']}/{n}")
+        t = Table(title=f"esp32emu fleet — {n} boards, {self.opts.workers} process(es), {s['elapsed']:.0f} s", title_justify="left")
+        cols = ("msg/s", "telemetry", "lost", "reconnects", "Wills", "cmd ok", "RTT p50/p99", "loop lag p99", "halted")
+        for col in cols:
             t.add_column(col, justify="right")
-        rtt = s["cmd_rtt_ms"]
         t.add_row(
-            f"{s['booted']}/{len(self.boards)}",
-            str(s["online"]),
+            f"{s['rate']:.0f}",
             str(s["telemetry_received"]),
             str(s["telemetry_lost"]),
             str(s["reconnects"]),
             str(s["lwt_seen"]),
             f"{s['commands_ok']}/{s['commands_sent']}",
-            f"{rtt['p50']}/{rtt['p99']}",
+            rtt_text(s["cmd_rtt_ms"]),
+            "-" if s["lag_p99"] is None else f"{s['lag_p99']:.0f} ms",
             str(s["halted"]),
         )
-        return t
+        return Group(bars, t, worst_table(self.observer.worst(3)))
+
+    def _line(self, s: dict) -> str:
+        lag = "-" if s["lag_p99"] is None else f"{s['lag_p99']:.0f} ms"
+        return (
+            f"esp32emu: {s['elapsed']:.0f} s booted {s['booted']}/{self.opts.devices} online {s['online']} "
+            f"msg/s {s['rate']:.0f} telemetry {s['telemetry_received']} lost {s['telemetry_lost']} "
+            f"reconnects {s['reconnects']} wills {s['lwt_seen']} cmd {s['commands_ok']}/{s['commands_sent']} "
+            f"rtt {rtt_text(s['cmd_rtt_ms'])} lag p99 {lag}"
+        )
 
     async def run(self) -> None:
+        if self.opts.quiet:
+            return
         if self.fancy:
             from rich.live import Live
 
-            self.live = Live(self._table(self._figures()), refresh_per_second=2)
+            self.live = Live(self._panel(self._figures()), refresh_per_second=2)
             self.live.start()
             while True:
                 await asyncio.sleep(0.5)
-                self.live.update(self._table(self._figures()))
-        if self.opts.quiet:
-            return
+                self.live.update(self._panel(self._figures()))
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(5)
-            s = self._figures()
-            print(
-                f"esp32emu: {s['elapsed']:.0f} s booted {s['booted']}/{len(self.boards)} online {s['online']} "
-                f"telemetry {s['telemetry_received']} lost {s['telemetry_lost']} wills {s['lwt_seen']}",
-                file=sys.stderr,
-                flush=True,
-            )
+            await asyncio.sleep(0.5)
+            s = self._figures()  # keeps messages/s current between lines
+            if time.monotonic() - last >= self.PLAIN_EVERY_S:
+                last = time.monotonic()
+                print(self._line(s), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.live is not None:
             self.live.stop()
+            self.live = None

@@ -1,35 +1,62 @@
-"""An independent paho-mqtt observer of a fleet: it counts what actually
-reached the broker (births, Wills, telemetry and its `seq` gaps) and
-measures command round trips, so fleet figures never come from the boards
-counting themselves. Works for any device on the broker, ours or not.
+"""An independent paho-mqtt observer of the devices on a broker: it counts
+what actually reached the broker (births, Wills, telemetry and its `seq`
+gaps) and measures command round trips, so fleet figures never come from the
+boards counting themselves. Works for any device under the prefix, ours or
+not: a status or telemetry payload that is not our JSON is still counted
+(plain `online`/`offline` statuses are understood, telemetry without `seq`
+is counted as received with no loss inference).
+
+One paho network thread; every figure is read under one lock. Nothing here
+knows about emulated boards.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+_PLAIN_ONLINE = {"online", "true", "1", "connected"}
+_PLAIN_OFFLINE = {"offline", "false", "0", "disconnected"}
 
-@dataclass
+
+@dataclass(slots=True)
 class DeviceView:
-    online: bool | None = None
+    state: str | None = None  # "online" | "offline" (planned) | "will" (Last Will) | None: no status seen
+    reason: str | None = None  # the planned offline's reason
     boot: int | None = None
-    births: int = 0
-    wills: int = 0
+    births: int = 0  # live (not retained) births: the first is the connect, the rest are reconnects
+    wills: int = 0  # live Wills
     last_seq: int | None = None
-    received: int = 0
+    received: int = 0  # telemetry messages, with or without seq
+    seq_received: int = 0  # telemetry messages that carried a seq
     inferred_sent: int = 0  # per boot: highest seq seen + 1, summed over boots
-    _boot_base: int = 0
-    last_seen: float = 0.0
-    last_telemetry: dict = field(default_factory=dict)
+    boot_base: int = 0
+    seq_origin: int = 0  # the first seq this boot's count starts from
+    saw_boot_start: bool = False  # a live birth of the current boot arrived: count from seq 0
+    last_seen: float = 0.0  # time.monotonic() of the last message about this device
+    last_telemetry_at: float | None = None
+    offline_since: float | None = None
+
+    @property
+    def lost(self) -> int:
+        return max(self.inferred_sent - self.seq_received, 0)
+
+    @property
+    def online(self) -> bool:
+        return self.state == "online"
 
 
 class FleetObserver:
+    """Subscribes to `<prefix>/+/status`, `<prefix>/+/telemetry` and
+    `<prefix>/+/cmd/result`; `summary()` and `worst()` read the figures."""
+
     def __init__(self, host: str, port: int, prefix: str = "devices"):
         self.prefix = prefix
         self.devices: dict[str, DeviceView] = {}
@@ -37,32 +64,67 @@ class FleetObserver:
         self.rtts_ms: list[float] = []
         self.commands_sent = 0
         self.commands_ok = 0
+        self.telemetry_total = 0  # for messages/s
+        self.online_count = 0
+        self.expected: int | None = None  # with expect(n): when n devices were first online together
+        self.all_online_at: float | None = None
         self._pending: dict[str, float] = {}
         self._connected = threading.Event()
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"esp32emu-observer-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv311,
-        )
+        self._client_id = f"esp32emu-observer-{uuid.uuid4().hex[:8]}"
+        self._flush_topic = f"esp32emu/observer/{self._client_id}/flush"
+        self._flushed: dict[str, threading.Event] = {}
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv311)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        # A large fleet answers a burst of commands at once; never drop a QoS 1 publish here.
+        self.client.max_queued_messages_set(0)
         self.host, self.port = host, port
 
+    def use_tls(self, certs_dir: Path) -> None:
+        """Connect with the backend identity (`certs/backend.crt`): fleet-wide
+        rights in the ACL of `esp32emu broker --tls`."""
+        certs_dir = Path(certs_dir)
+        for name in ("ca.crt", "backend.crt", "backend.key"):
+            if not (certs_dir / name).is_file():
+                raise FileNotFoundError(f"{certs_dir / name} is missing: run `esp32emu certs` first")
+        self.client.tls_set(
+            ca_certs=str(certs_dir / "ca.crt"),
+            certfile=str(certs_dir / "backend.crt"),
+            keyfile=str(certs_dir / "backend.key"),
+        )
+
     def start(self, timeout: float = 10.0) -> "FleetObserver":
-        self.client.connect(self.host, self.port, keepalive=30)
+        try:
+            self.client.connect(self.host, self.port, keepalive=30)
+        except OSError as e:
+            raise ConnectionError(f"cannot reach the broker at {self.host}:{self.port}: {e.strerror or e}") from None
         self.client.loop_start()
         if not self._connected.wait(timeout):
-            raise RuntimeError(f"observer could not connect to {self.host}:{self.port}")
+            self.client.loop_stop()
+            raise ConnectionError(f"the broker at {self.host}:{self.port} did not accept the observer within {timeout:.0f} s")
         return self
 
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def expect(self, n: int) -> None:
+        """Record `all_online_at` the first time n devices are online together."""
+        self.expected = n
+
+    # -- paho callbacks (network thread) ----------------------------------------
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            return
         p = self.prefix
-        client.subscribe([(f"{p}/+/status", 1), (f"{p}/+/telemetry", 0), (f"{p}/+/cmd/result", 1)])
-        self._connected.set()
+        client.subscribe(
+            [(f"{p}/+/status", 1), (f"{p}/+/telemetry", 0), (f"{p}/+/cmd/result", 1), (self._flush_topic, 0)]
+        )
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self._connected.set()  # start() returns once the broker routes to us
 
     def _view(self, device_id: str) -> DeviceView:
         view = self.devices.get(device_id)
@@ -71,60 +133,97 @@ class FleetObserver:
         return view
 
     def _on_message(self, client, userdata, msg) -> None:
-        parts = msg.topic.split("/")
-        if len(parts) < 3:
+        if msg.topic == self._flush_topic:
+            event = self._flushed.pop(msg.payload.decode(), None)
+            if event is not None:
+                event.set()
             return
-        device_id, kind = parts[1], "/".join(parts[2:])
+        parts = msg.topic.split("/", 2)
+        if len(parts) < 3 or not parts[1]:
+            return
+        device_id, kind = parts[1], parts[2]
         now = time.monotonic()
         try:
             body = json.loads(msg.payload)
         except ValueError:
-            return
-        if not isinstance(body, dict):
-            return
+            body = msg.payload.decode("utf-8", "replace").strip()
         with self.lock:
-            view = self._view(device_id)
-            view.last_seen = now
-            if kind == "status":
-                self._status(view, body, msg.retain)
-            elif kind == "telemetry":
-                self._telemetry(view, body)
-            elif kind == "cmd/result":
+            if kind == "telemetry":
+                view = self._view(device_id)
+                view.last_seen = now
+                self._telemetry(view, body, now)
+            elif kind == "status":
+                view = self._view(device_id)
+                view.last_seen = now
+                self._status(view, body, msg.retain, now)
+            elif kind == "cmd/result" and isinstance(body, dict):
                 sent = self._pending.pop(str(body.get("id")), None)
                 if sent is not None:
                     self.rtts_ms.append((now - sent) * 1000)
                     if body.get("ok") is True:
                         self.commands_ok += 1
 
-    @staticmethod
-    def _status(view: DeviceView, body: dict, retained: bool) -> None:
-        online = body.get("online")
+    def _set_state(self, view: DeviceView, state: str, now: float) -> None:
+        was_online = view.state == "online"
+        view.state = state
+        if state == "online":
+            view.offline_since = None
+            if not was_online:
+                self.online_count += 1
+                if self.expected is not None and self.all_online_at is None and self.online_count >= self.expected:
+                    self.all_online_at = now
+        else:
+            if was_online or view.offline_since is None:
+                view.offline_since = now
+            if was_online:
+                self.online_count -= 1
+
+    def _status(self, view: DeviceView, body, retained: bool, now: float) -> None:
+        if isinstance(body, dict):
+            online = body.get("online")
+        elif isinstance(body, bool):
+            online = body
+        else:
+            text = str(body).lower()
+            online = True if text in _PLAIN_ONLINE else False if text in _PLAIN_OFFLINE else None
         if online is True:
-            view.online = True
+            self._set_state(view, "online", now)
+            view.reason = None
             if not retained:
                 view.births += 1
-            boot = body.get("boot")
+            boot = body.get("boot") if isinstance(body, dict) else None
             if isinstance(boot, int) and boot != view.boot:
                 view.boot = boot
-                view._boot_base = view.inferred_sent
+                view.boot_base = view.inferred_sent
                 view.last_seq = None
+                # Joined mid-boot (a retained birth): count from the first seq we see.
+                view.saw_boot_start = not retained
         elif online is False:
-            view.online = False
-            if set(body) == {"online"} and not retained:
+            # Our Will is exactly {"online": false}; a planned offline names its reason.
+            will = isinstance(body, dict) and set(body) == {"online"}
+            self._set_state(view, "will" if will else "offline", now)
+            view.reason = body.get("reason") if isinstance(body, dict) else None
+            if will and not retained:
                 view.wills += 1
 
-    @staticmethod
-    def _telemetry(view: DeviceView, body: dict) -> None:
-        seq = body.get("seq")
-        if not isinstance(seq, int):
-            return
-        if view.last_seq is not None and seq <= view.last_seq:
-            # seq restarted without a birth we saw: a new boot
-            view._boot_base = view.inferred_sent
-        view.last_seq = seq
+    def _telemetry(self, view: DeviceView, body, now: float) -> None:
+        self.telemetry_total += 1
         view.received += 1
-        view.inferred_sent = max(view.inferred_sent, view._boot_base + seq + 1)
-        view.last_telemetry = body
+        view.last_telemetry_at = now
+        seq = body.get("seq") if isinstance(body, dict) else None
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            return
+        if view.last_seq is None:
+            view.seq_origin = 0 if view.saw_boot_start else seq
+        elif seq <= view.last_seq:
+            # seq restarted without a birth we saw: a new boot, counted from 0
+            view.boot_base = view.inferred_sent
+            view.seq_origin = 0
+        view.last_seq = seq
+        view.seq_received += 1
+        view.inferred_sent = max(view.inferred_sent, view.boot_base + seq + 1 - view.seq_origin)
+
+    # -- commands and synchronisation ----------------------------------------------
 
     def send_command(self, device_id: str, op: str, args: dict | None = None) -> str:
         cmd_id = uuid.uuid4().hex[:12]
@@ -135,28 +234,67 @@ class FleetObserver:
         self.client.publish(f"{self.prefix}/{device_id}/cmd", payload, qos=1)
         return cmd_id
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Publish a marker to ourselves and wait until it comes back: every
+        message the broker routed to us before it has then been counted."""
+        token = uuid.uuid4().hex
+        event = threading.Event()
+        with self.lock:
+            self._flushed[token] = event
+        self.client.publish(self._flush_topic, token, qos=0)
+        return event.wait(timeout)
+
+    # -- reading the figures ---------------------------------------------------------
+
+    def online_ids(self) -> list[str]:
+        with self.lock:
+            return [d for d, v in self.devices.items() if v.state == "online"]
+
+    def snapshot(self) -> dict[str, DeviceView]:
+        """A copy of every device's view (for a per-device table)."""
+        with self.lock:
+            return {d: DeviceView(**{k: getattr(v, k) for k in DeviceView.__slots__}) for d, v in self.devices.items()}
+
     def summary(self) -> dict:
         with self.lock:
             views = list(self.devices.values())
             rtts = sorted(self.rtts_ms)
             received = sum(v.received for v in views)
-            sent = sum(v.inferred_sent for v in views)
+            lost = sum(v.lost for v in views)
             return {
                 "devices_seen": len(views),
-                "online": sum(1 for v in views if v.online),
-                "telemetry_sent": sent,
+                "online": self.online_count,
+                "telemetry_sent": received + lost,
                 "telemetry_received": received,
-                "telemetry_lost": max(sent - received, 0),
+                "telemetry_lost": lost,
                 "reconnects": sum(max(v.births - 1, 0) for v in views),
                 "lwt_seen": sum(v.wills for v in views),
                 "commands_sent": self.commands_sent,
                 "commands_ok": self.commands_ok,
-                "cmd_rtt_ms": {"p50": _pct(rtts, 50), "p99": _pct(rtts, 99)},
+                "cmd_rtt_ms": {"p50": percentile(rtts, 50), "p99": percentile(rtts, 99)},
+                "telemetry_total": self.telemetry_total,
             }
 
+    def worst(self, n: int = 3, now: float | None = None) -> list[tuple[str, str]]:
+        """Up to n devices each with the most lost telemetry, the most
+        reconnects and the longest time offline: (device, what) rows."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            items = list(self.devices.items())
+        rows: list[tuple[str, str]] = []
+        for d, v in heapq.nlargest(n, ((d, v) for d, v in items if v.lost), key=lambda dv: dv[1].lost):
+            rows.append((d, f"lost {v.lost} of {v.inferred_sent}"))
+        for d, v in heapq.nlargest(n, ((d, v) for d, v in items if v.births > 1), key=lambda dv: dv[1].births):
+            rows.append((d, f"{v.births - 1} reconnects"))
+        offline = ((d, v) for d, v in items if v.state != "online" and v.offline_since is not None)
+        for d, v in heapq.nsmallest(n, offline, key=lambda dv: dv[1].offline_since):
+            rows.append((d, f"offline ({v.state}) {now - v.offline_since:.0f} s"))
+        return rows
 
-def _pct(values: list[float], p: float) -> float | None:
-    if not values:
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """The p-th percentile (nearest rank) of an already sorted list, rounded to 0.1."""
+    if not sorted_values:
         return None
-    k = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
-    return round(values[k], 1)
+    k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
+    return round(sorted_values[k], 1)

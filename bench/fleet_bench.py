@@ -1,0 +1,251 @@
+"""Fleet scale benchmark (`make bench`): esp32emu's fleet against the usual
+Python device simulator (one paho-mqtt client with its own network thread per
+device), both against a private Mosquitto, measured the same way: an
+independent paho observer counts births and telemetry `seq` gaps.
+
+For each N and telemetry interval (keepalive 30 s):
+  all online   seconds from the start until the observer saw every birth
+  RSS/board    (process RSS at the end - RSS before any device) / N, KiB
+  CPU/1k msgs  CPU seconds per 1000 telemetry messages in the steady state
+               (from all online to the end; esp32emu: parent with its
+               observer + workers; baseline: the simulator process only)
+  lost         telemetry lost (seq gaps seen by the observer) / sent
+  lag p99      how late a 50 ms timer fires in the steady state (esp32emu:
+               the board event loops; baseline: a thread among the clients)
+
+Prints a table; not a timed test. The baseline is given up after --cap
+seconds at a size ("did not finish") and larger sizes are then skipped.
+
+    .venv/bin/python bench/fleet_bench.py            # N in 100 1000 5000 10000, ~15 min
+    .venv/bin/python bench/fleet_bench.py --quick    # N in 100 1000, ~6 min
+    .venv/bin/python bench/fleet_bench.py --sizes 10000 --intervals 10 --no-baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from emulator.broker import Broker  # noqa: E402
+from emulator.observer import FleetObserver, percentile  # noqa: E402
+from emulator.workers import raise_fd_limit, rss_kb  # noqa: E402
+
+KEEPALIVE = 30
+
+
+def window_s(interval: float, quick: bool) -> float:
+    """The steady-state measuring window: at least 3 telemetry rounds."""
+    return max(3 * interval + 2, 15 if quick else 30)
+
+
+# -- esp32emu ------------------------------------------------------------------------
+
+
+def run_esp32emu(n: int, interval: float, args, work: Path) -> dict:
+    broker = Broker(work / "broker").start()
+    try:
+        boot_s = n / args.boot_rate
+        duration = boot_s + 15 + window_s(interval, args.quick)
+        report = work / "report.json"
+        cmd = [sys.executable, "-m", "emulator", "--state", str(work / "state"), "fleet", "--devices", str(n)]
+        cmd += ["--broker", broker.url, "--interval", str(interval), "--keepalive", str(KEEPALIVE)]
+        cmd += ["--duration", f"{duration:.0f}", "--boot-rate", str(args.boot_rate), "--quiet", "--report", str(report)]
+        cmd += ["--workers", str(min(args.workers, n))]
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=duration + 180)
+        if r.returncode != 0:
+            return {"error": (r.stderr.strip().splitlines() or ["exit %d" % r.returncode])[-1]}
+        data = json.loads(report.read_text())
+    finally:
+        broker.stop()
+    steady = data.get("steady") or {}
+    return {
+        "all_online_s": data["all_online_s"],
+        "online": data["online_at_end"],
+        "rss_kb": data["rss_per_board_kb"],
+        "cpu_per_1k": steady.get("cpu_s_per_1000_msgs"),
+        "lost": data["telemetry_lost"],
+        "sent": data["telemetry_sent"],
+        "lag_p99": steady.get("loop_lag_p99_ms"),
+        "msgs_per_s": steady.get("msgs_per_s"),
+    }
+
+
+# -- the baseline: one paho client, one network thread, per device -------------------
+
+
+def baseline_child(n: int, interval: float, host: str, port: int, cap: float, window: float) -> None:
+    """Runs in its own process: N paho clients with loop_start() each; one
+    scheduler thread publishes telemetry for all of them (kinder to the
+    baseline than a thread per device); prints one JSON line at the end."""
+    import paho.mqtt.client as mqtt
+
+    raise_fd_limit()
+    rss0 = rss_kb()
+    connected = threading.Semaphore(0)
+    clients = []
+    for i in range(n):
+        did = f"sim-{i + 1:05d}"
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=did, protocol=mqtt.MQTTv311)
+        c.will_set(f"devices/{did}/status", json.dumps({"online": False}), qos=1, retain=True)
+
+        def on_connect(client, userdata, flags, rc, props, did=did):
+            if not rc.is_failure:
+                client.publish(f"devices/{did}/status", json.dumps({"online": True, "fw": "sim", "boot": 1}), qos=1, retain=True)
+                connected.release()
+
+        c.on_connect = on_connect
+        c.connect_async(host, port, keepalive=KEEPALIVE)
+        c.loop_start()
+        clients.append((did, c))
+    t0 = time.monotonic()
+    got = 0
+    while got < n and time.monotonic() - t0 < cap:
+        if connected.acquire(timeout=0.5):
+            got += 1
+    out = {"connected": got, "connect_s": round(time.monotonic() - t0, 1), "threads": threading.active_count()}
+    if got == n:
+        lags: list[float] = []
+        stop = threading.Event()
+
+        def probe() -> None:
+            while not stop.is_set():
+                t = time.monotonic()
+                time.sleep(0.05)
+                lags.append((time.monotonic() - t - 0.05) * 1000)
+
+        threading.Thread(target=probe, daemon=True).start()
+        cpu0, published, seqs = time.process_time(), 0, [0] * n
+        end = time.monotonic() + window
+        next_round = time.monotonic()
+        while time.monotonic() < end:
+            for k, (did, c) in enumerate(clients):
+                body = {"seq": seqs[k], "ts": int(time.time()), "t": 21.5, "h": 40.2, "p": 1013.2, "bat": 3.9, "mcu": 45.0}
+                c.publish(f"devices/{did}/telemetry", json.dumps(body), qos=0)
+                seqs[k] += 1
+                published += 1
+            next_round += interval
+            time.sleep(max(next_round - time.monotonic(), 0))
+        stop.set()
+        cpu = time.process_time() - cpu0
+        out.update(cpu_per_1k=round(cpu / published * 1000, 3) if published else None, published=published)
+        out["lag_p99"] = percentile(sorted(lags), 99)
+    out["rss_kb"] = round((rss_kb() - rss0) / n, 1)
+    print(json.dumps(out), flush=True)
+    os._exit(0)  # 10,000 threads do not join quickly; the broker sees the sockets close
+
+
+def run_baseline(n: int, interval: float, args, work: Path) -> dict:
+    broker = Broker(work / "broker").start()
+    obs = FleetObserver(broker.host, broker.port)
+    obs.expect(n)
+    obs.start()
+    try:
+        t0 = time.monotonic()
+        window = window_s(interval, args.quick)
+        cmd = [sys.executable, __file__, "--baseline-child", str(n), str(interval), broker.host, str(broker.port), str(args.cap), str(window)]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.cap + window + 120)
+        except subprocess.TimeoutExpired:
+            return {"error": "did not finish (hung)"}
+        obs.flush()
+        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            return {"error": f"crashed: {(r.stderr.strip().splitlines() or ['?'])[-1][:80]}"}
+        child = json.loads(lines[-1])
+        s = obs.summary()
+    finally:
+        obs.stop()
+        broker.stop()
+    if child["connected"] < n:
+        return {"error": f"did not finish: {child['connected']}/{n} connected in {args.cap:.0f} s", "rss_kb": child["rss_kb"]}
+    return {
+        "all_online_s": None if obs.all_online_at is None else round(obs.all_online_at - t0, 1),
+        "rss_kb": child["rss_kb"],
+        "cpu_per_1k": child.get("cpu_per_1k"),
+        "lost": s["telemetry_lost"],
+        "sent": s["telemetry_sent"],
+        "lag_p99": child.get("lag_p99"),
+    }
+
+
+# -- the table -------------------------------------------------------------------------
+
+
+def fmt(v, spec: str = "") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def row(system: str, n: int, interval: float, r: dict) -> str:
+    if "error" in r:
+        return f"| {system} | {n} | {interval:g} s | {r['error']} | {fmt(r.get('rss_kb'), '.0f')} | | | |"
+    lost = f"{r['lost']}/{r['sent']}"
+    return (
+        f"| {system} | {n} | {interval:g} s | {fmt(r['all_online_s'], '.1f')} s | {fmt(r['rss_kb'], '.0f')} | "
+        f"{fmt(r['cpu_per_1k'], '.2f')} | {lost} | {fmt(r['lag_p99'], '.0f')} ms |"
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="N in 100 1000 and shorter windows (~6 min)")
+    p.add_argument("--sizes", type=int, nargs="+", help="board counts (default 100 1000 5000 10000)")
+    p.add_argument("--intervals", type=float, nargs="+", default=[10, 1], help="telemetry intervals (default 10 1)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="esp32emu fleet --workers (default: cores)")
+    p.add_argument("--boot-rate", type=float, default=500, help="esp32emu boards powered on per second (default 500)")
+    p.add_argument("--cap", type=float, default=120, help="give the baseline this long to connect (default 120 s)")
+    p.add_argument("--no-baseline", action="store_true", help="only esp32emu")
+    p.add_argument("--baseline-child", nargs=6, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.baseline_child:
+        n, interval, host, port, cap, window = args.baseline_child
+        baseline_child(int(n), float(interval), host, int(port), float(cap), float(window))
+        return 0
+    soft, hard = raise_fd_limit()  # 10,000 sockets: the broker (our child) inherits this
+    sizes = args.sizes or ([100, 1000] if args.quick else [100, 1000, 5000, 10000])
+    if args.quick:
+        args.cap = min(args.cap, 60)
+    print(f"open-file limit {soft}; {os.cpu_count()} cores; esp32emu --workers {args.workers}, boot rate {args.boot_rate}/s; keepalive {KEEPALIVE} s", flush=True)
+    header = "| system | N | interval | all online | RSS/board KiB | CPU s/1k msgs | lost/sent | lag p99 |\n|---|---|---|---|---|---|---|---|"
+    rows = []
+    started = time.monotonic()
+    for interval in args.intervals:
+        baseline_broke = None
+        for n in sizes:
+            work = Path(tempfile.mkdtemp(prefix="esp32emu-bench-"))
+            try:
+                r = run_esp32emu(n, interval, args, work)
+                rows.append(row(f"esp32emu (real firmware, {min(args.workers, n)} proc)", n, interval, r))
+                print(rows[-1], flush=True)
+                if args.no_baseline:
+                    continue
+                if baseline_broke is not None:
+                    rows.append(row("paho thread/client", n, interval, {"error": f"not run: failed at N={baseline_broke}"}))
+                else:
+                    shutil.rmtree(work, ignore_errors=True)
+                    work.mkdir()
+                    b = run_baseline(n, interval, args, work)
+                    if "error" in b or b["lost"] or b["all_online_s"] is None:
+                        baseline_broke = n
+                    rows.append(row("paho thread/client", n, interval, b))
+                print(rows[-1], flush=True)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{header}\n" + "\n".join(rows))
+    print(f"\n(bench took {time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
