@@ -102,6 +102,7 @@ class Device:
         self._acked = asyncio.Event()
         self._leaving = False
         self._wifi_lost = False
+        self._birth_pid = 0
         self._led = None
         self.sensors = Sensors(cfg["sensors"], log)
 
@@ -182,6 +183,11 @@ class Device:
             self.log("wifi: connected, ip %s" % self.wifi.ip())
             self._set_clock()
         broker = self.cfg["broker"]
+        # An unacknowledged birth from the last link must not be resent ahead
+        # of the new SUBSCRIBE: a backend that sees a birth may send commands.
+        if self._birth_pid > 0:
+            self.client.session.withdraw(self._birth_pid)
+            self._birth_pid = 0
         ctx = None
         if broker["tls"]:
             # Mutual TLS: certificates are checked against the RTC, so the
@@ -205,7 +211,7 @@ class Device:
                 timeout_ms=_CONNECT_TIMEOUT_MS,
             )
             await self.client.subscribe([(self.t_cmd, 1)])
-            await self.client.publish(self.t_status, self._birth(), 1, True)
+            self._birth_pid = await self.client.publish(self.t_status, self._birth(), 1, True)
         except LinkError as e:
             await self.client.close()
             return str(e)

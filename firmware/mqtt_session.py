@@ -288,6 +288,16 @@ class Session:
         """Number of outgoing QoS 1 publishes not yet acknowledged."""
         return len(self._inflight)
 
+    def withdraw(self, packet_id):
+        """Forget an unacknowledged QoS 1 publish that a newer message
+        supersedes (an old retained status), so it is not resent after the
+        next CONNACK. True if it was still pending."""
+        for i in range(len(self._inflight)):
+            if self._inflight[i][0] == packet_id:
+                del self._inflight[i]
+                return True
+        return False
+
     # ------------------------------------------- incoming packets, per state
 
     def _on_connecting(self, packet, now_ms):

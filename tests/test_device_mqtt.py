@@ -92,12 +92,15 @@ def test_clean_shutdown_sends_planned_offline_and_no_will(emu, broker, observer)
     assert kept.retain and kept.json() == {"online": False, "reason": "shutdown"}
 
 
+@pytest.mark.parametrize("profile", ["wifi-good", "wifi-weak"])
 @pytest.mark.parametrize("rst", [True, False], ids=["RST", "FIN"])
-def test_killed_socket_fires_will_within_one_second(emu, broker, observer, rst):
+def test_killed_socket_fires_will_within_one_second(emu, broker, observer, rst, profile):
     """Item 4: socket killed -> Will within 1 s; item 9: the board comes back."""
     obs = observer(broker)
     obs.subscribe("devices/dev-k1/#")
-    board = start_board(emu, broker, "dev-k1")
+    board = start_board(emu, broker, "dev-k1", start=False)
+    emu.call(board.link.set_profile, profile)
+    emu.call(board.start)
     obs.wait_for(is_birth("dev-k1"), 10)
     mark = len(obs.messages)
     t_kill = time.monotonic()
@@ -111,11 +114,15 @@ def test_killed_socket_fires_will_within_one_second(emu, broker, observer, rst):
     assert res.json()["id"] == "after-kill" and res.json()["ok"] is True
 
 
-def test_power_loss_will_between_one_and_a_half_keepalive_and_deadline(emu, broker, observer):
-    """Item 5: no FIN, no bytes -> Will no earlier than 1.5*KA, no later than D."""
+@pytest.mark.parametrize("profile", ["wifi-good", "nb-iot"])
+def test_power_loss_will_between_one_and_a_half_keepalive_and_deadline(emu, broker, observer, profile):
+    """Item 5: no FIN, no bytes -> Will no earlier than 1.5*KA, no later than D,
+    on a fast link and on a slow one."""
     obs = observer(broker)
     obs.subscribe("devices/dev-p1/status")
-    board = start_board(emu, broker, "dev-p1")
+    board = start_board(emu, broker, "dev-p1", start=False)
+    emu.call(board.link.set_profile, profile)
+    emu.call(board.start)
     tap = PacketTap(board)
     obs.wait_for(is_birth("dev-p1"), 10)
     mark = len(obs.messages)

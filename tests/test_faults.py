@@ -172,3 +172,39 @@ def test_hung_board_without_watchdog_stays_down(emu, broker, observer):
     emu.call(board.hang)
     obs.wait_for(is_will("dev-h2"), D + 2, start=mark)
     assert emu.call(lambda: board.boots) == 1
+
+
+def test_paused_broker_is_noticed_and_survived(emu, broker, observer):
+    """A broker that stops answering (SIGSTOP): the device declares the link
+    dead within 2*KA, backs off, and is online again once the broker resumes."""
+    obs = observer(broker)
+    obs.subscribe("devices/dev-z1/status")
+    console = ConsoleWatch()
+    emu.add_board("dev-z1", broker.host, broker.port, keepalive=KA, interval=1, console=console,
+                  backoff={"base_ms": 200, "cap_ms": 1000})
+    obs.wait_for(is_birth("dev-z1"), 10)
+    t_pause = time.monotonic()
+    broker.pause()
+    try:
+        console.wait_count("link lost", 1, 2 * KA + 1)
+        assert time.monotonic() - t_pause <= 2 * KA + 0.5
+    finally:
+        broker.resume()
+    late = observer(broker)
+    late.subscribe("devices/dev-z1/status")
+    late.wait_for(lambda m: is_birth("dev-z1")(m) and not m.retain, 15)
+
+
+def test_graceful_restart_without_persistence_device_restores_its_status(emu, broker, observer):
+    """Item 11's counterpart: without persistence the retained status dies
+    with the broker; the device's rebirth restores it."""
+    obs = observer(broker)
+    obs.subscribe("devices/dev-g2/status")
+    emu.add_board("dev-g2", broker.host, broker.port, keepalive=KA, interval=60,
+                  backoff={"base_ms": 1000, "cap_ms": 2000})
+    obs.wait_for(is_birth("dev-g2"), 10)
+    broker.restart(graceful=True)
+    late = observer(broker)
+    late.subscribe("devices/dev-g2/status")
+    first = late.wait_topic("devices/dev-g2/status", 15)
+    assert first.json()["online"] is True, "nothing retained survived; the first status is the new birth"

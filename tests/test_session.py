@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware"))
 
 from mqtt_codec import (  # noqa: E402
     Connack, Connect, Decoder, Disconnect, Pingreq, Pingresp, ProtocolError, Puback,
-    Publish, Suback, Subscribe, Unsuback, Unsubscribe, encode,
+    Publish, Suback, Subscribe, Unsuback, Unsubscribe, decode, encode,
 )
 import mqtt_session as ms  # noqa: E402
 from mqtt_session import (  # noqa: E402
@@ -514,3 +514,27 @@ def test_event_equality_and_repr():
     assert LinkDead("x") == LinkDead("x") and LinkDead("x") != PublishAcked(1)
     assert repr(PublishAcked(3)) == "PublishAcked(packet_id=3)"
     assert CONNECTING not in (CONNECTED, DISCONNECTED)
+
+
+def test_withdrawn_qos1_publish_is_not_resent():
+    """A superseded retained status (an old birth) can be withdrawn before
+    the next CONNACK; the others are still resent with DUP."""
+    s = Session("dev", 30)
+    s.start(0)
+    s.receive_data(encode(Connack()), 0)
+    s.data_to_send()
+    while s.next_event():
+        pass
+    old_birth = s.publish("devices/dev/status", b"birth-1", 1, True, 0)
+    result = s.publish("devices/dev/cmd/result", b"r", 1, False, 0)
+    s.data_to_send()
+    s.connection_lost(10)
+    assert s.withdraw(old_birth) is True
+    assert s.withdraw(old_birth) is False
+    s.start(20)
+    s.data_to_send()
+    s.receive_data(encode(Connack()), 20)
+    out = s.data_to_send()
+    assert b"birth-1" not in out
+    assert decode(out) == Publish("devices/dev/cmd/result", b"r", 1, False, True, result)
+    assert s.inflight_count() == 1
