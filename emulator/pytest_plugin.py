@@ -1,0 +1,283 @@
+"""The esp32emu pytest plugin: test your own firmware without hardware.
+
+Installed with the package (entry point `pytest11`), so `pytest` in any
+project that has esp32emu installed gets these fixtures:
+
+- `mosquitto`: a private Mosquitto on a free loopback port (per test, or
+  one per session with `--esp32emu-broker-scope=session`); `.url`,
+  `.restart()`, `.kill()`, `.pause()`/`.resume()`. `mosquitto_tls`: the
+  same with mutual TLS and a throwaway PKI (`.pki`).
+- `board` / `boards(n)`: emulated boards running the firmware folder
+  (`--firmware PATH` or ini `esp32emu_firmware`; default the project's
+  `firmware/`), not yet booted so `.config` can be edited: `board.boot()`.
+- `observer`: a paho-mqtt client on `mosquitto`, subscribed to `#`, with
+  `expect(topic, predicate, timeout)` and `collect(...)`
+  (`esp32emu_observer` is the same fixture under a name no conftest
+  overrides; `observer_factory(broker)` makes more).
+- `esp32emu`: the `Emulator` (event loop thread) the boards live on.
+
+Keepalive, telemetry interval and time scale (a factor on every
+`expect`/`collect` timeout, for slow CI runners) come from, in order: the
+marker `@pytest.mark.esp32emu(keepalive=2, interval=1, time_scale=2)`, the
+options `--esp32emu-keepalive` / `--esp32emu-interval` /
+`--esp32emu-time-scale`, the ini options `esp32emu_keepalive` / ... , and
+the defaults (2 s, 1 s, 1.0).
+
+When a test fails, its report gets one section per board (console tail,
+link and power log) and one per observer (its last messages).
+
+The classes live in `emulator/testing.py`; this module only makes fixtures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from emulator.broker import Broker, TlsConfig
+from emulator.harness import Emulator
+from emulator.loader import FIRMWARE_DIR, FirmwareImage
+from emulator.testing import BoardHandle, ObserverClient
+
+_REPORTABLE = pytest.StashKey[list]()
+_observer_ids = itertools.count(1)
+
+DEFAULTS = {"keepalive": 2, "interval": 1, "time_scale": 1.0}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("esp32emu", "esp32emu: emulated ESP32 boards against a private Mosquitto")
+    group.addoption("--firmware", dest="esp32emu_firmware", metavar="PATH", default=None,
+                    help="firmware folder the emulated boards boot (default: ini esp32emu_firmware, "
+                         "else the esp32emu project's firmware/)")
+    group.addoption("--esp32emu-keepalive", dest="esp32emu_keepalive", type=float, default=None,
+                    help="MQTT keepalive (s) written into every board's config.json (default 2)")
+    group.addoption("--esp32emu-interval", dest="esp32emu_interval", type=float, default=None,
+                    help="telemetry interval (s) for every board (default 1)")
+    group.addoption("--esp32emu-time-scale", dest="esp32emu_time_scale", type=float, default=None,
+                    help="multiply every expect/collect timeout (slow CI machines; default 1.0)")
+    group.addoption("--esp32emu-broker-scope", dest="esp32emu_broker_scope", default=None,
+                    choices=("function", "session"),
+                    help="one private Mosquitto per test (default) or one for the whole session")
+    parser.addini("esp32emu_firmware", "firmware folder for emulated boards (relative to the rootdir)")
+    parser.addini("esp32emu_keepalive", "MQTT keepalive (s) for emulated boards")
+    parser.addini("esp32emu_interval", "telemetry interval (s) for emulated boards")
+    parser.addini("esp32emu_time_scale", "factor on every expect/collect timeout")
+    parser.addini("esp32emu_broker_scope", "function (default) or session")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "esp32emu(keepalive=S, interval=S, time_scale=F, firmware=PATH): settings for the esp32emu fixtures",
+    )
+
+
+# -- settings --------------------------------------------------------------------------
+
+
+def _setting(request: pytest.FixtureRequest, name: str) -> Any:
+    marker = request.node.get_closest_marker("esp32emu")
+    if marker is not None and name in marker.kwargs:
+        return marker.kwargs[name]
+    value = request.config.getoption(f"esp32emu_{name}")
+    if value is None:
+        value = request.config.getini(f"esp32emu_{name}") or None
+    if value is None:
+        return DEFAULTS.get(name)
+    return value
+
+
+def _number(value: Any) -> int | float:
+    f = float(value)
+    return int(f) if f.is_integer() else f
+
+
+def firmware_dir(config: pytest.Config, marker_value: str | None = None) -> Path:
+    """--firmware (relative to the working directory), else the ini option
+    (relative to the rootdir), else the project's firmware/."""
+    if marker_value:
+        return Path(marker_value).resolve()
+    opt = config.getoption("esp32emu_firmware")
+    if opt:
+        return Path(opt).resolve()
+    ini = config.getini("esp32emu_firmware")
+    if ini:
+        return (config.rootpath / ini).resolve()
+    return FIRMWARE_DIR
+
+
+def _broker_scope(config: pytest.Config) -> str:
+    return config.getoption("esp32emu_broker_scope") or config.getini("esp32emu_broker_scope") or "function"
+
+
+def _remember(request: pytest.FixtureRequest, thing: Any) -> None:
+    request.node.stash.setdefault(_REPORTABLE, []).append(thing)
+
+
+# -- brokers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _esp32emu_session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Broker]]:
+    holder: list[Broker] = []  # started on first use only
+    yield holder
+    for b in holder:
+        b.stop()
+
+
+@pytest.fixture
+def mosquitto(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    """A running private Mosquitto (anonymous access) on a free loopback port."""
+    if _broker_scope(request.config) == "session":
+        holder = request.getfixturevalue("_esp32emu_session_broker")
+        if not holder:
+            holder.append(Broker(request.config._tmp_path_factory.mktemp("mosquitto")).start())  # type: ignore[attr-defined]
+        broker = holder[0]
+        if broker.paused:
+            broker.resume()
+        if not broker.running:
+            broker.start()
+        yield broker
+        return
+    broker = Broker(tmp_path / "mosquitto").start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def esp32emu_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway dev PKI (CA, broker, backend); device certificates are made on demand."""
+    from emulator import certs
+
+    root = tmp_path_factory.mktemp("pki")
+    certs.make_pki(root)
+    return root
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path: Path, esp32emu_pki: Path) -> Iterator[Broker]:
+    """A private Mosquitto with mutual TLS only (ACL: each device its own topics);
+    `.pki` is the PKI directory. Boards made with `boards(n, broker=mosquitto_tls)`
+    get their certificates."""
+    broker = Broker(tmp_path / "mosquitto-tls", tls=TlsConfig.from_pki(esp32emu_pki)).start()
+    broker.pki = esp32emu_pki  # type: ignore[attr-defined]
+    yield broker
+    broker.stop()
+
+
+# -- observers --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def observer_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., ObserverClient]]:
+    """`observer_factory(broker, subscribe="#")`: connected observers, closed at teardown.
+    On a TLS broker they hold the PKI's backend certificate."""
+    made: list[ObserverClient] = []
+    scale = float(_setting(request, "time_scale"))
+
+    def make(broker: Broker, subscribe: str | None = "#", client_id: str | None = None) -> ObserverClient:
+        tls = None
+        pki = getattr(broker, "pki", None)
+        if broker.tls is not None and pki is not None:
+            tls = {"ca_certs": str(pki / "ca.crt"), "certfile": str(pki / "backend.crt"),
+                   "keyfile": str(pki / "backend.key")}
+        obs = ObserverClient(broker.host, broker.port, client_id or f"esp32emu-observer-{os.getpid()}-{next(_observer_ids)}",
+                             tls=tls, scale=scale)
+        made.append(obs)
+        _remember(request, obs)
+        obs.connect()
+        if subscribe:
+            obs.subscribe(subscribe)
+        return obs
+
+    yield make
+    for obs in made:
+        obs.close()
+
+
+@pytest.fixture
+def esp32emu_observer(observer_factory: Callable[..., ObserverClient], mosquitto: Broker) -> ObserverClient:
+    """A paho-mqtt observer on `mosquitto`, subscribed to everything (`#`)."""
+    return observer_factory(mosquitto)
+
+
+@pytest.fixture
+def observer(esp32emu_observer: ObserverClient) -> ObserverClient:
+    """The same as `esp32emu_observer` (a conftest may define its own `observer`)."""
+    return esp32emu_observer
+
+
+# -- boards -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def esp32emu(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Emulator]:
+    """The emulator (one event loop thread) the test's boards live on."""
+    marker = request.node.get_closest_marker("esp32emu")
+    folder = firmware_dir(request.config, marker.kwargs.get("firmware") if marker else None)
+    with Emulator(tmp_path / "boards", FirmwareImage(folder)) as emu:
+        yield emu
+
+
+@pytest.fixture
+def boards(request: pytest.FixtureRequest, esp32emu: Emulator) -> Callable[..., list[BoardHandle]]:
+    """`boards(n, broker=None, **config)`: n boards (ids dev-00001...) not yet booted,
+    their config.json pointed at `broker` (default: the `mosquitto` fixture) with
+    the test's keepalive and interval; `config` overrides any key."""
+    counter = itertools.count(len(esp32emu.boards) + 1)
+    scale = float(_setting(request, "time_scale"))
+
+    def make(n: int = 1, broker: Broker | None = None, **config: Any) -> list[BoardHandle]:
+        if broker is None:
+            broker = request.getfixturevalue("mosquitto")
+        made = []
+        for _ in range(n):
+            index = next(counter)
+            device_id = f"dev-{index:05d}"
+            cfg: dict[str, Any] = {"keepalive": _number(_setting(request, "keepalive")),
+                                   "interval": _number(_setting(request, "interval")),
+                                   "backoff": {"base_ms": 200, "cap_ms": 2000}}
+            cfg.update(config)
+            cfg["broker"] = {"host": broker.host, "port": broker.port, **config.get("broker", {})}
+            pki = getattr(broker, "pki", None) if broker.tls is not None else None
+            if pki is not None:
+                from emulator import certs
+
+                certs.ensure_devices(pki, [device_id])
+                cfg["broker"]["tls"] = True
+            handle = BoardHandle(esp32emu, device_id, cfg, seed=index, scale=scale, certs=pki)
+            _remember(request, handle)
+            made.append(handle)
+        return made
+
+    return make
+
+
+@pytest.fixture
+def board(boards: Callable[..., list[BoardHandle]]) -> BoardHandle:
+    """One board (dev-00001) on `mosquitto`, not yet booted: edit `.config`, then `.boot()`."""
+    return boards(1)[0]
+
+
+# -- failure reports -------------------------------------------------------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or report.when == "teardown":
+        return
+    for thing in item.stash.get(_REPORTABLE, []):
+        try:
+            if isinstance(thing, BoardHandle):
+                report.sections.append((f"esp32emu board {thing.id}", thing.report()))
+            elif isinstance(thing, ObserverClient):
+                report.sections.append(("esp32emu observer", thing.report()))
+        except Exception as e:  # noqa: BLE001 - a report must never hide the failure
+            report.sections.append(("esp32emu", f"(could not describe {thing!r}: {e})"))
