@@ -155,3 +155,36 @@ def test_flood_of_1000_commands(online, broker):
     before = obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 5, start=len(obs.messages)).json()["seq"]
     obs.wait_for(lambda m: m.topic.endswith("/telemetry") and m.json()["seq"] > before, 5)
     assert board.halted is False
+
+
+def test_arbitrary_bytes_on_the_command_topic(online):
+    """Fuzz: 300 seeded random payloads (binary, broken JSON, JSON of every
+    shape). Each gets exactly one result; the board keeps publishing."""
+    import random
+
+    board, obs = online
+    rng = random.Random(1234)
+    shapes = [
+        lambda: bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 64))),
+        lambda: json.dumps(rng.choice([None, 1, "x", [], {}, {"id": rng.random()}, {"id": "a" * rng.randrange(60, 70), "op": "ping"}])).encode(),
+        lambda: json.dumps({"id": f"z{rng.randrange(10**6)}", "op": rng.choice(["ping", "led", "sleepy", 3]), "args": rng.choice([{}, {"on": 1}, {"seconds": -1}, [], None])}).encode(),
+        lambda: b'{"id": "' + bytes(rng.getrandbits(8) for _ in range(8)) + b'", "op": "ping"}',
+    ]
+    payloads = [rng.choice(shapes)() for _ in range(300)]
+    payloads = [p for p in payloads if b'"op": "sleep"' not in p]
+    mark = len(obs.messages)
+    for p in payloads:
+        obs.client.publish(CMD, p, qos=1)
+    results = []
+
+    def got_all(m) -> bool:
+        if m.topic == RESULT:
+            results.append(m.json())
+        return len(results) >= len(payloads)
+
+    obs.wait_for(got_all, 30, start=mark)
+    assert all(isinstance(r["ok"], bool) for r in results)
+    assert all(r["ok"] or ("error" in r and "\n" not in r["error"]) for r in results)
+    seq = obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 3, start=len(obs.messages)).json()["seq"]
+    obs.wait_for(lambda m: m.topic.endswith("/telemetry") and m.json()["seq"] > seq, 3)
+    assert board.halted is False and not any("Traceback" in line for line in board.console_tail)
