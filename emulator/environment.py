@@ -82,6 +82,7 @@ class Battery:
 
     TX_MA = 220.0  # extra current while the radio transmits
     RELAX_S = 3.0  # how fast the after-burst sag recovers
+    SAMPLE_S = 0.005  # readings closer than this share one computed voltage
 
     def __init__(self, rng: random.Random, now: Callable[[], float]):
         self.now = now
@@ -92,6 +93,8 @@ class Battery:
         self.t = now()
         self.tx_until = self.t - 3600.0  # no burst yet
         self.tx_s = 0.0  # transmit time not yet charged to the cell
+        self._v_at = -1e18  # when volts() last computed the cell voltage
+        self._v = 0.0
 
     def transmit(self, nbytes: int) -> None:
         """The radio sends `nbytes`: a burst of a few ms plus airtime."""
@@ -99,6 +102,7 @@ class Battery:
         airtime = 0.002 + nbytes * 8 / 5e6
         self.tx_until = max(t, self.tx_until) + airtime
         self.tx_s += airtime
+        self._v_at = -1e18  # the sag starts now
 
     def _advance(self, t: float) -> None:
         dt = max(0.0, t - self.t)
@@ -115,6 +119,13 @@ class Battery:
 
     def volts(self) -> float:
         t = self.now()
+        if t == self._v_at or 0 <= t - self._v_at < self.SAMPLE_S:
+            return self._v  # ADC samples taken back to back see one cell voltage
+        self._v_at = t
+        self._v = self._volts(t)
+        return self._v
+
+    def _volts(self, t: float) -> float:
         self._advance(t)
         sag = self.idle_ma / 1000 * self.r_ohm
         tx_sag = self.TX_MA / 1000 * self.r_ohm

@@ -76,9 +76,55 @@ def float_h(adc_h: float, t_fine: float, cal_h) -> float:
     return min(100.0, max(0.0, v))
 
 
-def _invert(fn, target: float, bits: int, rising: bool) -> int:
+def _invert(fn, target: float, bits: int, rising: bool, hint: int | None = None) -> int:
     """The raw word in 0..2**bits-1 whose compensated value is nearest `target`
-    (fn is monotonic in the word)."""
+    (fn is monotonic in the word). Given a `hint` (the answer for the chip's
+    previous, nearby reading) it gallops out from there to bracket the answer
+    and bisects the bracket: a handful of evaluations instead of twenty for
+    slowly changing air. Same answer as plain bisection, hint or not."""
+    n = 1 << bits
+
+    def before(i: int) -> bool:  # True while word i is still below the answer
+        return (fn(i) < target) == rising
+
+    if hint is None:
+        return _invert_by_bisection(fn, target, bits, rising)
+    g = min(max(hint, 0), n - 1)
+    step = 1
+    if before(g):
+        lo, hi = g + 1, n - 1
+        while lo < hi:
+            probe = min(g + step, n - 1)
+            if not before(probe):
+                hi = probe
+                break
+            if probe == n - 1:
+                lo = n - 1
+                break
+            lo, step = probe + 1, step * 2
+    else:
+        lo, hi = 0, g
+        while True:
+            probe = g - step
+            if probe < 0:
+                break
+            if before(probe):
+                lo = probe + 1
+                break
+            hi, step = probe, step * 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if before(mid):
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo > 0 and abs(fn(lo - 1) - target) < abs(fn(lo) - target):
+        lo -= 1
+    return lo
+
+
+def _invert_by_bisection(fn, target: float, bits: int, rising: bool) -> int:
+    """The plain version of `_invert`, kept as its reference in the tests."""
     lo, hi = 0, (1 << bits) - 1
     while lo < hi:
         mid = (lo + hi) // 2
@@ -91,13 +137,17 @@ def _invert(fn, target: float, bits: int, rising: bool) -> int:
     return lo
 
 
-def raw_words(t_c: float, p_hpa: float, h_pct: float, cal_t, cal_p, cal_h) -> tuple[int, int, int]:
+def raw_words(
+    t_c: float, p_hpa: float, h_pct: float, cal_t, cal_p, cal_h, hint: tuple[int, int, int] | None = None
+) -> tuple[int, int, int]:
     """(adc_T, adc_P, adc_H) that a chip with this calibration reports for
-    this air: the inverse of the compensation."""
-    adc_t = _invert(lambda a: float_t(a, cal_t)[0], t_c, 20, True)
+    this air: the inverse of the compensation. `hint` is the chip's previous
+    answer (it only makes the search shorter)."""
+    h_t, h_p, h_h = hint or (None, None, None)
+    adc_t = _invert(lambda a: float_t(a, cal_t)[0], t_c, 20, True, h_t)
     t_fine = float_t(adc_t, cal_t)[1]
-    adc_p = _invert(lambda a: float_p(a, t_fine, cal_p), p_hpa * 100, 20, False)
-    adc_h = _invert(lambda a: float_h(a, t_fine, cal_h), h_pct, 16, True)
+    adc_p = _invert(lambda a: float_p(a, t_fine, cal_p), p_hpa * 100, 20, False, h_p)
+    adc_h = _invert(lambda a: float_h(a, t_fine, cal_h), h_pct, 16, True, h_h)
     return adc_t, adc_p, adc_h
 
 
@@ -195,7 +245,9 @@ class Bme280Chip:
         p += rng.gauss(0, 0.013) / max(os_p, 1) ** 0.5
         h += rng.gauss(0, 0.02) / max(os_h, 1) ** 0.5
         h = min(100.0, max(0.0, h))
-        adc_t, adc_p, adc_h = raw_words(t, p, h, self.cal_t, self.cal_p, self.cal_h)
+        adc_t, adc_p, adc_h = self._last_words = raw_words(
+            t, p, h, self.cal_t, self.cal_p, self.cal_h, getattr(self, "_last_words", None)
+        )
         # Without the IIR filter, T and P resolve 16 bits at x1, one more per doubling.
         adc_t = adc_t & ~((1 << (20 - min(20, 15 + os_t.bit_length()))) - 1) if os_t else _SKIPPED_20
         adc_p = adc_p & ~((1 << (20 - min(20, 15 + os_p.bit_length()))) - 1) if os_p else _SKIPPED_20

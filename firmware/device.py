@@ -40,6 +40,7 @@ _STABLE_MS = const(10000)  # a link that lived this long resets the backoff
 _LOSS_WINDOW_MS = const(8000)  # jitter window for the first retry after a lost link
 _RESULT_BACKLOG = const(32)
 _LED_PIN = const(2)
+_DUPLICATE = "<duplicate>"  # queued in place of an op: a redelivered id
 _BUTTON_PIN = const(0)  # BOOT button on dev kits: press for a planned shutdown
 
 
@@ -289,7 +290,11 @@ class Device:
             self._cmd_ready.set()
             return
         if cmd_id in self._busy:
-            return  # redelivery of a command still queued or running
+            # A redelivery while the first is queued or running: it gets the
+            # first result once that exists, and is never run itself.
+            self._cmds.append((cmd_id, _DUPLICATE, None))
+            self._cmd_ready.set()
+            return
         self._busy.append(cmd_id)
         self._cmds.append((cmd_id, op, args))
         self._cmd_ready.set()
@@ -305,6 +310,12 @@ class Device:
     async def _handle(self, cmd_id, op, args):
         if op is None:  # parse error; args holds the message
             await self._send_result(commands.error_result(cmd_id, args))
+            return
+        if op == _DUPLICATE:
+            cached = self.results.get(cmd_id)
+            if cached is None:
+                cached = commands.error_result(cmd_id, "duplicate id; the first result is no longer kept")
+            await self._send_result(cached)
             return
         cached = self.results.get(cmd_id)
         if cached is not None:

@@ -188,3 +188,17 @@ def test_arbitrary_bytes_on_the_command_topic(online):
     seq = obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 3, start=len(obs.messages)).json()["seq"]
     obs.wait_for(lambda m: m.topic.endswith("/telemetry") and m.json()["seq"] > seq, 3)
     assert board.halted is False and not any("Traceback" in line for line in board.console_tail)
+
+
+def test_duplicate_arriving_while_the_first_runs_gets_the_first_result(online):
+    """Three copies of one id back to back: three identical results, one execution."""
+    board, obs = online
+    before = board.pin_writes.get(2, 0)
+    mark = len(obs.messages)
+    payload = json.dumps({"id": "triple", "op": "led", "args": {"on": True}})
+    for _ in range(3):
+        obs.client.publish(CMD, payload, qos=1)
+    got = []
+    obs.wait_for(lambda m: m.topic == RESULT and m.json()["id"] == "triple" and got.append(m.json()) is None and len(got) == 3, 10, start=mark)
+    assert got[0] == got[1] == got[2] == {"id": "triple", "ok": True, "result": {"led": True}}
+    assert board.pin_writes.get(2, 0) - before == 1

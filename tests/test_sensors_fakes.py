@@ -327,3 +327,29 @@ def test_bus_without_rng_still_works():
     bus = I2CBus()
     with pytest.raises(OSError):
         bus.read(0x76, 0, 1)
+
+
+def test_fast_inverse_matches_bisection():
+    """The hinted search gives exactly the bisection's raw words, from any hint, for
+    temperatures, pressures and humidities across the chip's range."""
+    import random
+
+    from emulator import sensors as S
+
+    rng = random.Random(7)
+    cal_t, cal_p, cal_h = S._CAL_T, S._CAL_P, S._CAL_H
+    for _ in range(300):
+        t = rng.uniform(-40, 85)
+        fn_t = lambda a: S.float_t(a, cal_t)[0]  # noqa: E731
+        adc_t = S._invert_by_bisection(fn_t, t, 20, True)
+        for hint in (0, (1 << 20) - 1, adc_t, adc_t + rng.randrange(-50, 50)):
+            assert S._invert(fn_t, t, 20, True, hint) == adc_t
+        t_fine = S.float_t(adc_t, cal_t)[1]
+        p = rng.uniform(300, 1100) * 100
+        fn_p = lambda a: S.float_p(a, t_fine, cal_p)  # noqa: E731
+        want = S._invert_by_bisection(fn_p, p, 20, False)
+        assert S._invert(fn_p, p, 20, False, want + rng.randrange(-300, 300)) == want
+        h = rng.choice([0.0, 100.0, rng.uniform(0, 100)])
+        fn_h = lambda a: S.float_h(a, t_fine, cal_h)  # noqa: E731
+        want = S._invert_by_bisection(fn_h, h, 16, True)
+        assert S._invert(fn_h, h, 16, True, rng.randrange(0, 1 << 16)) == want
