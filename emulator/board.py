@@ -616,7 +616,3 @@ class Board:
         pin_obj = MachineModule(self).Pin(pin)
         self.loop.call_soon(handler, pin_obj, context=self.modules.context.copy())
         return True
-
-    @property
-    def deep_sleep_reset(self) -> bool:
-        return self.reset_cause == DEEPSLEEP_RESET

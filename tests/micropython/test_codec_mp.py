@@ -6,10 +6,10 @@
 import sys
 
 try:
-    import mqtt_codec
+    import mqtt_codec  # noqa: F401 - probes whether firmware/ is on sys.path
 except ImportError:  # CPython: firmware/ is not on sys.path yet
     sys.path.insert(0, __file__.rsplit("/", 3)[0] + "/firmware")
-    import mqtt_codec
+    import mqtt_codec  # noqa: F401 - probes whether firmware/ is on sys.path
 
 from mqtt_codec import (
     Connack, Connect, Decoder, Disconnect, Pingreq, Pingresp, ProtocolError, Puback,
