@@ -67,19 +67,10 @@ class ConnectionRefused(Record):
         self.reason = reason
 
 
-class Message(Record):
-    # payload None and size = payload length for a PUBLISH over max_packet;
-    # size None otherwise. packet_id None for QoS 0.
-    _FIELDS = ("topic", "payload", "qos", "retain", "dup", "packet_id", "size")
-
-    def __init__(self, topic, payload, qos, retain, dup, packet_id, size=None):
-        self.topic = topic
-        self.payload = payload
-        self.qos = qos
-        self.retain = retain
-        self.dup = dup
-        self.packet_id = packet_id
-        self.size = size
+class Message(Publish):
+    # An incoming PUBLISH, as an event: the same fields as mqtt_codec.Publish
+    # (payload None and size = payload length for one over max_packet).
+    pass
 
 
 class PublishAcked(Record):
