@@ -631,6 +631,62 @@ def test_asyncio_run_blocks_returns_the_value_and_raises_into_main(emu, tmp_path
     assert "Traceback (most recent call last):" not in con.lines
 
 
+def test_wait_for_times_out_cancels_the_awaitable_and_passes_results(emu, tmp_path):
+    """MicroPython's wait_for / wait_for_ms: a result comes back, a timeout
+    cancels the awaitable (a coroutine or a task) before TimeoutError is
+    raised, None waits for ever, and cancelling the waiter cancels the wait."""
+    img = image(
+        tmp_path,
+        {
+            "main.py": """\
+            import asyncio
+            async def slow(name):
+                try:
+                    await asyncio.sleep_ms(5000)
+                except asyncio.CancelledError:
+                    print("cancelled", name)
+                    raise
+            async def quick():
+                await asyncio.sleep_ms(5)
+                return 7
+            async def main():
+                print("value", await asyncio.wait_for_ms(quick(), 500))
+                print("seconds", await asyncio.wait_for(quick(), 0.5))
+                print("forever", await asyncio.wait_for(quick(), None))
+                try:
+                    await asyncio.wait_for_ms(slow("coro"), 30)
+                except asyncio.TimeoutError:
+                    print("timeout", "coro")
+                task = asyncio.create_task(slow("task"))
+                try:
+                    await asyncio.wait_for(task, 0.03)
+                except asyncio.TimeoutError:
+                    print("timeout", "task")
+                print("task done", task.done())
+                waiter = asyncio.create_task(asyncio.wait_for_ms(slow("waited"), 5000))
+                await asyncio.sleep_ms(20)
+                waiter.cancel()
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    print("waiter", "cancelled")
+                print("end")
+            asyncio.run(main())
+            """
+        },
+    )
+    board, con = boot_board(emu, img)
+    con.wait("^end$", timeout=10)
+    lines = con.snapshot()
+    assert con.value("value") == 7 and con.value("seconds") == 7 and con.value("forever") == 7
+    # The awaitable is cancelled first, then TimeoutError reaches the caller.
+    assert lines.index("cancelled coro") < lines.index("timeout coro")
+    assert lines.index("cancelled task") < lines.index("timeout task")
+    assert con.value("task done") is True
+    assert lines.index("cancelled waited") < lines.index("waiter cancelled")
+    assert "Traceback (most recent call last):" not in lines
+
+
 def test_tasks_stop_when_the_board_halts_at_the_repl(emu, tmp_path):
     """At the REPL no event loop runs: background tasks are frozen, as on hardware."""
     img = image(

@@ -12,6 +12,17 @@ from __future__ import annotations
 import asyncio as _aio
 
 
+async def _wait_for(aw, timeout):
+    # MicroPython's wait_for: `aw` is cancelled when the time is up, and
+    # TimeoutError raised. Run in the calling task under a deadline rather
+    # than CPython's wait_for (a new task, context copy and waiter per call):
+    # a fleet makes thousands of these calls a second.
+    if timeout is None:
+        return await aw
+    async with _aio.timeout(timeout):
+        return await aw
+
+
 class ThreadSafeFlag:
     def __init__(self):
         self._event = _aio.Event()
@@ -67,7 +78,7 @@ class AsyncioModule:
     Task = _aio.Task
     ThreadSafeFlag = ThreadSafeFlag
     sleep = staticmethod(_aio.sleep)
-    wait_for = staticmethod(_aio.wait_for)
+    wait_for = staticmethod(_wait_for)
     gather = staticmethod(_aio.gather)
     current_task = staticmethod(_aio.current_task)
 
@@ -75,12 +86,12 @@ class AsyncioModule:
         self._board = board
 
     @staticmethod
-    async def sleep_ms(ms: int) -> None:
-        await _aio.sleep(ms / 1000)
+    def sleep_ms(ms: int):
+        return _aio.sleep(ms / 1000)
 
     @staticmethod
-    async def wait_for_ms(aw, timeout_ms: int):
-        return await _aio.wait_for(aw, timeout_ms / 1000)
+    def wait_for_ms(aw, timeout_ms: int):
+        return _wait_for(aw, timeout_ms / 1000)
 
     def create_task(self, coro):
         return self._board.create_task(coro)
