@@ -44,6 +44,17 @@ _DUPLICATE = "<duplicate>"  # queued in place of an op: a redelivered id
 _BUTTON_PIN = const(0)  # BOOT button on dev kits: press for a planned shutdown
 
 
+def next_due(due, period):
+    # The deadline after `due` on a fixed-rate schedule: a late wake keeps
+    # the cadence (and a fleet of boards keeps its spread instead of bunching
+    # up behind a busy moment); more than a period behind, restart from now.
+    due = time.ticks_add(due, period)
+    now = time.ticks_ms()
+    if time.ticks_diff(now, due) >= period:
+        return time.ticks_add(now, period)
+    return due
+
+
 def reset_cause_name(cause):
     if cause == machine.PWRON_RESET:
         return "power_on"
@@ -165,8 +176,10 @@ class Device:
             watch.cancel()
 
     async def _watch_wifi(self, pump):
+        due = time.ticks_ms()
         while True:
-            await asyncio.sleep_ms(_WIFI_CHECK_MS)
+            due = next_due(due, _WIFI_CHECK_MS)
+            await asyncio.sleep_ms(max(time.ticks_diff(due, time.ticks_ms()), 0))
             if not self.wifi.isconnected():
                 self.log("wifi: lost; closing the MQTT socket")
                 self._wifi_lost = True
@@ -253,16 +266,22 @@ class Device:
     # -- telemetry -------------------------------------------------------------
 
     async def _telemetry_loop(self):
+        # Fixed rate: one message per interval on a schedule kept from the
+        # first one after going online, so late wakes do not add up into
+        # drift. A new interval (or coming back online) starts a new schedule.
         while True:
-            await self._online.wait()
-            due = time.ticks_add(time.ticks_ms(), self.interval_ms)
-            await self.publish_telemetry()
-            left = time.ticks_diff(due, time.ticks_ms())
-            if left > 0:
-                try:
-                    await asyncio.wait_for_ms(self._interval_changed.wait(), left)
-                except asyncio.TimeoutError:
-                    pass
+            if not self._online.is_set():
+                await self._online.wait()
+            due = time.ticks_ms()
+            while self._online.is_set() and not self._interval_changed.is_set():
+                await self.publish_telemetry()
+                due = next_due(due, self.interval_ms)
+                left = time.ticks_diff(due, time.ticks_ms())
+                if left > 0:
+                    try:
+                        await asyncio.wait_for_ms(self._interval_changed.wait(), left)
+                    except asyncio.TimeoutError:
+                        pass
             self._interval_changed.clear()
 
     async def publish_telemetry(self):

@@ -1,4 +1,4 @@
-"""SPEC §4 items 1-6 and 9: one emulated board running the real firmware
+"""SPEC §4 items 1-6 and 9, and the telemetry cadence: one emulated board running the real firmware
 against a real Mosquitto, watched by an independent paho-mqtt observer."""
 
 from __future__ import annotations
@@ -149,3 +149,27 @@ def test_idle_link_stays_up_with_pings(emu, broker, observer):
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) <= KA, f"longest silence {max(gaps):.2f} s"
     assert emu.call(lambda: len(board.link.connections)) == 1
+
+
+def test_telemetry_keeps_its_cadence_after_a_busy_moment(emu, broker, observer):
+    """Telemetry runs on a fixed-rate schedule: a wake that comes late (here
+    the whole emulator loop stalls for 1.5 s) delays that one message, not
+    every later one. (A fleet's boards then keep the spread they booted with
+    instead of bunching up behind each busy moment of the shared loop.)"""
+    obs = observer(broker)
+    obs.subscribe("devices/dev-r1/telemetry")
+    start_board(emu, broker, "dev-r1", interval=1)
+
+    def seq_at_least(n):
+        return lambda m: m.json()["seq"] >= n
+
+    first = obs.wait_for(seq_at_least(1), 10)
+    emu.call(time.sleep, 1.5, timeout=5)  # the loop thread is busy: the next message is due meanwhile
+    last = obs.wait_for(seq_at_least(first.json()["seq"] + 5), 10)
+    got = {m.json()["seq"]: m.t for m in obs.messages if m.topic.endswith("/telemetry")}
+    s0 = first.json()["seq"]
+    residual = {s: got[s] - got[s0] - (s - s0) for s in range(s0, last.json()["seq"] + 1)}
+    assert max(residual.values()) >= 0.3, f"the stall did not delay a message: {residual}"
+    late = [s for s, r in residual.items() if r >= 0.3]
+    after = {s: r for s, r in residual.items() if s > late[0] + 1}
+    assert after and max(abs(r) for r in after.values()) < 0.2, f"cadence lost after the stall: {residual}"
