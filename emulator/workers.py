@@ -24,7 +24,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from emulator.gcpolicy import Collector
+
 LAG_PROBE_S = 0.05  # the probe sleeps this long and records how late it wakes
+SETTLE_S = 5.0  # after the last board powers on, before the collector takes over
+FREEZE_EVERY = 500  # boards booted between two collector checkpoints (pauses of ~0.1 s)
 STATS_EVERY_S = 0.5
 
 
@@ -103,6 +107,7 @@ class BoardGroup:
         self.boards: list = []
         self.lag_ms: list[float] = []  # every probe's overshoot, in order
         self.rss_base_kb = 0
+        self.collector = Collector()
         self._tasks: list[asyncio.Task] = []
 
     def build(self) -> None:
@@ -133,11 +138,15 @@ class BoardGroup:
 
     async def _boot_staggered(self, t0: float) -> None:
         gap = 1.0 / self.spec.boot_rate
-        for board in self.boards:
+        for n, board in enumerate(self.boards, 1):
             delay = t0 + board.index * gap - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             board.start()
+            if n % FREEZE_EVERY == 0:
+                self.collector.checkpoint()
+        await asyncio.sleep(SETTLE_S)
+        self.collector.start()
 
     async def _lag_probe(self) -> None:
         while True:
@@ -176,6 +185,7 @@ class BoardGroup:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.collector.stop()
         await shutdown_gracefully([b for b in self.boards if b.running], timeout=10)
 
 
