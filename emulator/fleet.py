@@ -182,6 +182,7 @@ class _Meter:
             "cpu_s": round(cpu_s, 2),
             "cpu_s_per_1000_msgs": round(cpu_s / msgs * 1000, 3) if msgs else None,
             "loop_lag_p99_ms": percentile(lag, 99),
+            "loop_lag_max_ms": round(lag[-1], 1) if lag else None,
         }
 
 
