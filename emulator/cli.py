@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--quiet", action="store_true", help="no live view (CI)")
     fl.add_argument("--scenario", type=Path, help="TOML timeline of faults (see README: Scenario files)")
     fl.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (default certs)")
-    fl.add_argument("--workers", type=int, default=1, help="processes running boards, to use every core (default 1)")
+    fl.add_argument(
+        "--workers", type=int, help="processes running boards (default: one per 2,500 boards, at most one per core)"
+    )
 
     wa = sub.add_parser("watch", help="live table of every device seen on a broker (ours or not)")
     wa.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883)")
@@ -125,6 +127,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "fleet":
         from emulator.fleet import FleetOptions, run_fleet
+        from emulator.workers import auto_workers
 
         return run_fleet(
             FleetOptions(
@@ -140,7 +143,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 quiet=args.quiet,
                 scenario=args.scenario,
                 certs_dir=args.certs,
-                workers=args.workers,
+                workers=args.workers or auto_workers(args.devices),
             )
         )
     if args.command == "watch":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.workers import BoardGroup, GroupSpec, split
+from emulator.workers import BoardGroup, GroupSpec, auto_workers, split
 
 ESP32EMU = [sys.executable, "-m", "emulator"]
 REPO = Path(__file__).resolve().parent.parent
@@ -26,6 +26,14 @@ def test_split_is_round_robin_and_covers_every_board():
     slices = split(range(7), 3)
     assert slices == [(0, 3, 6), (1, 4), (2, 5)]
     assert sorted(i for s in slices for i in s) == list(range(7))
+
+
+def test_default_workers_is_one_per_2500_boards_up_to_the_cores():
+    assert auto_workers(20, cores=8) == 1
+    assert auto_workers(2500, cores=8) == 1
+    assert auto_workers(2501, cores=8) == 2
+    assert auto_workers(10_000, cores=2) == 2
+    assert auto_workers(100_000, cores=4) == 4
 
 
 class FakeBoard:
