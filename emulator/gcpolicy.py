@@ -17,8 +17,9 @@ steady telemetry; reconnects leave some: exception tracebacks), so a
   incarnation's cycles once, bounded by the boot footprint;
 - once every board has booted (`start()`), turns automatic collection off
   and collects by itself, once a minute or as soon as the allocation count
-  says a lot has piled up (a reconnect storm): one pause of ~0.2 s a
-  minute at 5,000 boards instead of several a second.
+  says a lot has piled up (a reconnect storm): one pause a minute (317 ms
+  at 5,000 boards) instead of several a second. Measured over 70 s at
+  5,000 boards, 500 msg/s: loop lag p99 6 ms, max 300 ms.
 `stop()` puts the collector back the way it was.
 """
 

@@ -29,7 +29,7 @@ from emulator.gcpolicy import Collector
 
 LAG_PROBE_S = 0.05  # the probe sleeps this long and records how late it wakes
 SETTLE_S = 5.0  # after the last board powers on, before the collector takes over
-FREEZE_EVERY = 500  # boards booted between two collector checkpoints (pauses of ~0.1 s)
+FREEZE_EVERY = 500  # boards booted between collector checkpoints (each walks only what those built)
 STATS_EVERY_S = 0.5
 BOARDS_PER_WORKER = 2500
 
