@@ -279,7 +279,7 @@ class LiveView:
         self.observer = observer
         self.boards = boards
         self.meter = meter
-        self.rate = Rate()
+        self.rate = Rate(max(5.0, 2 * opts.interval))  # whole telemetry rounds: boards booted together publish together
         self.live = None
         self.fancy = not opts.quiet and sys.stdout.isatty() and os.environ.get("CI") != "true"
 
