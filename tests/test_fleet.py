@@ -93,6 +93,47 @@ def test_two_workers_report_every_board_online_and_nothing_lost(tmp_path, broker
     assert sorted(p.name for p in (tmp_path / "s" / "boards").iterdir()) == [f"dev-{i:05d}" for i in range(1, 7)]
 
 
+@pytest.mark.integration
+def test_a_booted_group_runs_its_own_collector_and_gives_it_back(tmp_path, broker, observer, monkeypatch):
+    """Boot objects frozen in checkpoints, automatic collection off once the
+    boards have settled (telemetry goes on), and stop() restores both."""
+    import gc
+
+    from emulator import workers
+
+    monkeypatch.setattr(workers, "SETTLE_S", 0.5)
+    monkeypatch.setattr(workers, "FREEZE_EVERY", 2)
+    obs = observer(broker)
+    obs.subscribe("devices/+/telemetry")
+    spec = GroupSpec((0, 1, 2), 3, broker.host, broker.port, False, 5, 1, 0, tmp_path, tmp_path, 50.0)
+    group = BoardGroup(spec)
+    group.build()
+    seen = {}
+
+    async def main() -> None:
+        group.start(time.monotonic())
+        try:
+            deadline = time.monotonic() + 15
+            while group.collector.collections == 0 and gc.isenabled():
+                assert time.monotonic() < deadline, "the collector never took over"
+                await asyncio.sleep(0.05)
+            seen["frozen"] = gc.get_freeze_count()
+            mark = len(obs.messages)
+            while not {m.topic for m in obs.messages[mark:]} >= {f"devices/dev-0000{i}/telemetry" for i in (1, 2, 3)}:
+                assert time.monotonic() < deadline, "telemetry stopped once the collector took over"
+                await asyncio.sleep(0.05)
+        finally:
+            await group.stop()
+            seen["after"] = (gc.isenabled(), gc.get_freeze_count())
+
+    try:
+        asyncio.run(main())
+    finally:
+        gc.enable()  # whatever happened, later tests get a collector
+    assert seen["frozen"] > 0
+    assert seen["after"] == (True, 0)
+
+
 def _lower_nofile(limit: int):
     def lower() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
