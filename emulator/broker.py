@@ -9,7 +9,8 @@ kernel still accepts TCP connections but nothing answers) and restarted on the
 same port.
 
 This module does no logging setup, imports no MQTT client library and knows
-nothing about the CLI: the few raw MQTT 3.1.1 bytes it needs are built here.
+nothing about the CLI: the few raw MQTT 3.1.1 bytes it needs are built in
+`emulator/mqttprobe.py`.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import re
 import shutil
 import signal
 import socket
-import ssl
-import struct
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Iterable
+
+from emulator.mqttprobe import mqtt_connect_rc
 
 __all__ = [
     "Broker",
@@ -36,7 +37,6 @@ __all__ = [
     "find_mosquitto",
     "free_port",
     "mosquitto_version",
-    "mqtt_connect_rc",
 ]
 
 # What goes into mosquitto.log by default: everything but `debug`, which logs
@@ -160,94 +160,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-# --- raw MQTT 3.1.1, just enough to ask "are you there?" -----------------
-
-
-def _mqtt_string(value: str | bytes) -> bytes:
-    raw = value.encode() if isinstance(value, str) else value
-    return struct.pack("!H", len(raw)) + raw
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n % 128
-        n //= 128
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
-def connect_packet(
-    client_id: str,
-    *,
-    keepalive: int = 10,
-    clean_session: bool = True,
-    username: str | None = None,
-    password: str | None = None,
-) -> bytes:
-    """Encode an MQTT 3.1.1 CONNECT packet (no Will)."""
-    flags = 0x02 if clean_session else 0
-    payload = _mqtt_string(client_id)
-    if username is not None:
-        flags |= 0x80
-        payload += _mqtt_string(username)
-        if password is not None:
-            flags |= 0x40
-            payload += _mqtt_string(password)
-    variable = _mqtt_string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
-    body = variable + payload
-    return bytes([0x10]) + _remaining_length(len(body)) + body
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError(f"connection closed after {len(data)} of {n} CONNACK bytes")
-        data += chunk
-    return data
-
-
-def mqtt_connect_rc(
-    host: str,
-    port: int,
-    *,
-    client_id: str = "esp32emu-probe",
-    keepalive: int = 10,
-    username: str | None = None,
-    password: str | None = None,
-    timeout: float = 2.0,
-    ssl_context: ssl.SSLContext | None = None,
-) -> int:
-    """Open a connection, send CONNECT, return the CONNACK return code, disconnect.
-
-    0 = accepted, 1 = bad protocol, 2 = identifier rejected (also Mosquitto's
-    answer to a keepalive above `max_keepalive`), 3 = unavailable,
-    4 = bad username or password, 5 = not authorized.
-    Raises OSError (`socket.timeout` included) when no CONNACK comes in time.
-    """
-    with socket.create_connection((host, port), timeout=timeout) as raw:
-        raw.settimeout(timeout)
-        sock: socket.socket = raw
-        if ssl_context is not None:
-            sock = ssl_context.wrap_socket(raw, server_hostname=host)
-        sock.sendall(
-            connect_packet(client_id, keepalive=keepalive, username=username, password=password)
-        )
-        header = _recv_exactly(sock, 4)
-        if header[0] != 0x20 or header[1] != 0x02:
-            raise ConnectionError(f"expected CONNACK, got {header.hex()}")
-        rc = header[3]
-        if rc == 0:
-            try:
-                sock.sendall(b"\xe0\x00")  # DISCONNECT: no Will, clean log line
-            except OSError:
-                pass
-        return rc
 
 
 # --- the broker process --------------------------------------------------

@@ -10,7 +10,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from emulator.broker import Broker, BrokerError, free_port, mosquitto_version, mqtt_connect_rc
+from emulator.broker import Broker, BrokerError, free_port, mosquitto_version
+from emulator.mqttprobe import mqtt_connect_rc
 from tests.helpers import Observer
 
 pytestmark = pytest.mark.mosquitto

@@ -21,7 +21,8 @@ from types import SimpleNamespace
 import pytest
 
 from emulator import certs
-from emulator.broker import TlsConfig, mqtt_connect_rc
+from emulator.broker import TlsConfig
+from emulator.mqttprobe import mqtt_connect_rc
 from emulator.clock import BoardClock
 from emulator.fakes.misc import FlashFS
 from emulator.fakes.tlsfake import CERT_NONE, CERT_REQUIRED, SslModule, TlsModule
