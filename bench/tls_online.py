@@ -27,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emulator import certs
-from emulator.board import Board, default_config
+from emulator.board import Board
+from emulator.boardconfig import default_config
 from emulator.broker import Broker, TlsConfig
 from emulator.fleet import check_fd_limit
 from emulator.loader import FirmwareImage

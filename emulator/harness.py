@@ -14,7 +14,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
-from emulator.board import Board, default_config
+from emulator.board import Board
+from emulator.boardconfig import default_config
 from emulator.loader import FirmwareImage
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from emulator.board import Board, default_config
+from emulator.board import Board
+from emulator.boardconfig import default_config
 from emulator.broker import Broker, TlsConfig
 from emulator.loader import FirmwareImage
 from emulator.profiles import profile_names

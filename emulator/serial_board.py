@@ -394,7 +394,7 @@ def run_serial(
     """`esp32emu serial`: print the pty path, keep the board running until Ctrl-C."""
     import sys
 
-    from emulator.board import default_config
+    from emulator.boardconfig import default_config
     from emulator.runner import UsageError, broker_for, wait_for_stop_signal
 
     if flash_kib is not None and not 16 <= flash_kib <= 16384:

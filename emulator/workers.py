@@ -121,7 +121,8 @@ class BoardGroup:
         self._tasks: list[asyncio.Task] = []
 
     def build(self) -> None:
-        from emulator.board import Board, default_config
+        from emulator.board import Board
+        from emulator.boardconfig import default_config
         from emulator.loader import FirmwareImage
         from emulator.runner import install_tls
 

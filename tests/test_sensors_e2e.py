@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.board import default_config
+from emulator.boardconfig import default_config
 from emulator.scenario import apply_board_action
 from tests.boards import KA, is_birth
 

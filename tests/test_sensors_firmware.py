@@ -11,7 +11,8 @@ import types
 
 import pytest
 
-from emulator.board import Board, default_config
+from emulator.board import Board
+from emulator.boardconfig import default_config
 from emulator.loader import BoardModules, FirmwareImage
 
 IMAGE = FirmwareImage()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import serial
 
-from emulator.board import default_config
+from emulator.boardconfig import default_config
 from emulator.harness import Emulator
 from emulator.monitor import LineStamper, monitor
 from emulator.serial_board import SerialBoard
