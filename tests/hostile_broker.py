@@ -509,6 +509,9 @@ class HostileBroker:
 
     def __init__(self, script: Callable[[Conn], None]):
         self.script = script
+        # Set by a test: returns a reason to stop waiting early (e.g. the
+        # board printed a traceback), or None; checked every 0.25 s.
+        self.abort_check: Callable[[], str | None] | None = None
         self.host = "127.0.0.1"
         self._cond = threading.Condition()
         self.connections: list[Conn] = []
@@ -553,14 +556,9 @@ class HostileBroker:
         """The first n connections, once the n-th has sent its first packet
         (its CONNECT, normally); AssertionError after timeout."""
         __tracebackhide__ = True
-        deadline = time.monotonic() + timeout
+        self.wait(lambda: len(self.connections) >= n and bool(self.connections[n - 1].packets), timeout,
+                  f"{n} connection(s) with a first packet")
         with self._cond:
-            while len(self.connections) < n or not self.connections[n - 1].packets:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{len(self.connections)} connection(s) within {timeout:g} s, "
-                                         f"wanted {n} with a first packet:\n{self.describe()}")
-                self._cond.wait(left)
             return self.connections[:n]
 
     def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -573,7 +571,10 @@ class HostileBroker:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(f"{what}: not within {timeout:g} s\n{self.describe()}")
-                self._cond.wait(left)
+                reason = self.abort_check() if self.abort_check is not None else None
+                if reason:
+                    raise AssertionError(f"{what}: stopped waiting: {reason}\n{self.describe()}")
+                self._cond.wait(min(left, 0.25))
 
     def describe(self) -> str:
         with self._cond:
