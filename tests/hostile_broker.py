@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 from dataclasses import dataclass, field
 
 # -- raw packet builders (the broker's side: anything goes) ------------------------
@@ -221,7 +222,7 @@ def parse_board_packet(first: int, body: bytes, t: float) -> Packet:
             b.done()
         elif kind in (SUBSCRIBE, UNSUBSCRIBE):
             f["packet_id"] = _packet_id(b)
-            filters = []
+            filters: list[tuple[str, int | None]] = []
             while b.pos < len(b.data):
                 topic = b.string()
                 if kind == SUBSCRIBE:
@@ -230,7 +231,7 @@ def parse_board_packet(first: int, body: bytes, t: float) -> Packet:
                         raise BoardProtocolError(f"SUBSCRIBE QoS byte {qos}")
                     filters.append((topic, qos))
                 else:
-                    filters.append(topic)
+                    filters.append((topic, None))
             if not filters:
                 raise BoardProtocolError(f"{name} without topic filters")
             f["filters"] = filters
@@ -251,7 +252,7 @@ class BoardStream:
 
     def feed(self, data: bytes, t: float) -> list[Packet]:
         self.buf += data
-        out = []
+        out: list[Packet] = []
         while self.buf:
             rem, shift, i = 0, 0, 1
             while True:
@@ -299,6 +300,7 @@ class Conn:
         self.auto_pingresp = True  # answer the board's PINGREQ
         self.sent_bytes = 0
         self.first_sent_at: float | None = None
+        self.marks: dict[str, float] = {}  # a script's own moments: conn.mark("flood")
         self._cond = broker._cond
         self._cursor = 0  # expect() consumes packets in order
         self._control: queue.SimpleQueue = queue.SimpleQueue()  # auto answers (whole packets)
@@ -340,6 +342,12 @@ class Conn:
         auto answers may go out between chunks, as a broker interleaves."""
         for chunk in chunks:
             self._push(("send", chunk))
+
+    def mark(self, name: str) -> None:
+        """Note the time of a moment in the script, for the test to measure from."""
+        with self._cond:
+            self.marks[name] = time.monotonic()
+            self._cond.notify_all()
 
     def pause(self, seconds: float) -> None:
         if self.wait_closed(seconds):
@@ -512,6 +520,7 @@ class HostileBroker:
         # Set by a test: returns a reason to stop waiting early (e.g. the
         # board printed a traceback), or None; checked every 0.25 s.
         self.abort_check: Callable[[], str | None] | None = None
+        self.caplog: Any = None  # a test's pytest caplog, for its own checks
         self.host = "127.0.0.1"
         self._cond = threading.Condition()
         self.connections: list[Conn] = []

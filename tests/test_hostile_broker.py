@@ -37,7 +37,6 @@ from tests.hostile_broker import (
     PINGREQ_BYTES,
     Conn,
     HostileBroker,
-    ScriptAbort,
     connack,
     go_online,
     packet,
@@ -153,7 +152,9 @@ def assert_backed_off(broker: HostileBroker, board, failed: int) -> None:
     for i in range(failed):
         attempt, delay = announced[i]
         assert delay <= BACKOFF["cap_ms"], f"retry {attempt}: {delay} ms is over the cap"
-        gap_ms = (conns[i + 1].accepted_at - conns[i].closed_at) * 1000
+        closed = conns[i].closed_at
+        assert closed is not None, f"connection {i} never ended\n{broker.describe()}"
+        gap_ms = (conns[i + 1].accepted_at - closed) * 1000
         assert gap_ms >= delay - TOLERANCE_MS, (
             f"connection {i + 1} came {gap_ms:.0f} ms after connection {i} closed, "
             f"but the board announced {delay} ms\n{broker.describe()}")
@@ -161,11 +162,10 @@ def assert_backed_off(broker: HostileBroker, board, failed: int) -> None:
             assert attempt > announced[i - 1][0], f"backoff attempts do not escalate: {announced[:failed]}"
 
 
-def wait_closed(conn: Conn, timeout: float, what: str) -> float:
-    """Seconds from the connection's acceptance to its end; fails after timeout."""
+def wait_closed(conn: Conn, timeout: float, what: str) -> None:
+    """Fails unless the connection ends within timeout."""
     __tracebackhide__ = True
     assert conn.wait_closed(timeout), f"{what}: connection {conn.index} still open after {timeout:g} s"
-    return conn.closed_at - conn.accepted_at
 
 
 def command(cmd_id: str, op: str = "ping", **args) -> bytes:
@@ -311,11 +311,11 @@ def test_violation_while_online_closes_names_it_and_reconnects(hostile, make, wo
         go_online(conn)
         if conn.index == 0:
             conn.send(make(conn))
-            conn.violated_at = time.monotonic()
+            conn.mark("violation")
 
     broker, board = hostile(script)
     (first,) = broker.wait_connections(1, 10)
-    broker.wait(lambda: hasattr(first, "violated_at"), 10, "the board online and the violation sent")
+    broker.wait(lambda: "violation" in first.marks, 10, "the board online and the violation sent")
     assert first.wait_closed(1.0), f"link still up 1 s after the violation\n{broker.describe()}"
     assert first.closed_by in ("board", "reset"), first.describe()
     conns = broker.wait_connections(2, 5)
@@ -487,7 +487,7 @@ def _stalled(tail):
         if conn.index:
             return
         conn.auto_pingresp = conn.auto_puback = False
-        conn.stall_started = time.monotonic()
+        conn.mark("stall")
         tail(conn)
 
     return script
@@ -496,10 +496,11 @@ def _stalled(tail):
 def _run_stalled(hostile, tail) -> None:
     broker, board = hostile(_stalled(tail))
     (conn,) = broker.wait_connections(1, 10)
-    broker.wait(lambda: hasattr(conn, "stall_started"), 10, "the stall to start")
+    broker.wait(lambda: "stall" in conn.marks, 10, "the stall to start")
     assert conn.wait_closed(STALL_DEADLINE_S + 0.5), (
         f"link still up {STALL_DEADLINE_S + 0.5} s after a packet started and stalled\n{broker.describe()}")
-    took = conn.closed_at - conn.stall_started
+    assert conn.closed_at is not None
+    took = conn.closed_at - conn.marks["stall"]
     assert took <= STALL_DEADLINE_S, f"link ended {took:.1f} s after the packet started"
     assert conn.closed_by in ("board", "reset"), conn.describe()
     broker.wait_connections(2, 5)
@@ -543,13 +544,13 @@ def test_command_flood_does_not_stop_the_board(hostile):
                 packets.append(publish(topic, command(f"q1-{k}"), qos=1, packet_id=k))
             else:
                 packets.append(publish(topic, command(f"q0-{i}")))
-        conn.flood_started = time.monotonic()
+        conn.mark("flood")
         conn.flood(b"".join(packets[i:i + 100]) for i in range(0, len(packets), 100))
 
     broker, board = hostile(script)
     (conn,) = broker.wait_connections(1, 10)
-    broker.wait(lambda: hasattr(conn, "flood_started"), 10, "the flood to start")
-    start = conn.flood_started
+    broker.wait(lambda: "flood" in conn.marks, 10, "the flood to start")
+    start = conn.marks["flood"]
     broker.wait(lambda: len(conn.of_kind("PUBACK")) >= n1, FLOOD_WINDOW_S, "PUBACK for every QoS 1 command")
     assert sorted(p.packet_id for p in conn.of_kind("PUBACK")) == list(range(1, n1 + 1))
     assert not conn.wait_closed(max(0.0, start + FLOOD_WINDOW_S - time.monotonic())), (
