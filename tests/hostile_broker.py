@@ -368,15 +368,6 @@ class Conn:
                 self._cond.wait(left)
             return True
 
-    def wait_sent(self, timeout: float = 10.0) -> bool:
-        """True once everything the script queued has been written."""
-        deadline = time.monotonic() + timeout
-        while not (self._script.empty() and not self._busy):
-            if self.closed_at is not None or time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
     # -- what happened
 
     def of_kind(self, kind: str) -> list[Packet]:
@@ -400,8 +391,6 @@ class Conn:
                 + (f", script: {self.script_error}" if self.script_error else ""))
 
     # -- machinery
-
-    _busy = False
 
     def _push(self, item: tuple) -> None:
         self._script.put(item)
@@ -429,6 +418,7 @@ class Conn:
                 now = time.monotonic()
                 if not data:
                     self._mark_closed("board")
+                    self._shutdown()  # and our side, as a broker does
                     return
                 try:
                     got = stream.feed(data, now)
@@ -454,7 +444,7 @@ class Conn:
     def _writer(self) -> None:
         try:
             while True:
-                self._wake.wait(0.2)
+                self._wake.wait()  # set by every push, answer and close
                 self._wake.clear()
                 if self._closing:
                     return
@@ -468,23 +458,19 @@ class Conn:
                         item = self._script.get_nowait()
                     except queue.Empty:
                         break
-                    self._busy = True
-                    try:
-                        if item[0] == "send":
-                            self._write(item[1])
-                        elif item[0] == "drip":
-                            for i in range(len(item[1])):
-                                if self.closed_at is not None:
-                                    break
-                                self._write(item[1][i:i + 1])
-                                if self.wait_closed(item[2]):
-                                    break
-                        elif item[0] == "close":
-                            self._mark_closed("broker")
-                            self._shutdown()
-                            return
-                    finally:
-                        self._busy = False
+                    if item[0] == "send":
+                        self._write(item[1])
+                    elif item[0] == "drip":
+                        for i in range(len(item[1])):
+                            if self.closed_at is not None:
+                                break
+                            self._write(item[1][i:i + 1])
+                            if self.wait_closed(item[2]):
+                                break
+                    elif item[0] == "close":
+                        self._mark_closed("broker")
+                        self._shutdown()
+                        return
                 if self.closed_at is not None and self._script.empty():
                     return
         except OSError:
