@@ -415,13 +415,28 @@ def _get_string(buf, pos, end, what):
         raise ProtocolError("bad UTF-8 in %s" % what)
     if "\x00" in s:
         raise ProtocolError("NUL character in %s" % what)
-    # MicroPython does not reject UTF-16 surrogates (ED A0..BF xx); CPython does.
-    i = raw.find(b"\xed")
-    while i >= 0:
-        if i + 1 < len(raw) and raw[i + 1] >= 0xA0:
-            raise ProtocolError("UTF-16 surrogate in %s" % what)
-        i = raw.find(b"\xed", i + 1)
+    if len(s) != len(raw):  # not ASCII: check what MicroPython's decode() lets through
+        err = _utf8_error(raw, 0, len(raw))
+        if err:
+            raise ProtocolError("%s in %s" % (err, what))
     return s, pos
+
+
+def _utf8_error(buf, start, end):
+    # MicroPython's str decoding checks only the shape of UTF-8 sequences: it
+    # lets through overlong forms (C0 80 and E0 80 80 are NUL), UTF-16
+    # surrogates (ED A0..BF) and code points past U+10FFFF, all of which
+    # CPython and MQTT-1.5.3 refuse. Returns what is wrong, or None.
+    for i in range(start, end - 1):
+        b = buf[i]
+        if b >= 0xC0:
+            n = buf[i + 1]
+            if b == 0xED and n >= 0xA0:
+                return "UTF-16 surrogate"
+            if (b < 0xC2 or b > 0xF4 or (b == 0xE0 and n < 0xA0) or (b == 0xF0 and n < 0x90)
+                    or (b == 0xF4 and n >= 0x90)):
+                return "bad UTF-8"
+    return None
 
 
 def _get_packet_id(buf, pos, end, what):
