@@ -134,27 +134,94 @@ def test_duplicate_id_is_not_executed_twice(online):
     assert board.pins[2] == 0
 
 
-def test_flood_of_1000_commands(online, broker):
+class _PeakList(list):
+    """A command queue that remembers its longest length."""
+
+    peak = 0
+
+    def append(self, item) -> None:
+        super().append(item)
+        self.peak = max(self.peak, len(self))
+
+
+def _device(board):
+    """The firmware's Device object of `board`'s current boot."""
+    import gc
+
+    found = [o for o in gc.get_objects() if type(o).__name__ == "Device" and getattr(o, "id", None) == board.id and hasattr(o, "_cmds")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+FLOOD = 3000
+QUEUE_CAP = 16  # firmware/device.py _CMD_QUEUE
+
+
+def test_flood_of_commands_is_answered_busy_beyond_the_queue_and_telemetry_flows(online):
+    """SPEC §4 item 15 (issue 12 D1): a flood of 3000 commands. The board keeps
+    at most 16 waiting, answers each of the others at once with ok: false
+    "busy: ...", keeps publishing telemetry while results are still pending,
+    and sends exactly one result per command."""
     board, obs = online
+    device = _device(board)
+    assert not device._cmds
+    queue = device._cmds = _PeakList()
     mark = len(obs.messages)
-    for i in range(1000):
+    for i in range(FLOOD):
         obs.client.publish(CMD, json.dumps({"id": f"f{i}", "op": "ping"}), qos=1)
-    want = {f"f{i}" for i in range(1000)}
+    want = {f"f{i}" for i in range(FLOOD)}
+    results: dict[str, list[dict]] = {}
+    telemetry_while_pending = []
 
     def all_answered(m) -> bool:
         if m.topic == RESULT:
             body = m.json()
-            assert body["ok"] is True, body
+            results.setdefault(body["id"], []).append(body)
             want.discard(body["id"])
+        elif m.topic.endswith("/telemetry") and results and want:
+            telemetry_while_pending.append(m.json()["seq"])
         return not want
 
-    obs.wait_for(all_answered, 60, start=mark)
-    # Still up: telemetry keeps flowing and nothing was executed twice.
-    results = [m.json()["id"] for m in obs.messages[mark:] if m.topic == RESULT]
-    assert len(results) == 1000 == len(set(results))
-    before = obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 5, start=len(obs.messages)).json()["seq"]
-    obs.wait_for(lambda m: m.topic.endswith("/telemetry") and m.json()["seq"] > before, 5)
+    obs.wait_for(all_answered, 120, start=mark)
+    assert telemetry_while_pending, "no telemetry between the first and the last result"
+    ok = [i for i, r in results.items() if r[0]["ok"]]
+    busy = [r[0] for r in results.values() if not r[0]["ok"]]
+    assert all(r["error"] == f"busy: {QUEUE_CAP} commands queued" for r in busy), busy[:3]
+    assert ok and busy, (len(ok), len(busy))
+    assert all(r[0]["result"]["pong"] is None or isinstance(r[0]["result"]["pong"], int) for r in results.values() if r[0]["ok"])
+    assert queue.peak <= QUEUE_CAP, queue.peak
+    # Exactly one result each: wait for the next telemetry after the last
+    # result, then count (a late duplicate would be here by then).
+    after = len(obs.messages)
+    obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 5, start=after)
+    extra = [m.json()["id"] for m in obs.messages[mark:] if m.topic == RESULT]
+    assert len(extra) == FLOOD == len(set(extra))
+    # Still up and still taking commands once the flood has passed.
     assert board.halted is False
+    mark = send(obs, {"id": "after-flood", "op": "ping"})
+    assert result_for(obs, "after-flood", mark)["ok"] is True
+
+
+def test_flood_of_one_id_runs_it_once_and_answers_every_copy(online):
+    """300 copies of one id back to back: one execution; every copy gets one
+    result, the first result again or "busy" (the redeliveries a running
+    command collects are bounded like the queue)."""
+    board, obs = online
+    before = board.pin_writes.get(2, 0)
+    mark = len(obs.messages)
+    payload = json.dumps({"id": "same", "op": "led", "args": {"on": True}})
+    for _ in range(300):
+        obs.client.publish(CMD, payload, qos=1)
+    got = []
+    obs.wait_for(lambda m: m.topic == RESULT and m.json()["id"] == "same" and got.append(m.json()) is None and len(got) == 300, 30, start=mark)
+    first = {"id": "same", "ok": True, "result": {"led": True}}
+    busy = {"id": "same", "ok": False, "error": f"busy: {QUEUE_CAP} commands queued"}
+    assert all(r in (first, busy) for r in got), [r for r in got if r not in (first, busy)][:3]
+    assert got.count(first) >= 1
+    assert board.pin_writes.get(2, 0) - before == 1
+    after = len(obs.messages)
+    obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 5, start=after)
+    assert sum(1 for m in obs.messages[mark:] if m.topic == RESULT) == 300
 
 
 def test_arbitrary_bytes_on_the_command_topic(online):
