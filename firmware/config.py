@@ -23,7 +23,7 @@
 #               cannot feed it through a slow TLS handshake or DNS lookup)
 #   ntp         true (sync the clock with ntptime's default server), false
 #               (never; telemetry "ts" is null), or a server host name (<= 253)
-#   sensors     list of objects, each {"type": ..., "prefix": "" (put before
+#   sensors     list of up to 16 objects, each {"type": ..., "prefix": "" (put before
 #               its reading names), plus per type}:
 #                 bme280  i2c: 0|1 (0), sda/scl: pins (21/22), addr: 118|119 (0x76)
 #                 dht22   pin: required
@@ -52,6 +52,7 @@ _HOST_MAX = const(253)  # a DNS name
 _CREDENTIAL_MAX = const(256)  # MQTT allows 65535; a board's heap does not
 _BASE_MIN_MS = const(100)
 _CAP_MIN_MS = const(1000)
+_SENSORS_MAX = const(16)
 _LIMIT_MS = const(3600000)  # one hour
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 REDACTED = "***"
@@ -221,8 +222,9 @@ def _check_sensor(i, s, warn):
 
 
 def _check_sensors(v, warn):
-    if not isinstance(v, list):
-        raise _bad("sensors", "a list of objects", v)
+    # Bounded: the duplicate-name check below is quadratic.
+    if not isinstance(v, list) or len(v) > _SENSORS_MAX:
+        raise _bad("sensors", "a list of at most %d objects" % _SENSORS_MAX, v)
     out = []
     seen = []  # (reading, index) so far
     for i, s in enumerate(v):
