@@ -2,8 +2,9 @@
 (nested 100,000 deep, 70,000-character strings, a backoff of 1 ms) boots the
 real firmware, which stops with one console line naming the key; and the
 smallest backoff the config accepts retries a refusing broker a few times a
-second, not hundreds. No broker is needed: the address is a free loopback
-port, or a scripted TCP server on 127.0.0.1 that refuses every CONNECT."""
+second, not hundreds. Mostly without a broker (a free loopback port, or a
+scripted TCP server on 127.0.0.1 that refuses every CONNECT); the longest
+accepted strings go online against a real Mosquitto."""
 
 from __future__ import annotations
 
@@ -154,3 +155,21 @@ def test_smallest_backoff_against_a_refusing_broker_is_a_few_attempts_a_second(e
     assert len(later) < 2 or (len(later) - 1) / (later[-1] - later[0]) <= 3.5, later
     assert board.halted is False
     assert json.loads((board.flash_dir / "config.json").read_text())["backoff"] == {"base_ms": 100, "cap_ms": 1000}
+
+
+@pytest.mark.integration
+def test_longest_accepted_strings_connect_and_publish(emu, broker, observer):
+    """What config accepts fits CONNECT and the topics: the longest prefix,
+    id, user name and password bring the board online against Mosquitto."""
+    prefix, dev = "p" * 64, "d" * 64
+    obs = observer(broker)
+    obs.subscribe(f"{prefix}/{dev}/#")
+    board = emu.add_board(dev, broker.host, broker.port, prefix=prefix, interval=1, keepalive=5,
+                          broker={"username": "é" * 128, "password": "x" * 256})
+    birth = obs.wait_for(lambda m: m.topic == f"{prefix}/{dev}/status" and m.json().get("online") is True, 10)
+    assert birth.json()["fw"]
+    obs.wait_for(lambda m: m.topic == f"{prefix}/{dev}/telemetry", 5)
+    obs.publish(f"{prefix}/{dev}/cmd", {"id": "i" * 64, "op": "ping"})
+    result = obs.wait_for(lambda m: m.topic == f"{prefix}/{dev}/cmd/result", 5).json()
+    assert result["id"] == "i" * 64 and result["ok"] is True
+    assert board.halted is False
