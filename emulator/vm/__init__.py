@@ -30,6 +30,19 @@ PLUGIN_HEAP = "160k"
 UNSUPPORTED = {"dns_fail": "the board connects to the link proxy's literal 127.0.0.1 address; no DNS is asked"}
 
 
+def check_vm(heap: str | None) -> str:
+    """The heap to use (DEFAULT_HEAP when None), after checking that the
+    interpreter exists; raises `emulator.runner.UsageError` with one line."""
+    from emulator.runner import UsageError
+    from emulator.vm.interpreter import VmError, check_heap, micropython_executable
+
+    try:
+        micropython_executable()
+        return check_heap(heap or DEFAULT_HEAP)
+    except VmError as e:
+        raise UsageError(str(e)) from None
+
+
 def add_vm_board(
     emu,
     device_id: str,
@@ -41,9 +54,10 @@ def add_vm_board(
     certs: Path | str | None = None,
     heap: str | None = None,
     firmware: Path | None = None,
+    start: bool = False,
     **config: Any,
 ):
-    """A VM board on the `Emulator` `emu` (not started), like `emu.add_board`:
+    """A VM board on the `Emulator` `emu` (started with `start`), like `emu.add_board`:
     its config.json from `default_config`, the firmware of `emu.image`
     deployed as .mpy, and with `certs` its DER certificates."""
     from emulator.boardconfig import default_config
@@ -67,4 +81,6 @@ def add_vm_board(
 
         board.install_files(board_files(certs, device_id))
     emu.boards[device_id] = board
+    if start:
+        emu.call(board.start)
     return board

@@ -43,7 +43,7 @@ from emulator.fakes.misc import FlashFS, NtptimeModule
 from emulator.fakes.networkfake import STA_IF, AccessPoint, NetworkModule, Radio
 from emulator.rng import SmallRandom
 from emulator.sensors import wire as wire_sensors
-from emulator.vm.interpreter import check_heap, heap_bytes, compiled_shims, deploy_firmware, micropython_executable
+from emulator.vm.interpreter import check_heap, heap_bytes, compiled_shims, shim_overhead, deploy_firmware, micropython_executable
 from emulator.vm.proxy import LinkProxy
 
 log = logging.getLogger("esp32emu.vm")
@@ -243,8 +243,10 @@ class VmBoard:
         self.radio = Radio(self)
         self._wlan = self._network.WLAN(STA_IF)
         self._prepare_root()
-        shims = compiled_shims(self.state_dir / "vm-shims")
-        cmd = [micropython_executable(), "-X", f"heapsize={self.heap}", str(shims / "_vmboot.py"), str(self._ctl_port)]
+        shims = compiled_shims()
+        # The firmware gets `heap`; the shims (C in flash on a board) get theirs on top.
+        heapsize = self.heap_limit + shim_overhead(shims)
+        cmd = [micropython_executable(), "-X", f"heapsize={heapsize}", str(shims / "_vmboot.py"), str(self._ctl_port)]
         self.command = cmd
         self.log_event("boot", f"boot #{self.boots}, reset cause {cause} (micropython, heap {self.heap})")
         self.proc = await asyncio.create_subprocess_exec(
