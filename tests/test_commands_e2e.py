@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.boards import KA, is_birth
+from tests.boards import KA, both_backends, is_birth
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,7 @@ def result_for(obs, cmd_id, mark, timeout=5.0):
     return obs.wait_for(lambda m: m.topic == RESULT and m.json().get("id") == cmd_id, timeout, start=mark).json()
 
 
+@both_backends
 def test_each_op_answers(online):
     board, obs = online
     mark = send(obs, {"id": "p1", "op": "ping"})
@@ -66,6 +67,7 @@ def test_each_op_answers(online):
     assert 2.5 <= t2.t - t1.t <= 3.6
 
 
+@both_backends
 def test_reboot_goes_offline_then_comes_back(online):
     board, obs = online
     mark = send(obs, {"id": "rb", "op": "reboot"})
@@ -76,6 +78,7 @@ def test_reboot_goes_offline_then_comes_back(online):
     assert back["reset"] == "hard"
 
 
+@both_backends
 def test_sleep_goes_offline_and_wakes_from_deepsleep(online):
     board, obs = online
     mark = send(obs, {"id": "zz", "op": "sleep", "args": {"seconds": 2}})
@@ -106,6 +109,7 @@ BAD = [
 ]
 
 
+@both_backends
 @pytest.mark.parametrize("payload,cmd_id,error", BAD, ids=[e for _, _, e in BAD])
 def test_bad_input_gets_clear_error_and_device_keeps_publishing(online, payload, cmd_id, error):
     board, obs = online
@@ -119,6 +123,7 @@ def test_bad_input_gets_clear_error_and_device_keeps_publishing(online, payload,
     assert nxt.json()["seq"] == seq + 1
 
 
+@both_backends
 def test_duplicate_id_is_not_executed_twice(online):
     board, obs = online
     mark = send(obs, {"id": "dup", "op": "stats"})
@@ -134,6 +139,12 @@ def test_duplicate_id_is_not_executed_twice(online):
     assert board.pins[2] == 0
 
 
+# TODO(issue 12 D1): on the real interpreter (160k heap) the flood ends the
+# firmware with "MemoryError ... in _enqueue_command" (the command queue has no
+# cap); not run there until the firmware bounds it (it waits the full 60 s).
+@pytest.mark.parametrize("emu", ["cpython", pytest.param("micropython", marks=pytest.mark.xfail(
+    run=False, reason="issue 12 D1: unbounded command queue -> MemoryError in Device._enqueue_command"))],
+    indirect=True)
 def test_flood_of_1000_commands(online, broker):
     board, obs = online
     mark = len(obs.messages)
@@ -190,6 +201,7 @@ def test_arbitrary_bytes_on_the_command_topic(online):
     assert board.halted is False and not any("Traceback" in line for line in board.console_tail)
 
 
+@both_backends
 def test_duplicate_arriving_while_the_first_runs_gets_the_first_result(online):
     """Three copies of one id back to back: three identical results, one execution."""
     board, obs = online
