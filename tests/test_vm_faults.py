@@ -103,3 +103,6 @@ def test_unsupported_fault_is_a_clear_error(vm_board):
     vm_board.boot()
     with pytest.raises(RuntimeError, match="dns_fail is not supported on vm=micropython boards"):
         vm_board.link.dns_fail(duration=1)
+    with pytest.raises(RuntimeError, match="connect_refuse_rate is not supported on vm=micropython boards"):
+        vm_board.link({"connect_refuse_rate": 0.5})
+    vm_board.link("nb-iot")  # the named profiles only shape bytes: fine

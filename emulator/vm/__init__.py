@@ -24,10 +24,9 @@ DEFAULT_HEAP = "100k"  # an ESP32 without PSRAM: what `esp32emu run --vm micropy
 # app); the plugin's boards use this until it does, then it becomes DEFAULT_HEAP.
 PLUGIN_HEAP = "160k"
 
-# Which scenario/BoardHandle faults each backend shows (README: "Boards on the
-# real interpreter"). dns_fail needs a resolver the board asks; a VM board
-# connects to the proxy's literal address.
-UNSUPPORTED = {"dns_fail": "the board connects to the link proxy's literal 127.0.0.1 address; no DNS is asked"}
+# Faults a VM board cannot show raise emulator.vm.proxy.UnsupportedFault
+# naming them (dns_fail, profile dns/connect rates); the README's "Boards on
+# the real interpreter" lists what each backend supports.
 
 
 def check_vm(heap: str | None) -> str:

@@ -279,12 +279,12 @@ class LinkProxy:
     # -- faults (the names of emulator.link.Link) -------------------------------
 
     def set_profile(self, profile) -> Profile:
-        self.profile = make_profile(profile)
+        self.profile = _supported(make_profile(profile))
         self.log(f"profile {self.profile.name}")
         return self.profile
 
     def tune(self, **changes) -> Profile:
-        self.profile = tuned(self.profile, **changes)
+        self.profile = _supported(tuned(self.profile, **changes))
         self.log(f"profile {self.profile.name}: {changes}")
         return self.profile
 
@@ -340,6 +340,21 @@ class LinkProxy:
     def dns_fail(self, value: bool) -> None:
         if value:
             raise UnsupportedFault("dns_fail", "the board connects to the proxy's literal 127.0.0.1 address")
+
+
+# Profile rates the proxy cannot apply: lookups and connects happen in the VM.
+_UNSUPPORTED_RATES = {
+    "dns_fail_rate": "the board connects to the proxy's literal 127.0.0.1 address; no DNS is asked",
+    "connect_refuse_rate": "the proxy has accepted the connection before the broker is asked",
+    "connect_timeout_rate": "the proxy has accepted the connection before the broker is asked",
+}
+
+
+def _supported(profile: Profile) -> Profile:
+    for name, why in _UNSUPPORTED_RATES.items():
+        if getattr(profile, name):
+            raise UnsupportedFault(f"link profile {name}", why)
+    return profile
 
 
 class UnsupportedFault(RuntimeError):
