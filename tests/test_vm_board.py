@@ -1,15 +1,16 @@
 """Boards on the real MicroPython interpreter (emulator/vm/): the firmware as
 `flash --mpy` deploys it, one `micropython` process per board, against a
 real Mosquitto, driven through the same BoardHandle surface as a CPython
-board. SPEC §4 items: birth (2), Will on a killed socket (4) and on power
-loss (5), commands (15), watchdog (16), deep sleep (17), reboots.
+board: birth (SPEC §4 item 2), telemetry seq, commands (15), deep sleep
+(17), reboots. The Will on power loss and on a killed socket, the watchdog,
+the BOOT button and the rest of SPEC §4 run on this backend as the
+`[micropython]` cases of tests/test_device_mqtt.py, test_faults.py and
+test_commands_e2e.py.
 
 The heap is `emulator.vm.PLUGIN_HEAP` (TODO(issue 12): 100k once the
 firmware fits)."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
@@ -87,50 +88,6 @@ def test_commands_ping_stats_led_bad_json_duplicate(board, esp32emu_observer):
     assert board.board.proc.returncode is None  # never crashed
 
 
-def test_power_loss_will_within_deadline_then_power_on(board, esp32emu_observer):
-    """Item 5: the process is killed, the proxy keeps the broker's end open
-    and silent: Will no earlier than 1.5*KA and no later than D."""
-    obs = esp32emu_observer
-    board.boot()
-    _online(board, obs)
-    board.power_loss()
-    will = obs.expect(board.topic("status"), lambda m: m.json() == {"online": False},
-                      timeout=board.will_deadline + 3)
-    silent = will.t - board.last_sent_at
-    assert 1.5 * board.keepalive <= silent <= board.will_deadline, f"Will after {silent:.2f} s of silence"
-    board.power_on()
-    back = _online(board, obs, boot=2)
-    assert back.json()["reset"] == "power_on"
-
-
-@pytest.mark.parametrize("rst", [True, False], ids=["RST", "FIN"])
-def test_killed_socket_will_within_one_second(board, esp32emu_observer, rst):
-    """Item 4: the proxy closes both ends; the broker sends the Will at once,
-    and the board comes back on its own (same boot)."""
-    obs = esp32emu_observer
-    board.boot()
-    _online(board, obs)
-    board.console.expect("mqtt: online", timeout=5)
-    t_kill = time.monotonic()
-    board.link.kill_connections(rst=rst)
-    will = obs.expect(board.topic("status"), {"online": False}, timeout=5)
-    assert will.t - t_kill <= 1.0
-    _online(board, obs, boot=1)
-
-
-def test_watchdog_resets_a_hung_board(board, esp32emu_observer):
-    """Item 16: a frozen process (SIGSTOP) stops feeding machine.WDT; the
-    host's watchdog restarts it with reset cause watchdog."""
-    obs = esp32emu_observer
-    board.config["wdt_ms"] = 1500
-    board.boot()
-    _online(board, obs)
-    board.hang()
-    back = _online(board, obs, boot=2)
-    assert back.json()["reset"] == "watchdog"
-    assert any(kind == "wdt" for _, kind, _ in board.events())
-
-
 def test_deep_sleep_planned_offline_then_deepsleep_birth(board, esp32emu_observer):
     """Item 17: `sleep` -> planned offline with reason, DISCONNECT (no Will),
     then a birth with reset deepsleep; the boot counter lives in NVS."""
@@ -160,19 +117,3 @@ def test_reboot_counts_boots(board, esp32emu_observer):
     assert _online(board, obs, boot=2).json()["reset"] == "hard"
     board.reboot()
     assert _online(board, obs, boot=3).json()["reset"] == "hard"
-
-
-def test_boot_button_is_a_planned_shutdown(board, esp32emu_observer):
-    obs = esp32emu_observer
-    board.boot()
-    _online(board, obs)
-    board.console.expect("mqtt: online", timeout=5)
-    board.shutdown()
-    obs.expect(board.topic("status"), {"online": False, "reason": "shutdown"}, timeout=5)
-    board.console.expect("mqtt: offline (shutdown)", timeout=5)
-
-
-def test_unsupported_fault_names_itself(board):
-    board.boot()
-    with pytest.raises(RuntimeError, match="dns_fail is not supported on vm=micropython"):
-        board.link.dns_fail()

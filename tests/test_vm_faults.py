@@ -50,30 +50,6 @@ def test_dead_broker_is_noticed_within_two_keepalives(vm_board, esp32emu_observe
     obs.expect(board.topic("status"), lambda m: m.json().get("online") is True and not m.retain, timeout=15)
 
 
-def test_partition_with_duration_heals_itself(vm_board, esp32emu_observer):
-    board, obs = vm_board, esp32emu_observer
-    board.boot()
-    _online(board, obs)
-    board.link.partition(duration=board.will_deadline + 1)
-    obs.expect(board.topic("status"), lambda m: m.json() == {"online": False}, timeout=board.will_deadline + 3)
-    _online(board, obs, boot=1)
-    assert any("blackhole rx=False tx=False" in line for line in board.link.log)
-
-
-def test_wifi_down_closes_the_link_and_wifi_up_restores_it(vm_board, esp32emu_observer):
-    """Item 14: the WLAN shim reports not connected (the host's radio lost the
-    AP) and the proxy stalls the old connection: the firmware closes it, the
-    broker fires the Will by keepalive, and WiFi back means online again."""
-    board, obs = vm_board, esp32emu_observer
-    board.boot()
-    _online(board, obs)
-    board.link.wifi_down()
-    board.console.expect("wifi: lost", timeout=5)
-    obs.expect(board.topic("status"), lambda m: m.json() == {"online": False}, timeout=board.will_deadline + 3)
-    board.link.wifi_up()
-    _online(board, obs, boot=1)
-
-
 def test_latency_profile_delays_every_byte(vm_board, esp32emu_observer):
     """The proxy shapes with emulator/pipe.py: 300 ms each way -> a command's
     round trip through the board takes at least 600 ms."""
