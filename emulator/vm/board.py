@@ -252,6 +252,7 @@ class VmBoard:
         self.proc = await asyncio.create_subprocess_exec(
             *cmd, cwd=self.run_dir, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         reader = self.loop.create_task(self._read_console(self.proc))
         waiter = self.loop.create_task(self._reset_event.wait())
@@ -490,3 +491,14 @@ class VmBoard:
 
 
 _NO_REPLY = object()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the thread that started it ends
+    (Linux PR_SET_PDEATHSIG), so no board outlives a crashed emulator."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except Exception:  # noqa: BLE001 - not Linux: the channel's EOF still ends the board
+        pass

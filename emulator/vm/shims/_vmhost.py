@@ -33,10 +33,17 @@ def _connect(kind):
 def call(*req):
     # A request the host answers at once; a reset or deep sleep is never
     # answered (the host ends this process).
-    _sock.write(json.dumps(req).encode() + b"\n")
-    line = _sock.readline()
+    try:
+        _sock.write(json.dumps(req).encode() + b"\n")
+        line = _sock.readline()
+    except OSError:
+        line = b""
     if not line:
-        raise OSError(5)
+        # The host is gone (the emulator ended without stopping this board):
+        # nobody can answer again, so the board ends here.
+        import sys
+
+        sys.exit(3)
     r = json.loads(line)
     if r[0] == "ok":
         return r[1]
