@@ -82,3 +82,25 @@ def test_unsupported_fault_is_a_clear_error(vm_board):
     with pytest.raises(RuntimeError, match="connect_refuse_rate is not supported on vm=micropython boards"):
         vm_board.link({"connect_refuse_rate": 0.5})
     vm_board.link("nb-iot")  # the named profiles only shape bytes: fine
+
+
+def test_broker_killed_and_restarted_board_returns(vm_board, esp32emu_observer, mosquitto):
+    """Item 10: Mosquitto SIGKILLed and started again on the same port: the
+    board notices, backs off and is online again within backoff cap + 5 s."""
+    board, obs = vm_board, esp32emu_observer
+    board.boot()
+    _online(board, obs)
+    board.console.expect("mqtt: online", timeout=5)
+    mosquitto.kill()
+    t_up = time.monotonic()
+    mosquitto.start()
+    board.console.expect("mqtt: online", timeout=board.config["backoff"]["cap_ms"] / 1000 + 5)
+    assert time.monotonic() - t_up <= board.config["backoff"]["cap_ms"] / 1000 + 5
+
+
+def test_dht22_reads_through_the_host_sensor(boards, esp32emu_observer):
+    """A DHT22 on pin 4: the VM's `dht` asks the host's emulated sensor."""
+    board = boards(1, vm="micropython", sensors=[{"type": "dht22", "pin": 4}, {"type": "mcu"}])[0]
+    board.boot()
+    msg = esp32emu_observer.expect(board.topic("telemetry"), lambda m: "t" in m.json(), timeout=15).json()
+    assert 0 < msg["h"] <= 100 and "p" not in msg and "err" not in msg, msg
