@@ -24,6 +24,7 @@ It has the surface `BoardHandle`, scenarios and the runner use on a CPython
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from emulator.clock import BoardClock
 from emulator.environment import Environment
 from emulator.fakes.dhtfake import DhtModule
 from emulator.fakes.esp32fake import Esp32Module
-from emulator.fakes.machinefake import DEEPSLEEP_RESET, HARD_RESET, PWRON_RESET, WDT_RESET, MachineModule
+from emulator.fakes.machinefake import DEEPSLEEP_RESET, HARD_RESET, PWRON_RESET, MachineModule
 from emulator.fakes.misc import FlashFS, NtptimeModule
 from emulator.fakes.networkfake import STA_IF, AccessPoint, NetworkModule, Radio
 from emulator.rng import SmallRandom
@@ -83,8 +84,6 @@ class VmBoard:
         self.seed = seed
         self.rng = SmallRandom(f"{seed}:{device_id}")
         # The same identity a CPython board of this id and seed has.
-        import hashlib
-
         digest = hashlib.sha256(f"{seed}:{device_id}".encode()).digest()
         self.mac = bytes([0x24, 0x0A, 0xC4]) + digest[:3]
         host = index + 2
@@ -130,10 +129,19 @@ class VmBoard:
         self._dht = DhtModule(self)
         self._wlan = None
 
-    # NVS is kept exactly as a CPython board keeps it (state_dir/nvs.json).
+    # What is not about running code is the CPython board's own logic, used
+    # on this object (same attribute names): NVS kept in state_dir/nvs.json,
+    # reset requests (first wins, power loss beats all), the time between
+    # boots (deep sleep, power off; RTC memory lost with power), the
+    # watchdog's deadline, installing certificates.
     _nvs_path = Board._nvs_path
     _load_nvs = Board._load_nvs
     save_nvs = Board.save_nvs
+    request_reset = Board.request_reset
+    _between_boots = Board._between_boots
+    arm_watchdog = Board.arm_watchdog
+    _watchdog = Board._watchdog
+    install_files = Board.install_files
 
     # -- console and log -----------------------------------------------------------
 
@@ -163,9 +171,6 @@ class VmBoard:
 
         return apply_fault(self.env, sensor, fault)
 
-    def install_files(self, files: dict[str, bytes]) -> None:
-        Board.install_files(self, files)
-
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> asyncio.Task:
@@ -184,7 +189,7 @@ class VmBoard:
         try:
             while True:
                 request = await self._boot_once(cause)
-                cause = await Board._between_boots(self, *request)
+                cause = await self._between_boots(*request)
         finally:
             self.running = False
             await self._kill()
@@ -348,7 +353,7 @@ class VmBoard:
         if op == "hello":
             return [self.reset_cause, self._rtc_delta(), list(self.mac)]
         if op == "feed":
-            self._wdt_fed = time.monotonic()
+            self.feed_watchdog()
             return None
         if op == "wlan":
             return self._wlan_op(a)
@@ -447,16 +452,8 @@ class VmBoard:
 
     # -- resets, the watchdog -------------------------------------------------------
 
-    def request_reset(self, cause: int, sleep_ms: int | None = None, power_loss: bool = False) -> None:
-        Board.request_reset(self, cause, sleep_ms, power_loss)
-
-    def arm_watchdog(self, timeout_ms: int) -> None:
-        Board.arm_watchdog(self, timeout_ms)
-
     def feed_watchdog(self) -> None:
         self._wdt_fed = time.monotonic()
-
-    _watchdog = Board._watchdog
 
     # -- external controls ----------------------------------------------------------
 
