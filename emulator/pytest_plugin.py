@@ -24,8 +24,10 @@ the options `--esp32emu-keepalive` / `--esp32emu-interval` /
 `--esp32emu-time-scale` / `--esp32emu-vm` / `--esp32emu-heap`, the ini
 options `esp32emu_keepalive` / ... / `esp32emu_vm` / `esp32emu_heap`, and
 the defaults (2 s, 1 s, 1.0, cpython, `emulator.vm.PLUGIN_HEAP`).
-`boards(n, vm=..., heap=...)` overrides them per call. A vm=micropython
-board is one real MicroPython process (emulator/vm/).
+`boards(n, vm=..., heap=...)` overrides them per call, and
+`@pytest.mark.parametrize("esp32emu_vm", ["cpython", "micropython"])` runs a
+test on both backends. A vm=micropython board is one real MicroPython
+process (emulator/vm/).
 
 When a test fails, its report gets one section per board (console tail,
 link and power log) and one per observer (its last messages).
@@ -237,7 +239,15 @@ def esp32emu(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Emulato
 
 
 @pytest.fixture
-def boards(request: pytest.FixtureRequest, esp32emu: Emulator) -> Callable[..., list[BoardHandle]]:
+def esp32emu_vm(request: pytest.FixtureRequest) -> str:
+    """The backend of this test's boards, "cpython" or "micropython" (marker,
+    option, ini). Parametrize it to run one test on both:
+    `@pytest.mark.parametrize("esp32emu_vm", ["cpython", "micropython"])`."""
+    return backend_name(_setting(request, "vm"))
+
+
+@pytest.fixture
+def boards(request: pytest.FixtureRequest, esp32emu: Emulator, esp32emu_vm: str) -> Callable[..., list[BoardHandle]]:
     """`boards(n, broker=None, vm=None, heap=None, **config)`: n boards (ids
     dev-00001...) not yet booted, their config.json pointed at `broker` (default:
     the `mosquitto` fixture) with the test's keepalive and interval; `config`
@@ -248,7 +258,7 @@ def boards(request: pytest.FixtureRequest, esp32emu: Emulator) -> Callable[..., 
 
     def make(n: int = 1, broker: Broker | None = None, vm: str | None = None, heap: str | None = None,
              **config: Any) -> list[BoardHandle]:
-        backend = backend_name(vm or _setting(request, "vm"))
+        backend = backend_name(vm or esp32emu_vm)
         if backend == "micropython":
             from emulator.vm import PLUGIN_HEAP
 
