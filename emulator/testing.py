@@ -8,6 +8,10 @@
   actions under the same names (`power_cycle`, `reset`, `shutdown`, `hang`,
   `sensor_fault`; `link.blackhole`, `link.heal`, `link.kill_connections`,
   `link.wifi_down`, `link.dns_fail`, `link.partition`, `link(profile=...)`).
+  Two backends behind it: `vm=None`/"cpython" (emulator/board.py, the
+  firmware under CPython with fakes) and "micropython" (emulator/vm/, one
+  real MicroPython process per board); a fault a backend cannot show
+  raises an error naming it.
 - `ObserverClient` (from `emulator/observing.py`): a paho-mqtt client that
   records what it receives; `expect(topic, predicate, timeout)` and
   `collect(...)` fail with what was expected, what arrived and when.
