@@ -62,3 +62,38 @@ def test_nvs_rtc_memory_reset_causes_and_epoch(tmp_path, mosquitto):
         emu.call(board.power_cycle, 0.1)
         assert console.expect("boot 4", timeout=15) == "boot 4 cause 1 rtc b''"
         assert emu.call(lambda: board.boots) == 4
+
+
+ERRORS = '''\
+import esp32
+import network
+
+nvs = esp32.NVS("t")
+try:
+    nvs.set_i32("big", 2 ** 40)
+except OverflowError as e:
+    print("overflow", e)
+try:
+    network.WLAN().status("nonsense")
+except ValueError as e:
+    print("value", e)
+try:
+    network.WLAN().connect("x", "y")
+except OSError as e:
+    print("oserror", e.args[0])
+'''
+
+
+def test_host_side_errors_keep_their_type(tmp_path, mosquitto):
+    """A call the host's fake refuses raises the fake's exception type in
+    the VM (OverflowError, ValueError, OSError), as the C module would."""
+    fw = tmp_path / "fw"
+    fw.mkdir()
+    (fw / "boot.py").write_text("")
+    (fw / "main.py").write_text(ERRORS)
+    console = Console()
+    with Emulator(tmp_path / "boards", FirmwareImage(fw), vm="micropython", heap=PLUGIN_HEAP) as emu:
+        emu.add_board("dev-err", mosquitto.host, mosquitto.port, console=console)
+        assert console.expect("overflow", timeout=15) == "overflow value out of range for i32"
+        assert console.expect("value", timeout=5) == "value unknown status param"
+        assert console.expect("oserror", timeout=5) == "oserror Wifi Not Started"

@@ -346,8 +346,10 @@ class VmBoard:
         except OSError as e:
             code = e.errno if e.errno is not None else (e.args[0] if e.args else 5)
             return json.dumps(["err", code]).encode() + b"\n"
-        except Exception as e:  # noqa: BLE001 - the shim raises it as OSError with the text
-            return json.dumps(["err", f"{type(e).__name__}: {e}"]).encode() + b"\n"
+        except (ValueError, TypeError, OverflowError) as e:  # the fake refused the call: same type in the VM
+            return json.dumps(["exc", type(e).__name__, str(e)]).encode() + b"\n"
+        except Exception as e:  # noqa: BLE001 - a host-side bug must not hang the board: say it there
+            return json.dumps(["exc", "RuntimeError", f"esp32emu host: {type(e).__name__}: {e}"]).encode() + b"\n"
 
     def _handle(self, op: str, a: list):
         if op == "hello":

@@ -47,10 +47,12 @@ def call(*req):
     r = json.loads(line)
     if r[0] == "ok":
         return r[1]
-    e = r[1]
-    if isinstance(e, int):
-        raise OSError(e)
-    raise OSError(e)
+    if r[0] == "err":
+        raise OSError(r[1])
+    raise _EXC.get(r[1], RuntimeError)(r[2])
+
+
+_EXC = {"ValueError": ValueError, "TypeError": TypeError, "OverflowError": OverflowError}
 
 
 def set_irq(pin, handler):
