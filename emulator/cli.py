@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed for the board's randomness")
     run.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     run.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (default certs)")
+    run.add_argument("--vm", choices=("micropython",), help="run the board on the real MicroPython interpreter "
+                     "(one process, firmware deployed as flash --mpy does)")
+    run.add_argument("--heap", help="MicroPython heap with --vm micropython (default 100k, an ESP32 without PSRAM)")
 
     fl = sub.add_parser("fleet", help="boot N boards, live view, JSON report at the end")
     fl.add_argument("--devices", type=int, required=True, help="number of boards")
@@ -124,6 +127,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.duration,
             certs_dir=args.certs,
             scenario=args.scenario,
+            vm=args.vm,
+            heap=args.heap,
         )
     if args.command == "fleet":
         from emulator.fleet import FleetOptions, run_fleet

@@ -20,9 +20,13 @@ from emulator.loader import FirmwareImage
 
 
 class Emulator:
-    def __init__(self, state_dir: Path | str, image: FirmwareImage | None = None):
+    def __init__(self, state_dir: Path | str, image: FirmwareImage | None = None, *,
+                 vm: str | None = None, heap: str | None = None):
         self.state_dir = Path(state_dir)
         self.image = image or FirmwareImage()
+        # vm="micropython": add_board makes boards on the real interpreter (emulator/vm/).
+        self.vm = vm
+        self.heap = heap
         self.boards: dict[str, Board] = {}
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="esp32emu-loop", daemon=True)
@@ -64,6 +68,11 @@ class Emulator:
         """Make (and by default power on) a board. With `certs` (an
         `esp32emu certs` directory) the board gets its device's DER
         `ca.crt`/`client.crt`/`client.key` and `"tls": true` in its config."""
+        if self.vm == "micropython":
+            from emulator.vm import add_vm_board
+
+            return add_vm_board(self, device_id, host, port, seed=seed, console=console, certs=certs,
+                                heap=self.heap, start=start, **config)
         if certs is not None:
             config["broker"] = {"tls": True, **config.get("broker", {})}
         cfg = default_config(device_id, host, port, **config)

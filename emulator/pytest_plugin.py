@@ -16,12 +16,18 @@ project that has esp32emu installed gets these fixtures:
   overrides; `observer_factory(broker)` makes more).
 - `esp32emu`: the `Emulator` (event loop thread) the boards live on.
 
-Keepalive, telemetry interval and time scale (a factor on every
-`expect`/`collect` timeout, for slow CI runners) come from, in order: the
-marker `@pytest.mark.esp32emu(keepalive=2, interval=1, time_scale=2)`, the
-options `--esp32emu-keepalive` / `--esp32emu-interval` /
-`--esp32emu-time-scale`, the ini options `esp32emu_keepalive` / ... , and
-the defaults (2 s, 1 s, 1.0).
+Keepalive, telemetry interval, time scale (a factor on every
+`expect`/`collect` timeout, for slow CI runners), board backend and heap
+come from, in order: the marker
+`@pytest.mark.esp32emu(keepalive=2, interval=1, time_scale=2, vm="micropython", heap="100k")`,
+the options `--esp32emu-keepalive` / `--esp32emu-interval` /
+`--esp32emu-time-scale` / `--esp32emu-vm` / `--esp32emu-heap`, the ini
+options `esp32emu_keepalive` / ... / `esp32emu_vm` / `esp32emu_heap`, and
+the defaults (2 s, 1 s, 1.0, cpython, `emulator.vm.PLUGIN_HEAP`).
+`boards(n, vm=..., heap=...)` overrides them per call, and
+`@pytest.mark.parametrize("esp32emu_vm", ["cpython", "micropython"])` runs a
+test on both backends. A vm=micropython board is one real MicroPython
+process (emulator/vm/).
 
 When a test fails, its report gets one section per board (console tail,
 link and power log) and one per observer (its last messages).
@@ -41,12 +47,12 @@ import pytest
 from emulator.broker import Broker, TlsConfig
 from emulator.harness import Emulator
 from emulator.loader import FIRMWARE_DIR, FirmwareImage
-from emulator.testing import BoardHandle, ObserverClient
+from emulator.testing import BoardHandle, ObserverClient, backend_name
 
 _REPORTABLE = pytest.StashKey[list]()
 _observer_ids = itertools.count(1)
 
-DEFAULTS = {"keepalive": 2, "interval": 1, "time_scale": 1.0}
+DEFAULTS = {"keepalive": 2, "interval": 1, "time_scale": 1.0, "vm": "cpython", "heap": None}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,6 +66,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="telemetry interval (s) for every board (default 1)")
     group.addoption("--esp32emu-time-scale", dest="esp32emu_time_scale", type=float, default=None,
                     help="multiply every expect/collect timeout (slow CI machines; default 1.0)")
+    group.addoption("--esp32emu-vm", dest="esp32emu_vm", default=None, choices=("cpython", "micropython"),
+                    help="board backend: cpython (the firmware under CPython with fakes; default) or "
+                         "micropython (one real MicroPython unix-port process per board)")
+    group.addoption("--esp32emu-heap", dest="esp32emu_heap", default=None,
+                    help="MicroPython heap of vm=micropython boards, e.g. 100k")
     group.addoption("--esp32emu-broker-scope", dest="esp32emu_broker_scope", default=None,
                     choices=("function", "session"),
                     help="one private Mosquitto per test (default) or one for the whole session")
@@ -68,12 +79,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("esp32emu_interval", "telemetry interval (s) for emulated boards")
     parser.addini("esp32emu_time_scale", "factor on every expect/collect timeout")
     parser.addini("esp32emu_broker_scope", "function (default) or session")
+    parser.addini("esp32emu_vm", "board backend: cpython (default) or micropython")
+    parser.addini("esp32emu_heap", "MicroPython heap of vm=micropython boards (e.g. 100k)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "esp32emu(keepalive=S, interval=S, time_scale=F, firmware=PATH): settings for the esp32emu fixtures",
+        "esp32emu(keepalive=S, interval=S, time_scale=F, firmware=PATH, vm=cpython|micropython, heap=100k): "
+        "settings for the esp32emu fixtures",
     )
 
 
@@ -225,14 +239,30 @@ def esp32emu(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Emulato
 
 
 @pytest.fixture
-def boards(request: pytest.FixtureRequest, esp32emu: Emulator) -> Callable[..., list[BoardHandle]]:
-    """`boards(n, broker=None, **config)`: n boards (ids dev-00001...) not yet booted,
-    their config.json pointed at `broker` (default: the `mosquitto` fixture) with
-    the test's keepalive and interval; `config` overrides any key."""
+def esp32emu_vm(request: pytest.FixtureRequest) -> str:
+    """The backend of this test's boards, "cpython" or "micropython" (marker,
+    option, ini). Parametrize it to run one test on both:
+    `@pytest.mark.parametrize("esp32emu_vm", ["cpython", "micropython"])`."""
+    return backend_name(_setting(request, "vm"))
+
+
+@pytest.fixture
+def boards(request: pytest.FixtureRequest, esp32emu: Emulator, esp32emu_vm: str) -> Callable[..., list[BoardHandle]]:
+    """`boards(n, broker=None, vm=None, heap=None, **config)`: n boards (ids
+    dev-00001...) not yet booted, their config.json pointed at `broker` (default:
+    the `mosquitto` fixture) with the test's keepalive and interval; `config`
+    overrides any key. `vm="micropython"` (or the marker/option/ini setting)
+    runs each board on the real MicroPython interpreter with `heap`."""
     counter = itertools.count(len(esp32emu.boards) + 1)
     scale = float(_setting(request, "time_scale"))
 
-    def make(n: int = 1, broker: Broker | None = None, **config: Any) -> list[BoardHandle]:
+    def make(n: int = 1, broker: Broker | None = None, vm: str | None = None, heap: str | None = None,
+             **config: Any) -> list[BoardHandle]:
+        backend = backend_name(vm or esp32emu_vm)
+        if backend == "micropython":
+            from emulator.vm import PLUGIN_HEAP
+
+            heap = heap or _setting(request, "heap") or PLUGIN_HEAP
         if broker is None:
             broker = request.getfixturevalue("mosquitto")
         made = []
@@ -250,7 +280,7 @@ def boards(request: pytest.FixtureRequest, esp32emu: Emulator) -> Callable[..., 
 
                 certs.ensure_devices(pki, [device_id])
                 cfg["broker"]["tls"] = True
-            handle = BoardHandle(esp32emu, device_id, cfg, seed=index, scale=scale, certs=pki)
+            handle = BoardHandle(esp32emu, device_id, cfg, seed=index, scale=scale, certs=pki, vm=backend, heap=heap)
             _remember(request, handle)
             made.append(handle)
         return made

@@ -134,9 +134,13 @@ def run_single(
     duration: float | None = None,
     certs_dir: Path = Path("certs"),
     scenario: Path | None = None,
+    vm: str | None = None,
+    heap: str | None = None,
 ) -> int:
     """`esp32emu run`: one board, its console on stdout, until Ctrl-C.
-    With an mqtts:// broker the board gets its own certificate from `certs_dir`."""
+    With an mqtts:// broker the board gets its own certificate from `certs_dir`.
+    With `vm="micropython"` the board is one real MicroPython process with
+    `heap` (emulator/vm/)."""
     if keepalive < 2 or keepalive > 65535:
         raise UsageError(f"--keepalive must be 2..65535 seconds, got {keepalive}")
     if not 0.1 <= interval <= 86400:
@@ -145,6 +149,14 @@ def run_single(
         raise UsageError(f"unknown --link profile {link!r} (known: {', '.join(profile_names())})")
     if scenario is not None:
         load_scenario(scenario, private_broker=broker is None)
+    if vm not in (None, "cpython", "micropython"):
+        raise UsageError(f"--vm must be micropython (or cpython), got {vm!r}")
+    if vm == "micropython":
+        from emulator.vm import check_vm
+
+        heap = check_vm(heap)
+    elif heap is not None:
+        raise UsageError("--heap needs --vm micropython")
     image = FirmwareImage()
     with broker_for(broker, state_dir) as url:
         if url.tls:
@@ -157,7 +169,13 @@ def run_single(
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
-        board = Board(device_id, image, state_dir / "boards" / device_id, config=cfg, seed=seed, console=console)
+        if vm == "micropython":
+            from emulator.vm.board import VmBoard
+
+            board = VmBoard(device_id, state_dir / "vm-boards" / device_id, heap=heap, seed=seed, console=console,
+                            config=cfg, firmware=image.directory)
+        else:
+            board = Board(device_id, image, state_dir / "boards" / device_id, config=cfg, seed=seed, console=console)
         if url.tls:
             install_tls(board, certs_dir)
 

@@ -8,6 +8,10 @@
   actions under the same names (`power_cycle`, `reset`, `shutdown`, `hang`,
   `sensor_fault`; `link.blackhole`, `link.heal`, `link.kill_connections`,
   `link.wifi_down`, `link.dns_fail`, `link.partition`, `link(profile=...)`).
+  Two backends behind it: `vm=None`/"cpython" (emulator/board.py, the
+  firmware under CPython with fakes) and "micropython" (emulator/vm/, one
+  real MicroPython process per board); a fault a backend cannot show
+  raises an error naming it.
 - `ObserverClient` (from `emulator/observing.py`): a paho-mqtt client that
   records what it receives; `expect(topic, predicate, timeout)` and
   `collect(...)` fail with what was expected, what arrived and when.
@@ -35,6 +39,18 @@ from emulator.scenario import BOARD_ACTIONS, apply_board_action
 # A board that "stays off" after power_loss() without off_s: off this long,
 # or until power_on()/reset().
 _OFF_FOR_GOOD_S = 10**6
+
+
+BACKENDS = ("cpython", "micropython")
+
+
+def backend_name(vm: str | None) -> str:
+    """The board backend for a `vm=` setting: None or "cpython" (the firmware
+    under CPython with fakes) or "micropython" (the real interpreter, emulator/vm)."""
+    name = vm or "cpython"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown vm {vm!r} (known: {', '.join(BACKENDS)})")
+    return name
 
 
 def will_deadline(keepalive: float) -> int:
@@ -184,14 +200,21 @@ class BoardHandle:
     """One emulated board, driven from the test thread."""
 
     def __init__(self, emu: Emulator, device_id: str, config: dict, *, seed: int = 0, scale: float = 1.0,
-                 certs: Path | None = None) -> None:
+                 certs: Path | None = None, vm: str | None = None, heap: str | None = None) -> None:
         self.emu = emu
         self.id = device_id
         self.console = Console(scale)
+        self.backend = backend_name(vm)
         broker = config["broker"]
-        self.board: Board = emu.add_board(device_id, broker["host"], broker["port"], seed=seed,
-                                          console=self.console, start=False, certs=certs,
-                                          **{k: v for k, v in config.items() if k not in ("id", "broker")})
+        overrides = {k: v for k, v in config.items() if k not in ("id", "broker")}
+        if self.backend == "cpython":
+            self.board: Board = emu.add_board(device_id, broker["host"], broker["port"], seed=seed,
+                                              console=self.console, start=False, certs=certs, **overrides)
+        else:
+            from emulator.vm import add_vm_board
+
+            self.board = add_vm_board(emu, device_id, broker["host"], broker["port"], seed=seed,
+                                      console=self.console, certs=certs, heap=heap, **overrides)
         self.config: dict = json.loads(self.board.fs.host_path("/config.json").read_text())
         self.config["broker"] = {**self.config["broker"], **broker}
         self.flash = Flash(self.board.flash_dir)
@@ -300,7 +323,7 @@ class BoardHandle:
                 f"link and power log (s since the board was made):\n" + ("\n".join(ev) or "  (nothing)"))
 
     def __repr__(self) -> str:
-        return f"<BoardHandle {self.id} {'booted' if self.booted else 'not booted'}>"
+        return f"<BoardHandle {self.id} {self.backend} {'booted' if self.booted else 'not booted'}>"
 
 
-__all__ = ["BoardHandle", "Console", "Flash", "LinkControls", "Message", "ObserverClient", "will_deadline"]
+__all__ = ["BACKENDS", "BoardHandle", "backend_name", "Console", "Flash", "LinkControls", "Message", "ObserverClient", "will_deadline"]

@@ -61,7 +61,16 @@ def observer() -> Iterator[Callable[..., Observer]]:
 
 
 @pytest.fixture
-def emu(tmp_path: Path) -> Iterator[Emulator]:
-    """Emulated boards on a background event loop; all stopped at teardown."""
+def emu(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Emulator]:
+    """Emulated boards on a background event loop; all stopped at teardown.
+    Indirectly parametrized with a backend (`tests.boards.both_backends`),
+    its add_board makes boards of that backend."""
+    vm = getattr(request, "param", "cpython")
+    if vm == "micropython":
+        from emulator.vm import PLUGIN_HEAP
+
+        with Emulator(tmp_path / "boards", vm=vm, heap=PLUGIN_HEAP) as e:
+            yield e
+        return
     with Emulator(tmp_path / "boards") as e:
         yield e

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.boards import KA, is_birth
+from tests.boards import KA, both_backends, is_birth
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,7 @@ def result_for(obs, cmd_id, mark, timeout=5.0):
     return obs.wait_for(lambda m: m.topic == RESULT and m.json().get("id") == cmd_id, timeout, start=mark).json()
 
 
+@both_backends
 def test_each_op_answers(online):
     board, obs = online
     mark = send(obs, {"id": "p1", "op": "ping"})
@@ -66,6 +67,7 @@ def test_each_op_answers(online):
     assert 2.5 <= t2.t - t1.t <= 3.6
 
 
+@both_backends
 def test_reboot_goes_offline_then_comes_back(online):
     board, obs = online
     mark = send(obs, {"id": "rb", "op": "reboot"})
@@ -76,6 +78,7 @@ def test_reboot_goes_offline_then_comes_back(online):
     assert back["reset"] == "hard"
 
 
+@both_backends
 def test_sleep_goes_offline_and_wakes_from_deepsleep(online):
     board, obs = online
     mark = send(obs, {"id": "zz", "op": "sleep", "args": {"seconds": 2}})
@@ -106,6 +109,7 @@ BAD = [
 ]
 
 
+@both_backends
 @pytest.mark.parametrize("payload,cmd_id,error", BAD, ids=[e for _, _, e in BAD])
 def test_bad_input_gets_clear_error_and_device_keeps_publishing(online, payload, cmd_id, error):
     board, obs = online
@@ -119,6 +123,7 @@ def test_bad_input_gets_clear_error_and_device_keeps_publishing(online, payload,
     assert nxt.json()["seq"] == seq + 1
 
 
+@both_backends
 def test_duplicate_id_is_not_executed_twice(online):
     board, obs = online
     mark = send(obs, {"id": "dup", "op": "stats"})
@@ -214,6 +219,32 @@ def test_flood_of_commands_is_answered_busy_beyond_the_queue_and_telemetry_flows
     assert obs.wait_for(lambda m: m.topic == result and m.json()["id"] == "after-flood", 5, start=mark).json()["ok"] is True
 
 
+@both_backends
+def test_flood_of_1000_commands(online):
+    """SPEC section 4 item 15 on both backends: 1000 QoS 1 commands in a burst. Every
+    id gets exactly one result (ok, or "busy" beyond the bounded queue), and the
+    board stays up and keeps publishing."""
+    board, obs = online
+    mark = len(obs.messages)
+    for i in range(1000):
+        obs.client.publish(CMD, json.dumps({"id": f"f{i}", "op": "ping"}), qos=1)
+    want = {f"f{i}" for i in range(1000)}
+
+    def all_answered(m) -> bool:
+        if m.topic == RESULT:
+            body = m.json()
+            assert body["ok"] is True or body["error"] == f"busy: {QUEUE_CAP} commands queued", body
+            want.discard(body["id"])
+        return not want
+
+    obs.wait_for(all_answered, 60, start=mark)
+    before = obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 5, start=len(obs.messages)).json()["seq"]
+    obs.wait_for(lambda m: m.topic.endswith("/telemetry") and m.json()["seq"] > before, 5)
+    results = [m.json()["id"] for m in obs.messages[mark:] if m.topic == RESULT]
+    assert len(results) == 1000 == len(set(results))
+    assert board.halted is False
+
+
 def test_flood_of_one_id_runs_it_once_and_answers_every_copy(online):
     """300 copies of one id back to back: one execution; every copy gets one
     result, the first result again or "busy" (the redeliveries a running
@@ -269,6 +300,7 @@ def test_arbitrary_bytes_on_the_command_topic(online):
     assert board.halted is False and not any("Traceback" in line for line in board.console_tail)
 
 
+@both_backends
 def test_duplicate_arriving_while_the_first_runs_gets_the_first_result(online):
     """Three copies of one id back to back: three identical results, one execution."""
     board, obs = online

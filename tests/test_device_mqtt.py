@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.boards import D, KA, PacketTap, is_birth, is_will
+from tests.boards import D, KA, PacketTap, both_backends, is_birth, is_will
 
 pytestmark = pytest.mark.integration
 
@@ -22,6 +22,7 @@ def start_board(emu, broker, device_id, **cfg):
     return emu.add_board(device_id, broker.host, broker.port, **cfg)
 
 
+@both_backends
 def test_connect_carries_will_keepalive_and_stable_client_id(emu, broker, observer):
     """Item 1: Will flag, Will QoS 1, Will retain, KA and the device id in CONNECT."""
     obs = observer(broker)
@@ -55,6 +56,7 @@ def test_connect_carries_will_keepalive_and_stable_client_id(emu, broker, observ
     assert len(re.findall(r"as dev-c1 \(p2, c1, k2\)", broker.log_text())) == 2
 
 
+@both_backends
 def test_birth_is_retained_for_new_subscribers(emu, broker, observer):
     """Item 2: subscribed-before sees RETAIN=0, subscribed-after sees RETAIN=1."""
     early = observer(broker)
@@ -73,6 +75,7 @@ def test_birth_is_retained_for_new_subscribers(emu, broker, observer):
     assert kept.retain is True and kept.json() == body
 
 
+@both_backends
 def test_clean_shutdown_sends_planned_offline_and_no_will(emu, broker, observer):
     """Item 3: DISCONNECT -> no Will within D; retained status is the planned offline."""
     obs = observer(broker)
@@ -92,6 +95,7 @@ def test_clean_shutdown_sends_planned_offline_and_no_will(emu, broker, observer)
     assert kept.retain and kept.json() == {"online": False, "reason": "shutdown"}
 
 
+@both_backends
 @pytest.mark.parametrize("profile", ["wifi-good", "wifi-weak"])
 @pytest.mark.parametrize("rst", [True, False], ids=["RST", "FIN"])
 def test_killed_socket_fires_will_within_one_second(emu, broker, observer, rst, profile):
@@ -114,6 +118,7 @@ def test_killed_socket_fires_will_within_one_second(emu, broker, observer, rst, 
     assert res.json()["id"] == "after-kill" and res.json()["ok"] is True
 
 
+@both_backends
 @pytest.mark.parametrize("profile", ["wifi-good", "nb-iot"])
 def test_power_loss_will_between_one_and_a_half_keepalive_and_deadline(emu, broker, observer, profile):
     """Item 5: no FIN, no bytes -> Will no earlier than 1.5*KA, no later than D,

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.boards import D, KA, ConsoleWatch, PacketTap, is_birth, is_will
+from tests.boards import D, KA, ConsoleWatch, PacketTap, both_backends, is_birth, is_will
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +52,7 @@ def test_broker_killed_and_restarted_fleet_returns_spread(emu, broker, observer)
     assert len(buckets) >= 4
 
 
+@both_backends
 def test_graceful_restart_with_persistence_keeps_offline_until_rebirth(emu, broker_factory, observer):
     """Item 11: Wills are sent on graceful stop; the retained offline survives
     the restart and is replaced only by the device's new birth."""
@@ -71,6 +72,7 @@ def test_graceful_restart_with_persistence_keeps_offline_until_rebirth(emu, brok
     assert statuses[0] is False and statuses[-1] is True and births.retain is False
 
 
+@both_backends
 def test_refused_connect_backs_off_without_hot_loop(emu, broker_factory):
     """Item 13: bad credentials -> CONNACK refused -> exponential backoff."""
     broker = broker_factory(users={"backend": "s3cret"})
@@ -87,6 +89,7 @@ def test_refused_connect_backs_off_without_hot_loop(emu, broker_factory):
     assert re.search(r"not authori[sz]ed|bad user name or password", refused[0], re.I), refused[0]
 
 
+@both_backends
 def test_wifi_loss_closes_socket_and_reconnects(emu, broker, observer):
     """Item 14: WiFi gone -> the broker only notices by keepalive (no FIN can
     cross a dead radio) -> WiFi back -> the device reconnects by itself."""
@@ -121,6 +124,7 @@ def test_dns_failure_is_retried_with_backoff(emu, broker, observer):
     obs.wait_for(is_birth("dev-n1"), 10)
 
 
+@both_backends
 def test_quick_reboot_with_half_open_link_ends_online(emu, broker, observer):
     """Item 8: hard reset leaves the old TCP connection half-open; the new
     connection takes the client id over and the final retained status is online."""
@@ -143,6 +147,7 @@ def test_quick_reboot_with_half_open_link_ends_online(emu, broker, observer):
     assert final.retain and final.json()["online"] is True and final.json()["boot"] == 2
 
 
+@both_backends
 def test_watchdog_resets_a_hung_board(emu, broker, observer):
     """Item 16: firmware hangs, the armed machine.WDT resets the board, and
     its new birth says reset "watchdog"."""
@@ -161,6 +166,7 @@ def test_watchdog_resets_a_hung_board(emu, broker, observer):
     assert any("task_wdt" in line for line in board.console_tail)
 
 
+@both_backends
 def test_hung_board_without_watchdog_stays_down(emu, broker, observer):
     """Without an armed watchdog a hung board never comes back (as on hardware):
     the broker fires its Will by keepalive."""
@@ -174,6 +180,7 @@ def test_hung_board_without_watchdog_stays_down(emu, broker, observer):
     assert emu.call(lambda: board.boots) == 1
 
 
+@both_backends
 def test_paused_broker_is_noticed_and_survived(emu, broker, observer):
     """A broker that stops answering (SIGSTOP): the device declares the link
     dead within 2*KA, backs off, and is online again once the broker resumes."""
@@ -195,6 +202,7 @@ def test_paused_broker_is_noticed_and_survived(emu, broker, observer):
     late.wait_for(lambda m: is_birth("dev-z1")(m) and not m.retain, 15)
 
 
+@both_backends
 def test_graceful_restart_without_persistence_device_restores_its_status(emu, broker, observer):
     """Item 11's counterpart: without persistence the retained status dies
     with the broker; the device's rebirth restores it."""

