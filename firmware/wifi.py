@@ -20,16 +20,24 @@ _STAT_GOT_IP = const(1010)
 _POLL_MS = const(100)
 
 
-# The ESP32 status codes of network.WLAN.status(), in words.
-_STATUS = ((1000, "idle"), (1001, "connecting"), (1010, "got ip"), (200, "beacon timeout"),
-           (201, "no AP found"), (202, "wrong password"), (203, "association failed"),
-           (204, "handshake timeout"))
-
-
 def status_name(code):
-    for c, name in _STATUS:
-        if c == code:
-            return name
+    # The ESP32 status codes of network.WLAN.status(), in words.
+    if code == 1000:
+        return "idle"
+    if code == 1001:
+        return "connecting"
+    if code == 1010:
+        return "got ip"
+    if code == 200:
+        return "beacon timeout"
+    if code == 201:
+        return "no AP found"
+    if code == 202:
+        return "wrong password"
+    if code == 203:
+        return "association failed"
+    if code == 204:
+        return "handshake timeout"
     return "status %s" % code
 
 
