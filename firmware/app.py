@@ -15,9 +15,22 @@ import esp32
 import machine
 
 
-def count_boot():
-    # Boots since first flash, persisted in NVS (survives power loss and reflash
-    # of files; erased only with the flash).
+def main():
+    import config
+
+    try:
+        cfg = config.load("config.json", print)
+    except config.ConfigError as e:
+        print("boot stopped:", e)
+        return
+    finally:
+        sys.modules.pop("config", None)
+    del config
+    gc.collect()  # config.py is unreachable now
+    from device import FW_VERSION, Device, reset_cause_name
+
+    # Boots since first flash, persisted in NVS (survives power loss and
+    # reflash of files; erased only with the flash).
     nvs = esp32.NVS("esp32emu")
     try:
         boot = nvs.get_i32("boot")
@@ -26,36 +39,7 @@ def count_boot():
     boot += 1
     nvs.set_i32("boot", boot)
     nvs.commit()
-    return boot
-
-
-def device_id(cfg):
-    if cfg["id"]:
-        return cfg["id"]
-    mac = machine.unique_id()
-    return "esp32-" + "".join("%02x" % b for b in mac)
-
-
-def load_config():
-    # The validated config, or None after saying on the console why not.
-    import config
-
-    try:
-        return config.load("config.json", print)
-    except config.ConfigError as e:
-        print("boot stopped:", e)
-        return None
-    finally:
-        sys.modules.pop("config", None)
-
-
-def main():
-    cfg = load_config()
-    gc.collect()  # config.py is unreachable now
-    if cfg is None:
-        return
-    from device import FW_VERSION, Device, reset_cause_name
-
-    dev = Device(cfg, device_id(cfg), count_boot(), reset_cause_name(machine.reset_cause()))
+    dev_id = cfg["id"] or "esp32-" + "".join("%02x" % b for b in machine.unique_id())
+    dev = Device(cfg, dev_id, boot, reset_cause_name(machine.reset_cause()))
     print("esp32emu fw %s: device %s, boot %d, reset %s" % (FW_VERSION, dev.id, dev.boot, dev.reset))
     asyncio.run(dev.run())
