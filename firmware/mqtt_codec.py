@@ -193,33 +193,25 @@ def _topic_filter_error(topic):
 # ----------------------------------------------------------------- encoding
 
 
-def _u16(out, n, what):
-    if not isinstance(n, int) or not 0 <= n <= 0xFFFF:
-        raise ValueError("%s %r out of range" % (what, n))
+def _u16(out, n, what, lo=0):
+    if not isinstance(n, int) or not lo <= n <= 0xFFFF:
+        raise ValueError("%s must be %d..65535, got %r" % (what, lo, n))
     out.append(n >> 8)
     out.append(n & 0xFF)
 
 
-def _packet_id(out, pid):
-    if pid == 0 or pid is None:
-        raise ValueError("packet id must be 1..65535, got %r" % (pid,))
-    _u16(out, pid, "packet id")
-
-
-def _blob(out, data, what):
-    # length-prefixed binary data (will payload, password)
-    if not isinstance(data, (bytes, bytearray)):
+def _field(out, data, what, text=False):
+    # length-prefixed: a str (text=True) as UTF-8, else bytes as they are
+    if text:
+        if not isinstance(data, str):
+            raise ValueError(what + " must be str")
+        data = data.encode()
+    elif not isinstance(data, (bytes, bytearray)):
         raise ValueError(what + " must be bytes")
     if len(data) > 0xFFFF:
         raise ValueError(what + " longer than 65535 bytes")
     _u16(out, len(data), what)
     out.extend(data)
-
-
-def _string(out, s, what):
-    if not isinstance(s, str):
-        raise ValueError(what + " must be str")
-    _blob(out, s.encode(), what)
 
 
 def encode(p):
@@ -243,14 +235,14 @@ def encode(p):
             if not qos:
                 raise ValueError("DUP set on a QoS 0 PUBLISH")
             first |= 8
-        _string(body, p.topic, "topic")
+        _field(body, p.topic, "topic", True)
         if qos:
-            _packet_id(body, p.packet_id)
+            _u16(body, p.packet_id, "packet id", 1)
         elif p.packet_id is not None:
             raise ValueError("packet id given for a QoS 0 PUBLISH")
     elif t is Puback:
         first = 0x40
-        _packet_id(body, p.packet_id)
+        _u16(body, p.packet_id, "packet id", 1)
     elif t is Pingreq:
         return b"\xc0\x00"
     elif t is Disconnect:
@@ -260,7 +252,7 @@ def encode(p):
         flags = 2 if p.clean_session else 0
         body.extend(b"\x00\x04MQTT\x04\x00")  # protocol level 4; flags go in body[7]
         _u16(body, p.keepalive, "keepalive")
-        _string(body, p.client_id, "client id")
+        _field(body, p.client_id, "client id", True)
         if p.will_topic is not None:
             err = _topic_name_error(p.will_topic)
             if err:
@@ -268,24 +260,24 @@ def encode(p):
             if p.will_qos not in (0, 1, 2):
                 raise ValueError("bad will QoS %r" % (p.will_qos,))
             flags |= 4 | p.will_qos << 3 | (0x20 if p.will_retain else 0)
-            _string(body, p.will_topic, "will topic")
-            _blob(body, p.will_payload, "will payload")
+            _field(body, p.will_topic, "will topic", True)
+            _field(body, p.will_payload, "will payload")
         elif p.will_qos or p.will_retain:
             raise ValueError("will QoS/retain given without a will topic")
         if p.username is not None:
             flags |= 0x80
-            _string(body, p.username, "username")
+            _field(body, p.username, "username", True)
         if p.password is not None:
             if p.username is None:
                 raise ValueError("password without username")
             flags |= 0x40
-            _blob(body, p.password, "password")
+            _field(body, p.password, "password")
         body[7] = flags
     elif t is Subscribe or t is Unsubscribe:
         first = 0x82 if t is Subscribe else 0xA2
         if not p.topics:
             raise ValueError("%s needs at least one topic filter" % _name(first >> 4))
-        _packet_id(body, p.packet_id)
+        _u16(body, p.packet_id, "packet id", 1)
         for f in p.topics:
             if t is Subscribe:
                 f, qos = f
@@ -294,7 +286,7 @@ def encode(p):
             err = _topic_filter_error(f)
             if err:
                 raise ValueError(err)
-            _string(body, f, "topic filter")
+            _field(body, f, "topic filter", True)
             if t is Subscribe:
                 body.append(qos)
     else:
@@ -317,7 +309,7 @@ def encode(p):
 # is the broker's fault.
 
 
-def _get_id(buf, pos, end, what):
+def _get_packet_id(buf, pos, end, what):
     # a packet id at buf[pos]: (id, pos after it)
     if pos + 2 > end:
         raise ProtocolError("truncated %s packet id" % what)
@@ -327,7 +319,7 @@ def _get_id(buf, pos, end, what):
     return pid, pos + 2
 
 
-def _publish_head(first, buf, pos, end):
+def _get_publish_head(first, buf, pos, end):
     # topic and packet id of a PUBLISH: (topic, qos, packet_id, pos)
     qos = first >> 1 & 3
     if qos == 3:
@@ -352,7 +344,7 @@ def _publish_head(first, buf, pos, end):
         raise ProtocolError("PUBLISH " + err)
     pid = None
     if qos:
-        pid, n = _get_id(buf, n, end, "PUBLISH")
+        pid, n = _get_packet_id(buf, n, end, "PUBLISH")
     return topic, qos, pid, n
 
 
@@ -360,7 +352,7 @@ def _parse(first, buf, pos, end):
     """Parse one complete broker packet whose body is buf[pos:end]."""
     kind = first >> 4
     if kind == _PUBLISH:
-        topic, qos, pid, pos = _publish_head(first, buf, pos, end)
+        topic, qos, pid, pos = _get_publish_head(first, buf, pos, end)
         return Publish(topic, bytes(memoryview(buf)[pos:end]), qos, first & 1 == 1, first & 8 == 8, pid)
     n = end - pos
     if kind == 13:
@@ -368,7 +360,7 @@ def _parse(first, buf, pos, end):
             raise ProtocolError("PINGRESP remaining length must be 0")
         return Pingresp()
     if kind == 9:
-        pid, pos = _get_id(buf, pos, end, "SUBACK")
+        pid, pos = _get_packet_id(buf, pos, end, "SUBACK")
         codes = list(memoryview(buf)[pos:end])
         if not codes:
             raise ProtocolError("SUBACK without return codes")
@@ -388,20 +380,8 @@ def _parse(first, buf, pos, end):
         if ack and rc:
             raise ProtocolError("CONNACK session present with return code %d" % rc)
         return Connack(ack == 1, rc)
-    pid = _get_id(buf, pos, end, _name(kind))[0]
+    pid = _get_packet_id(buf, pos, end, _name(kind))[0]
     return Puback(pid) if kind == 4 else Unsuback(pid)
-
-
-def _check_first_byte(first):
-    kind = first >> 4
-    if kind == 0 or kind == 15:
-        raise ProtocolError("unknown packet type %d" % kind)
-    if 5 <= kind <= 7:
-        raise ProtocolError("%s: QoS 2 is not supported" % _name(kind))
-    if kind in (1, 8, 10, 12, 14):
-        raise ProtocolError("broker sent %s, which only a client sends" % _name(kind))
-    if kind != _PUBLISH and first & 0x0F:
-        raise ProtocolError("%s with reserved flags 0x%x" % (_name(kind), first & 0x0F))
 
 
 class Decoder:
@@ -456,7 +436,15 @@ class Decoder:
         if start >= size:
             return None
         first = buf[start]
-        _check_first_byte(first)
+        kind = first >> 4
+        if kind == 0 or kind == 15:
+            raise ProtocolError("unknown packet type %d" % kind)
+        if 5 <= kind <= 7:
+            raise ProtocolError("%s: QoS 2 is not supported" % _name(kind))
+        if kind in (1, 8, 10, 12, 14):
+            raise ProtocolError("broker sent %s, which only a client sends" % _name(kind))
+        if kind != _PUBLISH and first & 0x0F:
+            raise ProtocolError("%s with reserved flags 0x%x" % (_name(kind), first & 0x0F))
         # remaining length: 1..4 bytes, 7 bits each, least significant first
         rem = 0
         shift = 0
@@ -473,9 +461,8 @@ class Decoder:
             if shift == 28:
                 raise ProtocolError("remaining length exceeds 4 bytes")
         if rem > self.max_packet:
-            if first >> 4 != _PUBLISH:
-                raise ProtocolError("%s of %d bytes exceeds max_packet %d"
-                                    % (_name(first >> 4), rem, self.max_packet))
+            if kind != _PUBLISH:
+                raise ProtocolError("%s of %d bytes exceeds max_packet %d" % (_name(kind), rem, self.max_packet))
             return self._start_oversize(first, i, rem)
         end = i + rem
         if end > size:
@@ -498,7 +485,7 @@ class Decoder:
             raise ProtocolError("PUBLISH topic longer than max_packet %d" % self.max_packet)
         if have < head:
             return None
-        topic, qos, pid, pos = _publish_head(first, buf, body, body + head)
+        topic, qos, pid, pos = _get_publish_head(first, buf, body, body + head)
         payload = rem - head
         drop = min(payload, len(buf) - pos)
         self._consume(pos + drop - self._pos)
