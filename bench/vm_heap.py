@@ -1,6 +1,6 @@
 """The firmware's heap on the real MicroPython VM, printed as tables (not a test).
 
-    .venv/bin/python bench/vm_heap.py [--heap 100k] [--soak 60] [--quick] [--no-mqtt-as]
+    .venv/bin/python bench/vm_heap.py [--heap 100k] [--soak 60] [--quick] [--no-mqtt-lib]
 
 Runs the MicroPython unix port (`.venv/bin/micropython`, v1.29 preview,
 64-bit: 8-byte words, so object-heavy code takes more heap than on an
@@ -458,8 +458,9 @@ def soak(broker: Broker, fs: Path, heap: str, seconds: float) -> dict:
                 r = drv.command("ping", timeout=5)
                 answered += 1 if r is not None and r.get("ok") else 0
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
+            ran = time.monotonic() - t0
             last = drv.command("stats")
-            out = {"sent": sent, "answered": answered, "first": first and first["result"],
+            out = {"ran": ran, "sent": sent, "answered": answered, "first": first and first["result"],
                    "last": last and last["result"], "telemetry": drv.telemetry_count(),
                    "memory_error": "MemoryError" in board.console(), "console": board.console()}
     finally:
@@ -662,9 +663,9 @@ def main() -> int:
                 print("   " + s["error"] + "\n" + s["console"][-2000:])
             else:
                 first, last = s["first"] or {}, s["last"] or {}
-                print(table(["commands sent", "answered", "telemetry", "heap_alloc first/last", "heap_max_free last",
-                             "MemoryError"],
-                            [[str(s["sent"]), str(s["answered"]), str(s["telemetry"]),
+                print(table(["ran", "commands sent", "answered", "telemetry", "heap_alloc first/last",
+                             "heap_max_free last", "MemoryError"],
+                            [[f"{s['ran']:.0f} s", str(s["sent"]), str(s["answered"]), str(s["telemetry"]),
                               f"{kib(first.get('heap_alloc'))} / {kib(last.get('heap_alloc'))}",
                               kib(last.get("heap_max_free")), "yes" if s["memory_error"] else "no"]]))
                 if s["memory_error"]:
