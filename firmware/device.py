@@ -395,8 +395,10 @@ class Device:
             alloc = gc.mem_alloc()
             free = gc.mem_free()
             # The largest free block: the biggest bytearray that can be had
-            # now, by bisection to 16 bytes (a GC block); each try is garbage
-            # at once, and a failed one makes the GC collect and retry.
+            # now, by bisection to 16 bytes (a GC block on the ESP32; 32 on
+            # the 64-bit unix port, where it matches mem_info()'s "max free
+            # sz"). Each try is garbage at once; a failed one makes the GC
+            # collect and retry.
             lo = 0
             hi = free + 1
             while hi - lo > 16:
