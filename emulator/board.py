@@ -217,11 +217,15 @@ class Board:
 
     def _wire_sensors(self) -> None:
         # The emulated hardware matches the board's config.json "sensors".
+        # Whatever the file holds, the board boots: judging it is the
+        # firmware's job ("boot stopped: ..." on the console). A file CPython
+        # cannot parse (bad JSON or UTF-8, nested too deeply for its
+        # recursion limit) wires no sensors.
         try:
-            specs = json.loads((self.flash_dir / "config.json").read_text()).get("sensors", [])
-        except (OSError, ValueError, AttributeError):
-            specs = []
-        wire_sensors(self.env, specs)
+            raw = json.loads((self.flash_dir / "config.json").read_bytes())
+        except (OSError, ValueError, RecursionError, MemoryError):
+            raw = None
+        wire_sensors(self.env, raw.get("sensors", []) if isinstance(raw, dict) else [])
 
     def sensor_fault(self, sensor: str, fault: str):
         """Give this board's `sensor` chips a fault (emulator/sensors.py

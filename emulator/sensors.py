@@ -323,8 +323,8 @@ class Dht22Sensor:
 
 def wire(env, specs) -> None:
     """Attach to `env` the sensor fakes that the config entries `specs`
-    describe (entries the firmware would refuse are skipped). A chip keeps
-    its identity (calibration, faults) across boots."""
+    describe (entries the firmware would refuse are skipped, whatever their
+    shape). A chip keeps its identity (calibration, faults) across boots."""
     env.adc_inputs.clear()
     env.dht.clear()
     for bus in env.buses.values():
@@ -337,16 +337,24 @@ def wire(env, specs) -> None:
         kind = spec.get("type")
         if kind == "bme280":
             bus_id, addr = spec.get("i2c", 0), spec.get("addr", 0x76)
+            if not (_small_int(bus_id) and bus_id in (0, 1) and _small_int(addr) and addr in (0x76, 0x77)):
+                continue
             chip = _fake(env, ("bme280", bus_id, addr), Bme280Chip)
             chip.bus = env.i2c_bus(bus_id)
             chip.addr = addr
             if chip.fault != "missing":
                 chip.bus.devices[addr] = chip
-        elif kind == "dht22" and isinstance(spec.get("pin"), int):
+        elif kind == "dht22" and _small_int(spec.get("pin")):
             env.dht[spec["pin"]] = _fake(env, ("dht22", spec["pin"]), Dht22Sensor)
         elif kind == "battery":
-            divider = spec.get("divider", 2.0)
-            env.adc_inputs[spec.get("pin", 35)] = lambda d=divider: env.battery.volts() / d
+            pin, divider = spec.get("pin", 35), spec.get("divider", 2.0)
+            if _small_int(pin) and not isinstance(divider, bool) and isinstance(divider, (int, float)) and 1 <= divider <= 100:
+                env.adc_inputs[pin] = lambda d=divider: env.battery.volts() / d
+
+
+def _small_int(v) -> bool:
+    """An int (not a bool) small enough for a pin, bus or I2C address."""
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255
 
 
 def _fake(env, key: tuple, cls):

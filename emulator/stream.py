@@ -4,6 +4,7 @@ connection (`emulator.link.Connection`). Nothing else.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,9 +23,14 @@ class Stream:
         return None
 
     async def read(self, n: int = -1) -> bytes:
+        # MicroPython's Stream.read yields to the I/O poller before every
+        # read, even with bytes waiting: a reader never holds the loop while
+        # a flood is buffered (issue 12 D1).
+        await asyncio.sleep(0)
         return await self._c.read(n)
 
     async def readinto(self, buf) -> int:
+        await asyncio.sleep(0)
         data = await self._c.read(len(buf))
         buf[: len(data)] = data
         return len(data)

@@ -9,20 +9,21 @@
 #
 # Keys and bounds (all optional):
 #   id          null (app derives one from the MAC) or 1..64 of [A-Za-z0-9_-]
-#   wifi        ssid: str <= 32 bytes; password: str <= 64 bytes
-#   broker      host: non-empty str; port: int 1..65535; tls: bool;
-#               username: str or null; password: str or null (needs username,
-#               MQTT-3.1.2-22)
-#   prefix      non-empty str, no '+', '#', NUL, no leading/trailing '/',
+#   wifi        ssid: str <= 32 bytes; password: str <= 64 bytes (802.11)
+#   broker      host: 1..253 bytes (a DNS name); port: int 1..65535; tls: bool;
+#               username: str <= 256 bytes or null; password: str <= 256
+#               bytes or null (needs username, MQTT-3.1.2-22); no NUL in either
+#   prefix      1..64 bytes, no '+', '#', NUL, no leading/trailing '/',
 #               no empty level ('//'), not starting with '$' (broker-reserved)
 #   keepalive   int 2..65535 seconds (0 would disable keepalive: refused)
 #   interval    int or float 0.1..86400 seconds between telemetry messages
-#   backoff     base_ms: int 1..3600000; cap_ms: int base_ms..3600000
+#   backoff     base_ms: int 100..3600000; cap_ms: int max(1000, base_ms)..3600000
+#               (a smaller window hot-loops against a broker that refuses us)
 #   wdt_ms      0 (no watchdog) or int 1000..3600000 (below 1 s the loop
 #               cannot feed it through a slow TLS handshake or DNS lookup)
 #   ntp         true (sync the clock with ntptime's default server), false
-#               (never; telemetry "ts" is null), or a server host name
-#   sensors     list of objects, each {"type": ..., "prefix": "" (put before
+#               (never; telemetry "ts" is null), or a server host name (<= 253)
+#   sensors     list of up to 16 objects, each {"type": ..., "prefix": "" (put before
 #               its reading names), plus per type}:
 #                 bme280  i2c: 0|1 (0), sda/scl: pins (21/22), addr: 118|119 (0x76)
 #                 dht22   pin: required
@@ -46,6 +47,12 @@ except ImportError:  # CPython
 _ID_MAX = const(64)
 _SSID_MAX = const(32)
 _WIFI_PASSWORD_MAX = const(64)
+_PREFIX_MAX = const(64)
+_HOST_MAX = const(253)  # a DNS name
+_CREDENTIAL_MAX = const(256)  # MQTT allows 65535; a board's heap does not
+_BASE_MIN_MS = const(100)
+_CAP_MIN_MS = const(1000)
+_SENSORS_MAX = const(16)
 _LIMIT_MS = const(3600000)  # one hour
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 REDACTED = "***"
@@ -95,10 +102,11 @@ def _int(key, v, lo, hi):
     return v
 
 
-def _str(key, v, max_bytes=None, empty=True):
+def _str(key, v, max_bytes, empty=True):
+    # Every string has a bound: whatever passes must fit CONNECT and topics.
     if not isinstance(v, str) or (not empty and not v):
         raise _bad(key, "a string" if empty else "a non-empty string", v)
-    if max_bytes is not None and len(v.encode()) > max_bytes:
+    if len(v.encode()) > max_bytes:
         raise _bad(key, "a string of at most %d bytes" % max_bytes, v)
     return v
 
@@ -122,9 +130,8 @@ def _check_id(v):
 
 
 def _check_prefix(v):
-    what = "a non-empty topic prefix without '+', '#', '//', or a leading '$' or '/' or trailing '/'"
-    if not isinstance(v, str) or not v:
-        raise _bad("prefix", what, v)
+    _str("prefix", v, _PREFIX_MAX, False)
+    what = "a topic prefix without '+', '#', '//', or a leading '$' or '/' or trailing '/'"
     if "+" in v or "#" in v or "\x00" in v or "//" in v or v[0] in "$/" or v[-1] == "/":
         raise _bad("prefix", what, v)
     return v
@@ -140,9 +147,9 @@ def _check_interval(v):
 def _check_ntp(v):
     if v is True or v is False:
         return v
-    if isinstance(v, str) and v:
+    if isinstance(v, str) and v and len(v.encode()) <= _HOST_MAX:
         return v
-    raise _bad("ntp", "true, false or an NTP server host name", v)
+    raise _bad("ntp", "true, false or an NTP server host name of at most %d bytes" % _HOST_MAX, v)
 
 
 def _sensor_defaults(kind):
@@ -215,8 +222,9 @@ def _check_sensor(i, s, warn):
 
 
 def _check_sensors(v, warn):
-    if not isinstance(v, list):
-        raise _bad("sensors", "a list of objects", v)
+    # Bounded: the duplicate-name check below is quadratic.
+    if not isinstance(v, list) or len(v) > _SENSORS_MAX:
+        raise _bad("sensors", "a list of at most %d objects" % _SENSORS_MAX, v)
     out = []
     seen = []  # (reading, index) so far
     for i, s in enumerate(v):
@@ -273,13 +281,14 @@ def validate(raw, warn):
     cfg["wifi"] = wifi
 
     broker = _section(raw, base, "broker", warn)
-    _str("broker.host", broker["host"], empty=False)
+    _str("broker.host", broker["host"], _HOST_MAX, False)
     _int("broker.port", broker["port"], 1, 65535)
     _bool("broker.tls", broker["tls"])
-    if broker["username"] is not None:
-        _str("broker.username", broker["username"])
+    user = broker["username"]
+    if user is not None and "\x00" in _str("broker.username", user, _CREDENTIAL_MAX):
+        raise _bad("broker.username", "a string without NUL (MQTT-1.5.3-2)", user)
     if broker["password"] is not None:
-        _str("broker.password", broker["password"])
+        _str("broker.password", broker["password"], _CREDENTIAL_MAX)
         if broker["username"] is None:
             raise ConfigError(
                 'config.json: "broker.password" needs "broker.username"'
@@ -292,8 +301,8 @@ def validate(raw, warn):
     cfg["interval"] = _check_interval(raw.get("interval", base["interval"]))
 
     backoff = _section(raw, base, "backoff", warn)
-    _int("backoff.base_ms", backoff["base_ms"], 1, _LIMIT_MS)
-    _int("backoff.cap_ms", backoff["cap_ms"], backoff["base_ms"], _LIMIT_MS)
+    lo = _int("backoff.base_ms", backoff["base_ms"], _BASE_MIN_MS, _LIMIT_MS)
+    _int("backoff.cap_ms", backoff["cap_ms"], max(lo, _CAP_MIN_MS), _LIMIT_MS)
     cfg["backoff"] = backoff
 
     wdt = raw.get("wdt_ms", base["wdt_ms"])
@@ -307,7 +316,8 @@ def validate(raw, warn):
 
 
 def load(path, warn, open_=open):
-    """Read, parse and validate the config file at `path`."""
+    """Read, parse and validate the config file at `path`. Any failure is a
+    ConfigError naming the file: the board stops with one console line."""
     try:
         with open_(path, "rb") as f:
             data = f.read()
@@ -317,17 +327,23 @@ def load(path, warn, open_=open):
         if e.args and e.args[0] == 2:
             raise ConfigError("config.json not found (%s): the board needs one to boot" % path)
         raise ConfigError("config.json not found or unreadable (%s): %s" % (path, e))
+    except MemoryError:
+        raise ConfigError("config.json is too big to read (%s)" % path)
     if not isinstance(data, str):
         try:
             data = bytes(data).decode("utf-8")
         except UnicodeError:
             raise ConfigError("config.json is not valid UTF-8 (%s)" % path)
+        except MemoryError:
+            raise ConfigError("config.json is too big to read (%s)" % path)
     try:
         raw = json.loads(data)
     except ValueError as e:
-        raise ConfigError("config.json is not valid JSON: %s" % e)
-    except RuntimeError:  # CPython RecursionError
-        raise ConfigError("config.json is not valid JSON: nested too deeply")
+        raise ConfigError("config.json is not valid JSON: %s (%s)" % (e, path))
+    except RuntimeError:  # CPython's RecursionError
+        raise ConfigError("config.json is not valid JSON: nested too deeply (%s)" % path)
+    except MemoryError:  # MicroPython parses without recursion, into the heap
+        raise ConfigError("config.json is too big or nested too deeply to parse (%s)" % path)
     return validate(raw, warn)
 
 

@@ -40,7 +40,8 @@ _STABLE_MS = const(10000)  # a link that lived this long resets the backoff
 _LOSS_WINDOW_MS = const(8000)  # jitter window for the first retry after a lost link
 _RESULT_BACKLOG = const(32)
 _LED_PIN = const(2)
-_DUPLICATE = "<duplicate>"  # queued in place of an op: a redelivered id
+_CMD_QUEUE = const(16)  # commands waiting for the worker; more get "busy"
+_BUSY_WINDOW = const(8)  # unacked QoS 1 messages beyond which "busy" goes QoS 0
 _BUTTON_PIN = const(0)  # BOOT button on dev kits: press for a planned shutdown
 
 
@@ -106,8 +107,8 @@ class Device:
         )
         self.client = MqttClient(session, self._on_event)
         self.results = commands.ResultCache()
-        self._busy = []  # command ids queued or running (duplicates wait for them)
-        self._cmds = []  # (cmd_id, op, args) waiting for the worker
+        self._busy = {}  # id of a command queued or running -> redeliveries seen since
+        self._cmds = []  # (cmd_id, op, args) waiting for the worker, at most _CMD_QUEUE
         self._cmd_ready = asyncio.Event()
         self._interval_changed = asyncio.Event()
         self._online = asyncio.Event()
@@ -302,21 +303,39 @@ class Device:
     # -- commands ----------------------------------------------------------------
 
     def _enqueue_command(self, msg):
+        # Called from the pump, so it never waits and costs O(1): a flood
+        # must neither grow the heap nor stall telemetry.
         try:
             cmd_id, op, args = commands.parse(msg.payload, msg.size)
         except commands.CommandError as e:
-            self._cmds.append((e.cmd_id, None, str(e)))
-            self._cmd_ready.set()
-            return
-        if cmd_id in self._busy:
+            cmd_id, op, args = e.cmd_id, None, str(e)
+        busy = self._busy
+        n = busy.get(cmd_id, -1) if op is not None else -1
+        if 0 <= n < _CMD_QUEUE:
             # A redelivery while the first is queued or running: it gets the
             # first result once that exists, and is never run itself.
-            self._cmds.append((cmd_id, _DUPLICATE, None))
+            busy[cmd_id] = n + 1
+            return
+        if n < 0 and len(self._cmds) < _CMD_QUEUE:
+            if op is not None:
+                busy[cmd_id] = 0  # redeliveries seen while queued or running
+            self._cmds.append((cmd_id, op, args))
             self._cmd_ready.set()
             return
-        self._busy.append(cmd_id)
-        self._cmds.append((cmd_id, op, args))
-        self._cmd_ready.set()
+        # Full: answer now (a backend can retry) instead of buffering.
+        payload = None
+        if op is not None:
+            args = "busy: %d commands queued" % _CMD_QUEUE
+            payload = self.results.get(cmd_id)
+        if payload is None:
+            payload = commands.error_result(cmd_id, args)
+        # The pump sends it with its next write. QoS 0 while a window of
+        # QoS 1 messages waits for acknowledgement: bounded, never queued.
+        session = self.client.session
+        if session.inflight_count() < _BUSY_WINDOW:
+            session.publish(self.t_result, payload, 1, False, time.ticks_ms())
+        elif self.client.connected:
+            session.publish(self.t_result, payload, 0, False, time.ticks_ms())
 
     async def _command_worker(self):
         while True:
@@ -325,30 +344,25 @@ class Device:
             while self._cmds:
                 cmd_id, op, args = self._cmds.pop(0)
                 await self._handle(cmd_id, op, args)
+                await asyncio.sleep_ms(0)  # let telemetry and the pump run
 
     async def _handle(self, cmd_id, op, args):
         if op is None:  # parse error; args holds the message
             await self._send_result(commands.error_result(cmd_id, args))
             return
-        if op == _DUPLICATE:
-            cached = self.results.get(cmd_id)
-            if cached is None:
-                cached = commands.error_result(cmd_id, "duplicate id; the first result is no longer kept")
-            await self._send_result(cached)
-            return
-        cached = self.results.get(cmd_id)
-        if cached is not None:
-            self._busy.remove(cmd_id)
-            await self._send_result(cached)  # duplicate: same answer, not run again
-            return
-        try:
-            result = await self._execute(op, args)
-            payload = commands.ok_result(cmd_id, result)
-        except Exception as e:  # a failing handler must never take the device down
-            payload = commands.error_result(cmd_id, "%s failed: %s" % (op, e))
-        self.results.put(cmd_id, payload)
-        self._busy.remove(cmd_id)
-        await self._send_result(payload)
+        payload = self.results.get(cmd_id)
+        if payload is None:
+            try:
+                result = await self._execute(op, args)
+                payload = commands.ok_result(cmd_id, result)
+            except Exception as e:  # a failing handler must never take the device down
+                payload = commands.error_result(cmd_id, "%s failed: %s" % (op, e))
+            self.results.put(cmd_id, payload)
+        else:
+            op = None  # a redelivery of a finished command: same answer, not run again
+        # The first result, then the same again for each redelivery.
+        for _ in range(1 + self._busy.pop(cmd_id, 0)):
+            await self._send_result(payload)
         if op == "reboot":
             await self._go_offline("reboot")
             machine.reset()

@@ -309,6 +309,23 @@ def encode(p):
 # is the broker's fault.
 
 
+def _utf8_error(buf, start, end):
+    # MicroPython's str decoding checks only the shape of UTF-8 sequences: it
+    # lets through overlong forms (C0 80 and E0 80 80 are NUL), UTF-16
+    # surrogates (ED A0..BF) and code points past U+10FFFF, all of which
+    # CPython and MQTT-1.5.3 refuse. Returns what is wrong, or None.
+    for i in range(start, end - 1):
+        b = buf[i]
+        if b >= 0xC0:
+            n = buf[i + 1]
+            if b == 0xED and n >= 0xA0:
+                return "UTF-16 surrogate"
+            if (b < 0xC2 or b > 0xF4 or (b == 0xE0 and n < 0xA0) or (b == 0xF0 and n < 0x90)
+                    or (b == 0xF4 and n >= 0x90)):
+                return "bad UTF-8"
+    return None
+
+
 def _get_packet_id(buf, pos, end, what):
     # a packet id at buf[pos]: (id, pos after it)
     if pos + 2 > end:
@@ -335,10 +352,10 @@ def _get_publish_head(first, buf, pos, end):
         topic = str(memoryview(buf)[pos + 2:n], "utf-8")
     except ValueError:  # UnicodeError on MicroPython, UnicodeDecodeError on CPython
         raise ProtocolError("bad UTF-8 in PUBLISH topic")
-    # MicroPython does not reject UTF-16 surrogates (ED A0..BF xx); CPython does.
-    for i in range(pos + 2, n - 1):
-        if buf[i] == 0xED and buf[i + 1] >= 0xA0:
-            raise ProtocolError("UTF-16 surrogate in PUBLISH topic")
+    if len(topic) != n - pos - 2:  # not ASCII: check what MicroPython's decoding lets through
+        err = _utf8_error(buf, pos + 2, n)
+        if err:
+            raise ProtocolError(err + " in PUBLISH topic")
     err = _topic_name_error(topic)
     if err:
         raise ProtocolError("PUBLISH " + err)

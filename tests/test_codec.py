@@ -204,6 +204,9 @@ MALFORMED = [
     ("3005 0003 612f2b", "wildcard"),
     ("3004 0002 fffe", "UTF-8"),
     ("3005 0003 eda080", "UTF-8|surrogate"),
+    ("3004 0002 c080", "bad UTF-8"),  # overlong NUL
+    ("3005 0003 e08080", "bad UTF-8"),  # overlong NUL, 3 bytes
+    ("3006 0004 f4908080", "bad UTF-8"),  # past U+10FFFF
     ("3004 0002 6100", "NUL"),
     ("3205 0003 612f62", "truncated PUBLISH packet id"),
     ("3207 0003 612f62 0000", "packet id 0"),

@@ -135,27 +135,106 @@ def test_duplicate_id_is_not_executed_twice(online):
     assert board.pins[2] == 0
 
 
-def test_flood_of_1000_commands(online, broker):
-    board, obs = online
+class _PeakList(list):
+    """A command queue that remembers its longest length."""
+
+    peak = 0
+
+    def append(self, item) -> None:
+        super().append(item)
+        self.peak = max(self.peak, len(self))
+
+
+def _device(board):
+    """The firmware's Device object of `board`'s current boot."""
+    import gc
+
+    found = [o for o in gc.get_objects() if type(o).__name__ == "Device" and getattr(o, "id", None) == board.id and hasattr(o, "_cmds")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+QUEUE_CAP = 16  # firmware/device.py _CMD_QUEUE
+
+
+# A QoS 0 flood reaches the board at wire speed (3000 are answered within
+# about 0.3 s), so it takes more of them to span several telemetry periods.
+@pytest.mark.parametrize("qos, flood", [(0, 20000), (1, 3000)])
+def test_flood_of_commands_is_answered_busy_beyond_the_queue_and_telemetry_flows(emu, broker_factory, observer, qos, flood):
+    """SPEC §4 item 15 (issue 12 D1): a flood of thousands of commands. The board keeps
+    at most 16 waiting, answers each of the others at once with ok: false
+    "busy: ...", keeps publishing telemetry while results are still pending,
+    and sends exactly one result per command. (The broker queues without
+    limit, so every message it gets reaches the board and the backend.)"""
+    broker = broker_factory(extra_config=["max_queued_messages 0"])
+    dev = f"dev-flood{qos}"
+    cmd, result = f"devices/{dev}/cmd", f"devices/{dev}/cmd/result"
+    obs = observer(broker)
+    obs.subscribe(f"devices/{dev}/#")
+    # Telemetry 5 times a second, so some falls inside even a quick flood.
+    board = emu.add_board(dev, broker.host, broker.port, keepalive=KA, interval=0.2, backoff={"base_ms": 200, "cap_ms": 2000})
+    obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 10)
+    device = _device(board)
+    assert not device._cmds
+    queue = device._cmds = _PeakList()
     mark = len(obs.messages)
-    for i in range(1000):
-        obs.client.publish(CMD, json.dumps({"id": f"f{i}", "op": "ping"}), qos=1)
-    want = {f"f{i}" for i in range(1000)}
+    for i in range(flood):
+        obs.client.publish(cmd, json.dumps({"id": f"f{i}", "op": "ping"}), qos=qos)
+    want = {f"f{i}" for i in range(flood)}
+    results: dict[str, list[dict]] = {}
+    telemetry_while_pending = []
 
     def all_answered(m) -> bool:
-        if m.topic == RESULT:
+        if m.topic == result:
             body = m.json()
-            assert body["ok"] is True, body
+            results.setdefault(body["id"], []).append(body)
             want.discard(body["id"])
+        elif m.topic.endswith("/telemetry") and results and want:
+            telemetry_while_pending.append(m.json()["seq"])
         return not want
 
-    obs.wait_for(all_answered, 60, start=mark)
-    # Still up: telemetry keeps flowing and nothing was executed twice.
-    results = [m.json()["id"] for m in obs.messages[mark:] if m.topic == RESULT]
-    assert len(results) == 1000 == len(set(results))
-    before = obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 5, start=len(obs.messages)).json()["seq"]
-    obs.wait_for(lambda m: m.topic.endswith("/telemetry") and m.json()["seq"] > before, 5)
+    obs.wait_for(all_answered, 120, start=mark)
+    assert telemetry_while_pending, "no telemetry between the first and the last result"
+    assert telemetry_while_pending == sorted(set(telemetry_while_pending))
+    ok = [r[0] for r in results.values() if r[0]["ok"]]
+    busy = [r[0] for r in results.values() if not r[0]["ok"]]
+    assert all(r["error"] == f"busy: {QUEUE_CAP} commands queued" for r in busy), busy[:3]
+    assert ok and busy, (len(ok), len(busy))
+    assert all(set(r["result"]) == {"pong"} for r in ok)
+    assert queue.peak <= QUEUE_CAP, queue.peak
+    # Exactly one result each: wait for the next telemetry after the last
+    # result, then count (a late duplicate would be here by then).
+    after = len(obs.messages)
+    obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 5, start=after)
+    ids = [m.json()["id"] for m in obs.messages[mark:] if m.topic == result]
+    assert len(ids) == flood == len(set(ids))
+    # Still up and still taking commands once the flood has passed.
     assert board.halted is False
+    mark = len(obs.messages)
+    obs.publish(cmd, {"id": "after-flood", "op": "ping"})
+    assert obs.wait_for(lambda m: m.topic == result and m.json()["id"] == "after-flood", 5, start=mark).json()["ok"] is True
+
+
+def test_flood_of_one_id_runs_it_once_and_answers_every_copy(online):
+    """300 copies of one id back to back: one execution; every copy gets one
+    result, the first result again or "busy" (the redeliveries a running
+    command collects are bounded like the queue)."""
+    board, obs = online
+    before = board.pin_writes.get(2, 0)
+    mark = len(obs.messages)
+    payload = json.dumps({"id": "same", "op": "led", "args": {"on": True}})
+    for _ in range(300):
+        obs.client.publish(CMD, payload, qos=1)
+    got = []
+    obs.wait_for(lambda m: m.topic == RESULT and m.json()["id"] == "same" and got.append(m.json()) is None and len(got) == 300, 30, start=mark)
+    first = {"id": "same", "ok": True, "result": {"led": True}}
+    busy = {"id": "same", "ok": False, "error": f"busy: {QUEUE_CAP} commands queued"}
+    assert all(r in (first, busy) for r in got), [r for r in got if r not in (first, busy)][:3]
+    assert got.count(first) >= 1
+    assert board.pin_writes.get(2, 0) - before == 1
+    after = len(obs.messages)
+    obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 5, start=after)
+    assert sum(1 for m in obs.messages[mark:] if m.topic == RESULT) == 300
 
 
 def test_arbitrary_bytes_on_the_command_topic(online):

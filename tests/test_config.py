@@ -126,6 +126,15 @@ BAD = [
     ({"broker": {"tls": "yes"}}, '"broker.tls"', "true or false"),
     ({"broker": {"username": 5}}, '"broker.username"', "a string"),
     ({"broker": {"username": "u", "password": 5}}, '"broker.password"', "a string"),
+    # Every string has a length bound, so whatever passes fits CONNECT and
+    # the topics (issue 12 D6: a 70,000-character value stopped boot with a
+    # traceback); the message names the limit.
+    ({"broker": {"host": "h" * 254}}, '"broker.host"', "at most 253 bytes"),
+    ({"broker": {"username": "u" * 257}}, '"broker.username"', "at most 256 bytes"),
+    ({"broker": {"username": "u" * 70000}}, '"broker.username"', "at most 256 bytes"),
+    ({"broker": {"username": "é" * 129}}, '"broker.username"', "at most 256 bytes"),
+    ({"broker": {"username": "a\x00b"}}, '"broker.username"', "without NUL"),
+    ({"broker": {"username": "u", "password": "p" * 257}}, '"broker.password"', "at most 256 bytes"),
     ({"broker": {"password": "p"}}, '"broker.password"', 'needs "broker.username"'),
     ({"prefix": ""}, '"prefix"', "non-empty"),
     ({"prefix": None}, '"prefix"', "got null"),
@@ -135,6 +144,9 @@ BAD = [
     ({"prefix": "devices/"}, '"prefix"', "trailing"),
     ({"prefix": "a//b"}, '"prefix"', "'//'"),
     ({"prefix": "$SYS"}, '"prefix"', "'$'"),
+    ({"prefix": "p" * 65}, '"prefix"', "at most 64 bytes"),
+    ({"prefix": "p" * 70000}, '"prefix"', "at most 64 bytes"),
+    ({"prefix": "é" * 33}, '"prefix"', "at most 64 bytes"),
     ({"keepalive": 0}, '"keepalive"', "2..65535"),
     ({"keepalive": 1}, '"keepalive"', "2..65535"),
     ({"keepalive": 65536}, '"keepalive"', "2..65535"),
@@ -148,12 +160,17 @@ BAD = [
     ({"interval": float("nan")}, '"interval"', "got nan"),
     ({"interval": float("inf")}, '"interval"', "got inf"),
     ({"backoff": 5}, '"backoff"', "an object"),
-    ({"backoff": {"base_ms": 0}}, '"backoff.base_ms"', "1..3600000"),
+    ({"backoff": {"base_ms": 0}}, '"backoff.base_ms"', "100..3600000"),
+    # issue 12 D7: {"base_ms": 1, "cap_ms": 1} made ~940 attempts a second.
+    ({"backoff": {"base_ms": 1, "cap_ms": 1}}, '"backoff.base_ms"', "100..3600000"),
+    ({"backoff": {"base_ms": 99}}, '"backoff.base_ms"', "100..3600000"),
+    ({"backoff": {"base_ms": 100, "cap_ms": 999}}, '"backoff.cap_ms"', "1000..3600000"),
     ({"backoff": {"base_ms": True}}, '"backoff.base_ms"', "got true"),
     ({"backoff": {"base_ms": 500.0}}, '"backoff.base_ms"', "got 500.0"),
-    ({"backoff": {"cap_ms": 499}}, '"backoff.cap_ms"', "500..3600000"),
+    ({"backoff": {"cap_ms": 999}}, '"backoff.cap_ms"', "1000..3600000"),
+    ({"backoff": {"base_ms": 1500, "cap_ms": 1499}}, '"backoff.cap_ms"', "1500..3600000"),
     ({"backoff": {"base_ms": 1000, "cap_ms": 999}}, '"backoff.cap_ms"', "1000..3600000"),
-    ({"backoff": {"cap_ms": 3600001}}, '"backoff.cap_ms"', "500..3600000"),
+    ({"backoff": {"cap_ms": 3600001}}, '"backoff.cap_ms"', "1000..3600000"),
     ({"wdt_ms": 999}, '"wdt_ms"', "0 (off) or an integer 1000..3600000"),
     ({"wdt_ms": 1}, '"wdt_ms"', "1000..3600000"),
     ({"wdt_ms": 3600001}, '"wdt_ms"', "1000..3600000"),
@@ -163,8 +180,10 @@ BAD = [
     ({"wdt_ms": None}, '"wdt_ms"', "got null"),
     ({"ntp": ""}, '"ntp"', "true, false or an NTP server"),
     ({"ntp": 1}, '"ntp"', "got 1"),
-    ({"sensors": {}}, '"sensors"', "a list of objects"),
+    ({"ntp": "n" * 254}, '"ntp"', "at most 253 bytes"),
+    ({"sensors": {}}, '"sensors"', "a list of at most 16 objects (got an object)"),
     ({"sensors": None}, '"sensors"', "got null"),
+    ({"sensors": [{"type": "mcu", "prefix": "m%d" % i} for i in range(17)]}, '"sensors"', "a list of at most 16 objects (got a list)"),
     ({"sensors": [{"type": "bme280"}, "dht22"]}, '"sensors[1]"', 'got "dht22"'),
     ({"sensors": [{}]}, '"sensors[0].type"', '"bme280", "dht22", "battery" or "mcu" (got null)'),
     ({"sensors": [{"type": "sht31"}]}, '"sensors[0].type"', 'got "sht31"'),
@@ -211,12 +230,17 @@ GOOD = [
     ({"broker": {"username": "u", "password": "p"}}, "broker", {"host": "127.0.0.1", "port": 1883, "tls": False, "username": "u", "password": "p"}),
     ({"broker": {"username": "u"}}, "broker", {"host": "127.0.0.1", "port": 1883, "tls": False, "username": "u", "password": None}),
     ({"prefix": "lab/floor1/devices"}, "prefix", "lab/floor1/devices"),
+    ({"prefix": "p" * 64}, "prefix", "p" * 64),
+    ({"broker": {"host": "h" * 253, "username": "é" * 128, "password": "\x00" * 256}}, "broker",
+     {"host": "h" * 253, "port": 1883, "tls": False, "username": "é" * 128, "password": "\x00" * 256}),
+    ({"ntp": "n" * 253}, "ntp", "n" * 253),
     ({"keepalive": 2}, "keepalive", 2),
     ({"keepalive": 65535}, "keepalive", 65535),
     ({"interval": 0.1}, "interval", 0.1),
     ({"interval": 86400}, "interval", 86400),
     ({"interval": 2.5}, "interval", 2.5),
-    ({"backoff": {"base_ms": 1, "cap_ms": 1}}, "backoff", {"base_ms": 1, "cap_ms": 1}),
+    ({"backoff": {"base_ms": 100, "cap_ms": 1000}}, "backoff", {"base_ms": 100, "cap_ms": 1000}),
+    ({"backoff": {"base_ms": 2000, "cap_ms": 2000}}, "backoff", {"base_ms": 2000, "cap_ms": 2000}),
     ({"backoff": {"base_ms": 3600000, "cap_ms": 3600000}}, "backoff", {"base_ms": 3600000, "cap_ms": 3600000}),
     ({"wdt_ms": 1000}, "wdt_ms", 1000),
     ({"wdt_ms": 3600000}, "wdt_ms", 3600000),
@@ -294,8 +318,34 @@ def test_load_unreadable_file():
 
 @pytest.mark.parametrize("data", [b"{", b"", b'{"id": "a",}x', b"[" * 5000])
 def test_load_invalid_json(data):
-    with pytest.raises(ConfigError, match="config.json is not valid JSON: "):
+    with pytest.raises(ConfigError, match=r"config.json is not valid JSON: .*\(config.json\)$"):
         load("config.json", Warnings(), opener({"config.json": data}))
+
+
+@pytest.mark.parametrize("n", [2000, 100_000])
+@pytest.mark.parametrize("shape", ["list", "dict"])
+def test_load_deeply_nested_json_is_one_config_error_naming_the_file(n, shape):
+    """issue 12 D5: CPython's parser raises RecursionError; it is a
+    ConfigError naming the file, like any other parse failure."""
+    inner = "[" * n + "]" * n if shape == "list" else '{"a":' * n + "1" + "}" * n
+    data = ('{"sensors": %s}' % inner).encode()
+    with pytest.raises(ConfigError) as info:
+        load("/config.json", Warnings(), opener({"/config.json": data}))
+    msg = str(info.value)
+    assert msg == "config.json is not valid JSON: nested too deeply (/config.json)"
+
+
+def test_load_out_of_memory_is_a_config_error_naming_the_file():
+    """On a board, a config.json too big for the heap fails in read() or
+    json.loads() with MemoryError (MicroPython parses nesting without
+    recursion, into the heap): one ConfigError naming the file."""
+
+    class Huge(io.BytesIO):
+        def read(self, *a):
+            raise MemoryError("memory allocation failed, allocating 200001 bytes")
+
+    with pytest.raises(ConfigError, match=r"^config.json is too big to read \(/config.json\)$"):
+        load("/config.json", Warnings(), lambda path, mode: Huge())
 
 
 def test_load_invalid_utf8():

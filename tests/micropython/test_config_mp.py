@@ -92,6 +92,8 @@ def test_every_key_named():
         ({"keepalive": 1}, '"keepalive"'),
         ({"interval": 0.01}, '"interval"'),
         ({"backoff": {"base_ms": 0}}, '"backoff.base_ms"'),
+        ({"backoff": {"base_ms": 1, "cap_ms": 1}}, '"backoff.base_ms"'),
+        ({"backoff": {"base_ms": 100, "cap_ms": 999}}, '"backoff.cap_ms"'),
         ({"backoff": {"base_ms": 1000, "cap_ms": 999}}, '"backoff.cap_ms"'),
         ({"wdt_ms": 500}, '"wdt_ms"'),
         ({"ntp": ""}, '"ntp"'),
@@ -109,6 +111,29 @@ def test_good_edges():
                      "broker": {"port": 65535, "tls": True, "username": "u", "password": "p"}})
     assert cfg["id"] == "A_b-9" and cfg["interval"] == 0.1 and cfg["wdt_ms"] == 1000
     assert cfg["broker"]["tls"] is True and cfg["ntp"] == "pool.ntp.org"
+    cfg, _ = _check({"prefix": "p" * 64, "backoff": {"base_ms": 100, "cap_ms": 1000},
+                     "broker": {"host": "h" * 253, "username": "\u00e9" * 128, "password": "p" * 256}})
+    assert len(cfg["prefix"]) == 64 and cfg["backoff"] == {"base_ms": 100, "cap_ms": 1000}
+    assert len(cfg["broker"]["username"]) == 128
+
+
+def test_string_limits_name_the_key_and_limit():
+    # issue 12 D6: a 70,000-character prefix or user name passed and then
+    # failed boot with a traceback.
+    cases = (
+        ({"prefix": "p" * 65}, 'config.json: "prefix" must be a string of at most 64 bytes (got "'),
+        ({"prefix": "p" * 7000}, 'config.json: "prefix" must be a string of at most 64 bytes (got "'),
+        ({"prefix": "\u00e9" * 33}, 'config.json: "prefix" must be a string of at most 64 bytes'),
+        ({"broker": {"host": "h" * 254}}, 'config.json: "broker.host" must be a string of at most 253 bytes'),
+        ({"broker": {"username": "u" * 7000}}, 'config.json: "broker.username" must be a string of at most 256 bytes'),
+        ({"broker": {"username": "a\x00"}}, 'config.json: "broker.username" must be a string without NUL'),
+        ({"broker": {"username": "u", "password": "p" * 257}}, 'config.json: "broker.password" must be a string of at most 256 bytes'),
+        ({"ntp": "n" * 254}, 'config.json: "ntp" must be true, false or an NTP server host name of at most 253 bytes'),
+    )
+    for raw, start in cases:
+        msg = _error(raw)
+        assert msg.startswith(start), msg
+        assert len(msg) < 200, len(msg)
 
 
 class _File:
@@ -149,6 +174,32 @@ def test_load():
             assert str(e).startswith(start), str(e)
         else:
             raise AssertionError(start)
+
+
+def test_load_deep_or_huge_is_one_config_error():
+    # issue 12 D5. MicroPython's json.loads keeps its nesting on the heap,
+    # not the C stack: deep input parses or fails with MemoryError, never a
+    # crash; either way one ConfigError (the file, or the key) comes out.
+    n = 5000
+    for data in (b'{"sensors": ' + b"[" * n + b"]" * n + b"}", b'{"sensors": ' + b'{"a":' * n + b"1" + b"}" * n + b"}"):
+        try:
+            load("/config.json", [].append, _opener({"/config.json": data}))
+        except ConfigError as e:
+            msg = str(e)
+            assert msg.startswith('config.json: "sensors') or msg.endswith("(/config.json)"), msg
+        else:
+            raise AssertionError("accepted")
+
+    class Huge(_File):
+        def read(self):
+            raise MemoryError("memory allocation failed, allocating 200001 bytes")
+
+    try:
+        load("/config.json", [].append, lambda path, mode: Huge(None))
+    except ConfigError as e:
+        assert str(e) == "config.json is too big to read (/config.json)", str(e)
+    else:
+        raise AssertionError("accepted")
 
 
 def test_load_real_file():
