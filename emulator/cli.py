@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     fw.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default: keep the board's)")
     fw.add_argument("--wifi-ssid", default=os.environ.get("ESP32EMU_WIFI_SSID"), help="WiFi network (env ESP32EMU_WIFI_SSID; default: keep the board's)")
     fw.add_argument("--wifi-password", default=os.environ.get("ESP32EMU_WIFI_PASSWORD"), help="WiFi password (env ESP32EMU_WIFI_PASSWORD)")
-    fw.add_argument("--mpy", action="store_true", help="compile to .mpy with mpy-cross (boot.py/main.py stay .py)")
+    fw.add_argument("--mpy", dest="mpy", action="store_true", default=None, help="compile to .mpy with mpy-cross, the default except on emulated boards, which run sources (boot.py/main.py stay .py)")
+    fw.add_argument("--py", "--no-mpy", dest="mpy", action="store_false", help="copy the .py sources instead of .mpy")
     fw.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (default certs)")
     fw.add_argument("--no-reset", action="store_true", help="do not reset the board at the end")
 

@@ -5,9 +5,13 @@ Steps, each with an error that says what to do:
 1. the port exists (else exit 2) and a MicroPython REPL answers on it
    (`probe`, with pyserial: Ctrl-C, Ctrl-B, wait for `>>> `);
 2. survey the board (`mpremote exec`): free space, files, current config.json;
-3. build the file set: `firmware/*.py` (or `.mpy` from mpy-cross, except
-   `boot.py`/`main.py`), the TLS files, then `config.json` -- the current
-   config's other keys kept, `id`, `broker` and `wifi` set;
+3. build the file set: `firmware/*.py` compiled to `.mpy` by mpy-cross (the
+   default: compiled code needs less of the board's heap to load, and no
+   compiler run on the board), except `boot.py`/`main.py`, which MicroPython
+   runs only as source; or the `.py` sources with `mpy=False` (`--py`) and
+   by default on an emulated board (`esp32emu serial`: CPython runs sources,
+   not .mpy); the TLS files, then `config.json` -- the current config's other keys kept,
+   `id`, `broker` and `wifi` set;
 4. check it fits, remove stale `.py`/`.mpy` twins, `mpremote fs cp` (which
    skips files whose sha256 already matches), then hash every file on the
    board with `hashlib.sha256` and compare;
@@ -36,6 +40,7 @@ from emulator.loader import FIRMWARE_DIR
 from emulator.runner import BrokerURL, UsageError, parse_broker_url
 
 KEEP_PY = ("boot.py", "main.py")  # MicroPython runs these only as source
+EMULATED = "(esp32emu)"  # in sys.implementation._machine of an emulated board
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _URL_PORT = re.compile(r"^[a-z0-9+]+://")  # pyserial URLs (socket://, rfc2217://)
 
@@ -93,7 +98,8 @@ def board_config(
 
 def compile_mpy(source: Path, out_dir: Path) -> bytes:
     out = out_dir / (source.stem + ".mpy")
-    cmd = [sys.executable, "-m", "mpy_cross", "-o", str(out), str(source)]
+    # -s: the name tracebacks show (and the board stores), not the host path
+    cmd = [sys.executable, "-m", "mpy_cross", "-s", source.name, "-o", str(out), str(source)]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise FlashError(f"mpy-cross failed on {source.name}: {(r.stderr or r.stdout).strip()}")
@@ -159,7 +165,7 @@ try:
         cfg = json.load(f)
 except Exception:
     pass
-print('SURVEY' + json.dumps({'block': st[0], 'free': st[3], 'files': files, 'config': cfg, 'mpy': getattr(sys.implementation, '_mpy', 0) & 0xff}))
+print('SURVEY' + json.dumps({'block': st[0], 'free': st[3], 'files': files, 'config': cfg, 'mpy': getattr(sys.implementation, '_mpy', 0) & 0xff, 'machine': getattr(sys.implementation, '_machine', '')}))
 """
 
 VERIFY = """\
@@ -272,7 +278,7 @@ def flash(
     *,
     wifi_ssid: str | None = None,
     wifi_password: str | None = None,
-    mpy: bool = False,
+    mpy: bool | None = None,
     certs_dir: Path | str = "certs",
     firmware_dir: Path = FIRMWARE_DIR,
     reset: bool = True,
@@ -301,6 +307,12 @@ def flash(
             tls_files = board_files(certs_dir, device_id)
         except CertError as e:
             raise UsageError(str(e)) from None
+    if mpy is None:
+        # .mpy unless the board is an emulated one (`esp32emu serial`): it
+        # runs the .py sources with CPython and cannot execute .mpy files.
+        mpy = EMULATED not in str(survey.get("machine", ""))
+        if not mpy:
+            say("esp32emu: note: an emulated board runs the .py sources: deploying those instead of .mpy")
     if mpy and survey.get("mpy") not in (0, 6):
         say(f"esp32emu: note: the board reports .mpy version {survey.get('mpy')}; mpy-cross emits v6")
 

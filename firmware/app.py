@@ -2,30 +2,36 @@
 # in NVS, name the reset cause, then run the Device on asyncio until it
 # leaves. A bad config stops here with one clear console line; nothing else
 # is caught, so a firmware bug shows its traceback as on any board.
+#
+# Heap: code loaded from .py/.mpy lives in the GC heap. config.py (the
+# validators) is needed only to read config.json, so it is imported here,
+# dropped from sys.modules and collected before the device's modules load:
+# the two never share the heap.
 import asyncio
+import gc
+import sys
 
 import esp32
 import machine
 
-import config
-from device import FW_VERSION, Device, reset_cause_name
 
-try:
-    from micropython import const
-except ImportError:
+def main():
+    import config
 
-    def const(x):
-        return x
+    try:
+        cfg = config.load("config.json", print)
+    except config.ConfigError as e:
+        print("boot stopped:", e)
+        return
+    finally:
+        sys.modules.pop("config", None)
+    del config
+    gc.collect()  # config.py is unreachable now
+    from device import FW_VERSION, Device, reset_cause_name
 
-
-_NVS_NAMESPACE = "esp32emu"
-_NVS_ERR_NOT_FOUND = const(-4354)
-
-
-def count_boot():
-    # Boots since first flash, persisted in NVS (survives power loss and reflash
-    # of files; erased only with the flash).
-    nvs = esp32.NVS(_NVS_NAMESPACE)
+    # Boots since first flash, persisted in NVS (survives power loss and
+    # reflash of files; erased only with the flash).
+    nvs = esp32.NVS("esp32emu")
     try:
         boot = nvs.get_i32("boot")
     except OSError:
@@ -33,23 +39,7 @@ def count_boot():
     boot += 1
     nvs.set_i32("boot", boot)
     nvs.commit()
-    return boot
-
-
-def device_id(cfg):
-    if cfg["id"]:
-        return cfg["id"]
-    mac = machine.unique_id()
-    return "esp32-" + "".join("%02x" % b for b in mac)
-
-
-def main():
-    try:
-        cfg = config.load("config.json", print)
-    except config.ConfigError as e:
-        print("boot stopped:", e)
-        return
-    dev = Device(cfg, device_id(cfg), count_boot(), reset_cause_name(machine.reset_cause()))
+    dev_id = cfg["id"] or "esp32-" + "".join("%02x" % b for b in machine.unique_id())
+    dev = Device(cfg, dev_id, boot, reset_cause_name(machine.reset_cause()))
     print("esp32emu fw %s: device %s, boot %d, reset %s" % (FW_VERSION, dev.id, dev.boot, dev.reset))
     asyncio.run(dev.run())
-

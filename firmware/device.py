@@ -16,7 +16,7 @@ import machine
 import commands
 import mqtt_session
 from backoff import Backoff
-from config import redacted
+from jsonval import redacted
 from mqtt_client import LinkError, MqttClient
 from mqtt_session import Message, PublishAcked
 from sensors import Sensors
@@ -406,9 +406,26 @@ class Device:
             return {"led": args["on"]}
         if op == "stats":
             gc.collect()
+            alloc = gc.mem_alloc()
+            free = gc.mem_free()
+            # The largest free block: the biggest bytearray that can be had
+            # now, by bisection to 16 bytes (a GC block on the ESP32; 32 on
+            # the 64-bit unix port, where it matches mem_info()'s "max free
+            # sz"). Each try is garbage at once; a failed one makes the GC
+            # collect and retry.
+            lo = 0
+            hi = free + 1
+            while hi - lo > 16:
+                mid = (lo + hi) // 2
+                try:
+                    bytearray(mid)
+                    lo = mid
+                except MemoryError:
+                    hi = mid
             return {
-                "heap_free": gc.mem_free(),
-                "heap_alloc": gc.mem_alloc(),
+                "heap_free": free,
+                "heap_alloc": alloc,
+                "heap_max_free": lo,
                 "uptime_s": time.ticks_diff(time.ticks_ms(), self.started) // 1000,
                 "reconnects": self.reconnects,
                 "rssi": self.wifi.rssi(),

@@ -20,51 +20,30 @@ except ImportError:  # CPython
 
 
 # reading -> (lowest, highest, largest plausible jump between reads, digits)
-LIMITS = (
+_LIMITS = (
     ("t", -40.0, 85.0, 8.0, 2),
     ("h", 0.0, 100.0, 25.0, 1),
     ("p", 300.0, 1100.0, 15.0, 2),
     ("bat", 0.0, 6.0, 0.8, 3),
     ("mcu", -40.0, 125.0, 0.0, 1),
 )
-READINGS = (("bme280", ("t", "p", "h")), ("dht22", ("t", "h")), ("battery", ("bat",)), ("mcu", ("mcu",)))
-ERRNO_NAMES = ((5, "EIO"), (19, "ENODEV"), (110, "ETIMEDOUT"), (116, "ETIMEDOUT"), (11, "EAGAIN"))
-ADC_ATTEN_DB = (0, 2.5, 6, 11)  # index = machine.ADC.ATTN_0DB .. ATTN_11DB
+_READINGS = (("bme280", ("t", "p", "h")), ("dht22", ("t", "h")), ("battery", ("bat",)), ("mcu", ("mcu",)))
+_ERRNO_NAMES = ((5, "EIO"), (19, "ENODEV"), (110, "ETIMEDOUT"), (116, "ETIMEDOUT"), (11, "EAGAIN"))
+_ADC_ATTEN_DB = (0, 2.5, 6, 11)  # index = machine.ADC.ATTN_0DB .. ATTN_11DB
 _JUMP_WINDOW_MS = const(600000)  # after 10 min without a good value, any value in range is fine
 _DHT_MIN_MS = const(2000)  # the DHT22 cannot measure more often
 _BAT_SAMPLES = const(8)
 
 
-def base_names(kind):
-    """The readings a sensor type produces: bme280 -> ("t", "p", "h")."""
-    for k, names in READINGS:
-        if k == kind:
-            return names
-    return ()
-
-
-def reading_names(spec):
-    """The reading names an entry of cfg["sensors"] produces, with its prefix."""
-    prefix = spec.get("prefix", "")
-    return tuple(prefix + n for n in base_names(spec["type"]))
-
-
 def reason(e):
     """A short reason for telemetry's "err": ENODEV, ETIMEDOUT, stuck..."""
     if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
-        for code, name in ERRNO_NAMES:
+        for code, name in _ERRNO_NAMES:
             if code == e.args[0]:
                 return name
         return "OSError %d" % e.args[0]
     msg = str(e)
     return (msg if msg else type(e).__name__)[:40]
-
-
-def _limits(base):
-    for lim in LIMITS:
-        if lim[0] == base:
-            return lim
-    return None
 
 
 def mcu_temperature():
@@ -78,58 +57,62 @@ def mcu_temperature():
     return (esp32.raw_temperature() - 32) / 1.8
 
 
-class Mcu:
-    async def read(self):
-        return (mcu_temperature(),)
+# Drivers are plain state, not classes (each class costs the heap a few
+# hundred bytes on every board, used or not): _build() makes a sensor's
+# state, _read() measures with it. A sensor that could not be set up has
+# kind None and its reason as state.
 
 
-class Dht22:
-    def __init__(self, pin):
-        import dht
-        import machine
+def _build(kind, spec, buses):
+    if kind == "mcu":
+        return None
+    import machine
 
-        self.dev = dht.DHT22(machine.Pin(pin))
-        self._at = time.ticks_ms()
-        self._values = None
-
-    async def read(self):
-        # The sensor answers at most every 2 s: a read sooner (a `read`
-        # command right after telemetry) reuses the last measurement.
-        now = time.ticks_ms()
-        if self._values is None or time.ticks_diff(now, self._at) >= _DHT_MIN_MS:
-            self._values = None
-            self._at = now
-            self.dev.measure()  # OSError(ETIMEDOUT) when nobody answers, OSError on a bad checksum
-            self._values = (self.dev.temperature(), self.dev.humidity())
-        return self._values
-
-
-class Battery:
-    def __init__(self, pin, atten_db, divider):
-        import machine
-
+    if kind == "battery":
         atten = (machine.ADC.ATTN_0DB, machine.ADC.ATTN_2_5DB, machine.ADC.ATTN_6DB, machine.ADC.ATTN_11DB)
-        self.adc = machine.ADC(machine.Pin(pin), atten=atten[ADC_ATTEN_DB.index(atten_db)])
-        self.divider = divider
+        adc = machine.ADC(machine.Pin(spec["pin"]), atten=atten[_ADC_ATTEN_DB.index(spec["atten"])])
+        return (adc, spec["divider"])
+    if kind == "dht22":
+        import dht
 
-    async def read(self):
-        adc = self.adc
+        return [dht.DHT22(machine.Pin(spec["pin"])), time.ticks_ms(), None]  # device, ticks, values
+    if kind == "bme280":
+        from bme280 import BME280
+
+        key = spec["i2c"]
+        i2c = buses.get(key)
+        if i2c is None:
+            i2c = buses[key] = machine.I2C(key, scl=machine.Pin(spec["scl"]), sda=machine.Pin(spec["sda"]))
+        return BME280(i2c, spec["addr"])
+    raise ValueError("unknown sensor type %s" % kind)
+
+
+async def _read(kind, state):
+    # One measurement: a tuple of values in the order of _READINGS.
+    if kind == "mcu":
+        return (mcu_temperature(),)
+    if kind == "bme280":
+        return await state.read()
+    if kind == "dht22":
+        # The sensor answers at most every 2 s: a read sooner (a `read`
+        # command right after telemetry) hands back the same tuple.
+        now = time.ticks_ms()
+        if state[2] is None or time.ticks_diff(now, state[1]) >= _DHT_MIN_MS:
+            state[2] = None
+            state[1] = now
+            dev = state[0]
+            dev.measure()  # OSError(ETIMEDOUT) when nobody answers, OSError on a bad checksum
+            state[2] = (dev.temperature(), dev.humidity())
+        return state[2]
+    if kind == "battery":
+        adc = state[0]
         if adc.read_u16() >= 65535:
             raise ValueError("over range (attenuation too low?)")
         total = 0
         for _ in range(_BAT_SAMPLES):
             total += adc.read_uv()  # calibrated microvolts at the pin
-        return (total / _BAT_SAMPLES / 1000000 * self.divider,)
-
-
-class Broken:
-    """Stands in for a sensor whose driver could not be set up."""
-
-    def __init__(self, why):
-        self.why = why
-
-    async def read(self):
-        raise ValueError(self.why)
+        return (total / _BAT_SAMPLES / 1000000 * state[1],)
+    raise ValueError(state)  # kind None: the driver could not be set up
 
 
 class Sensors:
@@ -137,44 +120,53 @@ class Sensors:
         """Drivers for the entries of cfg["sensors"]; an empty list means the
         MCU's own sensor alone (it needs no wiring)."""
         self.log = log
-        self.entries = []  # [names, base names, driver, last reason or None, last values]
+        self.entries = []  # [names, base names, kind, state, last reason or None, last values]
         self._good = {}  # reading -> (value, ticks) last accepted
         self._pending = {}  # reading -> value rejected as a jump (a real step repeats)
         self._seen = {}  # reading -> (last value, its verdict)
         buses = {}
         for i, spec in enumerate(specs or ({"type": "mcu"},)):
+            kind = spec.get("type")
+            bases = ()  # type: tuple
+            for k, names in _READINGS:
+                if k == kind:
+                    bases = names
             try:
-                drv = _build(spec, buses)
+                state = _build(kind, spec, buses)
             except Exception as e:  # a missing module, a bad pin: report, never crash
-                log("sensors[%d] %s: %s" % (i, spec.get("type"), e))
-                drv = Broken(reason(e))
-            self.entries.append([reading_names(spec), base_names(spec["type"]), drv, None, None])
+                log("sensors[%d] %s: %s" % (i, kind, e))
+                kind, state = None, reason(e)
+            prefix = spec.get("prefix", "")
+            self.entries.append([tuple(prefix + n for n in bases), bases, kind, state, None, None])
 
     async def read_all(self, into):
         """Read every sensor into the dict `into` (readings, and "err" for
         the ones that failed this round)."""
         for entry in self.entries:
-            names, bases, drv = entry[0], entry[1], entry[2]
+            names, bases = entry[0], entry[1]
             try:
-                values = await drv.read()
+                values = await _read(entry[2], entry[3])
                 why = None
             except Exception as e:
                 values = ()
                 why = reason(e)
                 for n in names:
                     _fail(into, n, why)
-            if why != entry[3]:
+            if why != entry[4]:
                 self.log("sensor %s: %s" % ("/".join(names), why or "reading again"))
-                entry[3] = why
+                entry[4] = why
             # A driver that hands back the very same tuple (a DHT22 read
             # within 2 s) gives no new measurement: it keeps its verdict.
-            fresh = values is not entry[4]
-            entry[4] = values
+            fresh = values is not entry[5]
+            entry[5] = values
             for i in range(len(values)):
                 self._accept(into, names[i], bases[i], values[i], fresh)
 
     def _accept(self, into, name, base, v, fresh):
-        lim = _limits(base)
+        lim = None
+        for x in _LIMITS:
+            if x[0] == base:
+                lim = x
         if lim is None:
             into[name] = v
             return
@@ -211,23 +203,3 @@ def _fail(into, name, why):
     if err is None:
         err = into["err"] = {}
     err[name] = why
-
-
-def _build(spec, buses):
-    kind = spec["type"]
-    if kind == "mcu":
-        return Mcu()
-    if kind == "battery":
-        return Battery(spec["pin"], spec["atten"], spec["divider"])
-    if kind == "dht22":
-        return Dht22(spec["pin"])
-    if kind == "bme280":
-        import machine
-        from bme280 import BME280
-
-        key = spec["i2c"]
-        i2c = buses.get(key)
-        if i2c is None:
-            i2c = buses[key] = machine.I2C(key, scl=machine.Pin(spec["scl"]), sda=machine.Pin(spec["sda"]))
-        return BME280(i2c, spec["addr"])
-    raise ValueError("unknown sensor type %s" % kind)

@@ -57,7 +57,8 @@ def test_each_op_answers(online):
 
     mark = send(obs, {"id": "s1", "op": "stats"})
     stats = result_for(obs, "s1", mark)["result"]
-    assert set(stats) == {"heap_free", "heap_alloc", "uptime_s", "reconnects", "rssi"}
+    assert set(stats) == {"heap_free", "heap_alloc", "heap_max_free", "uptime_s", "reconnects", "rssi"}
+    assert 0 < stats["heap_max_free"] <= stats["heap_free"]
     assert stats["heap_free"] > 0 and stats["reconnects"] == 0 and -100 < stats["rssi"] < 0
 
     mark = send(obs, {"id": "i1", "op": "set_interval", "args": {"seconds": 3}})

@@ -67,6 +67,7 @@ def test_flash_provisions_an_emulated_board_that_comes_online_and_answers_ping(b
     assert birth.json()["reset"] == "hard"  # mpremote reset = machine.reset()
 
     flash_dir = sb.board.flash_dir
+    assert "an emulated board runs the .py sources" in out  # .mpy is the default on real boards
     for src in FIRMWARE.glob("*.py"):
         assert (flash_dir / src.name).read_bytes() == src.read_bytes()
     cfg = json.loads((flash_dir / "config.json").read_text())
@@ -167,6 +168,15 @@ def test_build_files_order_mpy_and_space():
     assert blocks_needed(small, {}, [], 4096) == 3
     assert blocks_needed(small, {"a.py": 9000}, [], 4096) == 0
     assert blocks_needed(small, {"a.py": 9000, "a.mpy": 4096}, ["a.mpy"], 4096) == -1
+
+
+def test_flash_deploys_mpy_unless_told_py():
+    parse = cli.build_parser().parse_args
+    base = ["flash", "--port", "/dev/null", "--id", "dev-1"]
+    assert parse(base).mpy is None  # .mpy, except on an emulated board (it runs sources)
+    assert parse(base + ["--mpy"]).mpy is True
+    assert parse(base + ["--py"]).mpy is False
+    assert parse(base + ["--no-mpy"]).mpy is False
 
 
 def test_bad_id_is_bad_usage(capsys):

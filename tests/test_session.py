@@ -1,5 +1,5 @@
 """mqtt_session under CPython: feed bytes and ticks, assert events and the bytes
-the session wants to send. The broker side is played with mqtt_codec."""
+the session wants to send. The broker side is played with tests/micropython/mqtt_peer.py."""
 
 import sys
 from pathlib import Path
@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "micropython"))  # mqtt_peer: the broker's side
 
-from mqtt_codec import (  # noqa: E402
+from mqtt_peer import (  # noqa: E402
     Connack, Connect, Decoder, Disconnect, Pingreq, Pingresp, ProtocolError, Puback,
     Publish, Suback, Subscribe, Unsuback, Unsubscribe, decode, encode,
 )
@@ -139,7 +140,7 @@ def test_packets_a_client_must_never_receive(packet):
 def test_malformed_bytes_raise_protocol_error_and_drop_state():
     s = connected()
     with pytest.raises(ProtocolError, match="reserved flags"):
-        s.receive_data(b"\xc1\x00", 1)
+        s.receive_data(b"\xd1\x00", 1)  # PINGRESP with a reserved flag
     assert s.state == DISCONNECTED
     s.receive_data(b"\xd0\x00", 2)  # late bytes after the drop are ignored
     assert events(s) == []

@@ -1,6 +1,8 @@
 # mqtt_codec inside the MicroPython VM (run by tests/micropython/run.mjs):
-# the core (packet, bytes) vectors of tests/test_codec.py, streaming one byte
-# at a time, malformed input and the oversize PUBLISH skip. Plain functions
+# the core (packet, bytes) vectors of tests/test_codec.py -- encode what the
+# device sends, decode what a broker sends, the peer (mqtt_peer.py) reading
+# the former -- streaming one byte at a time, malformed broker input and the
+# oversize PUBLISH skip. Plain functions
 # and asserts only; also runs under CPython (pytest collects it too).
 
 import sys
@@ -11,9 +13,10 @@ except ImportError:  # CPython: firmware/ is not on sys.path yet
     sys.path.insert(0, __file__.rsplit("/", 3)[0] + "/firmware")
     import mqtt_codec  # noqa: F401 - probes whether firmware/ is on sys.path
 
+import mqtt_peer as peer  # the broker's side of the wire
 from mqtt_codec import (
     Connack, Connect, Decoder, Disconnect, Pingreq, Pingresp, ProtocolError, Puback,
-    Publish, Suback, Subscribe, Unsuback, Unsubscribe, decode, encode,
+    Publish, Suback, Subscribe, Unsuback, Unsubscribe, encode,
 )
 
 
@@ -21,7 +24,31 @@ def H(s):
     return bytes.fromhex(s.replace(" ", ""))
 
 
-CASES = [
+def decode(data):
+    d = Decoder(1 << 20)
+    d.feed(data)
+    p = d.next_packet()
+    assert p is not None, "incomplete"
+    assert d.next_packet() is None
+    return p
+
+
+def fields(p):
+    return type(p).__name__, tuple(getattr(p, n) for n in p._FIELDS)
+
+
+BOTH = [
+    (Publish("a/b", b"hi"), H("3007 0003 612f62 6869")),
+    (Publish("a/b", b"hi", qos=1, packet_id=10), H("3209 0003 612f62 000a 6869")),
+    (Publish("a/b", b"hi", qos=1, retain=True, dup=True, packet_id=10),
+     H("3b09 0003 612f62 000a 6869")),
+    (Publish("a/b", b"", retain=True), H("3105 0003 612f62")),
+    (Publish("A\U0002A6D4", b""), H("3007 0005 41f0aa9b94")),
+    (Puback(1), H("4002 0001")),
+]
+
+# what the device sends
+ENCODE = [
     (Connect("c"), H("100d 00044d515454 04 02 003c 0001 63")),
     (Connect("", keepalive=0, clean_session=False), H("100c 00044d515454 04 00 0000 0000")),
     (Connect("cid", keepalive=10, will_topic="w", will_payload=b"bye", will_qos=1,
@@ -30,57 +57,58 @@ CASES = [
     (Connect("c", will_topic="a/b", will_payload=b"x", will_qos=1, will_retain=True,
              username="u", password=b"p"),
      H("101b 00044d515454 04 ee 003c 0001 63 0003 612f62 0001 78 0001 75 0001 70")),
+    (Subscribe(10, [("a/b", 1), ("c/d", 2)]), H("820e 000a 0003 612f62 01 0003 632f64 02")),
+    (Subscribe(2, [("a/+", 0), ("#", 1)]), H("820c 0002 0003 612f2b 00 0001 23 01")),
+    (Unsubscribe(10, ["a/b", "c/d"]), H("a20c 000a 0003 612f62 0003 632f64")),
+    (Pingreq(), H("c000")),
+    (Disconnect(), H("e000")),
+] + BOTH
+
+# what a broker sends
+DECODE = [
     (Connack(), H("2002 0000")),
     (Connack(session_present=True), H("2002 0100")),
     (Connack(return_code=5), H("2002 0005")),
-    (Publish("a/b", b"hi"), H("3007 0003 612f62 6869")),
-    (Publish("a/b", b"hi", qos=1, packet_id=10), H("3209 0003 612f62 000a 6869")),
-    (Publish("a/b", b"hi", qos=1, retain=True, dup=True, packet_id=10),
-     H("3b09 0003 612f62 000a 6869")),
-    (Publish("a/b", b"", retain=True), H("3105 0003 612f62")),
-    (Publish("A\U0002A6D4", b""), H("3007 0005 41f0aa9b94")),
-    (Puback(1), H("4002 0001")),
-    (Subscribe(10, [("a/b", 1), ("c/d", 2)]), H("820e 000a 0003 612f62 01 0003 632f64 02")),
-    (Subscribe(2, [("a/+", 0), ("#", 1)]), H("820c 0002 0003 612f2b 00 0001 23 01")),
     (Suback(10, [0, 2, 0x80]), H("9005 000a 00 02 80")),
-    (Unsubscribe(10, ["a/b", "c/d"]), H("a20c 000a 0003 612f62 0003 632f64")),
     (Unsuback(3), H("b002 0003")),
-    (Pingreq(), H("c000")),
     (Pingresp(), H("d000")),
-    (Disconnect(), H("e000")),
-]
+] + BOTH
 
 MALFORMED = [
-    "0000", "f000", "c100", "8008 0001 0003 612f23 01", "3605 0003 612f62",
+    "0000", "f000", "c000", "c100", "e000", "8208 0001 0003 612f23 01",
+    "100d 00044d515454 04 02 003c 0001 63", "d800", "4102 0001", "3605 0003 612f62",
     "30ffffffff01", "3002 0000", "3005 0003 612f23", "3004 0002 fffe",
-    "3005 0003 eda080", "3004 0002 6100", "3207 0003 612f62 0000", "3003 0005 61",
-    "3803 0001 61", "c001 00", "4003 000100", "2002 0200", "2002 0006", "5002 0001",
-    "8202 0001", "8206 0001 0001 61 03", "8207 0001 0002 2361 01", "9003 0001 03",
-    "100d 00044d515454 03 02 003c 0001 63", "100d 00044d515454 04 42 003c 0001 63",
-    "100e 00044d515454 04 02 003c 0001 63 00",
+    "3005 0003 eda080", "3004 0002 c080", "3005 0003 e08080", "3006 0004 f4908080", "3004 0002 6100", "3207 0003 612f62 0000", "3003 0005 61",
+    "3803 0001 61", "d001 00", "4003 000100", "2002 0200", "2002 0006", "2002 0105",
+    "5002 0001", "9002 0001", "9003 0001 03", "b002 0000",
 ]
 
 
 def test_encode_table():
-    for packet, wire in CASES:
+    for packet, wire in ENCODE:
         assert encode(packet) == wire, repr(packet)
 
 
+def test_the_peer_reads_what_the_device_sends():
+    for packet, wire in ENCODE:
+        assert fields(peer.decode(wire)) == fields(packet), repr(packet)
+
+
 def test_decode_table():
-    for packet, wire in CASES:
+    for packet, wire in DECODE:
         assert decode(wire) == packet, repr(packet)
 
 
 def test_decoder_one_byte_at_a_time():
     d = Decoder()
     got = []
-    for _, wire in CASES:
+    for _, wire in DECODE:
         for i in range(len(wire)):
             d.feed(wire[i:i + 1])
             p = d.next_packet()
             if p is not None:
                 got.append(p)
-    assert got == [p for p, _ in CASES]
+    assert got == [p for p, _ in DECODE]
 
 
 def test_remaining_length_boundaries():
@@ -93,8 +121,10 @@ def test_remaining_length_boundaries():
 
 def test_malformed_raise_protocol_error():
     for wire in MALFORMED:
+        d = Decoder()
+        d.feed(H(wire))
         try:
-            decode(H(wire))
+            d.next_packet()
         except ProtocolError:
             continue
         raise AssertionError("accepted " + wire)
@@ -111,7 +141,7 @@ def test_bad_utf8_is_protocol_error_not_unicode_error():
 
 def test_local_misuse_raises_value_error():
     for p in (Publish("a/#", b""), Publish("a", b"", qos=1), Puback(0), Subscribe(1, []),
-              Connect("c", password=b"p")):
+              Connect("c", password=b"p"), Subscribe(1, [("a/#/b", 0)]), Connack(), Suback(1, [0])):
         try:
             encode(p)
         except ValueError:
@@ -120,7 +150,7 @@ def test_local_misuse_raises_value_error():
 
 
 def test_oversize_publish_skipped():
-    wire = encode(Publish("d/cmd", b"z" * 5000, qos=1, packet_id=7)) + encode(Pingresp())
+    wire = encode(Publish("d/cmd", b"z" * 5000, qos=1, packet_id=7)) + H("d000")  # + PINGRESP
     d = Decoder(max_packet=64)
     got = []
     for i in range(0, len(wire), 300):

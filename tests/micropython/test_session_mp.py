@@ -11,7 +11,7 @@ except ImportError:  # CPython: firmware/ is not on sys.path yet
     sys.path.insert(0, __file__.rsplit("/", 3)[0] + "/firmware")
     import mqtt_session  # noqa: F401 - probes whether firmware/ is on sys.path
 
-from mqtt_codec import (
+from mqtt_peer import (  # the broker's side of the wire
     Connack, Connect, Decoder, Pingreq, Pingresp, ProtocolError, Puback, Publish, Suback,
     Subscribe, encode,
 )

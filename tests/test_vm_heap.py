@@ -1,0 +1,71 @@
+"""The heap budget on the real MicroPython VM (issue 12): the firmware as
+`esp32emu flash` deploys it (.mpy, boot.py/main.py as source) boots on the
+unix port with an ESP32-sized heap, comes online against a real Mosquitto
+and answers `stats`. The VM process and the stubs of the ESP32's C modules
+come from bench/vm_heap.py, which prints the full tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("_bench_vm_heap", ROOT / "bench" / "vm_heap.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+vm = _bench()
+
+pytestmark = pytest.mark.skipif(not vm.MICROPYTHON.exists(), reason="no MicroPython unix port in .venv")
+
+# Where the firmware stands today on the 64-bit VM (83.7 KiB after connect,
+# boots from a 104 KiB heap): a ratchet that fails on any growth until the
+# budget below is met, then goes.
+RATCHET = 88 * 1024
+
+
+@pytest.fixture
+def board_fs(broker, tmp_path):
+    return vm.stage(tmp_path / "fs", vm.board_config(broker.host, broker.port, "vm-heap"), mpy=True)
+
+
+def _run(broker, fs, heap):
+    r = vm.boot_and_stats(broker, fs, heap, commands=2, telemetry=2, timeout=20)
+    assert "MemoryError" not in r["console"], f"MemoryError on a {heap} heap:\n{r['console'][-3000:]}"
+    assert r["ok"], f"the board did not come online and answer on a {heap} heap:\n{r['console'][-3000:]}"
+    return r
+
+
+def test_the_deployed_files_are_what_flash_copies(board_fs):
+    names = sorted(p.name for p in board_fs.iterdir())
+    assert "boot.py" in names and "main.py" in names and "device.mpy" in names and "device.py" not in names
+    assert json.loads((board_fs / "config.json").read_text())["id"] == "vm-heap"
+
+
+@pytest.mark.xfail(strict=True, reason="83.7 KiB after connect today: the remaining cuts are in mqtt_session, "
+                   "device, commands and mqtt_client (see the heap report); remove this mark once it passes")
+def test_boots_on_100k_and_stays_within_the_64k_budget(broker, board_fs):
+    r = _run(broker, board_fs, "100k")
+    stats = r["stats"]
+    assert stats["heap_alloc"] <= vm.BUDGET, f"heap_alloc after connect {stats['heap_alloc']} B > {vm.BUDGET} B"
+    assert 0 < stats["heap_max_free"] <= stats["heap_free"]
+
+
+def test_heap_after_connect_does_not_grow(broker, board_fs):
+    r = _run(broker, board_fs, "160k")
+    first, last = r["stats"], r["last"]
+    assert first["heap_alloc"] <= RATCHET, f"heap_alloc after connect {first['heap_alloc']} B > {RATCHET} B"
+    # the largest free block is a real measurement: positive, within what is free
+    assert 0 < last["heap_max_free"] <= last["heap_free"]
+    assert last["heap_alloc"] + last["heap_free"] <= 160 * 1024
