@@ -203,6 +203,10 @@ class Session:
         self._out[:] = b""
         return out
 
+    def has_data_to_send(self):
+        """True if data_to_send() would return bytes."""
+        return len(self._out) > 0
+
     def publish(self, topic, payload, qos=0, retain=False, now_ms=0):
         """Queue a PUBLISH. Returns the packet id (QoS 1) or 0 (QoS 0).
 

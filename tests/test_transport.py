@@ -1,0 +1,260 @@
+"""The firmware's MQTT transport against brokers that misbehave, played by
+a small scripted MQTT server on 127.0.0.1: one that refuses the command
+subscription (SUBACK 0x80), one that never answers the SUBSCRIBE, one that
+declares a 256 MB PUBLISH and drips it. One emulated board each, running
+the real firmware; a real Mosquitto for the control case."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.boards import KA, ConsoleWatch
+
+pytestmark = pytest.mark.integration
+
+CONNACK = b"\x20\x02\x00\x00"
+PINGRESP = b"\xd0\x00"
+
+
+class ScriptedServer:
+    """A TCP server on a free loopback port; each accepted connection runs
+    `script(conn, server)` in its own thread. Records when connections open
+    and close; `wait(predicate, timeout)` sleeps on a condition."""
+
+    def __init__(self, script) -> None:
+        self.script = script
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.cond = threading.Condition()
+        self.opened: list[float] = []
+        self.closed: list[float] = []
+        self.marks: dict[str, float] = {}
+        self._stop = False
+        self._conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.cond:
+                self._conns.append(conn)
+                self.opened.append(time.monotonic())
+                self.cond.notify_all()
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self.script(conn, self)
+        except (OSError, EOFError):
+            pass
+        finally:
+            with self.cond:
+                self.closed.append(time.monotonic())
+                self.cond.notify_all()
+            conn.close()
+
+    def mark(self, name: str) -> None:
+        with self.cond:
+            self.marks.setdefault(name, time.monotonic())
+            self.cond.notify_all()
+
+    def wait(self, predicate, timeout: float, what: str) -> None:
+        with self.cond:
+            if not self.cond.wait_for(predicate, timeout):
+                raise AssertionError(f"scripted server: no {what} within {timeout} s "
+                                     f"(opened {len(self.opened)}, closed {len(self.closed)})")
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+        with self.cond:
+            for c in self._conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def read_packet(conn: socket.socket) -> tuple[int, bytes]:
+    """One MQTT packet: (first byte, body). EOFError when the peer closes."""
+
+    def exactly(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = conn.recv(n - len(out))
+            if not chunk:
+                raise EOFError
+            out += chunk
+        return out
+
+    first = exactly(1)[0]
+    rem, shift = 0, 0
+    while True:
+        b = exactly(1)[0]
+        rem |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    return first, exactly(rem)
+
+
+def serve_until_subscribe(conn: socket.socket) -> int:
+    """CONNECT -> CONNACK, then answer PINGREQs until SUBSCRIBE; its packet id."""
+    first, _ = read_packet(conn)
+    assert first >> 4 == 1, "expected CONNECT"
+    conn.sendall(CONNACK)
+    while True:
+        first, body = read_packet(conn)
+        if first >> 4 == 12:
+            conn.sendall(PINGRESP)
+        elif first >> 4 == 8:
+            return int.from_bytes(body[:2], "big")
+
+
+@pytest.fixture
+def scripted():
+    made: list[ScriptedServer] = []
+
+    def make(script) -> ScriptedServer:
+        server = ScriptedServer(script)
+        made.append(server)
+        return server
+
+    yield make
+    for s in made:
+        s.close()
+
+
+# -- D2: the command subscription refused or unanswered ---------------------------------
+
+
+def test_refused_command_subscription_is_logged_closed_and_retried_with_backoff(emu, scripted):
+    """A broker that answers the command SUBSCRIBE with 0x80 (what an ACL
+    refusal looks like on brokers that report it; Mosquitto 2.0.11 grants
+    the subscription and filters at delivery instead): the board says so on
+    its console, closes without a birth, and retries with backoff."""
+    publishes: list[bytes] = []
+
+    def script(conn, server):
+        pid = serve_until_subscribe(conn)
+        conn.sendall(b"\x90\x03" + pid.to_bytes(2, "big") + b"\x80")
+        while True:  # until the board closes: anything but a PINGREQ is recorded
+            first, body = read_packet(conn)
+            if first >> 4 == 12:
+                conn.sendall(PINGRESP)
+            elif first >> 4 == 3:
+                with server.cond:
+                    publishes.append(body)
+
+    server = scripted(script)
+    console = ConsoleWatch()
+    emu.add_board("dev-sub1", "127.0.0.1", server.port, keepalive=KA, interval=1,
+                  backoff={"base_ms": 200, "cap_ms": 1600}, console=console)
+    refused = console.wait_count("broker refused the command subscription (SUBACK 0x80)", 4, 30)
+    assert refused[0] == "mqtt: broker refused the command subscription (SUBACK 0x80)"
+    retries = console.wait_count("command subscription refused; retry", 4, 10)
+    server.wait(lambda: len(server.closed) >= 4, 10, "four closed connections")
+    # The board closed each connection right after the SUBACK (no keepalive
+    # expiry, no waiting), never sent a birth or telemetry, and backed off.
+    assert not publishes, publishes[:3]
+    opened = server.opened
+    assert len(opened) <= 12, "hot loop: too many connections"
+    gaps = [b - a for a, b in zip(opened, opened[1:4])]
+    assert all(g >= 0.05 for g in gaps) and sum(gaps) > 0.3, f"retries too fast: {gaps}"
+    delays = [int(line.rsplit(" in ", 1)[1].split()[0]) for line in retries]
+    assert max(delays[1:]) <= 1600, delays
+    assert not [x for x in console.lines if "mqtt: online" in x]
+
+
+def test_suback_that_never_comes_times_out_and_retries(emu, scripted):
+    """A broker that takes the SUBSCRIBE and never answers: the board gives
+    up after the SUBACK deadline (10 s), closes, and connects again."""
+    def script(conn, server):
+        serve_until_subscribe(conn)
+        server.mark(f"subscribe{len(server.opened)}")
+        while True:  # keep answering pings: only the SUBACK is missing
+            first, _ = read_packet(conn)
+            if first >> 4 == 12:
+                conn.sendall(PINGRESP)
+
+    server = scripted(script)
+    console = ConsoleWatch()
+    emu.add_board("dev-sub2", "127.0.0.1", server.port, keepalive=KA, interval=60,
+                  backoff={"base_ms": 200, "cap_ms": 1000}, console=console)
+    server.wait(lambda: "subscribe1" in server.marks, 15, "SUBSCRIBE")
+    server.wait(lambda: len(server.closed) >= 1, 20, "close after the SUBACK deadline")
+    waited = server.closed[0] - server.marks["subscribe1"]
+    assert 9.5 <= waited <= 14, f"closed {waited:.1f} s after the SUBSCRIBE"
+    line = console.wait_count("no SUBACK within 10000 ms", 1, 5)[0]
+    assert "retry" in line
+    server.wait(lambda: len(server.opened) >= 2, 10, "second connection")
+
+
+# -- the started-packet deadline ----------------------------------------------------------
+
+
+def test_dripped_huge_publish_ends_the_link_after_the_packet_deadline(emu, scripted):
+    """A broker that declares a 256 MB PUBLISH and drips it a byte every
+    200 ms (so the link never looks idle): the board drops the link one
+    keepalive period after the packet's first byte and connects again."""
+    def script(conn, server):
+        pid = serve_until_subscribe(conn)
+        conn.sendall(b"\x90\x03" + pid.to_bytes(2, "big") + b"\x01")
+        if len(server.opened) > 1:
+            while True:  # the second connection behaves: answer pings
+                first, _ = read_packet(conn)
+                if first >> 4 == 12:
+                    conn.sendall(PINGRESP)
+        first, body = read_packet(conn)  # the birth, QoS 1
+        assert first >> 4 == 3
+        topic_len = int.from_bytes(body[:2], "big")
+        conn.sendall(b"\x40\x02" + body[2 + topic_len:4 + topic_len])  # PUBACK
+        topic = b"devices/dev-drip/cmd"
+        head = b"\x32\xff\xff\xff\x7f" + len(topic).to_bytes(2, "big") + topic + b"\x00\x07"
+        conn.sendall(head[:1])
+        server.mark("first_byte")
+        conn.settimeout(0.2)
+        sent = 1
+        while True:
+            try:
+                data = conn.recv(64)  # the board's PINGREQs (no answer can overtake the packet)
+                if not data:
+                    return  # the board closed the link
+            except socket.timeout:
+                pass
+            conn.sendall(head[sent:sent + 1] if sent < len(head) else b"x")
+            sent += 1
+
+    server = scripted(script)
+    console = ConsoleWatch()
+    emu.add_board("dev-drip", "127.0.0.1", server.port, keepalive=KA, interval=60,
+                  backoff={"base_ms": 200, "cap_ms": 1000}, console=console)
+    server.wait(lambda: "first_byte" in server.marks, 15, "first byte of the dripped packet")
+    server.wait(lambda: len(server.closed) >= 1, 10, "close of the dripping link")
+    lived = server.closed[0] - server.marks["first_byte"]
+    assert KA - 0.1 <= lived <= KA + 1.5, f"link closed {lived:.2f} s after the packet started"
+    line = console.wait_count("packet not completed within %d ms" % (KA * 1000), 1, 5)[0]
+    assert line.startswith("mqtt: link lost after")
+    server.wait(lambda: len(server.opened) >= 2, 10, "reconnect")
+
+
+def test_granted_subscription_goes_online_and_takes_commands(emu, broker, observer):
+    """Control: with the subscription granted the board publishes its birth
+    and answers a command, and logs no refusal."""
+    obs = observer(broker)
+    obs.subscribe("devices/#")
+    console = ConsoleWatch()
+    emu.add_board("dev-sub3", broker.host, broker.port, keepalive=KA, interval=60, console=console)
+    obs.wait_for(lambda m: m.topic == "devices/dev-sub3/status" and m.json().get("online"), 10)
+    obs.publish("devices/dev-sub3/cmd", json.dumps({"id": "c1", "op": "ping"}))
+    res = obs.wait_for(lambda m: m.topic == "devices/dev-sub3/cmd/result", 5)
+    assert res.json()["ok"] is True
+    assert not [x for x in console.lines if "refused the command subscription" in x]
