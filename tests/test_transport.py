@@ -7,117 +7,15 @@ the real firmware; a real Mosquitto for the control case."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import pytest
 
 from tests.boards import KA, ConsoleWatch
+from tests.scripted_broker import (
+    PINGRESP, ScriptedServer, drip_huge_publish, read_packet, serve_until_subscribe, suback,
+)
 
 pytestmark = pytest.mark.integration
-
-CONNACK = b"\x20\x02\x00\x00"
-PINGRESP = b"\xd0\x00"
-
-
-class ScriptedServer:
-    """A TCP server on a free loopback port; each accepted connection runs
-    `script(conn, server)` in its own thread. Records when connections open
-    and close; `wait(predicate, timeout)` sleeps on a condition."""
-
-    def __init__(self, script) -> None:
-        self.script = script
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.cond = threading.Condition()
-        self.opened: list[float] = []
-        self.closed: list[float] = []
-        self.marks: dict[str, float] = {}
-        self._stop = False
-        self._conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.cond:
-                self._conns.append(conn)
-                self.opened.append(time.monotonic())
-                self.cond.notify_all()
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
-
-    def _run(self, conn: socket.socket) -> None:
-        try:
-            self.script(conn, self)
-        except (OSError, EOFError):
-            pass
-        finally:
-            with self.cond:
-                self.closed.append(time.monotonic())
-                self.cond.notify_all()
-            conn.close()
-
-    def mark(self, name: str) -> None:
-        with self.cond:
-            self.marks.setdefault(name, time.monotonic())
-            self.cond.notify_all()
-
-    def wait(self, predicate, timeout: float, what: str) -> None:
-        with self.cond:
-            if not self.cond.wait_for(predicate, timeout):
-                raise AssertionError(f"scripted server: no {what} within {timeout} s "
-                                     f"(opened {len(self.opened)}, closed {len(self.closed)})")
-
-    def close(self) -> None:
-        self._stop = True
-        self.sock.close()
-        with self.cond:
-            for c in self._conns:
-                try:
-                    c.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
-def read_packet(conn: socket.socket) -> tuple[int, bytes]:
-    """One MQTT packet: (first byte, body). EOFError when the peer closes."""
-
-    def exactly(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            chunk = conn.recv(n - len(out))
-            if not chunk:
-                raise EOFError
-            out += chunk
-        return out
-
-    first = exactly(1)[0]
-    rem, shift = 0, 0
-    while True:
-        b = exactly(1)[0]
-        rem |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            break
-    return first, exactly(rem)
-
-
-def serve_until_subscribe(conn: socket.socket) -> int:
-    """CONNECT -> CONNACK, then answer PINGREQs until SUBSCRIBE; its packet id."""
-    first, _ = read_packet(conn)
-    assert first >> 4 == 1, "expected CONNECT"
-    conn.sendall(CONNACK)
-    while True:
-        first, body = read_packet(conn)
-        if first >> 4 == 12:
-            conn.sendall(PINGRESP)
-        elif first >> 4 == 8:
-            return int.from_bytes(body[:2], "big")
-
 
 @pytest.fixture
 def scripted():
@@ -145,7 +43,7 @@ def test_refused_command_subscription_is_logged_closed_and_retried_with_backoff(
 
     def script(conn, server):
         pid = serve_until_subscribe(conn)
-        conn.sendall(b"\x90\x03" + pid.to_bytes(2, "big") + b"\x80")
+        conn.sendall(suback(pid, 0x80))
         while True:  # until the board closes: anything but a PINGREQ is recorded
             first, body = read_packet(conn)
             if first >> 4 == 12:
@@ -207,7 +105,7 @@ def test_dripped_huge_publish_ends_the_link_after_the_packet_deadline(emu, scrip
     keepalive period after the packet's first byte and connects again."""
     def script(conn, server):
         pid = serve_until_subscribe(conn)
-        conn.sendall(b"\x90\x03" + pid.to_bytes(2, "big") + b"\x01")
+        conn.sendall(suback(pid, 1))
         if len(server.opened) > 1:
             while True:  # the second connection behaves: answer pings
                 first, _ = read_packet(conn)
@@ -217,21 +115,7 @@ def test_dripped_huge_publish_ends_the_link_after_the_packet_deadline(emu, scrip
         assert first >> 4 == 3
         topic_len = int.from_bytes(body[:2], "big")
         conn.sendall(b"\x40\x02" + body[2 + topic_len:4 + topic_len])  # PUBACK
-        topic = b"devices/dev-drip/cmd"
-        head = b"\x32\xff\xff\xff\x7f" + len(topic).to_bytes(2, "big") + topic + b"\x00\x07"
-        conn.sendall(head[:1])
-        server.mark("first_byte")
-        conn.settimeout(0.2)
-        sent = 1
-        while True:
-            try:
-                data = conn.recv(64)  # the board's PINGREQs (no answer can overtake the packet)
-                if not data:
-                    return  # the board closed the link
-            except socket.timeout:
-                pass
-            conn.sendall(head[sent:sent + 1] if sent < len(head) else b"x")
-            sent += 1
+        drip_huge_publish(conn, server, b"devices/dev-drip/cmd")
 
     server = scripted(script)
     console = ConsoleWatch()

@@ -3,7 +3,9 @@
 published to the client's subscribed topic while its event loop is busy
 (a task burning the CPU in short bursts) all arrive, and the broker gets a
 PUBACK for every one (micropython/micropython#17351: a read cancelled by a
-timeout can drop bytes; the client's one reader task is never cancelled)."""
+timeout can drop bytes; the client's one reader task is never cancelled);
+and a dripped 256 MB PUBLISH from a scripted server ends the link after the
+started-packet deadline."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.scripted_broker import ScriptedServer, drip_huge_publish, serve_until_subscribe, suback
 
 ROOT = Path(__file__).resolve().parents[1]
 MICROPYTHON = Path(sys.executable).parent / "micropython"
@@ -101,3 +105,37 @@ def test_qos1_flood_under_a_busy_loop_loses_nothing(broker_factory):
     # Mosquitto's own count of the client's PUBACKs ("Received PUBACK from ...").
     pubacks = re.findall(r"Received PUBACK from vm-transport \(Mid: (\d+)", broker.log_text())
     assert len(pubacks) >= COUNT, f"broker saw {len(pubacks)} PUBACKs for {COUNT} messages"
+
+
+def test_dripped_huge_publish_ends_the_link_on_the_vm():
+    """The started-packet deadline on the real interpreter: a scripted
+    server declares a 256 MB PUBLISH and drips it a byte every 200 ms; the
+    client's pump ends with LinkError one keepalive (2 s) after the first
+    byte, and closes the socket."""
+
+    def script(conn, server):
+        pid = serve_until_subscribe(conn)
+        conn.sendall(suback(pid, 1))
+        drip_huge_publish(conn, server, b"vmtest/in")
+
+    server = ScriptedServer(script)
+    proc = subprocess.Popen(
+        [str(MICROPYTHON), "-X", f"heapsize={HEAP}", str(SCRIPT), str(FIRMWARE), "127.0.0.1", str(server.port),
+         "1", "vmtest/in", "pump"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        out = Lines(proc)
+        out.expect("READY", 30)
+        server.wait(lambda: "first_byte" in server.marks, 10, "first byte of the dripped packet")
+        line = out.expect("LINK", 15)
+        server.wait(lambda: len(server.closed) >= 1, 5, "close of the dripping link")
+        assert proc.wait(10) == 0, "\n".join(out.seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.close()
+    assert line.endswith("reason=packet not completed within 2000 ms"), line
+    lived = server.closed[0] - server.marks["first_byte"]
+    assert 1.9 <= lived <= 3.5, f"link closed {lived:.2f} s after the packet started"

@@ -1,13 +1,17 @@
 # Run by tests/test_vm_transport.py on the MicroPython unix port (not by
 # run.mjs: it needs a socket and a broker). Not a test file itself.
 #
-#   micropython vm_transport_client.py FIRMWARE_DIR HOST PORT COUNT TOPIC
+#   micropython vm_transport_client.py FIRMWARE_DIR HOST PORT COUNT TOPIC [alloc|pump]
 #
 # Connects firmware/mqtt_client.MqttClient to the broker, subscribes TOPIC at
 # QoS 1 (waiting for the SUBACK), prints READY, and counts the QoS 1 messages
 # (payload = an integer id) that arrive while another task keeps the loop
 # busy, burning the CPU in short bursts. Prints one DONE line with the counts
-# once COUNT distinct ids came or 120 s passed, then disconnects.
+# once COUNT distinct ids came or 120 s passed, then disconnects. With
+# `alloc`, no busy task and the collector off from READY to DONE: the DONE
+# line then carries the heap bytes allocated while the messages came in.
+# With `pump` (keepalive 2 s): after READY only the pump runs, and one LINK
+# line says why and when (ms after READY) it ended.
 import sys
 
 sys.path.insert(0, sys.argv[1])
@@ -23,6 +27,8 @@ HOST = sys.argv[2]
 PORT = int(sys.argv[3])
 COUNT = int(sys.argv[4])
 TOPIC = sys.argv[5]
+MODE = sys.argv[6] if len(sys.argv) > 6 else ""
+ALLOC = MODE == "alloc"
 
 
 class Probe:
@@ -60,9 +66,20 @@ async def main():
     client = mqtt_client.MqttClient(session, probe.on_event)
     await client.connect(HOST, PORT, timeout_ms=10000)
     codes = await client.subscribe_and_wait([(TOPIC, 1)], 10000)
+    if MODE == "pump":
+        print("READY suback=%r" % (codes,))
+        t0 = time.ticks_ms()
+        try:
+            await client.pump()
+        except mqtt_client.LinkError as e:
+            print("LINK ms=%d reason=%s" % (time.ticks_diff(time.ticks_ms(), t0), e))
+        return
     pump = asyncio.create_task(client.pump())
-    busy = asyncio.create_task(probe.busy())
+    busy = None if ALLOC else asyncio.create_task(probe.busy())
     gc.collect()
+    if ALLOC:
+        gc.disable()
+    a0 = gc.mem_alloc()
     print("READY suback=%r" % (codes,))
     t0 = time.ticks_ms()
     try:
@@ -70,15 +87,18 @@ async def main():
     except asyncio.TimeoutError:
         pass
     elapsed = time.ticks_diff(time.ticks_ms(), t0)
-    busy.cancel()
+    allocated = gc.mem_alloc() - a0
+    gc.enable()
+    if busy is not None:
+        busy.cancel()
     await client.disconnect()  # the pump then ends with LinkError
     try:
         await pump
     except mqtt_client.LinkError:
         pass
     missing = [i for i in range(COUNT) if not probe.seen[i]]
-    print("DONE distinct=%d messages=%d bursts=%d ms=%d missing=%r"
-          % (probe.distinct, probe.messages, probe.bursts, elapsed, missing[:20]))
+    print("DONE distinct=%d messages=%d bursts=%d ms=%d alloc=%d missing=%r"
+          % (probe.distinct, probe.messages, probe.bursts, elapsed, allocated, missing[:20]))
 
 
 asyncio.run(main())
