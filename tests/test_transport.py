@@ -7,10 +7,11 @@ the real firmware; a real Mosquitto for the control case."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from tests.boards import KA, ConsoleWatch
+from tests.boards import KA, ConsoleWatch, PacketTap
 from tests.scripted_broker import (
     PINGRESP, ScriptedServer, drip_huge_publish, read_packet, serve_until_subscribe, suback,
 )
@@ -142,3 +143,60 @@ def test_granted_subscription_goes_online_and_takes_commands(emu, broker, observ
     res = obs.wait_for(lambda m: m.topic == "devices/dev-sub3/cmd/result", 5)
     assert res.json()["ok"] is True
     assert not [x for x in console.lines if "refused the command subscription" in x]
+
+
+# -- reading: one reader, never cancelled by a timer --------------------------------------
+
+
+def test_stream_reads_are_never_cancelled_by_the_timers(emu, broker, observer, monkeypatch):
+    """micropython/micropython#17351: a read cancelled by a timeout can lose
+    the bytes arriving at that moment. Over several keepalive cycles (the
+    timer loop waking for each PINGREQ) and a burst of commands, no stream
+    read of the board is cancelled while the link is up: one reader task per
+    connection, reading into one buffer."""
+    from emulator.stream import Stream
+
+    calls = {"reads": 0, "cancelled": 0, "buffers": set()}
+    real_readinto, real_read = Stream.readinto, Stream.read
+
+    async def readinto(self, buf):
+        calls["reads"] += 1
+        calls["buffers"].add(id(buf.obj) if isinstance(buf, memoryview) else id(buf))
+        try:
+            return await real_readinto(self, buf)
+        except BaseException as e:
+            if type(e).__name__ == "CancelledError":
+                calls["cancelled"] += 1
+            raise
+
+    async def read(self, n=-1):
+        calls["reads"] += 1
+        try:
+            return await real_read(self, n)
+        except BaseException as e:
+            if type(e).__name__ == "CancelledError":
+                calls["cancelled"] += 1
+            raise
+
+    monkeypatch.setattr(Stream, "readinto", readinto)
+    monkeypatch.setattr(Stream, "read", read)
+    obs = observer(broker)
+    obs.subscribe("devices/dev-rd1/#")
+    board = emu.add_board("dev-rd1", broker.host, broker.port, keepalive=KA, interval=60, start=False)
+    tap = PacketTap(board)
+    emu.call(board.start)
+    obs.wait_for(lambda m: m.topic == "devices/dev-rd1/status" and m.json().get("online"), 10)
+    for i in range(30):
+        obs.client.publish("devices/dev-rd1/cmd", json.dumps({"id": f"r{i}", "op": "ping"}), qos=1)
+    results = set()
+    deadline = time.monotonic() + 10
+    while len(results) < 30:
+        m = obs.wait_for(lambda m: m.topic == "devices/dev-rd1/cmd/result" and m.json()["id"] not in results,
+                         max(0.1, deadline - time.monotonic()))
+        results.add(m.json()["id"])
+    # Three PINGREQs: the timer loop woke and slept several times meanwhile.
+    t0 = tap.wait_sent(lambda t, d: d[:1] == b"\xc0", 10)
+    tap.wait_sent(lambda t, d: d[:1] == b"\xc0" and t > t0 + 2 * 0.75 * KA - 0.3, 10)
+    assert calls["reads"] > 3
+    assert calls["cancelled"] == 0, calls
+    assert len(calls["buffers"]) == 1, "a new read buffer was used"
