@@ -13,8 +13,11 @@
 # a stalled write) are kept by the session's clock in a timer loop that runs
 # in the caller's task (connect, subscribe_and_wait, pump): it sleeps until
 # the next deadline, or until the reader wakes it with news, and runs the
-# session's timers. It never retries on its own; reconnecting is the device
-# supervisor's job.
+# session's timers. Writes from the owner and the timer loop have their own
+# deadline; the reader's (PUBACKs) are not wrapped in a timeout: the timer
+# loop fails a write stuck for _WRITE_TIMEOUT_MS when it next wakes (at the
+# latest by the next keepalive deadline). It never retries on its own;
+# reconnecting is the device supervisor's job. One timer loop at a time.
 import asyncio
 import time
 
