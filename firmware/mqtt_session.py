@@ -34,7 +34,8 @@ CONNECTED = const(2)
 
 MAX_INFLIGHT = const(16)  # unacked outgoing QoS 1 publishes
 _IDLE_TIMEOUT_MS = const(3600000)  # next_timeout_ms() when no timer runs
-_PACKET_TIMEOUT_MS = const(10000)  # a started packet's deadline when keepalive is 0
+_PACKET_TIMEOUT_MS = const(10000)
+_PUBACK_HEAD = b"\x40\x02"  # PUBACK, remaining length 2  # a started packet's deadline when keepalive is 0
 
 _REFUSED = (
     None,
@@ -370,7 +371,14 @@ class Session:
         if p.qos == 2:
             raise ProtocolError("QoS 2 PUBLISH, but we never subscribe above QoS 1")
         if p.qos == 1:
-            self._queue(encode(Puback(p.packet_id)), now_ms)
+            # PUBACK written straight into the output buffer: no packet
+            # object and no bytes per received message.
+            pid = p.packet_id
+            out = self._out
+            out.extend(_PUBACK_HEAD)
+            out.append(pid >> 8)
+            out.append(pid & 0xFF)
+            self._last_tx = now_ms
         self._events.append(Message(p.topic, p.payload, p.qos, p.retain, p.dup,
                                     p.packet_id, p.size))
 

@@ -635,3 +635,10 @@ def test_memoryview_slices_are_accepted():
     s.receive_data(mv[:len(wire) - 3], 2)
     assert events(s) == [Message("d/cmd", b"abc", 1, False, False, 5, None)]
     assert s.receive_data(mv[:0], 3) is None
+
+
+@pytest.mark.parametrize("pid", [1, 255, 256, 0x1234, 65535])
+def test_puback_bytes_for_every_packet_id_width(pid):
+    s = connected(0)
+    s.receive_data(encode(Publish("d/cmd", b"x", qos=1, packet_id=pid)), 1)
+    assert s.data_to_send() == b"\x40\x02" + pid.to_bytes(2, "big") == encode(Puback(pid))
