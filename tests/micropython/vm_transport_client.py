@@ -1,7 +1,7 @@
 # Run by tests/test_vm_transport.py on the MicroPython unix port (not by
 # run.mjs: it needs a socket and a broker). Not a test file itself.
 #
-#   micropython vm_transport_client.py FIRMWARE_DIR HOST PORT COUNT TOPIC [alloc|pump]
+#   micropython vm_transport_client.py FIRMWARE_DIR HOST PORT COUNT TOPIC [alloc|pump|tls]
 #
 # Connects firmware/mqtt_client.MqttClient to the broker, subscribes TOPIC at
 # QoS 1 (waiting for the SUBACK), prints READY, and counts the QoS 1 messages
@@ -11,7 +11,8 @@
 # `alloc`, no busy task and the collector off from READY to DONE: the DONE
 # line then carries the heap bytes allocated while the messages came in.
 # With `pump` (keepalive 2 s): after READY only the pump runs, and one LINK
-# line says why and when (ms after READY) it ended.
+# line says why and when (ms after READY) it ended. With `tls`: the same
+# count over TLS (server certificate not checked: this is about reading).
 import sys
 
 sys.path.insert(0, sys.argv[1])
@@ -64,7 +65,14 @@ async def main():
     probe = Probe()
     session = mqtt_session.Session("vm-transport", 2, clean_session=True)
     client = mqtt_client.MqttClient(session, probe.on_event)
-    await client.connect(HOST, PORT, timeout_ms=10000)
+    if MODE == "tls":
+        import tls
+
+        ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = tls.CERT_NONE
+        await client.connect(HOST, PORT, ssl=ctx, server_hostname="localhost", timeout_ms=10000)
+    else:
+        await client.connect(HOST, PORT, timeout_ms=10000)
     codes = await client.subscribe_and_wait([(TOPIC, 1)], 10000)
     if MODE == "pump":
         print("READY suback=%r" % (codes,))
