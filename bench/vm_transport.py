@@ -1,19 +1,21 @@
 """The firmware's MQTT client on the real MicroPython VM (not a test).
 
-    .venv/bin/python bench/vm_transport.py [--count 500] [--busy-count 3000] [FIRMWARE_DIR ...]
+    .venv/bin/python bench/vm_transport.py [--busy-count 3000] [FIRMWARE_DIR ...]
 
-For each firmware folder (default: ./firmware), against a private Mosquitto:
-  alloc B/msg  heap bytes allocated per received QoS 1 message (collector
-               off while --count messages arrive; includes the session's
-               events, the PUBACK and the probe's own int(payload))
-  ms           how long those messages took to arrive
-  busy: got    distinct ids received out of --busy-count QoS 1 messages
-               published while a task burns the CPU in 5 ms bursts
-  PUBACKs      the client's PUBACKs that Mosquitto logged in the busy run
+For each firmware folder (default: ./firmware):
+  B/read 1, 10   heap bytes allocated per read by the client and session
+                 together, with 1 and 10 QoS 1 PUBLISHes per read, on a
+                 deterministic fake stream (bench/vm_reader_alloc_mp.py)
+  session share  of that, the session's part (receive_data, events,
+                 PUBACK, data_to_send) per read, 1 PUBLISH per read
+  busy: got      against a private Mosquitto: distinct ids received out of
+                 --busy-count QoS 1 messages published while a task burns
+                 the CPU in 5 ms bursts (tests/micropython/vm_transport_client.py)
+  PUBACKs        the client's PUBACKs that Mosquitto logged in that run
 
-The VM side is tests/micropython/vm_transport_client.py; a folder only needs
-mqtt_codec.py, mqtt_session.py and an mqtt_client.py with MqttClient(session,
-on_event).connect/subscribe_and_wait/pump/disconnect.
+A folder needs mqtt_codec.py, mqtt_session.py and an mqtt_client.py whose
+MqttClient has connect/subscribe_and_wait/pump/disconnect (the busy run) and
+_read_loop or _read_once (the allocation run).
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ from emulator.broker import Broker  # noqa: E402
 
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 PROBE = REPO / "tests" / "micropython" / "vm_transport_client.py"
+ALLOC = REPO / "bench" / "vm_reader_alloc_mp.py"
+
+
+def alloc_per_read(firmware: Path, per_read: int) -> dict[str, str]:
+    out = subprocess.run([str(MICROPYTHON), "-X", "heapsize=4m", str(ALLOC), str(firmware), str(per_read)],
+                         capture_output=True, text=True, timeout=120).stdout
+    line = next((x for x in out.splitlines() if x.startswith("RESULT")), None)
+    if line is None:
+        raise SystemExit(f"{firmware}: allocation run failed:\n{out}")
+    return dict(re.findall(r"(\w+)=(\S+)", line))
 
 
 def run_probe(firmware: Path, count: int, mode: str) -> tuple[dict[str, str], int]:
@@ -71,16 +83,15 @@ def run_probe(firmware: Path, count: int, mode: str) -> tuple[dict[str, str], in
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("firmware", nargs="*", type=Path, default=[REPO / "firmware"])
-    p.add_argument("--count", type=int, default=500)
     p.add_argument("--busy-count", type=int, default=3000)
     args = p.parse_args()
-    print("| firmware | alloc B/msg | ms | busy: got | PUBACKs |")
-    print("|---|---|---|---|---|")
+    print("| firmware | B/read, 1 msg | B/read, 10 msgs | session share (1 msg) | busy: got | PUBACKs |")
+    print("|---|---|---|---|---|---|")
     for fw in args.firmware:
-        alloc, _ = run_probe(fw, args.count, "alloc")
+        one, ten = alloc_per_read(fw, 1), alloc_per_read(fw, 10)
         busy, pubacks = run_probe(fw, args.busy_count, "")
-        per_msg = int(alloc["alloc"]) / args.count
-        print(f"| {fw} | {per_msg:.0f} | {alloc['ms']} | {busy['distinct']}/{args.busy_count} | {pubacks} |")
+        print(f"| {fw} | {one['per_read']} | {ten['per_read']} | {one['session_per_msg']} | "
+              f"{busy['distinct']}/{args.busy_count} | {pubacks} |")
 
 
 if __name__ == "__main__":

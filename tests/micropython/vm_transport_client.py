@@ -1,15 +1,13 @@
 # Run by tests/test_vm_transport.py on the MicroPython unix port (not by
 # run.mjs: it needs a socket and a broker). Not a test file itself.
 #
-#   micropython vm_transport_client.py FIRMWARE_DIR HOST PORT COUNT TOPIC [alloc|pump|tls]
+#   micropython vm_transport_client.py FIRMWARE_DIR HOST PORT COUNT TOPIC [pump|tls]
 #
 # Connects firmware/mqtt_client.MqttClient to the broker, subscribes TOPIC at
 # QoS 1 (waiting for the SUBACK), prints READY, and counts the QoS 1 messages
 # (payload = an integer id) that arrive while another task keeps the loop
 # busy, burning the CPU in short bursts. Prints one DONE line with the counts
-# once COUNT distinct ids came or 120 s passed, then disconnects. With
-# `alloc`, no busy task and the collector off from READY to DONE: the DONE
-# line then carries the heap bytes allocated while the messages came in.
+# once COUNT distinct ids came or 120 s passed, then disconnects.
 # With `pump` (keepalive 2 s): after READY only the pump runs, and one LINK
 # line says why and when (ms after READY) it ended. With `tls`: the same
 # count over TLS (server certificate not checked: this is about reading).
@@ -29,7 +27,6 @@ PORT = int(sys.argv[3])
 COUNT = int(sys.argv[4])
 TOPIC = sys.argv[5]
 MODE = sys.argv[6] if len(sys.argv) > 6 else ""
-ALLOC = MODE == "alloc"
 
 
 class Probe:
@@ -83,11 +80,8 @@ async def main():
             print("LINK ms=%d reason=%s" % (time.ticks_diff(time.ticks_ms(), t0), e))
         return
     pump = asyncio.create_task(client.pump())
-    busy = None if ALLOC else asyncio.create_task(probe.busy())
+    busy = asyncio.create_task(probe.busy())
     gc.collect()
-    if ALLOC:
-        gc.disable()
-    a0 = gc.mem_alloc()
     print("READY suback=%r" % (codes,))
     t0 = time.ticks_ms()
     try:
@@ -95,18 +89,15 @@ async def main():
     except asyncio.TimeoutError:
         pass
     elapsed = time.ticks_diff(time.ticks_ms(), t0)
-    allocated = gc.mem_alloc() - a0
-    gc.enable()
-    if busy is not None:
-        busy.cancel()
+    busy.cancel()
     await client.disconnect()  # the pump then ends with LinkError
     try:
         await pump
     except mqtt_client.LinkError:
         pass
     missing = [i for i in range(COUNT) if not probe.seen[i]]
-    print("DONE distinct=%d messages=%d bursts=%d ms=%d alloc=%d missing=%r"
-          % (probe.distinct, probe.messages, probe.bursts, elapsed, allocated, missing[:20]))
+    print("DONE distinct=%d messages=%d bursts=%d ms=%d missing=%r"
+          % (probe.distinct, probe.messages, probe.bursts, elapsed, missing[:20]))
 
 
 asyncio.run(main())
