@@ -34,8 +34,8 @@ CONNECTED = const(2)
 
 MAX_INFLIGHT = const(16)  # unacked outgoing QoS 1 publishes
 _IDLE_TIMEOUT_MS = const(3600000)  # next_timeout_ms() when no timer runs
-_PACKET_TIMEOUT_MS = const(10000)
-_PUBACK_HEAD = b"\x40\x02"  # PUBACK, remaining length 2  # a started packet's deadline when keepalive is 0
+_PACKET_TIMEOUT_MS = const(10000)  # a started packet's deadline when keepalive is 0
+_PUBACK_HEAD = b"\x40\x02"  # PUBACK, remaining length 2
 
 _REFUSED = (
     None,
