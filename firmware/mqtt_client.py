@@ -3,8 +3,8 @@
 # session's timers. It knows nothing about topics or the device.
 #
 # Reading: each connection has ONE reader task, started by connect(), that
-# reads into a buffer allocated once per client (readinto + memoryview: no
-# allocation per read) and feeds the session. A timeout never cancels it: on
+# reads into a buffer allocated once per client (readinto, then a memoryview
+# slice to the session: no buffer allocated per read) and feeds the session. A timeout never cancels it: on
 # MicroPython a read cancelled by wait_for can lose the bytes that arrive as
 # the timeout fires (micropython/micropython#17351). It ends when the link
 # closes or fails, or when close() cancels it.
@@ -149,7 +149,7 @@ class MqttClient:
         try:
             while True:
                 n = await reader.readinto(buf)
-                if n is None:  # TLS: a partial record, nothing to hand out yet
+                if n is None:  # TLS: only part of a record came, nothing decrypted yet
                     continue
                 if not n:
                     self._fail("broker closed the connection")
