@@ -385,6 +385,14 @@ class Connection(asyncio.Protocol):
         if self.abandoned:
             await self.link.limbo()
         self._check_open()
+        if self._rx_buf:
+            # A board's stream read always goes through the poller, so it
+            # yields to the other tasks even when bytes are waiting: a reader
+            # under a flood must not hold the loop. (A bare yield, no timer.)
+            await asyncio.sleep(0)
+            if self.abandoned:
+                await self.link.limbo()
+            self._check_open()
         while not self._rx_buf:
             if self.killed == "FIN" or self._rx_end == _EOF:
                 return b""

@@ -35,6 +35,8 @@ _UNIX_2000 = const(946684800)  # seconds from 1970-01-01 to the ESP32 epoch 2000
 _WIFI_TIMEOUT_MS = const(15000)
 _WIFI_CHECK_MS = const(1000)
 _CONNECT_TIMEOUT_MS = const(10000)
+_SUBACK_TIMEOUT_MS = const(10000)
+_SUBACK_FAILURE = const(0x80)
 _OFFLINE_ACK_MS = const(2000)
 _STABLE_MS = const(10000)  # a link that lived this long resets the backoff
 _LOSS_WINDOW_MS = const(8000)  # jitter window for the first retry after a lost link
@@ -188,7 +190,8 @@ class Device:
                 return
 
     async def _connect_once(self):
-        # One attempt: WiFi, then TCP+MQTT, then subscribe and birth.
+        # One attempt: WiFi, then TCP+MQTT, then subscribe (waiting for the
+        # SUBACK) and birth.
         # Returns None when online, else the reason it failed.
         if not self.wifi.isconnected():
             self.log("wifi: connecting")
@@ -225,7 +228,13 @@ class Device:
                 server_hostname=broker["host"] if ctx is not None else None,
                 timeout_ms=_CONNECT_TIMEOUT_MS,
             )
-            await self.client.subscribe([(self.t_cmd, 1)])
+            # The birth says "commandable": only once the broker has granted
+            # the command subscription (an ACL may refuse it with 0x80).
+            codes = await self.client.subscribe_and_wait([(self.t_cmd, 1)], _SUBACK_TIMEOUT_MS)
+            if codes[0] == _SUBACK_FAILURE:
+                self.log("mqtt: broker refused the command subscription (SUBACK 0x80)")
+                await self.client.close()
+                return "command subscription refused"
             self._birth_pid = await self.client.publish(self.t_status, self._birth(), 1, True)
         except LinkError as e:
             await self.client.close()

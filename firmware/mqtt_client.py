@@ -2,15 +2,28 @@
 # TLS) stream, moves bytes between the stream and the session, and runs the
 # session's timers. It knows nothing about topics or the device.
 #
-# Every wait has a deadline: the connect, the CONNACK, every write, and every
-# read (bounded by the session's next timer). It never retries on its own;
-# reconnecting is the device supervisor's job.
+# Reading: each connection has ONE reader task, started by connect(), that
+# reads into a buffer allocated once per client (readinto, then a memoryview
+# slice to the session: no buffer allocated per read) and feeds the session. A timeout never cancels it: on
+# MicroPython a read cancelled by wait_for can lose the bytes that arrive as
+# the timeout fires (micropython/micropython#17351). It ends when the link
+# closes or fails, or when close() cancels it.
+#
+# Deadlines (CONNACK, keepalive PINGREQ/PINGRESP, a started packet, a SUBACK,
+# a stalled write) are kept by the session's clock in a timer loop that runs
+# in the caller's task (connect, subscribe_and_wait, pump): it sleeps until
+# the next deadline, or until the reader wakes it with news, and runs the
+# session's timers. Writes from the owner and the timer loop have their own
+# deadline; the reader's (PUBACKs) are not wrapped in a timeout: the timer
+# loop fails a write stuck for _WRITE_TIMEOUT_MS when it next wakes (at the
+# latest by the next keepalive deadline). It never retries on its own;
+# reconnecting is the device supervisor's job. One timer loop at a time.
 import asyncio
 import time
 
 from mqtt_codec import ProtocolError
 import mqtt_session
-from mqtt_session import ConnectionRefused, LinkDead, PublishAcked
+from mqtt_session import ConnectionRefused, Connected, LinkDead, PublishAcked, Subscribed
 
 try:
     from micropython import const
@@ -20,7 +33,7 @@ except ImportError:
         return x
 
 
-_READ_CHUNK = const(1024)
+_READ_BUF = const(1024)
 _WRITE_TIMEOUT_MS = const(10000)
 _WINDOW = const(8)  # QoS 1 messages handed to the session at once
 _MAX_QUEUED = const(64)  # QoS 1 messages waiting for a window slot
@@ -33,15 +46,25 @@ class LinkError(Exception):
 
 class MqttClient:
     def __init__(self, session, on_event):
-        # on_event(ev) is called for every session event except LinkDead and
-        # ConnectionRefused, which end connect()/pump() with a LinkError.
+        # on_event(ev) is called (from the reader task or the timer loop) for
+        # every session event except LinkDead and ConnectionRefused, which end
+        # connect()/pump() with a LinkError. It must not block or raise.
         self.session = session
         self._on_event = on_event
         self._reader = None
         self._writer = None
+        self._task = None  # the current connection's reader task
+        self._link = 0  # counts connections opened and closed
+        self._buf = bytearray(_READ_BUF)  # every read lands here
+        self._mv = memoryview(self._buf)
         self._wlock = asyncio.Lock()
+        self._wake = asyncio.Event()  # the reader has news for the timer loop
+        self._due = time.ticks_ms()  # ticks when the timer loop plans to wake
+        self._tx_since = None  # ticks when the write in progress started
         self._queued = []  # QoS 1 publishes waiting for a window slot
-        self._failure = None  # why the link is unusable, set by _read_once
+        self._failure = None  # why the link is unusable
+        self._suback_pid = 0  # SUBACK awaited by subscribe_and_wait()
+        self._suback = None  # its return codes once it came
 
     # -- connection ---------------------------------------------------------
 
@@ -60,32 +83,36 @@ class MqttClient:
             raise LinkError("connect to %s:%d timed out after %d ms" % (host, port, timeout_ms))
         except OSError as e:
             raise LinkError("connect to %s:%d failed: %s" % (host, port, _oserror(e)))
+        self._link += 1
         self._failure = None
-        session.start(time.ticks_ms())
+        self._tx_since = None
+        now = time.ticks_ms()
+        self._due = now
+        session.start(now)
+        self._task = asyncio.create_task(self._read_loop(self._reader))
         try:
             await self._flush()
-            while session.state == mqtt_session.CONNECTING:
-                left = timeout_ms - time.ticks_diff(time.ticks_ms(), start)
-                if left <= 0:
-                    raise LinkError("no CONNACK within %d ms" % timeout_ms)
-                await self._read_once(left)
-                if self._failure is not None:
-                    raise LinkError(self._failure)
+            await self._serve(self._connack_done, start, timeout_ms, "CONNACK")
+            # Anything that was queued while offline goes out now.
+            self._feed_window()
+            await self._flush()
         except LinkError:
             await self.close()
             raise
-        # Anything that was queued while offline goes out now.
-        self._feed_window()
-        await self._flush()
 
     @property
     def connected(self):
         return self.session.state == mqtt_session.CONNECTED
 
     async def close(self):
-        # Close the socket (FIN); safe to call twice.
+        # Stop the reader and close the socket (FIN); safe to call twice.
         w = self._writer
-        self._reader = self._writer = None
+        task = self._task
+        self._reader = self._writer = self._task = None
+        self._link += 1
+        self._fail("connection closed")  # a timer loop still running ends
+        if task is not None:
+            task.cancel()
         if self.session.state != mqtt_session.DISCONNECTED:
             self.session.connection_lost(time.ticks_ms())
         if w is not None:
@@ -105,70 +132,148 @@ class MqttClient:
                 pass
         await self.close()
 
-    # -- the pump -----------------------------------------------------------
+    # -- reading and the timers ---------------------------------------------
 
     async def pump(self):
-        # Read and run timers until the link fails; raises LinkError saying why.
-        # Events for the owner are collected and the owner is woken.
+        # Run the timers until the link fails; raises LinkError saying why.
         try:
-            while self._reader is not None:
-                timeout = self.session.next_timeout_ms(time.ticks_ms())
-                await self._read_once(max(timeout, 1))
-                if self._failure is not None:
-                    raise LinkError(self._failure)
-            raise LinkError("link closed")
+            await self._serve(_never, 0, 0, "")
         finally:
             await self.close()
 
-    async def _read_once(self, timeout_ms):
+    async def _read_loop(self, reader):
+        # The connection's only reader. Never cancelled by a timeout.
         session = self.session
-        reader = self._reader
-        if reader is None:
-            raise LinkError("not connected")
+        buf = self._buf
+        mv = self._mv
         try:
-            data = await asyncio.wait_for_ms(reader.read(_READ_CHUNK), timeout_ms)
-        except asyncio.TimeoutError:
-            data = None
+            while True:
+                n = await reader.readinto(buf)
+                if n is None:  # TLS: only part of a record came, nothing decrypted yet
+                    continue
+                if not n:
+                    self._fail("broker closed the connection")
+                    return
+                now = time.ticks_ms()
+                try:
+                    session.receive_data(mv[:n], now)
+                except ProtocolError as e:
+                    self._fail("protocol error from broker: %s" % e)
+                    return
+                self._dispatch()
+                if self._failure is not None:
+                    return
+                # A deadline that came closer (a packet started) wakes the
+                # timer loop; otherwise it sleeps on.
+                if session.next_timeout_ms(now) < time.ticks_diff(self._due, now):
+                    self._wake.set()
+                if session.has_data_to_send():  # PUBACKs; the timer loop watches the write
+                    await self._send()
         except OSError as e:
-            raise LinkError("read failed: %s" % _oserror(e))
-        now = time.ticks_ms()
-        if data is not None:
-            if not data:
-                raise LinkError("broker closed the connection")
-            try:
-                session.receive_data(data, now)
-            except ProtocolError as e:
-                raise LinkError("protocol error from broker: %s" % e)
-        session.tick(time.ticks_ms())
+            self._fail("read failed: %s" % _oserror(e))
+        except LinkError as e:
+            self._fail(str(e))
+        except Exception as e:  # a bug must end the link, not leave it unread
+            self._fail("reader failed: %r" % (e,))
+
+    async def _serve(self, done, start, limit_ms, what):
+        # The timer loop: run the session's timers and send what they queue,
+        # then sleep until the next deadline or until the reader has news.
+        # Returns once done() is true; raises LinkError when the link fails,
+        # or when `what` did not happen within limit_ms of start (0: no limit).
+        session = self.session
+        wake = self._wake
         while True:
-            ev = session.next_event()
+            wake.clear()
+            now = time.ticks_ms()
+            session.tick(now)
+            self._dispatch()
+            tx = self._tx_since
+            if tx is not None and time.ticks_diff(now, tx) >= _WRITE_TIMEOUT_MS:
+                self._fail("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
+            if self._failure is not None:
+                raise LinkError(self._failure)
+            if done():
+                return
+            left = session.next_timeout_ms(now)
+            if tx is not None:
+                left = min(left, _WRITE_TIMEOUT_MS - time.ticks_diff(now, tx))
+            if limit_ms:
+                rest = limit_ms - time.ticks_diff(now, start)
+                if rest <= 0:
+                    raise LinkError("no %s within %d ms" % (what, limit_ms))
+                left = min(left, rest)
+            if session.has_data_to_send() and self._writer is not None and not self._wlock.locked():
+                await self._flush()  # a PINGREQ (a writer holding the lock sends it too)
+                continue
+            left = max(left, 1)
+            self._due = time.ticks_add(now, left)
+            try:
+                await asyncio.wait_for_ms(wake.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    def _connack_done(self):
+        return self.session.state != mqtt_session.CONNECTING
+
+    def _suback_done(self):
+        return self._suback is not None
+
+    def _dispatch(self):
+        while True:
+            ev = self.session.next_event()
             if ev is None:
-                break
+                return
             if isinstance(ev, LinkDead):
-                self._failure = ev.reason
+                self._fail(ev.reason)
             elif isinstance(ev, ConnectionRefused):
-                self._failure = "broker refused CONNECT: %s (code %d)" % (ev.reason, ev.return_code)
+                self._fail("broker refused CONNECT: %s (code %d)" % (ev.reason, ev.return_code))
             else:
                 if isinstance(ev, PublishAcked):
                     self._feed_window()
+                elif isinstance(ev, Connected):
+                    self._wake.set()
+                elif isinstance(ev, Subscribed) and ev.packet_id == self._suback_pid:
+                    self._suback = ev.return_codes
+                    self._wake.set()
                 self._on_event(ev)
-        await self._flush()
+
+    def _fail(self, reason):
+        if self._failure is None:
+            self._failure = reason
+        self._wake.set()
+
+    # -- writing --------------------------------------------------------------
 
     async def _flush(self):
-        data = self.session.data_to_send()
-        if not data:
+        # Send what the session queued, within _WRITE_TIMEOUT_MS.
+        if self._writer is None or not self.session.has_data_to_send():
             return
+        try:
+            await asyncio.wait_for_ms(self._send(), _WRITE_TIMEOUT_MS)
+        except asyncio.TimeoutError:
+            raise LinkError("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
+
+    async def _send(self):
+        # Write and drain under the lock (one drain at a time per stream), until
+        # the session has nothing more queued: bytes leave in the order queued.
         w = self._writer
         if w is None:
             return
+        link = self._link
         async with self._wlock:
-            try:
-                w.write(data)
-                await asyncio.wait_for_ms(w.drain(), _WRITE_TIMEOUT_MS)
-            except asyncio.TimeoutError:
-                raise LinkError("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
-            except OSError as e:
-                raise LinkError("write failed: %s" % _oserror(e))
+            while True:
+                data = self.session.data_to_send()
+                if not data or link != self._link:  # nothing left, or closed meanwhile
+                    return
+                self._tx_since = time.ticks_ms()
+                try:
+                    w.write(data)
+                    await w.drain()
+                except OSError as e:
+                    raise LinkError("write failed: %s" % _oserror(e))
+                finally:
+                    self._tx_since = None
 
     # -- for the owner --------------------------------------------------------
 
@@ -200,13 +305,41 @@ class MqttClient:
             self.session.publish(topic, payload, 1, retain, time.ticks_ms())
 
     async def subscribe(self, topics):
+        # Queue and send SUBSCRIBE; returns its packet id (the SUBACK comes
+        # to on_event as a Subscribed event).
+        if not self.connected:
+            raise LinkError(self._failure or "not connected")
         pid = self.session.subscribe(topics, time.ticks_ms())
         await self._flush()
         return pid
 
+    async def subscribe_and_wait(self, topics, timeout_ms):
+        # Subscribe and wait for the SUBACK (running the timers meanwhile);
+        # returns its return codes, one per topic (0x80 = refused). LinkError
+        # if the link fails or no SUBACK comes within timeout_ms.
+        start = time.ticks_ms()
+        if not self.connected:
+            raise LinkError(self._failure or "not connected")
+        self._suback = None
+        # Known before the SUBSCRIBE leaves: the reader may get the SUBACK
+        # while this task is still in the write.
+        self._suback_pid = self.session.subscribe(topics, start)
+        try:
+            await self._flush()
+            await self._serve(self._suback_done, start, timeout_ms, "SUBACK")
+        finally:
+            self._suback_pid = 0
+        codes = self._suback
+        self._suback = None
+        return codes
+
     def pending(self):
         # QoS 1 messages not yet acknowledged (in flight + queued).
         return self.session.inflight_count() + len(self._queued)
+
+
+def _never():
+    return False
 
 
 def _oserror(e):

@@ -420,6 +420,7 @@ class Decoder:
         self._oversize = None  # Publish returned once the skipping is done
 
     def feed(self, data):
+        # data: bytes, bytearray or memoryview (copied into the buffer)
         if self._skip:  # invariant: the buffer is empty while skipping
             n = min(self._skip, len(data))
             self._skip -= n
@@ -427,6 +428,10 @@ class Decoder:
                 return
             data = memoryview(data)[n:]
         self._buf.extend(data)
+
+    def partial(self):
+        """True while a packet has begun arriving and is not complete."""
+        return self._skip > 0 or self._pos < len(self._buf)
 
     def _consume(self, n):
         # drop n parsed bytes; compact only once the dead prefix is large.

@@ -3,8 +3,10 @@
 # Bytes in (receive_data), events out (next_event), bytes to send out
 # (data_to_send), and the time passed in as now_ms (MicroPython ticks, which
 # wrap at 2**30). Handles CONNECT/CONNACK, keepalive and dead-link detection,
-# QoS 1 in both directions (PUBACK, resend with DUP after reconnect) and
-# SUBSCRIBE/UNSUBSCRIBE bookkeeping.
+# QoS 1 in both directions (PUBACK, resend with DUP after reconnect),
+# SUBSCRIBE/UNSUBSCRIBE bookkeeping, and a deadline for a started packet (a
+# broker that declares a huge packet and drips it byte by byte must not keep
+# the link alive forever).
 #
 # Must NOT do I/O, read a clock, sleep, or keep module-level mutable state:
 # everything lives in the Session object (the emulator runs many boards in one
@@ -32,6 +34,8 @@ CONNECTED = const(2)
 
 MAX_INFLIGHT = const(16)  # unacked outgoing QoS 1 publishes
 _IDLE_TIMEOUT_MS = const(3600000)  # next_timeout_ms() when no timer runs
+_PACKET_TIMEOUT_MS = const(10000)  # a started packet's deadline when keepalive is 0
+_PUBACK_HEAD = b"\x40\x02"  # PUBACK, remaining length 2
 
 _REFUSED = (
     None,
@@ -108,7 +112,7 @@ class LinkDead(Record):
 class Session:
     def __init__(self, client_id, keepalive_s, clean_session=True, will=None,
                  username=None, password=None, max_packet=4096,
-                 connect_timeout_ms=10000):
+                 connect_timeout_ms=10000, packet_timeout_ms=0):
         if not 0 <= keepalive_s <= 65535:
             raise ValueError("keepalive must be 0..65535 s")
         connect = Connect(client_id, keepalive_s, clean_session, username=username,
@@ -121,6 +125,9 @@ class Session:
         self.keepalive_ms = keepalive_s * 1000
         self.max_packet = max_packet
         self.connect_timeout_ms = connect_timeout_ms
+        # Once a packet's first byte is in, the whole packet must follow within
+        # this (default: the keepalive period, or 10 s without keepalive).
+        self.packet_timeout_ms = packet_timeout_ms or self.keepalive_ms or _PACKET_TIMEOUT_MS
         self.state = DISCONNECTED
         self._decoder = Decoder(max_packet)  # replaced by start()
         self._out = bytearray()  # bytes queued for data_to_send()
@@ -129,6 +136,7 @@ class Session:
         self._last_rx = 0  # ticks of the last received bytes
         self._ping_sent = None  # ticks of the outstanding PINGREQ, or None
         self._connect_sent = 0
+        self._rx_started = None  # ticks when the incomplete packet began, or None
         # QoS 1 outgoing, in send order: [packet_id, wire bytes, sent_on_a_link]
         self._inflight = []
         self._pending = {}  # SUBSCRIBE/UNSUBSCRIBE id -> filter count (0 = unsub)
@@ -144,25 +152,31 @@ class Session:
         self._out[:] = b""  # nothing from an old link goes out on the new one
         self._pending = {}
         self._ping_sent = None
+        self._rx_started = None
         self._connect_sent = now_ms
         self._last_rx = now_ms
         self._queue(self._connect_bytes, now_ms)
 
     def receive_data(self, data, now_ms):
-        """Feed bytes read from the socket. Raises ProtocolError on a bad peer.
+        """Feed bytes read from the socket (bytes, bytearray or a memoryview
+        slice of the reader's buffer: they are copied before this returns).
+        Raises ProtocolError on a bad peer.
 
         Bytes arriving after the session went DISCONNECTED (e.g. read just
         before LinkDead) are ignored.
         """
-        if self.state == DISCONNECTED or not data:
+        if self.state == DISCONNECTED or not len(data):
             return
         self._last_rx = now_ms
-        self._decoder.feed(data)
+        decoder = self._decoder
+        decoder.feed(data)
+        started = self._rx_started
         try:
             while self.state != DISCONNECTED:
-                packet = self._decoder.next_packet()
+                packet = decoder.next_packet()
                 if packet is None:
                     break
+                started = None  # the packet in progress (if any) is a new one
                 self._ping_sent = None  # any packet shows the broker is alive
                 if self.state == CONNECTING:
                     self._on_connecting(packet, now_ms)
@@ -171,6 +185,10 @@ class Session:
         except ProtocolError:
             self._drop_link()
             raise
+        if self.state == DISCONNECTED or not decoder.partial():
+            self._rx_started = None
+        elif started is None:
+            self._rx_started = now_ms
 
     def next_event(self):
         """Return the oldest undelivered event, or None."""
@@ -185,6 +203,10 @@ class Session:
         out = bytes(self._out)
         self._out[:] = b""
         return out
+
+    def has_data_to_send(self):
+        """True if data_to_send() would return bytes."""
+        return len(self._out) > 0
 
     def publish(self, topic, payload, qos=0, retain=False, now_ms=0):
         """Queue a PUBLISH. Returns the packet id (QoS 1) or 0 (QoS 0).
@@ -240,39 +262,49 @@ class Session:
             self._drop_link()
 
     def tick(self, now_ms):
-        """Run the timers: CONNACK timeout, keepalive PINGREQ, dead link."""
+        """Run the timers: CONNACK timeout, started packet, keepalive
+        PINGREQ, dead link."""
         if self.state == CONNECTING:
             if _ticks_diff(now_ms, self._connect_sent) >= self.connect_timeout_ms:
                 self._link_dead("no CONNACK within %d ms" % self.connect_timeout_ms)
             return
-        if self.state != CONNECTED or not self.keepalive_ms:
+        if self.state != CONNECTED:
             return
         ka = self.keepalive_ms
-        if self._ping_sent is not None:
-            if (_ticks_diff(now_ms, self._ping_sent) >= ka
-                    and _ticks_diff(now_ms, self._last_rx) >= ka):
-                self._link_dead("no PINGRESP within %d ms" % ka)
-            return
-        due = ka * 3 // 4
-        if (_ticks_diff(now_ms, self._last_tx) >= due
-                or _ticks_diff(now_ms, self._last_rx) >= due):
-            self._queue(encode(Pingreq()), now_ms)
-            self._ping_sent = now_ms
+        if ka:
+            if self._ping_sent is not None:
+                if (_ticks_diff(now_ms, self._ping_sent) >= ka
+                        and _ticks_diff(now_ms, self._last_rx) >= ka):
+                    self._link_dead("no PINGRESP within %d ms" % ka)
+                    return
+            else:
+                due = ka * 3 // 4
+                if (_ticks_diff(now_ms, self._last_tx) >= due
+                        or _ticks_diff(now_ms, self._last_rx) >= due):
+                    self._queue(encode(Pingreq()), now_ms)
+                    self._ping_sent = now_ms
+        if (self._rx_started is not None
+                and _ticks_diff(now_ms, self._rx_started) >= self.packet_timeout_ms):
+            self._link_dead("packet not completed within %d ms" % self.packet_timeout_ms)
 
     def next_timeout_ms(self, now_ms):
         """Milliseconds until tick() must run next (>= 0)."""
         if self.state == CONNECTING:
             left = self.connect_timeout_ms - _ticks_diff(now_ms, self._connect_sent)
-        elif self.state == CONNECTED and self.keepalive_ms:
-            ka = self.keepalive_ms
-            rx_idle = _ticks_diff(now_ms, self._last_rx)
-            if self._ping_sent is not None:
-                left = ka - min(_ticks_diff(now_ms, self._ping_sent), rx_idle)
-            else:
-                due = ka * 3 // 4
-                left = due - max(_ticks_diff(now_ms, self._last_tx), rx_idle)
-        else:
+        elif self.state != CONNECTED:
             return _IDLE_TIMEOUT_MS
+        else:
+            left = _IDLE_TIMEOUT_MS
+            ka = self.keepalive_ms
+            if ka:
+                rx_idle = _ticks_diff(now_ms, self._last_rx)
+                if self._ping_sent is not None:
+                    left = ka - min(_ticks_diff(now_ms, self._ping_sent), rx_idle)
+                else:
+                    due = ka * 3 // 4
+                    left = due - max(_ticks_diff(now_ms, self._last_tx), rx_idle)
+            if self._rx_started is not None:
+                left = min(left, self.packet_timeout_ms - _ticks_diff(now_ms, self._rx_started))
         return left if left > 0 else 0
 
     def inflight_count(self):
@@ -339,7 +371,14 @@ class Session:
         if p.qos == 2:
             raise ProtocolError("QoS 2 PUBLISH, but we never subscribe above QoS 1")
         if p.qos == 1:
-            self._queue(encode(Puback(p.packet_id)), now_ms)
+            # PUBACK written straight into the output buffer: no packet
+            # object and no bytes per received message.
+            pid = p.packet_id
+            out = self._out
+            out.extend(_PUBACK_HEAD)
+            out.append(pid >> 8)
+            out.append(pid & 0xFF)
+            self._last_tx = now_ms
         self._events.append(Message(p.topic, p.payload, p.qos, p.retain, p.dup,
                                     p.packet_id, p.size))
 
@@ -367,6 +406,7 @@ class Session:
         self._out[:] = b""
         self._pending = {}
         self._ping_sent = None
+        self._rx_started = None
 
     def _link_dead(self, reason):
         self._drop_link()

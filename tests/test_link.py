@@ -691,3 +691,49 @@ def test_receive_window_holds_back_the_sender():
         await srv.close()
 
     run(go())
+
+
+def test_read_yields_to_the_loop_even_when_bytes_are_waiting():
+    """A board's stream read goes through the poller, so a reader under a
+    flood cannot hold the loop: each read (and readinto) lets the other
+    tasks run, even when the bytes are already buffered."""
+
+    async def go():
+        srv = await Server().start()
+        link = Link(FakeBoard())
+        r, w = await link.open_connection("127.0.0.1", srv.port)
+        conn = next(iter(link.connections))
+        payload = bytes(range(256)) * 8
+        w.write(payload)
+        await w.drain()
+        deadline = time.monotonic() + 5
+        while conn._rx_size < len(payload):  # all of it buffered on the board's side
+            conn._rx_event.clear()
+            await asyncio.wait_for(conn._rx_event.wait(), max(0.01, deadline - time.monotonic()))
+        turns = 0
+
+        async def other():
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        side = asyncio.create_task(other())
+        await asyncio.sleep(0)
+        got = bytearray()
+        buf = bytearray(64)
+        mv = memoryview(buf)
+        reads = 0
+        while len(got) < len(payload):
+            before = turns
+            n = await r.readinto(mv[:32] if reads % 2 else buf)
+            assert n > 0
+            got += buf[:n]
+            reads += 1
+            assert turns > before, f"read {reads} returned without yielding"
+        assert bytes(got) == payload
+        side.cancel()
+        w.close()
+        await srv.close()
+
+    run(go())

@@ -539,3 +539,107 @@ def test_withdrawn_qos1_publish_is_not_resent():
     assert b"birth-1" not in out
     assert decode(out) == Publish("devices/dev/cmd/result", b"r", 1, False, True, result)
     assert s.inflight_count() == 1
+
+
+# ------------------------------------------------------- started-packet deadline
+
+
+def test_dripped_huge_publish_is_dead_after_the_packet_deadline():
+    """A broker that declares a 256 MB PUBLISH and drips it a byte a second
+    keeps _last_rx fresh (so keepalive alone never gives up); the started
+    packet's deadline (the keepalive period) ends the link."""
+    s = connected(0, max_packet=64)
+    wire = encode(Publish("d/cmd", b"", qos=1, packet_id=7))
+    header = bytes([wire[0]]) + bytes([0xFF, 0xFF, 0xFF, 0x7F])  # 268,435,455 bytes
+    body = wire[2:] + b"x" * 100  # topic + id, then payload bytes
+    drip = header + body
+    t = 1000
+    s.receive_data(drip[:1], t)  # the packet starts here
+    started = t
+    assert s.next_timeout_ms(t) <= KA_MS
+    i = 1
+    while s.state == CONNECTED:
+        t += 1000
+        if i < len(drip):
+            s.receive_data(drip[i:i + 1], t)
+            i += 1
+        s.tick(t)
+        sent(s)  # the PINGREQs go out, no PINGRESP can overtake the packet
+        assert t - started <= KA_MS
+    assert events(s) == [LinkDead("packet not completed within %d ms" % KA_MS)]
+    assert t - started == KA_MS
+
+
+def test_packet_deadline_restarts_with_each_packet():
+    """Many small packets, each completed in time, with one always in
+    progress (a chunk boundary inside every packet): never LinkDead."""
+    s = connected(0)
+    one = encode(Publish("d/cmd", b"p" * 20, qos=0))
+    stream = one * 40
+    t = 0
+    for i in range(0, len(stream), 7):  # 7-byte chunks: a packet is always half-way
+        t += 400  # a packet needs ~4 chunks = 1.6 s, far below KA, but 40 packets take 50 s
+        s.receive_data(stream[i:i + 7], t)
+        s.tick(t)
+        sent(s)
+        assert s.state == CONNECTED, events(s)
+    assert len([e for e in events(s) if isinstance(e, Message)]) == 40
+
+
+def test_next_timeout_includes_the_started_packet():
+    s = connected(0, keepalive_s=0)
+    assert s.next_timeout_ms(0) == ms._IDLE_TIMEOUT_MS
+    s.receive_data(encode(Puback(3))[:1], 500)
+    assert s.next_timeout_ms(500) == 10000  # keepalive 0: the 10 s default
+    assert s.next_timeout_ms(9000) == 1500
+    s.tick(10499)
+    assert s.state == CONNECTED
+    s.receive_data(encode(Puback(3))[1:], 10499)  # completed in time
+    assert s.next_timeout_ms(10499) == ms._IDLE_TIMEOUT_MS
+    s.tick(30000)
+    assert s.state == CONNECTED
+
+
+def test_packet_deadline_without_keepalive_and_across_wrap():
+    start = WRAP - 4000
+    s = connected(start, keepalive_s=0, packet_timeout_ms=6000)
+    s.receive_data(b"\x30", ticks(start))  # a PUBLISH header, nothing more
+    s.tick(ticks(start + 5999))
+    assert s.state == CONNECTED
+    s.tick(ticks(start + 6000))
+    assert events(s) == [LinkDead("packet not completed within 6000 ms")]
+    assert s.state == DISCONNECTED
+
+
+def test_oversize_publish_skipped_in_time_is_fine():
+    """An oversize PUBLISH whose payload is discarded as it arrives also has
+    the deadline, and finishing it in time clears it."""
+    s = connected(0, max_packet=64)
+    wire = encode(Publish("d/cmd", b"z" * 1000, qos=1, packet_id=7))
+    for k, i in enumerate(range(0, len(wire), 100)):
+        s.receive_data(wire[i:i + 100], k * 900)
+        s.tick(k * 900)
+        assert s.state == CONNECTED
+    assert not s._decoder.partial() and s._rx_started is None
+    assert events(s)[0] == Message("d/cmd", None, 1, False, False, 7, 1000)
+
+
+def test_memoryview_slices_are_accepted():
+    s = connected(0)
+    buf = bytearray(64)
+    wire = encode(Publish("d/cmd", b"abc", qos=1, packet_id=5))
+    buf[:len(wire)] = wire
+    mv = memoryview(buf)
+    s.receive_data(mv[:3], 1)
+    buf[:len(wire)] = b"\x00" * len(wire)  # the reader reuses its buffer
+    buf[:len(wire) - 3] = wire[3:]
+    s.receive_data(mv[:len(wire) - 3], 2)
+    assert events(s) == [Message("d/cmd", b"abc", 1, False, False, 5, None)]
+    assert s.receive_data(mv[:0], 3) is None
+
+
+@pytest.mark.parametrize("pid", [1, 255, 256, 0x1234, 65535])
+def test_puback_bytes_for_every_packet_id_width(pid):
+    s = connected(0)
+    s.receive_data(encode(Publish("d/cmd", b"x", qos=1, packet_id=pid)), 1)
+    assert s.data_to_send() == b"\x40\x02" + pid.to_bytes(2, "big") == encode(Puback(pid))

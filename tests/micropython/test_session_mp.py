@@ -152,3 +152,35 @@ def test_wrong_state_and_protocol_errors():
     else:
         raise AssertionError("second CONNACK accepted")
     assert s.state == DISCONNECTED
+
+
+def test_started_packet_deadline_drip_across_wrap():
+    # A 256 MB PUBLISH declared and dripped a byte a second: LinkDead one
+    # keepalive after its first byte, though bytes keep arriving.
+    t0 = WRAP - 3000
+    s = connected(t0, ka=5)
+    drip = b"\x32\xff\xff\xff\x7f\x00\x05d/cmd\x00\x07" + b"x" * 20
+    buf = bytearray(8)
+    mv = memoryview(buf)
+    t = t0
+    i = 0
+    while s.state == CONNECTED:
+        if i < len(drip):
+            buf[0] = drip[i]
+            s.receive_data(mv[:1], t % WRAP)  # a slice of a reused buffer
+            i += 1
+        s.tick(t % WRAP)
+        sent(s)
+        t += 1000
+    assert events(s) == [LinkDead("packet not completed within 5000 ms")]
+    assert t - 1000 - t0 == 5000
+
+
+def test_started_packet_deadline_cleared_by_completion():
+    s = connected(0, ka=0)
+    wire = encode(Puback(3))
+    s.receive_data(wire[:1], 100)
+    assert s.next_timeout_ms(100) == 10000
+    s.receive_data(wire[1:], 10099)
+    s.tick(50000)
+    assert s.state == CONNECTED
