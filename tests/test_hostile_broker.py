@@ -22,7 +22,6 @@ Parametrized over board backends: "cpython" (the emulator's boards) and
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
@@ -59,7 +58,6 @@ RETRY = re.compile(r"retry (\d+) in (\d+) ?ms")
 # A started packet must end (or the link) within about the keepalive period.
 STALL_DEADLINE_S = 2 * KA + 1
 FLOOD_WINDOW_S = 6.0  # how long the flood test watches the board
-PENDING_DEADLINE = pytest.mark.xfail(strict=True, reason="started-packet deadline: pending transport branch")
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -67,8 +65,6 @@ PENDING_DEADLINE = pytest.mark.xfail(strict=True, reason="started-packet deadlin
 
 @pytest.fixture(params=["cpython", "micropython"])
 def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "micropython" and importlib.util.find_spec("emulator.vm") is None:
-        pytest.skip("VM backend not merged yet")
     return request.param
 
 
@@ -454,7 +450,6 @@ def test_command_of_64_kib_is_refused_and_the_board_stays_up(hostile):
 # -- a refused command subscription ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="D2: SUBACK 0x80 for the command subscription: pending fix on another branch")
 def test_suback_failure_for_commands_closes_and_backs_off(hostile):
     """SUBACK 0x80 for the command topic: the board says so, publishes no birth
     (a backend must not see it as commandable), closes and retries with backoff."""
@@ -512,13 +507,11 @@ def test_huge_declared_length_then_silence_ends_the_link(hostile):
     _run_stalled(hostile, lambda c: c.send(publish(cmd_topic(c), remaining=b"\xff\xff\xff\x7f")))
 
 
-@PENDING_DEADLINE
 def test_huge_declared_length_then_drip_ends_the_link(hostile):
     """A PUBLISH header declaring 256 MB, then one byte a second for ever."""
     _run_stalled(hostile, lambda c: c.drip(publish(cmd_topic(c), remaining=b"\xff\xff\xff\x7f") + b"x" * 600, 1.0))
 
 
-@PENDING_DEADLINE
 def test_slow_drip_of_a_valid_packet_ends_the_link(hostile):
     """A valid command PUBLISH sent one byte a second: it would take over a
     minute, so the link must end within the started-packet deadline."""
@@ -528,14 +521,10 @@ def test_slow_drip_of_a_valid_packet_ends_the_link(hostile):
 # -- floods ---------------------------------------------------------------------------------
 
 
-def test_command_flood_does_not_stop_the_board(hostile, backend, request):
+def test_command_flood_does_not_stop_the_board(hostile):
     """10,000 QoS 0 and 1,000 QoS 1 commands pushed as fast as the socket takes
     them: within FLOOD_WINDOW_S every QoS 1 command is acknowledged, telemetry
     keeps its cadence, results flow (none twice) and the link stays up."""
-    if backend == "micropython":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "D1: Device._cmds is unbounded; on a 100 KB heap the flood ends in MemoryError "
-            "in _enqueue_command: pending fix on another branch")))
     n0, n1 = 10_000, 1_000
 
     def script(conn: Conn) -> None:
