@@ -7,11 +7,14 @@ every interval):
   all online    seconds from the first boot until the observer saw every birth
   heap          the MicroPython heap each board's process gets (plus the shims')
   RSS/board     VmRSS of one interpreter process (from /proc/<pid>/status), mean
-                at the end; and (rss_mb - RSS before any board) / N: the process
-                plus the host's share (link proxy, shim channel)
+                at the end (counts the shared library pages in every process)
+  own           RssAnon of one interpreter process: what each board really adds
+  +host         (rss_mb - RSS before any board) / N: VmRSS plus the host's share
+                (link proxy, shim channel)
   CPU/1k msgs   CPU seconds (host process + every interpreter process) per 1000
                 telemetry messages, from all online to the end
   CPU/board     the same CPU as % of one core per board
+  VM share      the part of that CPU spent in the interpreter processes
   lost          telemetry lost (seq gaps seen by the observer) / sent
   cmd ok        pings answered / sent
 
@@ -67,6 +70,8 @@ def run(n: int, heap: str, args, work: Path) -> dict:
         "all_online_s": data["all_online_s"],
         "online": data["online_at_end"],
         "vm_rss_kb": data.get("vm_rss_per_board_kb"),
+        "anon_kb": data.get("vm_anon_per_board_kb"),
+        "vm_share": data["vm_cpu_s"] / data["cpu_s"] * 100 if data.get("cpu_s") else None,
         "rss_kb": data["rss_per_board_kb"],
         "cpu_1k": steady.get("cpu_s_per_1000_msgs"),
         "cpu_pct": cpu_pct,
@@ -95,8 +100,8 @@ def main() -> int:
     heaps = args.heaps.split(",")
     print(f"esp32emu fleet --vm micropython: {os.cpu_count()} cores, telemetry every {args.interval:g} s, "
           f"window {args.window:g} s, load average before: {os.getloadavg()[0]:.1f}", flush=True)
-    head = (f"{'boards':>6} {'heap':>5} {'all online':>10} {'online':>6} {'RSS/board':>10} {'+host':>8} "
-            f"{'CPU/1k msgs':>11} {'CPU/board':>9} {'msg/s':>6} {'lost':>9} {'cmd ok':>9} {'Wills':>5}")
+    head = (f"{'boards':>6} {'heap':>5} {'all online':>10} {'online':>6} {'RSS/board':>10} {'own':>7} {'+host':>8} "
+            f"{'CPU/1k msgs':>11} {'CPU/board':>9} {'VM share':>8} {'msg/s':>6} {'lost':>9} {'cmd ok':>9} {'Wills':>5}")
     rows = []
     for heap in heaps:
         for n in sizes:
@@ -108,8 +113,10 @@ def main() -> int:
                 rows.append(
                     f"{n:>6} {heap:>5} {fmt(res['all_online_s'], '.1f') + ' s':>10} {res['online']:>6} "
                     f"{fmt(res['vm_rss_kb'] and res['vm_rss_kb'] / 1024, '.1f') + ' MB':>10} "
+                    f"{fmt(res['anon_kb'] and res['anon_kb'] / 1024, '.1f') + ' MB':>7} "
                     f"{fmt(res['rss_kb'] / 1024, '.1f') + ' MB':>8} "
                     f"{fmt(res['cpu_1k'], '.2f') + ' s':>11} {fmt(res['cpu_pct'], '.2f') + ' %':>9} "
+                    f"{fmt(res['vm_share'], '.0f') + ' %':>8} "
                     f"{fmt(res['msgs_per_s'], '.0f'):>6} {str(res['lost']) + '/' + str(res['sent']):>9} "
                     f"{res['cmd']:>9} {res['wills']:>5}"
                 )

@@ -38,10 +38,13 @@ FD_RESERVE = 64  # broker probe, observer, log files, worker pipes, the interpre
 # both ends of its connection, the shims' channel (listener, request and event
 # connections), the console pipe, and one spare for a reconnect's overlap.
 FDS_PER_VM_BOARD = 8
-# What one VM board costs in memory besides its heap, measured by bench/vm_fleet.py
-# (interpreter process VmRSS at the end of a run, minus the heap, plus the host's
-# share): see README "Fleets on the real interpreter".
-VM_BOARD_BASE_KB = 14 * 1024
+# What VM boards cost in memory, measured with bench/vm_fleet.py (README "Fleets
+# on the real interpreter"): each interpreter process has ~10.7 MB VmRSS, of
+# which ~7.9 MB are file pages every process shares (libpython, the extension
+# module) and ~2.9 MB its own (RssAnon, heap excluded); the host adds ~0.1 MB
+# per board (link proxy, shim channel). Estimated with margin:
+VM_SHARED_KB = 8 * 1024  # once for the fleet
+VM_BOARD_BASE_KB = 3 * 1024 + 512  # per board, plus its heap
 VM_MEMORY_SHARE = 0.8  # of MemAvailable: the rest is left to the broker and the machine
 
 
@@ -104,10 +107,11 @@ def check_vm_capacity(devices: int, heap: str) -> None:
 
     per_board_kb = VM_BOARD_BASE_KB + heap_bytes(heap) // 1024
     available = mem_available_kb()
-    if available is not None and devices * per_board_kb > available * VM_MEMORY_SHARE:
-        fit = int(available * VM_MEMORY_SHARE // per_board_kb)
+    need_kb = VM_SHARED_KB + devices * per_board_kb
+    if available is not None and need_kb > available * VM_MEMORY_SHARE:
+        fit = max(int((available * VM_MEMORY_SHARE - VM_SHARED_KB) // per_board_kb), 0)
         raise UsageError(
-            f"{devices} VM boards need about {devices * per_board_kb / 1024:.0f} MB "
+            f"{devices} VM boards need about {need_kb / 1024:.0f} MB "
             f"({per_board_kb / 1024:.1f} MB each with heap {heap}) but {available / 1024:.0f} MB is available: "
             f"this machine hosts about {fit}; use fewer --devices or a smaller --heap"
         )
@@ -279,6 +283,8 @@ async def _run(opts: FleetOptions, url, observer: FleetObserver, boards) -> dict
             "online_at_end": observer.online_count,
             "vm_rss_kb": at_end["vm_rss_kb"],
             "vm_procs": at_end["vm_procs"],
+            "vm_anon_kb": at_end["vm_anon_kb"],
+            "vm_cpu_s": at_end["vm_cpu_s"],
             "rss_kb": meter.rss_kb(),
             "cpu_s": meter.cpu_s(),
             "steady": meter.steady(),
@@ -299,8 +305,12 @@ async def _run(opts: FleetOptions, url, observer: FleetObserver, boards) -> dict
     lag = sorted(stats["lag_ms"])
     vm = {"vm": opts.vm or "cpython", "heap": opts.heap}
     if opts.vm is not None:
-        # Each board's interpreter process alone (VmRSS from /proc/<pid>/status), part of rss_mb.
-        vm["vm_rss_per_board_kb"] = round(end["vm_rss_kb"] / end["vm_procs"], 1) if end["vm_procs"] else None
+        # Each board's interpreter process alone (from /proc/<pid>/status): VmRSS (part of
+        # rss_mb; shared library pages counted in every process) and RssAnon (its own).
+        n = end["vm_procs"]
+        vm["vm_rss_per_board_kb"] = round(end["vm_rss_kb"] / n, 1) if n else None
+        vm["vm_anon_per_board_kb"] = round(end["vm_anon_kb"] / n, 1) if n else None
+        vm["vm_cpu_s"] = round(end["vm_cpu_s"], 1)
     return {
         "devices": opts.devices,
         "workers": opts.workers,

@@ -97,12 +97,13 @@ def children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def rss_kb(pid: int | str = "self") -> int:
-    """Resident set size of a process in KiB (0 when it is gone)."""
+def rss_kb(pid: int | str = "self", field: str = "VmRSS") -> int:
+    """Resident set size of a process in KiB (0 when it is gone); `field`
+    "RssAnon": only its own pages, without the shared file mappings."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -208,11 +209,12 @@ class BoardGroup:
         RSS summed over the live ones, from /proc/<pid>/status; CPU of the
         live ones plus every one that ended since build() (waited for)."""
         if self.spec.vm is None:
-            return {"vm_rss_kb": 0, "vm_procs": 0, "vm_cpu_s": 0.0}
+            return {"vm_rss_kb": 0, "vm_anon_kb": 0, "vm_procs": 0, "vm_cpu_s": 0.0}
         pids = [b.proc.pid for b in self.boards if b.proc is not None and b.proc.returncode is None]
         rss = [rss_kb(pid) for pid in pids]
         return {
             "vm_rss_kb": sum(rss),
+            "vm_anon_kb": sum(rss_kb(pid, "RssAnon") for pid in pids),
             "vm_procs": sum(1 for r in rss if r),
             "vm_cpu_s": children_cpu_s() - self._vm_cpu0 + sum(cpu_s(pid) for pid in pids),
         }
@@ -419,6 +421,7 @@ class WorkerPool:
             "lag_ms": self.lag_ms,
             "rss_base_kb": self.rss_base_kb,
             "vm_rss_kb": sum(s.get("vm_rss_kb", 0) for s in self.latest),
+            "vm_anon_kb": sum(s.get("vm_anon_kb", 0) for s in self.latest),
             "vm_procs": sum(s.get("vm_procs", 0) for s in self.latest),
             "vm_cpu_s": sum(s.get("vm_cpu_s", 0.0) for s in self.latest),
             "worker_rss_kb": sum(s.get("rss_kb", 0) for s in self.latest),

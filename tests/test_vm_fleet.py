@@ -49,7 +49,8 @@ def test_five_vm_boards_come_online_publish_and_answer(tmp_path, broker, observe
     assert data["lwt_seen"] == 0 and data["reconnects"] == 0
     assert data["commands_ok"] == data["commands_sent"] > 0
     # The interpreter processes are measured and part of rss_mb.
-    assert data["vm_rss_per_board_kb"] > 1024
+    assert data["vm_rss_per_board_kb"] > data["vm_anon_per_board_kb"] > 1024
+    assert 0 < data["vm_cpu_s"] <= data["cpu_s"]
     assert data["rss_mb"] * 1024 > 5 * data["vm_rss_per_board_kb"]
     ids = [f"dev-{i:05d}" for i in range(1, 6)]
     births = [m for m in obs.messages if m.json().get("online") is True]
