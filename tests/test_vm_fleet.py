@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,30 @@ def test_a_power_cycle_in_a_scenario_gives_a_will_and_a_rebirth(tmp_path, broker
     first, again = status[0].json(), status[2].json()
     assert again["boot"] == first["boot"] + 1 and again["reset"] == "power_on"
     _shutdowns(obs, ["dev-00001", "dev-00002", "dev-00003"])
+
+
+@pytest.mark.integration
+def test_ctrl_c_in_a_terminal_takes_every_vm_board_offline_as_planned(tmp_path, broker, observer):
+    """Ctrl-C sends SIGINT to the whole foreground process group: the
+    interpreters must not get it (they would die with a Will), the fleet does
+    and presses every board's BOOT button."""
+    obs = observer(broker)
+    obs.subscribe("devices/+/status")
+    proc = subprocess.Popen([*ESP32EMU, "--state", str(tmp_path / "state"), "fleet", "--devices", "2", "--vm", "micropython",
+                             "--heap", HEAP, "--broker", broker.url, "--interval", "1", "--keepalive", "5", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+    try:
+        for did in ("dev-00001", "dev-00002"):
+            obs.wait_for(lambda m, d=did: m.topic == f"devices/{d}/status" and m.json().get("online") is True, 20)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: the fleet and every process in its group
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err
+    _shutdowns(obs, ["dev-00001", "dev-00002"])
+    assert json.loads(out.splitlines()[-1])["online_at_end"] == 2
 
 
 @pytest.mark.parametrize("event,named", [

@@ -259,6 +259,11 @@ class VmBoard:
             *cmd, cwd=self.run_dir, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            # Its own session: Ctrl-C in a terminal (SIGINT to the foreground
+            # process group) reaches the emulator, which takes the board
+            # offline as planned, not the interpreter (a KeyboardInterrupt
+            # there would end main.py and leave a Will instead).
+            start_new_session=True,
         )
         reader = self.loop.create_task(self._read_console(self.proc))
         waiter = self.loop.create_task(self._reset_event.wait())
