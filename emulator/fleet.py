@@ -5,7 +5,9 @@ observer in this process (see observer.py), never from the boards counting
 themselves.
 
 Boards boot staggered on one fleet-wide schedule (`--boot-rate` per second),
-each with its own flash directory, identity (`dev-00001`...) and seed. Where
+each with its own flash directory, identity (`dev-00001`...) and seed; with
+`--vm micropython` each is one MicroPython process (emulator/vm/, made by
+workers.make_board: the rest of the fleet does not know the backend). Where
 the boards run is workers.py; the live view's pieces are shared with
 `esp32emu watch` (watch.py).
 

@@ -130,6 +130,16 @@ def test_an_action_the_vm_backend_cannot_do_is_refused_at_load_time(tmp_path, ev
     load_scenario(scenario, private_broker=False, backend="cpython")
 
 
+def test_run_refuses_the_same_actions_at_load_time(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[[event]]\nat = 1\naction = "dns_fail"\n')
+    r = subprocess.run([*ESP32EMU, "--state", str(tmp_path / "state"), "run", "--vm", "micropython", "--heap", HEAP,
+                        "--broker", "mqtt://127.0.0.1:1", "--scenario", str(scenario)],
+                       capture_output=True, text=True, timeout=20, env=ENV, check=False)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "'dns_fail' is not supported on the micropython backend" in r.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["--devices", "99999", "--vm", "micropython"], "VM boards need about"),
     (["--devices", "2", "--heap", "160k"], "--heap needs --vm micropython"),
