@@ -43,7 +43,7 @@ FDS_PER_VM_BOARD = 8
 # What VM boards cost in memory, measured with bench/vm_fleet.py (README "Fleets
 # on the real interpreter"): each interpreter process has ~10.7 MB VmRSS, of
 # which ~7.9 MB are file pages every process shares (libpython, the extension
-# module) and ~2.9 MB its own (RssAnon, heap excluded); the host adds ~0.1 MB
+# module) and ~2.9 MB its own (RssAnon, with a 160k heap); the host adds ~0.1 MB
 # per board (link proxy, shim channel). Estimated with margin:
 VM_SHARED_KB = 8 * 1024  # once for the fleet
 VM_BOARD_BASE_KB = 3 * 1024 + 512  # per board, plus its heap

@@ -60,11 +60,20 @@ def micropython_command() -> list[str]:
         return [exe]
     python = lines[0][2:].decode().strip()
     try:
-        r = subprocess.run([python, "-c", "import micropython_run,os;print(os.path.dirname(micropython_run.__file__))"],
-                           capture_output=True, text=True, timeout=30, check=True)
-    except (OSError, subprocess.SubprocessError):
+        if os.path.samefile(python, sys.executable):  # this venv: no need to ask
+            import importlib.util
+
+            spec = importlib.util.find_spec("micropython_run")
+            if spec is None or spec.origin is None:
+                return [exe]
+            where = os.path.dirname(spec.origin)
+        else:
+            r = subprocess.run([python, "-c", "import micropython_run,os;print(os.path.dirname(micropython_run.__file__))"],
+                               capture_output=True, text=True, timeout=30, check=True)
+            where = r.stdout.strip()
+    except (OSError, ValueError, subprocess.SubprocessError):
         return [exe]
-    return [python, "-S", "-E", "-s", "-c", _RUN_MAIN, r.stdout.strip()]
+    return [python, "-S", "-E", "-s", "-c", _RUN_MAIN, where]
 
 
 def check_heap(heap: str | int) -> str:
