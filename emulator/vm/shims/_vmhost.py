@@ -5,7 +5,6 @@
 # was told at hello: reset cause, RTC offset, MAC.
 import json
 import socket
-import sys as _sys
 
 _sock = None
 _port = 0
@@ -14,7 +13,6 @@ rtc_delta = 0  # ESP32-epoch seconds = utime.time() + rtc_delta
 mac = b"\x24\x0a\xc4\x00\x00\x00"
 _irqs = {}  # pin id -> handler
 _irq_task = None
-_flag_done = False
 
 
 def start(port):
@@ -35,8 +33,6 @@ def _connect(kind):
 def call(*req):
     # A request the host answers at once; a reset or deep sleep is never
     # answered (the host ends this process).
-    if not _flag_done and "asyncio" in _sys.modules:
-        _install_flag()
     try:
         _sock.write(json.dumps(req).encode() + b"\n")
         line = _sock.readline()
@@ -88,35 +84,3 @@ async def _irq_loop():
             import machine
 
             h(machine.Pin(pin))
-
-
-def _install_flag():
-    # Once the firmware has imported asyncio (never earlier: its heap is the
-    # firmware's), at its next request to the host -- before it reaches the
-    # BOOT button task, which comes after WiFi and MQTT setup.
-    global _flag_done
-    _flag_done = True
-    _sys.modules["asyncio"].ThreadSafeFlag = ThreadSafeFlag
-
-
-class ThreadSafeFlag:
-    # asyncio.ThreadSafeFlag as this VM needs it (installed by _install_flag).
-    # The unix port polls an object without a file descriptor (the built-in
-    # flag) by waking every 1 ms: ~900 poll(2) calls and ~1.3 % of a core per
-    # board while the firmware waits for its BOOT button. Here "IRQ" handlers
-    # run in the event loop (_irq_loop), so an Event does the same job: set()
-    # wakes the one waiter, wait() clears the flag when it returns.
-    def __init__(self):
-        import asyncio
-
-        self._e = asyncio.Event()
-
-    def set(self):
-        self._e.set()
-
-    def clear(self):
-        self._e.clear()
-
-    async def wait(self):
-        await self._e.wait()
-        self._e.clear()
