@@ -48,6 +48,9 @@ FDS_PER_VM_BOARD = 8
 VM_SHARED_KB = 8 * 1024  # once for the fleet
 VM_BOARD_BASE_KB = 3 * 1024 + 512  # per board, plus its heap
 VM_MEMORY_SHARE = 0.8  # of MemAvailable: the rest is left to the broker and the machine
+# CPU of one VM board, % of a core, measured with bench/vm_fleet.py (mostly the unix
+# port polling the firmware's ThreadSafeFlag every 1 ms, whatever the traffic).
+VM_BOARD_CPU_PCT = 1.4
 
 
 @dataclass
@@ -117,6 +120,11 @@ def check_vm_capacity(devices: int, heap: str) -> None:
             f"({per_board_kb / 1024:.1f} MB each with heap {heap}) but {available / 1024:.0f} MB is available: "
             f"this machine hosts about {fit}; use fewer --devices or a smaller --heap"
         )
+    cores = os.cpu_count() or 1
+    if devices * VM_BOARD_CPU_PCT > cores * 100:
+        print(f"esp32emu: warning: {devices} VM boards need about {devices * VM_BOARD_CPU_PCT / 100:.1f} cores "
+              f"({VM_BOARD_CPU_PCT} % each) and this machine has {cores}: expect late telemetry and timeouts",
+              file=sys.stderr, flush=True)
     need = 2 * devices + 64  # each board's process and the thread that waits for it (plus ours)
     soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
     if soft != resource.RLIM_INFINITY and soft < need:
