@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument(
         "--workers", type=int, help="processes running boards (default: one per 2,500 boards, at most one per core)"
     )
+    fl.add_argument("--vm", choices=("micropython",), help="every board on the real MicroPython interpreter "
+                    "(one process each, firmware deployed as flash --mpy does)")
+    fl.add_argument("--heap", help="MicroPython heap per board with --vm micropython (default 100k)")
 
     wa = sub.add_parser("watch", help="live table of every device seen on a broker (ours or not)")
     wa.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883)")
@@ -150,6 +153,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 scenario=args.scenario,
                 certs_dir=args.certs,
                 workers=args.workers or auto_workers(args.devices),
+                vm=args.vm,
+                heap=args.heap,
             )
         )
     if args.command == "watch":

@@ -5,7 +5,9 @@ observer in this process (see observer.py), never from the boards counting
 themselves.
 
 Boards boot staggered on one fleet-wide schedule (`--boot-rate` per second),
-each with its own flash directory, identity (`dev-00001`...) and seed. Where
+each with its own flash directory, identity (`dev-00001`...) and seed; with
+`--vm micropython` each is one MicroPython process (emulator/vm/, made by
+workers.make_board: the rest of the fleet does not know the backend). Where
 the boards run is workers.py; the live view's pieces are shared with
 `esp32emu watch` (watch.py).
 
@@ -34,6 +36,21 @@ from emulator.workers import GroupSpec, LocalBoards, WorkerError, WorkerPool, de
 
 FDS_PER_BOARD = 1  # one MQTT socket per board
 FD_RESERVE = 64  # broker probe, observer, log files, worker pipes, the interpreter itself
+# A VM board in the process that runs it: the link proxy's listening socket and
+# both ends of its connection, the shims' channel (listener, request and event
+# connections), the console pipe, and one spare for a reconnect's overlap.
+FDS_PER_VM_BOARD = 8
+# What VM boards cost in memory, measured with bench/vm_fleet.py (README "Fleets
+# on the real interpreter"): each interpreter process has ~10.7 MB VmRSS, of
+# which ~7.9 MB are file pages every process shares (libpython, the extension
+# module) and ~2.9 MB its own (RssAnon, with a 160k heap); the host adds ~0.1 MB
+# per board (link proxy, shim channel). Estimated with margin:
+VM_SHARED_KB = 8 * 1024  # once for the fleet
+VM_BOARD_BASE_KB = 3 * 1024 + 512  # per board, plus its heap
+VM_MEMORY_SHARE = 0.8  # of MemAvailable: the rest is left to the broker and the machine
+# CPU of one VM board, % of a core, measured with bench/vm_fleet.py (mostly the unix
+# port polling the firmware's ThreadSafeFlag every 1 ms, whatever the traffic).
+VM_BOARD_CPU_PCT = 1.4
 
 
 @dataclass
@@ -52,14 +69,18 @@ class FleetOptions:
     certs_dir: Path = Path("certs")  # the PKI for mqtts:// (one client cert per board)
     scenario: Path | None = None  # a TOML timeline of faults (emulator/scenario.py)
     workers: int = 1  # processes running boards
+    vm: str | None = None  # "micropython": every board one interpreter process (emulator/vm/)
+    heap: str | None = None  # their heap (default emulator.vm.DEFAULT_HEAP)
 
 
-def check_fd_limit(devices: int, workers: int = 1, private_broker: bool = True) -> None:
+def check_fd_limit(devices: int, workers: int = 1, private_broker: bool = True, per_board: int = FDS_PER_BOARD) -> None:
     """Raise the soft open-file limit to the hard one if needed; UsageError
     if even that is too low. A private Mosquitto inherits our limit and holds
-    every board's connection, so then the whole fleet counts."""
-    per_process = devices if private_broker else math.ceil(devices / workers)
-    need = per_process * FDS_PER_BOARD + FD_RESERVE
+    every board's connection, so then the whole fleet counts; a process
+    running boards holds `per_board` for each of its own."""
+    need = math.ceil(devices / workers) * per_board + FD_RESERVE
+    if private_broker:
+        need = max(need, devices * FDS_PER_BOARD + FD_RESERVE)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= need:
         return
@@ -70,6 +91,47 @@ def check_fd_limit(devices: int, workers: int = 1, private_broker: bool = True) 
         f"{devices} boards need about {need} open files but the open-file limit is {hard}: "
         f"raise it (`ulimit -n {need}` in the shell, or LimitNOFILE / limits.conf) or use fewer --devices"
     )
+
+
+def mem_available_kb() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def check_vm_capacity(devices: int, heap: str) -> None:
+    """UsageError when the machine cannot host `devices` interpreter
+    processes: their estimated memory against what is available, and the
+    per-user process limit (open files: check_fd_limit)."""
+    from emulator.vm.interpreter import heap_bytes
+
+    per_board_kb = VM_BOARD_BASE_KB + heap_bytes(heap) // 1024
+    available = mem_available_kb()
+    need_kb = VM_SHARED_KB + devices * per_board_kb
+    if available is not None and need_kb > available * VM_MEMORY_SHARE:
+        fit = max(int((available * VM_MEMORY_SHARE - VM_SHARED_KB) // per_board_kb), 0)
+        raise UsageError(
+            f"{devices} VM boards need about {need_kb / 1024:.0f} MB "
+            f"({per_board_kb / 1024:.1f} MB each with heap {heap}) but {available / 1024:.0f} MB is available: "
+            f"this machine hosts about {fit}; use fewer --devices or a smaller --heap"
+        )
+    cores = os.cpu_count() or 1
+    if devices * VM_BOARD_CPU_PCT > cores * 100:
+        print(f"esp32emu: warning: {devices} VM boards need about {devices * VM_BOARD_CPU_PCT / 100:.1f} cores "
+              f"({VM_BOARD_CPU_PCT} % each) and this machine has {cores}: expect late telemetry and timeouts",
+              file=sys.stderr, flush=True)
+    need = 2 * devices + 64  # each board's process and the thread that waits for it (plus ours)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise UsageError(f"{devices} VM boards need about {need} processes and threads but the process limit "
+                             f"(ulimit -u) is {hard}: raise it or use fewer --devices")
+        resource.setrlimit(resource.RLIMIT_NPROC, (hard, hard))
 
 
 def validate(opts: FleetOptions) -> None:
@@ -89,9 +151,21 @@ def validate(opts: FleetOptions) -> None:
         raise UsageError(f"--duration must be positive, got {opts.duration}")
     if opts.boot_rate <= 0:
         raise UsageError(f"--boot-rate must be positive, got {opts.boot_rate}")
-    check_fd_limit(opts.devices, opts.workers, private_broker=opts.broker is None)
+    if opts.vm not in (None, "cpython", "micropython"):
+        raise UsageError(f"--vm must be micropython (or cpython), got {opts.vm!r}")
+    if opts.vm == "cpython":
+        opts.vm = None
+    if opts.vm == "micropython":
+        from emulator.vm import check_vm
+
+        opts.heap = check_vm(opts.heap)
+        check_vm_capacity(opts.devices, opts.heap)
+    elif opts.heap is not None:
+        raise UsageError("--heap needs --vm micropython")
+    check_fd_limit(opts.devices, opts.workers, private_broker=opts.broker is None,
+                   per_board=FDS_PER_VM_BOARD if opts.vm else FDS_PER_BOARD)
     if opts.scenario is not None:
-        load_scenario(opts.scenario, private_broker=opts.broker is None)
+        load_scenario(opts.scenario, private_broker=opts.broker is None, backend=opts.vm or "cpython")
 
 
 def run_fleet(opts: FleetOptions) -> int:
@@ -117,6 +191,8 @@ def run_fleet(opts: FleetOptions) -> int:
             certs_dir=opts.certs_dir,
             boot_rate=opts.boot_rate,
             scenario=opts.scenario,
+            vm=opts.vm,
+            heap=opts.heap,
         )
         if opts.workers == 1:
             boards = LocalBoards(replace(spec, indices=tuple(range(opts.devices))))
@@ -154,10 +230,12 @@ class _Meter:
         self.steady_at: tuple[float, float, int, int] | None = None  # (t, cpu, telemetry, lag index)
 
     def cpu_s(self) -> float:
-        return time.process_time() - self.cpu0 + self.boards.stats()["worker_cpu_s"]
+        st = self.boards.stats()
+        return time.process_time() - self.cpu0 + st["worker_cpu_s"] + st["vm_cpu_s"]
 
     def rss_kb(self) -> int:
-        return rss_kb() + self.boards.stats()["worker_rss_kb"]
+        st = self.boards.stats()
+        return rss_kb() + st["worker_rss_kb"] + st["vm_rss_kb"]
 
     def mark(self) -> None:
         if self.steady_at is None and self.observer.all_online_at is not None:
@@ -210,8 +288,13 @@ async def _run(opts: FleetOptions, url, observer: FleetObserver, boards) -> dict
             failed = boards.failed() if isinstance(boards, WorkerPool) else None
             if failed:
                 break
+        at_end = boards.stats()
         end = {
             "online_at_end": observer.online_count,
+            "vm_rss_kb": at_end["vm_rss_kb"],
+            "vm_procs": at_end["vm_procs"],
+            "vm_anon_kb": at_end["vm_anon_kb"],
+            "vm_cpu_s": at_end["vm_cpu_s"],
             "rss_kb": meter.rss_kb(),
             "cpu_s": meter.cpu_s(),
             "steady": meter.steady(),
@@ -230,9 +313,18 @@ async def _run(opts: FleetOptions, url, observer: FleetObserver, boards) -> dict
     summary = observer.summary()
     stats = boards.stats()
     lag = sorted(stats["lag_ms"])
+    vm = {"vm": opts.vm or "cpython", "heap": opts.heap}
+    if opts.vm is not None:
+        # Each board's interpreter process alone (from /proc/<pid>/status): VmRSS (part of
+        # rss_mb; shared library pages counted in every process) and RssAnon (its own).
+        n = end["vm_procs"]
+        vm["vm_rss_per_board_kb"] = round(end["vm_rss_kb"] / n, 1) if n else None
+        vm["vm_anon_per_board_kb"] = round(end["vm_anon_kb"] / n, 1) if n else None
+        vm["vm_cpu_s"] = round(end["vm_cpu_s"], 1)
     return {
         "devices": opts.devices,
         "workers": opts.workers,
+        **vm,
         "duration_s": round(end["t"] - t0, 1),
         "online_at_end": end["online_at_end"],
         "all_online_s": None if observer.all_online_at is None else round(observer.all_online_at - t0, 1),

@@ -21,7 +21,7 @@ from emulator.boardconfig import default_config
 from emulator.broker import Broker, TlsConfig
 from emulator.loader import FirmwareImage
 from emulator.profiles import profile_names
-from emulator.scenario import Scenario, ScenarioError, Timeline
+from emulator.scenario import Scenario, ScenarioError, Timeline, check_backend
 from emulator.scenario import load as load_scenario_file
 
 
@@ -147,10 +147,10 @@ def run_single(
         raise UsageError(f"--interval must be 0.1..86400 seconds, got {interval}")
     if link not in profile_names():
         raise UsageError(f"unknown --link profile {link!r} (known: {', '.join(profile_names())})")
-    if scenario is not None:
-        load_scenario(scenario, private_broker=broker is None)
     if vm not in (None, "cpython", "micropython"):
         raise UsageError(f"--vm must be micropython (or cpython), got {vm!r}")
+    if scenario is not None:
+        load_scenario(scenario, private_broker=broker is None, backend=vm or "cpython")
     if vm == "micropython":
         from emulator.vm import check_vm
 
@@ -196,10 +196,12 @@ def run_single(
     return 0
 
 
-def load_scenario(path: Path, private_broker: bool) -> Scenario:
-    """Parse a scenario file up front: a bad one is a usage error naming the line."""
+def load_scenario(path: Path, private_broker: bool, backend: str = "cpython") -> Scenario:
+    """Parse a scenario file up front: a bad one, or one with a board action
+    the board backend cannot do, is a usage error naming the line."""
     try:
         scenario = load_scenario_file(path)
+        check_backend(scenario, backend)
     except ScenarioError as e:
         raise UsageError(str(e)) from None
     if scenario.uses_broker and not private_broker:

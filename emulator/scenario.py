@@ -232,6 +232,21 @@ def _check_selector(select: str, groups: dict, fail) -> None:
     raise fail(f"bad selector {select!r} (all | fraction:F | first:N | ids:a,b | group:NAME)")
 
 
+def check_backend(scenario: Scenario, backend: str) -> None:
+    """ScenarioError naming the first board event the backend cannot do
+    ("cpython" does them all; "micropython": see emulator.vm.unsupported_action)."""
+    if backend != "micropython":
+        return
+    from emulator.vm import unsupported_action
+
+    for ev in scenario.events:
+        if ev.target == "broker":
+            continue
+        why = unsupported_action(ev.action, ev.params)
+        if why is not None:
+            raise ScenarioError(f"{scenario.path}:{ev.line}: action {ev.action!r} is not supported on the {backend} backend: {why}")
+
+
 def select_boards(select: str, boards: list, groups: dict, rng: random.Random) -> list:
     kind, _, arg = select.partition(":")
     if kind == "all":

@@ -50,6 +50,8 @@ class GroupSpec:
     certs_dir: Path
     boot_rate: float  # fleet-wide boards powered on per second
     scenario: Path | None = None
+    vm: str | None = None  # None: CPython boards; "micropython": one interpreter process per board
+    heap: str | None = None  # the VM boards' heap (emulator/vm/)
 
 
 def auto_workers(devices: int, cores: int | None = None) -> int:
@@ -76,12 +78,32 @@ def raise_fd_limit() -> tuple[int, int]:
     return soft, hard
 
 
-def rss_kb(pid: int | str = "self") -> int:
-    """Resident set size of a process in KiB (0 when it is gone)."""
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's children that have ended and been waited for."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def rss_kb(pid: int | str = "self", field: str = "VmRSS") -> int:
+    """Resident set size of a process in KiB (0 when it is gone); `field`
+    "RssAnon": only its own pages, without the shared file mappings."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -119,23 +141,16 @@ class BoardGroup:
         self.rss_base_kb = 0
         self.collector = Collector()
         self._tasks: list[asyncio.Task] = []
+        self._vm_cpu0 = 0.0
 
     def build(self) -> None:
-        from emulator.board import Board
-        from emulator.boardconfig import default_config
         from emulator.loader import FirmwareImage
-        from emulator.runner import install_tls
 
-        s = self.spec
         image = FirmwareImage()
         self.rss_base_kb = rss_kb()
-        for i in s.indices:
-            did = device_id(i)
-            cfg = default_config(did, s.host, s.port, keepalive=s.keepalive, interval=s.interval, broker={"tls": s.tls})
-            board = Board(did, image, s.state_dir / "boards" / did, config=cfg, seed=s.seed, index=i)
-            if s.tls:
-                install_tls(board, s.certs_dir)
-            self.boards.append(board)
+        for i in self.spec.indices:
+            self.boards.append(make_board(self.spec, i, image))
+        self._vm_cpu0 = children_cpu_s()  # VM processes that end from here on count (compiling the firmware does not)
 
     def start(self, t0: float, broker=None, board_events_only: bool = False) -> None:
         """Start booting at monotonic time t0 (the fleet's, shared by every
@@ -186,6 +201,22 @@ class BoardGroup:
         return {
             "booted": sum(1 for b in self.boards if b.running),
             "halted": sum(1 for b in self.boards if b.halted),
+            **self.vm_usage(),
+        }
+
+    def vm_usage(self) -> dict:
+        """The VM boards' interpreter processes (none for CPython boards):
+        RSS summed over the live ones, from /proc/<pid>/status; CPU of the
+        live ones plus every one that ended since build() (waited for)."""
+        if self.spec.vm is None:
+            return {"vm_rss_kb": 0, "vm_anon_kb": 0, "vm_procs": 0, "vm_cpu_s": 0.0}
+        pids = [b.proc.pid for b in self.boards if b.proc is not None and b.proc.returncode is None]
+        rss = [rss_kb(pid) for pid in pids]
+        return {
+            "vm_rss_kb": sum(rss),
+            "vm_anon_kb": sum(rss_kb(pid, "RssAnon") for pid in pids),
+            "vm_procs": sum(1 for r in rss if r),
+            "vm_cpu_s": children_cpu_s() - self._vm_cpu0 + sum(cpu_s(pid) for pid in pids),
         }
 
     async def stop(self) -> None:
@@ -198,6 +229,29 @@ class BoardGroup:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.collector.stop()
         await shutdown_gracefully([b for b in self.boards if b.running], timeout=10)
+
+
+def make_board(spec: GroupSpec, index: int, image):
+    """Board `index` of the fleet on the spec's backend: the one place where
+    a fleet makes a board (`image` is the loaded firmware, shared)."""
+    from emulator.boardconfig import default_config
+    from emulator.runner import install_tls
+
+    did = device_id(index)
+    cfg = default_config(did, spec.host, spec.port, keepalive=spec.keepalive, interval=spec.interval, broker={"tls": spec.tls})
+    if spec.vm == "micropython":
+        from emulator.vm import DEFAULT_HEAP
+        from emulator.vm.board import VmBoard
+
+        board = VmBoard(did, spec.state_dir / "vm-boards" / did, heap=spec.heap or DEFAULT_HEAP, seed=spec.seed, index=index,
+                        config=cfg, firmware=image.directory)
+    else:
+        from emulator.board import Board
+
+        board = Board(did, image, spec.state_dir / "boards" / did, config=cfg, seed=spec.seed, index=index)
+    if spec.tls:
+        install_tls(board, spec.certs_dir)
+    return board
 
 
 class LocalBoards:
@@ -366,6 +420,10 @@ class WorkerPool:
             "halted": sum(s.get("halted", 0) for s in self.latest),
             "lag_ms": self.lag_ms,
             "rss_base_kb": self.rss_base_kb,
+            "vm_rss_kb": sum(s.get("vm_rss_kb", 0) for s in self.latest),
+            "vm_anon_kb": sum(s.get("vm_anon_kb", 0) for s in self.latest),
+            "vm_procs": sum(s.get("vm_procs", 0) for s in self.latest),
+            "vm_cpu_s": sum(s.get("vm_cpu_s", 0.0) for s in self.latest),
             "worker_rss_kb": sum(s.get("rss_kb", 0) for s in self.latest),
             "worker_cpu_s": max(sum(s.get("cpu_s", 0.0) for s in self.latest) - self.cpu_base_s, 0.0),
         }

@@ -29,6 +29,25 @@ PLUGIN_HEAP = "160k"
 # the real interpreter" lists what each backend supports.
 
 
+def unsupported_action(action: str, params: dict) -> str | None:
+    """Why a scenario board action cannot run on a VM board (None: it can);
+    checked when a scenario is loaded, so a run never stops half-way."""
+    from emulator.vm.proxy import UnsupportedFault, _UNSUPPORTED_RATES, _supported
+
+    if action == "dns_fail":
+        return "the board connects to the link proxy's literal 127.0.0.1 address; no DNS is asked"
+    if action == "link":
+        from emulator.profiles import make_profile
+
+        try:
+            _supported(make_profile(params.get("profile")))
+        except UnsupportedFault as e:
+            return f"{e.fault}: {_UNSUPPORTED_RATES.get(e.fault.split()[-1], '')}".rstrip(": ")
+        except (ValueError, KeyError, TypeError):
+            return None  # not ours to judge: the run says what is wrong with the profile
+    return None
+
+
 def check_vm(heap: str | None) -> str:
     """The heap to use (DEFAULT_HEAP when None), after checking that the
     interpreter exists; raises `emulator.runner.UsageError` with one line."""

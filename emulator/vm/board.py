@@ -44,7 +44,7 @@ from emulator.fakes.misc import FlashFS, NtptimeModule
 from emulator.fakes.networkfake import STA_IF, AccessPoint, NetworkModule, Radio
 from emulator.rng import SmallRandom
 from emulator.sensors import wire as wire_sensors
-from emulator.vm.interpreter import check_heap, heap_bytes, compiled_shims, shim_overhead, deploy_firmware, micropython_executable
+from emulator.vm.interpreter import check_heap, heap_bytes, compiled_shims, shim_overhead, deploy_firmware, micropython_command, micropython_executable
 from emulator.vm.proxy import LinkProxy
 
 log = logging.getLogger("esp32emu.vm")
@@ -72,7 +72,7 @@ class VmBoard:
         self.index = index
         self.heap = check_heap(heap)
         self.heap_limit = heap_bytes(heap)
-        self.command: list[str] = []  # the last boot's command line
+        self.command: list[str] = []  # the last boot's command line, as `micropython ...`
         self.state_dir = Path(state_dir)
         self.flash_dir = self.state_dir / "flash"
         self.flash_dir.mkdir(parents=True, exist_ok=True)
@@ -251,13 +251,19 @@ class VmBoard:
         shims = compiled_shims()
         # The firmware gets `heap`; the shims (C in flash on a board) get theirs on top.
         heapsize = self.heap_limit + shim_overhead(shims)
-        cmd = [micropython_executable(), "-X", f"heapsize={heapsize}", str(shims / "_vmboot.py"), str(self._ctl_port)]
-        self.command = cmd
+        args = ["-X", f"heapsize={heapsize}", str(shims / "_vmboot.py"), str(self._ctl_port)]
+        self.command = [micropython_executable(), *args]  # what to type to run this boot by hand
+        cmd = [*micropython_command(), *args]  # the same interpreter, started leaner (interpreter.py)
         self.log_event("boot", f"boot #{self.boots}, reset cause {cause} (micropython, heap {self.heap})")
         self.proc = await asyncio.create_subprocess_exec(
             *cmd, cwd=self.run_dir, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            # Its own session: Ctrl-C in a terminal (SIGINT to the foreground
+            # process group) reaches the emulator, which takes the board
+            # offline as planned, not the interpreter (a KeyboardInterrupt
+            # there would end main.py and leave a Will instead).
+            start_new_session=True,
         )
         reader = self.loop.create_task(self._read_console(self.proc))
         waiter = self.loop.create_task(self._reset_event.wait())

