@@ -18,7 +18,6 @@ import mqtt_session
 from backoff import Backoff
 from jsonval import redacted
 from mqtt_client import LinkError, MqttClient
-from mqtt_session import Message, PublishAcked
 from sensors import Sensors
 from wifi import Wifi
 
@@ -268,9 +267,10 @@ class Device:
 
     def _on_event(self, ev):
         # Called by the client's pump for every session event; never blocks.
-        if isinstance(ev, Message) and ev.topic == self.t_cmd:
+        # (a tuple: see mqtt_session; 3 = a message, 4 = a publish acked)
+        if ev[0] == 3 and ev[1] == self.t_cmd:
             self._enqueue_command(ev)
-        elif isinstance(ev, PublishAcked):
+        elif ev[0] == 4:
             self._acked.set()
 
     # -- telemetry -------------------------------------------------------------
@@ -313,9 +313,10 @@ class Device:
 
     def _enqueue_command(self, msg):
         # Called from the pump, so it never waits and costs O(1): a flood
-        # must neither grow the heap nor stall telemetry.
+        # must neither grow the heap nor stall telemetry. msg: the message
+        # event (3, topic, payload, qos, retain, dup, packet_id, size).
         try:
-            cmd_id, op, args = commands.parse(msg.payload, msg.size)
+            cmd_id, op, args = commands.parse(msg[2], msg[7])
         except commands.CommandError as e:
             cmd_id, op, args = e.cmd_id, None, str(e)
         busy = self._busy

@@ -23,7 +23,6 @@ import time
 
 from mqtt_codec import ProtocolError
 import mqtt_session
-from mqtt_session import ConnectionRefused, Connected, LinkDead, PublishAcked, Subscribed
 
 try:
     from micropython import const
@@ -47,7 +46,7 @@ class LinkError(Exception):
 class MqttClient:
     def __init__(self, session, on_event):
         # on_event(ev) is called (from the reader task or the timer loop) for
-        # every session event except LinkDead and ConnectionRefused, which end
+        # every session event (a tuple) except link dead and connection refused, which end
         # connect()/pump() with a LinkError. It must not block or raise.
         self.session = session
         self._on_event = on_event
@@ -224,17 +223,18 @@ class MqttClient:
             ev = self.session.next_event()
             if ev is None:
                 return
-            if isinstance(ev, LinkDead):
-                self._fail(ev.reason)
-            elif isinstance(ev, ConnectionRefused):
-                self._fail("broker refused CONNECT: %s (code %d)" % (ev.reason, ev.return_code))
+            k = ev[0]  # the kinds: mqtt_session's "events"
+            if k == 17:  # link dead
+                self._fail(ev[1])
+            elif k == 16:  # connection refused
+                self._fail("broker refused CONNECT: %s (code %d)" % (ev[2], ev[1]))
             else:
-                if isinstance(ev, PublishAcked):
+                if k == 4:  # publish acked
                     self._feed_window()
-                elif isinstance(ev, Connected):
+                elif k == 2:  # connected
                     self._wake.set()
-                elif isinstance(ev, Subscribed) and ev.packet_id == self._suback_pid:
-                    self._suback = ev.return_codes
+                elif k == 9 and ev[1] == self._suback_pid:  # subscribed
+                    self._suback = ev[2]
                     self._wake.set()
                 self._on_event(ev)
 
@@ -306,7 +306,7 @@ class MqttClient:
 
     async def subscribe(self, topics):
         # Queue and send SUBSCRIBE; returns its packet id (the SUBACK comes
-        # to on_event as a Subscribed event).
+        # to on_event as a subscribed event).
         if not self.connected:
             raise LinkError(self._failure or "not connected")
         pid = self.session.subscribe(topics, time.ticks_ms())
