@@ -3,7 +3,7 @@
 # supervisor that keeps WiFi and MQTT up with jittered exponential backoff.
 #
 # Hardware is reached through the modules the board provides (machine, esp32,
-# gc, network via wifi.py); everything device-specific lives in the Device
+# gc, network); everything device-specific lives in the Device
 # object, never in module globals.
 import asyncio
 import gc
@@ -13,13 +13,12 @@ import time
 
 import machine
 
+import network
+
 import commands
 import mqtt_session
-from backoff import Backoff
-from jsonval import redacted
 from mqtt_client import LinkError, MqttClient
 from sensors import Sensors
-from wifi import Wifi
 
 try:
     from micropython import const
@@ -44,6 +43,9 @@ _LED_PIN = const(2)
 _CMD_QUEUE = const(16)  # commands waiting for the worker; more get "busy"
 _BUSY_WINDOW = const(8)  # unacked QoS 1 messages beyond which "busy" goes QoS 0
 _BUTTON_PIN = const(0)  # BOOT button on dev kits: press for a planned shutdown
+_STAT_IDLE = const(1000)  # network.WLAN.status() on an ESP32
+_STAT_CONNECTING = const(1001)
+_STAT_GOT_IP = const(1010)
 
 
 def next_due(due, period):
@@ -93,9 +95,8 @@ class Device:
         self.seq = 0
         self.reconnects = 0
         self.started = time.ticks_ms()
-        self.wifi = Wifi(cfg["wifi"]["ssid"], cfg["wifi"]["password"])
-        bk = cfg["backoff"]
-        self.backoff = Backoff(bk["base_ms"], bk["cap_ms"], _rand_below)
+        self._sta = None  # network.WLAN(STA_IF), made on first use
+        self._attempt = 0  # reconnect attempts since the backoff was reset
         broker = cfg["broker"]
         pw = broker.get("password")
         session = mqtt_session.Session(
@@ -149,13 +150,14 @@ class Device:
                 # Spread the first retry of a whole fleet over a window: a
                 # broker restart must not see every board at once. A link
                 # that died young keeps escalating instead.
-                floor = _loss_attempt(self.backoff)
-                if lived >= _STABLE_MS or self.backoff.attempt < floor:
-                    self.backoff.reset(floor)
+                floor = self._loss_attempt()
+                if lived >= _STABLE_MS or self._attempt < floor:
+                    self._attempt = floor
             elif first:
                 first = False
-            delay = self.backoff.next_delay_ms()
-            self.log("mqtt: %s; retry %d in %d ms" % (reason, self.backoff.attempt, delay))
+            delay = _rand_below(self._window(self._attempt) + 1)
+            self._attempt += 1
+            self.log("mqtt: %s; retry %d in %d ms" % (reason, self._attempt, delay))
             await asyncio.sleep_ms(delay)
 
     async def _stay_online(self):
@@ -182,7 +184,7 @@ class Device:
         while True:
             due = next_due(due, _WIFI_CHECK_MS)
             await asyncio.sleep_ms(max(time.ticks_diff(due, time.ticks_ms()), 0))
-            if not self.wifi.isconnected():
+            if not self._wlan().isconnected():
                 self.log("wifi: lost; closing the MQTT socket")
                 self._wifi_lost = True
                 pump.cancel()
@@ -192,12 +194,12 @@ class Device:
         # One attempt: WiFi, then TCP+MQTT, then subscribe (waiting for the
         # SUBACK) and birth.
         # Returns None when online, else the reason it failed.
-        if not self.wifi.isconnected():
+        if not self._wlan().isconnected():
             self.log("wifi: connecting")
-            err = await self.wifi.connect(_WIFI_TIMEOUT_MS)
+            err = await self._wifi_connect()
             if err is not None:
                 return "wifi: " + err
-            self.log("wifi: connected, ip %s" % self.wifi.ip())
+            self.log("wifi: connected, ip %s" % self._ip())
             self._set_clock()
         broker = self.cfg["broker"]
         # An unacknowledged birth from the last link must not be resent ahead
@@ -247,8 +249,69 @@ class Device:
         self._online.set()
         return None
 
+    # -- WiFi station: activate, associate, wait for an IP with a deadline,
+    # and say in words why it failed. `network` is touched on first use.
+
+    def _wlan(self):
+        if self._sta is None:
+            self._sta = network.WLAN(network.STA_IF)
+        return self._sta
+
+    async def _wifi_connect(self):
+        # None when connected, else a short reason. The driver retries
+        # association by itself; a wrong password sticks at 202 until we
+        # disconnect, so every failed attempt ends with disconnect().
+        sta = self._wlan()
+        if not sta.active():
+            sta.active(True)
+        if sta.isconnected():
+            return None
+        if sta.status() != _STAT_CONNECTING:
+            wifi = self.cfg["wifi"]
+            sta.connect(wifi["ssid"], wifi["password"])
+        start = time.ticks_ms()
+        status = sta.status()
+        while time.ticks_diff(time.ticks_ms(), start) < _WIFI_TIMEOUT_MS:
+            if sta.isconnected():
+                return None
+            status = sta.status()
+            if status not in (_STAT_IDLE, _STAT_CONNECTING, _STAT_GOT_IP):
+                break
+            await asyncio.sleep_ms(100)
+        if sta.isconnected():
+            return None
+        sta.disconnect()
+        if status in (_STAT_IDLE, _STAT_CONNECTING):
+            return "no IP within %d ms" % _WIFI_TIMEOUT_MS
+        # the ESP32's failure codes of WLAN.status(), in words
+        for code, name in ((200, "beacon timeout"), (201, "no AP found"), (202, "wrong password"),
+                           (203, "association failed"), (204, "handshake timeout")):
+            if code == status:
+                return name
+        return "status %s" % status
+
+    def _ip(self):
+        return self._wlan().ifconfig()[0]
+
+    def _rssi(self):
+        try:
+            return self._wlan().status("rssi")
+        except Exception:
+            return None
+
+    def _window(self, attempt):
+        bk = self.cfg["backoff"]
+        return mqtt_session.backoff_window(bk["base_ms"], bk["cap_ms"], attempt)
+
+    def _loss_attempt(self):
+        # The first attempt whose window reaches _LOSS_WINDOW_MS (or the cap).
+        attempt = 0
+        while self._window(attempt) < _LOSS_WINDOW_MS and self._window(attempt + 1) > self._window(attempt):
+            attempt += 1
+        return attempt
+
     def _birth(self):
-        return _dumps({"online": True, "fw": FW_VERSION, "boot": self.boot, "reset": self.reset, "ip": self.wifi.ip()})
+        return _dumps({"online": True, "fw": FW_VERSION, "boot": self.boot, "reset": self.reset, "ip": self._ip()})
 
     def _set_clock(self):
         # Real boards need NTP before TLS can verify certificates and before
@@ -408,7 +471,7 @@ class Device:
             self._interval_changed.set()
             return {"interval": args["seconds"]}
         if op == "get_config":
-            return redacted(self.cfg)
+            return commands.redacted(self.cfg)
         if op == "led":
             if self._led is None:
                 self._led = machine.Pin(_LED_PIN, machine.Pin.OUT)
@@ -438,7 +501,7 @@ class Device:
                 "heap_max_free": lo,
                 "uptime_s": time.ticks_diff(time.ticks_ms(), self.started) // 1000,
                 "reconnects": self.reconnects,
-                "rssi": self.wifi.rssi(),
+                "rssi": self._rssi(),
             }
         if op == "reboot":
             return {"rebooting": True}
@@ -490,11 +553,3 @@ def _dumps(obj):
 
 def _rand_below(n):
     return random.getrandbits(30) % n if n > 0 else 0
-
-
-def _loss_attempt(backoff):
-    # The first attempt whose window reaches _LOSS_WINDOW_MS (or the cap).
-    attempt = 0
-    while backoff.window_ms(attempt) < _LOSS_WINDOW_MS and backoff.window_ms(attempt + 1) > backoff.window_ms(attempt):
-        attempt += 1
-    return attempt

@@ -45,6 +45,20 @@ _REFUSED = (
 _STATE_NAMES = ("DISCONNECTED", "CONNECTING", "CONNECTED")
 
 
+def backoff_window(base_ms, cap_ms, attempt):
+    # The reconnect backoff (full jitter, AWS architecture blog "Exponential
+    # Backoff And Jitter"): attempt n waits a uniform integer in
+    # [0, window], window = min(cap_ms, base_ms * 2**n), so a fleet that lost
+    # its broker at the same instant spreads its reconnects over the whole
+    # window instead of stampeding in lock-step. Doubling stops at the cap: no
+    # big ints on MicroPython, whatever the attempt.
+    w = base_ms
+    while attempt > 0 and w < cap_ms:
+        w <<= 1
+        attempt -= 1
+    return w if w < cap_ms else cap_ms
+
+
 def _ticks_diff(a, b):
     # a - b for MicroPython ticks_ms() values, which wrap at 2**30
     return ((a - b + 0x20000000) & 0x3FFFFFFF) - 0x20000000
