@@ -239,39 +239,37 @@ def error_result(cmd_id, message):
     return _dumps({"id": cmd_id, "ok": False, "error": str(message)}).encode()
 
 
-class ResultCache:
-    """Result payloads of the last `size` command ids, so a QoS 1 redelivery
-    of the same id gets the first result again instead of running twice.
-    FIFO eviction; memory bounded by `size` entries."""
+# The result cache: the result payloads of the last `size` command ids, so a
+# QoS 1 redelivery of the same id gets the first result again instead of
+# running twice. FIFO eviction, bounded by `size` entries. One flat list, no
+# class and no dict (heap): [next slot, id0, payload0, id1, payload1, ...];
+# a lookup scans the ids (32 by default: cheap next to the JSON parse).
 
-    def __init__(self, size=32):
-        if not is_int(size) or size < 1:
-            raise ValueError("ResultCache size must be an integer >= 1")
-        self._size = size
-        self._ring = [None] * size  # ids in insertion order (circular)
-        self._next = 0
-        self._results = {}
 
-    def get(self, cmd_id):
-        """The remembered payload for cmd_id, or None."""
-        return self._results.get(cmd_id)
+def new_cache(size=32):
+    if not is_int(size) or size < 1:
+        raise ValueError("result cache size must be an integer >= 1")
+    return [1] + [None] * (2 * size)
 
-    def put(self, cmd_id, payload):
-        """Remember payload for cmd_id (None ids are not remembered)."""
-        if cmd_id is None:
+
+def cache_get(cache, cmd_id):
+    """The remembered payload for cmd_id, or None."""
+    if cmd_id is not None:
+        for i in range(1, len(cache), 2):
+            if cache[i] == cmd_id:
+                return cache[i + 1]
+    return None
+
+
+def cache_put(cache, cmd_id, payload):
+    """Remember payload for cmd_id (None ids are not remembered)."""
+    if cmd_id is None:
+        return
+    for i in range(1, len(cache), 2):
+        if cache[i] == cmd_id:
+            cache[i + 1] = payload
             return
-        if cmd_id in self._results:
-            self._results[cmd_id] = payload
-            return
-        old = self._ring[self._next]
-        if old is not None:
-            del self._results[old]
-        self._ring[self._next] = cmd_id
-        self._next = (self._next + 1) % self._size
-        self._results[cmd_id] = payload
-
-    def __len__(self):
-        return len(self._results)
-
-    def __contains__(self, cmd_id):
-        return cmd_id in self._results
+    i = cache[0]
+    cache[i] = cmd_id
+    cache[i + 1] = payload
+    cache[0] = i + 2 if i + 2 < len(cache) else 1
