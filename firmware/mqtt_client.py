@@ -32,7 +32,7 @@ except ImportError:
         return x
 
 
-_READ_BUF = const(1024)
+_READ_BUF = const(512)  # a read's chunk; packets of any size are assembled by the Decoder
 _WRITE_TIMEOUT_MS = const(10000)
 _WINDOW = const(8)  # QoS 1 messages handed to the session at once
 _MAX_QUEUED = const(64)  # QoS 1 messages waiting for a window slot
@@ -91,7 +91,7 @@ class MqttClient:
         self._task = asyncio.create_task(self._read_loop(self._reader))
         try:
             await self._flush()
-            await self._serve(self._connack_done, start, timeout_ms, "CONNACK")
+            await self._serve(1, start, timeout_ms, "CONNACK")
             # Anything that was queued while offline goes out now.
             self._feed_window()
             await self._flush()
@@ -136,7 +136,7 @@ class MqttClient:
     async def pump(self):
         # Run the timers until the link fails; raises LinkError saying why.
         try:
-            await self._serve(_never, 0, 0, "")
+            await self._serve(0, 0, 0, "")
         finally:
             await self.close()
 
@@ -175,11 +175,12 @@ class MqttClient:
         except Exception as e:  # a bug must end the link, not leave it unread
             self._fail("reader failed: %r" % (e,))
 
-    async def _serve(self, done, start, limit_ms, what):
+    async def _serve(self, until, start, limit_ms, what):
         # The timer loop: run the session's timers and send what they queue,
         # then sleep until the next deadline or until the reader has news.
-        # Returns once done() is true; raises LinkError when the link fails,
-        # or when `what` did not happen within limit_ms of start (0: no limit).
+        # Returns once `until` happened (1: the CONNACK came, 2: the awaited
+        # SUBACK came, 0: never); raises LinkError when the link fails, or
+        # when `what` did not happen within limit_ms of start (0: no limit).
         session = self.session
         wake = self._wake
         while True:
@@ -192,7 +193,7 @@ class MqttClient:
                 self._fail("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
             if self._failure is not None:
                 raise LinkError(self._failure)
-            if done():
+            if (until == 1 and session.state != mqtt_session.CONNECTING) or (until == 2 and self._suback is not None):
                 return
             left = session.next_timeout_ms(now)
             if tx is not None:
@@ -211,12 +212,6 @@ class MqttClient:
                 await asyncio.wait_for_ms(wake.wait(), left)
             except asyncio.TimeoutError:
                 pass
-
-    def _connack_done(self):
-        return self.session.state != mqtt_session.CONNECTING
-
-    def _suback_done(self):
-        return self._suback is not None
 
     def _dispatch(self):
         while True:
@@ -304,15 +299,6 @@ class MqttClient:
             topic, payload, retain = q.pop(0)
             self.session.publish(topic, payload, 1, retain, time.ticks_ms())
 
-    async def subscribe(self, topics):
-        # Queue and send SUBSCRIBE; returns its packet id (the SUBACK comes
-        # to on_event as a subscribed event).
-        if not self.connected:
-            raise LinkError(self._failure or "not connected")
-        pid = self.session.subscribe(topics, time.ticks_ms())
-        await self._flush()
-        return pid
-
     async def subscribe_and_wait(self, topics, timeout_ms):
         # Subscribe and wait for the SUBACK (running the timers meanwhile);
         # returns its return codes, one per topic (0x80 = refused). LinkError
@@ -326,7 +312,7 @@ class MqttClient:
         self._suback_pid = self.session.subscribe(topics, start)
         try:
             await self._flush()
-            await self._serve(self._suback_done, start, timeout_ms, "SUBACK")
+            await self._serve(2, start, timeout_ms, "SUBACK")
         finally:
             self._suback_pid = 0
         codes = self._suback
@@ -336,10 +322,6 @@ class MqttClient:
     def pending(self):
         # QoS 1 messages not yet acknowledged (in flight + queued).
         return self.session.inflight_count() + len(self._queued)
-
-
-def _never():
-    return False
 
 
 def _oserror(e):
