@@ -155,10 +155,7 @@ class Session:
                     break
                 started = None  # the packet in progress (if any) is a new one
                 self._ping_sent = None  # any packet shows the broker is alive
-                if self.state == CONNECTING:
-                    self._on_connecting(packet, now_ms)
-                else:
-                    self._on_connected(packet, now_ms)
+                self._on_packet(packet, now_ms)
         except ProtocolError:
             self._drop_link()
             raise
@@ -300,29 +297,27 @@ class Session:
 
     # ------------------------------------------- incoming packets, per state
 
-    def _on_connecting(self, packet, now_ms):
-        if packet[0] != _CONNACK:
-            raise ProtocolError("expected CONNACK, got %s" % _name(packet[0]))
-        rc = packet[2]
-        if rc:
-            self.state = DISCONNECTED
-            self._out[:] = b""
-            self._events.append((_REFUSED_EV, rc, _REFUSED[rc]))
-            return
-        self.state = CONNECTED
-        self._events.append(packet)
-        # Resend unacked QoS 1 in original order: DUP=1 if a link carried it.
-        for entry in self._inflight:
-            wire = entry[1]
-            if entry[2]:
-                wire = bytes((wire[0] | 0x08,)) + wire[1:]
-            self._queue(wire, now_ms)
-            entry[2] = True
-
-    def _on_connected(self, packet, now_ms):
+    def _on_packet(self, packet, now_ms):
         t = packet[0]
         pid = packet[1] if len(packet) > 1 else 0
-        if t == _PUBLISH:
+        if self.state == CONNECTING:
+            if t != _CONNACK:
+                raise ProtocolError("expected CONNACK, got %s" % _name(t))
+            rc = packet[2]
+            if rc:
+                self.state = DISCONNECTED
+                self._out[:] = b""
+                self._events.append((_REFUSED_EV, rc, _REFUSED[rc]))
+                return
+            self.state = CONNECTED
+            # Resend unacked QoS 1 in original order: DUP=1 if a link carried it.
+            for entry in self._inflight:
+                wire = entry[1]
+                if entry[2]:
+                    wire = bytes((wire[0] | 0x08,)) + wire[1:]
+                self._queue(wire, now_ms)
+                entry[2] = True
+        elif t == _PUBLISH:
             if packet[3] == 2:
                 raise ProtocolError("QoS 2 PUBLISH, but we never subscribe above QoS 1")
             pid = packet[6]
