@@ -49,7 +49,6 @@ import sys, gc, time
 sys.path.insert(0, sys.argv[1])
 import config
 from device import Device
-from mqtt_session import Message
 cfg = config.validate({"id": "vm", "sensors": [{"type": "mcu"}]}, print)
 dev = Device(cfg, "vm", 1, "power_on")
 s = dev.client.session
@@ -67,7 +66,7 @@ i = 0
 err = "ok"
 try:
     while i < n:
-        dev._enqueue_command(Message("devices/vm/cmd", b'{"id":"c%d","op":"ping"}' % i, 1, False, False, i % 65535 + 1))
+        dev._enqueue_command((3, "devices/vm/cmd", b'{"id":"c%d","op":"ping"}' % i, 1, False, False, i % 65535 + 1, None))
         i += 1
         if i % 8 == 0:
             s.data_to_send()

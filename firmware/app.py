@@ -27,7 +27,7 @@ def main():
         sys.modules.pop("config", None)
     del config
     gc.collect()  # config.py is unreachable now
-    from device import FW_VERSION, Device, reset_cause_name
+    from device import FW_VERSION, Device
 
     # Boots since first flash, persisted in NVS (survives power loss and
     # reflash of files; erased only with the flash).
@@ -40,6 +40,12 @@ def main():
     nvs.set_i32("boot", boot)
     nvs.commit()
     dev_id = cfg["id"] or "esp32-" + "".join("%02x" % b for b in machine.unique_id())
-    dev = Device(cfg, dev_id, boot, reset_cause_name(machine.reset_cause()))
+    cause = machine.reset_cause()
+    reset = "hard"
+    for code, name in ((machine.PWRON_RESET, "power_on"), (machine.WDT_RESET, "watchdog"),
+                       (machine.DEEPSLEEP_RESET, "deepsleep"), (machine.SOFT_RESET, "soft")):
+        if cause == code:
+            reset = name
+    dev = Device(cfg, dev_id, boot, reset)
     print("esp32emu fw %s: device %s, boot %d, reset %s" % (FW_VERSION, dev.id, dev.boot, dev.reset))
     asyncio.run(dev.run())

@@ -3,6 +3,7 @@
 #
 # Pure logic: no I/O, no MQTT, does not execute commands (device.py does).
 # Imports only `json` and `micropython`; keeps no module-level mutable state.
+# Its helpers is_int/show also serve config.py's validators.
 # Never lets bad input escape as anything but CommandError: a malformed
 # command must not crash the board (SPEC section 2).
 #
@@ -14,14 +15,66 @@
 
 import json
 
-from jsonval import is_int, show
-
 try:
     from micropython import const
 except ImportError:  # CPython
 
     def const(x):
         return x
+
+
+# -- helpers shared with config.py's validators (type checks that behave the
+# same on CPython and MicroPython, a short JSON-like rendering of a bad value
+# for one-line errors) and the redacted copy of a config that get_config
+# publishes: here, not in config.py, because config.py is unloaded after boot.
+
+_SHOW_MAX = const(40)  # longest echo of a bad value in an error message
+
+
+def is_int(v):
+    # bool is an int subclass in CPython: true must not pass as 1.
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def show(v):
+    # JSON-like and the same on CPython and MicroPython (repr() differs for
+    # non-ASCII), shortened to _SHOW_MAX characters.
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, str):
+        if len(v) > _SHOW_MAX:
+            v = v[:_SHOW_MAX] + "..."
+        return '"' + v + '"'
+    if isinstance(v, dict):
+        return "an object"
+    if isinstance(v, list):
+        return "a list"
+    return str(v)
+
+
+def _copy(v):
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy(x) for x in v]
+    return v
+
+
+def redacted(cfg):
+    # A deep copy of a validated config safe to print or publish (get_config):
+    # every set password becomes "***"; unset ones (null or "") stay as they
+    # are, so an operator can see that none is configured. Lives here, not in
+    # config.py, because config.py is unloaded after boot to free the heap.
+    out = _copy(cfg)
+    for section in ("wifi", "broker"):
+        sec = out.get(section)
+        if isinstance(sec, dict) and sec.get("password"):
+            sec["password"] = "***"
+    return out
 
 
 MAX_PAYLOAD = const(1024)  # bytes; bigger commands are refused unread
@@ -186,39 +239,37 @@ def error_result(cmd_id, message):
     return _dumps({"id": cmd_id, "ok": False, "error": str(message)}).encode()
 
 
-class ResultCache:
-    """Result payloads of the last `size` command ids, so a QoS 1 redelivery
-    of the same id gets the first result again instead of running twice.
-    FIFO eviction; memory bounded by `size` entries."""
+# The result cache: the result payloads of the last `size` command ids, so a
+# QoS 1 redelivery of the same id gets the first result again instead of
+# running twice. FIFO eviction, bounded by `size` entries. One flat list, no
+# class and no dict (heap): [next slot, id0, payload0, id1, payload1, ...];
+# a lookup scans the ids (32 by default: cheap next to the JSON parse).
 
-    def __init__(self, size=32):
-        if not is_int(size) or size < 1:
-            raise ValueError("ResultCache size must be an integer >= 1")
-        self._size = size
-        self._ring = [None] * size  # ids in insertion order (circular)
-        self._next = 0
-        self._results = {}
 
-    def get(self, cmd_id):
-        """The remembered payload for cmd_id, or None."""
-        return self._results.get(cmd_id)
+def new_cache(size=32):
+    if not is_int(size) or size < 1:
+        raise ValueError("result cache size must be an integer >= 1")
+    return [1] + [None] * (2 * size)
 
-    def put(self, cmd_id, payload):
-        """Remember payload for cmd_id (None ids are not remembered)."""
-        if cmd_id is None:
+
+def cache_get(cache, cmd_id):
+    """The remembered payload for cmd_id, or None."""
+    if cmd_id is not None:
+        for i in range(1, len(cache), 2):
+            if cache[i] == cmd_id:
+                return cache[i + 1]
+    return None
+
+
+def cache_put(cache, cmd_id, payload):
+    """Remember payload for cmd_id (None ids are not remembered)."""
+    if cmd_id is None:
+        return
+    for i in range(1, len(cache), 2):
+        if cache[i] == cmd_id:
+            cache[i + 1] = payload
             return
-        if cmd_id in self._results:
-            self._results[cmd_id] = payload
-            return
-        old = self._ring[self._next]
-        if old is not None:
-            del self._results[old]
-        self._ring[self._next] = cmd_id
-        self._next = (self._next + 1) % self._size
-        self._results[cmd_id] = payload
-
-    def __len__(self):
-        return len(self._results)
-
-    def __contains__(self, cmd_id):
-        return cmd_id in self._results
+    i = cache[0]
+    cache[i] = cmd_id
+    cache[i + 1] = payload
+    cache[0] = i + 2 if i + 2 < len(cache) else 1

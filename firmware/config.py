@@ -34,7 +34,7 @@
 
 import json
 
-from jsonval import is_int, show
+from commands import is_int, show
 
 try:
     from micropython import const

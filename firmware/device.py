@@ -3,8 +3,12 @@
 # supervisor that keeps WiFi and MQTT up with jittered exponential backoff.
 #
 # Hardware is reached through the modules the board provides (machine, esp32,
-# gc, network via wifi.py); everything device-specific lives in the Device
-# object, never in module globals.
+# gc, network); everything device-specific lives in the Device object, never
+# in module globals.
+#
+# Heap: code loaded from .mpy lives in the board's heap and every function
+# costs ~100 B beyond its bytecode (and every coroutine a frame while it
+# runs), so helpers with one caller are written inline.
 import asyncio
 import gc
 import json
@@ -12,15 +16,12 @@ import random
 import time
 
 import machine
+import network
 
 import commands
 import mqtt_session
-from backoff import Backoff
-from jsonval import redacted
 from mqtt_client import LinkError, MqttClient
-from mqtt_session import Message, PublishAcked
 from sensors import Sensors
-from wifi import Wifi
 
 try:
     from micropython import const
@@ -45,6 +46,9 @@ _LED_PIN = const(2)
 _CMD_QUEUE = const(16)  # commands waiting for the worker; more get "busy"
 _BUSY_WINDOW = const(8)  # unacked QoS 1 messages beyond which "busy" goes QoS 0
 _BUTTON_PIN = const(0)  # BOOT button on dev kits: press for a planned shutdown
+_STAT_IDLE = const(1000)  # network.WLAN.status() on an ESP32
+_STAT_CONNECTING = const(1001)
+_STAT_GOT_IP = const(1010)
 
 
 def next_due(due, period):
@@ -56,18 +60,6 @@ def next_due(due, period):
     if time.ticks_diff(now, due) >= period:
         return time.ticks_add(now, period)
     return due
-
-
-def reset_cause_name(cause):
-    if cause == machine.PWRON_RESET:
-        return "power_on"
-    if cause == machine.WDT_RESET:
-        return "watchdog"
-    if cause == machine.DEEPSLEEP_RESET:
-        return "deepsleep"
-    if cause == machine.SOFT_RESET:
-        return "soft"
-    return "hard"
 
 
 def unix_time():
@@ -89,14 +81,12 @@ class Device:
         self.t_status = "%s/%s/status" % (prefix, device_id)
         self.t_telemetry = "%s/%s/telemetry" % (prefix, device_id)
         self.t_cmd = "%s/%s/cmd" % (prefix, device_id)
-        self.t_result = "%s/%s/cmd/result" % (prefix, device_id)
+        self.t_result = self.t_cmd + "/result"
         self.interval_ms = int(cfg["interval"] * 1000)
         self.seq = 0
         self.reconnects = 0
         self.started = time.ticks_ms()
-        self.wifi = Wifi(cfg["wifi"]["ssid"], cfg["wifi"]["password"])
-        bk = cfg["backoff"]
-        self.backoff = Backoff(bk["base_ms"], bk["cap_ms"], _rand_below)
+        self._sta = network.WLAN(network.STA_IF)  # the WiFi station
         broker = cfg["broker"]
         pw = broker.get("password")
         session = mqtt_session.Session(
@@ -108,7 +98,7 @@ class Device:
             password=pw.encode() if pw else None,
         )
         self.client = MqttClient(session, self._on_event)
-        self.results = commands.ResultCache()
+        self.results = commands.new_cache()
         self._busy = {}  # id of a command queued or running -> redeliveries seen since
         self._cmds = []  # (cmd_id, op, args) waiting for the worker, at most _CMD_QUEUE
         self._cmd_ready = asyncio.Event()
@@ -134,13 +124,32 @@ class Device:
     # -- connection supervisor ------------------------------------------------
 
     async def _supervise(self):
-        first = True
+        bk = self.cfg["backoff"]
+        base, cap = bk["base_ms"], bk["cap_ms"]
+        window = mqtt_session.backoff_window
+        attempt = 0  # reconnect attempts since the backoff was reset
         while not self._leaving:
             reason = await self._connect_once()
             if reason is None:
-                first = False
                 up_since = time.ticks_ms()
-                reason = await self._stay_online()
+                # Online: run the client's pump until the link fails or WiFi
+                # goes away (a socket over a lost WiFi can stay silent for
+                # minutes).
+                pump = asyncio.create_task(self.client.pump())
+                self._wifi_lost = False
+                watch = asyncio.create_task(self._watch_wifi(pump))
+                try:
+                    await pump
+                    reason = "link closed"
+                except LinkError as e:
+                    reason = str(e)
+                except asyncio.CancelledError:
+                    if not self._wifi_lost:
+                        raise
+                    await self.client.close()
+                    reason = "wifi lost"
+                finally:
+                    watch.cancel()
                 self._online.clear()
                 if self._leaving:
                     return
@@ -149,41 +158,25 @@ class Device:
                 self.log("mqtt: link lost after %d ms: %s" % (lived, reason))
                 # Spread the first retry of a whole fleet over a window: a
                 # broker restart must not see every board at once. A link
-                # that died young keeps escalating instead.
-                floor = _loss_attempt(self.backoff)
-                if lived >= _STABLE_MS or self.backoff.attempt < floor:
-                    self.backoff.reset(floor)
-            elif first:
-                first = False
-            delay = self.backoff.next_delay_ms()
-            self.log("mqtt: %s; retry %d in %d ms" % (reason, self.backoff.attempt, delay))
+                # that died young keeps escalating instead. The floor: the
+                # first attempt whose window reaches _LOSS_WINDOW_MS (or the cap).
+                floor = 0
+                while window(base, cap, floor) < _LOSS_WINDOW_MS and window(base, cap, floor + 1) > window(base, cap, floor):
+                    floor += 1
+                if lived >= _STABLE_MS or attempt < floor:
+                    attempt = floor
+            # Full jitter: uniform in [0, window].
+            delay = random.getrandbits(30) % (window(base, cap, attempt) + 1)
+            attempt += 1
+            self.log("mqtt: %s; retry %d in %d ms" % (reason, attempt, delay))
             await asyncio.sleep_ms(delay)
-
-    async def _stay_online(self):
-        # Run the client's pump until the link fails or WiFi goes away (a
-        # socket over a lost WiFi can stay silent for minutes); return why.
-        pump = asyncio.create_task(self.client.pump())
-        self._wifi_lost = False
-        watch = asyncio.create_task(self._watch_wifi(pump))
-        try:
-            await pump
-            return "link closed"
-        except LinkError as e:
-            return str(e)
-        except asyncio.CancelledError:
-            if not self._wifi_lost:
-                raise
-            await self.client.close()
-            return "wifi lost"
-        finally:
-            watch.cancel()
 
     async def _watch_wifi(self, pump):
         due = time.ticks_ms()
         while True:
             due = next_due(due, _WIFI_CHECK_MS)
             await asyncio.sleep_ms(max(time.ticks_diff(due, time.ticks_ms()), 0))
-            if not self.wifi.isconnected():
+            if not self._sta.isconnected():
                 self.log("wifi: lost; closing the MQTT socket")
                 self._wifi_lost = True
                 pump.cancel()
@@ -193,12 +186,37 @@ class Device:
         # One attempt: WiFi, then TCP+MQTT, then subscribe (waiting for the
         # SUBACK) and birth.
         # Returns None when online, else the reason it failed.
-        if not self.wifi.isconnected():
+        sta = self._sta
+        if not sta.isconnected():
             self.log("wifi: connecting")
-            err = await self.wifi.connect(_WIFI_TIMEOUT_MS)
-            if err is not None:
-                return "wifi: " + err
-            self.log("wifi: connected, ip %s" % self.wifi.ip())
+            # Activate, associate, wait for an IP with a deadline. The driver
+            # retries association by itself; a wrong password sticks at 202
+            # until we disconnect, so every failed attempt ends with
+            # disconnect().
+            if not sta.active():
+                sta.active(True)
+            if not sta.isconnected():
+                if sta.status() != _STAT_CONNECTING:
+                    wifi = self.cfg["wifi"]
+                    sta.connect(wifi["ssid"], wifi["password"])
+                start = time.ticks_ms()
+                status = sta.status()
+                while time.ticks_diff(time.ticks_ms(), start) < _WIFI_TIMEOUT_MS and not sta.isconnected():
+                    status = sta.status()
+                    if status not in (_STAT_IDLE, _STAT_CONNECTING, _STAT_GOT_IP):
+                        break
+                    await asyncio.sleep_ms(100)
+                if not sta.isconnected():
+                    sta.disconnect()
+                    if status in (_STAT_IDLE, _STAT_CONNECTING):
+                        return "wifi: no IP within %d ms" % _WIFI_TIMEOUT_MS
+                    # the ESP32's failure codes of WLAN.status(), in words
+                    for code, name in ((200, "beacon timeout"), (201, "no AP found"), (202, "wrong password"),
+                                       (203, "association failed"), (204, "handshake timeout")):
+                        if code == status:
+                            return "wifi: " + name
+                    return "wifi: status %s" % status
+            self.log("wifi: connected, ip %s" % sta.ifconfig()[0])
             self._set_clock()
         broker = self.cfg["broker"]
         # An unacknowledged birth from the last link must not be resent ahead
@@ -235,7 +253,9 @@ class Device:
                 self.log("mqtt: broker refused the command subscription (SUBACK 0x80)")
                 await self.client.close()
                 return "command subscription refused"
-            self._birth_pid = await self.client.publish(self.t_status, self._birth(), 1, True)
+            birth = _dumps({"online": True, "fw": FW_VERSION, "boot": self.boot, "reset": self.reset,
+                            "ip": sta.ifconfig()[0]})
+            self._birth_pid = await self.client.publish(self.t_status, birth, 1, True)
         except LinkError as e:
             await self.client.close()
             return str(e)
@@ -247,9 +267,6 @@ class Device:
         self.log("mqtt: online at %s:%d" % (broker["host"], broker["port"]))
         self._online.set()
         return None
-
-    def _birth(self):
-        return _dumps({"online": True, "fw": FW_VERSION, "boot": self.boot, "reset": self.reset, "ip": self.wifi.ip()})
 
     def _set_clock(self):
         # Real boards need NTP before TLS can verify certificates and before
@@ -268,9 +285,10 @@ class Device:
 
     def _on_event(self, ev):
         # Called by the client's pump for every session event; never blocks.
-        if isinstance(ev, Message) and ev.topic == self.t_cmd:
+        # (a tuple: see mqtt_session; 3 = a message, 4 = a publish acked)
+        if ev[0] == 3 and ev[1] == self.t_cmd:
             self._enqueue_command(ev)
-        elif isinstance(ev, PublishAcked):
+        elif ev[0] == 4:
             self._acked.set()
 
     # -- telemetry -------------------------------------------------------------
@@ -279,12 +297,24 @@ class Device:
         # Fixed rate: one message per interval on a schedule kept from the
         # first one after going online, so late wakes do not add up into
         # drift. A new interval (or coming back online) starts a new schedule.
+        client = self.client
         while True:
             if not self._online.is_set():
                 await self._online.wait()
             due = time.ticks_ms()
             while self._online.is_set() and not self._interval_changed.is_set():
-                await self.publish_telemetry()
+                if client.connected:
+                    msg = {"seq": self.seq, "ts": unix_time()}
+                    await self.sensors.read_all(msg)
+                    if client.connected:
+                        # Once handed to the link a message has used its
+                        # number, even if the link then fails: a subscriber
+                        # sees a gap (a loss), never a repeat.
+                        self.seq += 1
+                        try:
+                            await client.publish(self.t_telemetry, _dumps(msg), 0, False)
+                        except LinkError:
+                            pass  # the supervisor sees the same failure and reconnects
                 due = next_due(due, self.interval_ms)
                 left = time.ticks_diff(due, time.ticks_ms())
                 if left > 0:
@@ -294,28 +324,14 @@ class Device:
                         pass
             self._interval_changed.clear()
 
-    async def publish_telemetry(self):
-        if not self.client.connected:
-            return
-        msg = {"seq": self.seq, "ts": unix_time()}
-        await self.sensors.read_all(msg)
-        if not self.client.connected:
-            return
-        # Once handed to the link a message has used its number, even if the
-        # link then fails: a subscriber sees a gap (a loss), never a repeat.
-        self.seq += 1
-        try:
-            await self.client.publish(self.t_telemetry, _dumps(msg), 0, False)
-        except LinkError:
-            pass  # the supervisor sees the same failure and reconnects
-
     # -- commands ----------------------------------------------------------------
 
     def _enqueue_command(self, msg):
         # Called from the pump, so it never waits and costs O(1): a flood
-        # must neither grow the heap nor stall telemetry.
+        # must neither grow the heap nor stall telemetry. msg: the message
+        # event (3, topic, payload, qos, retain, dup, packet_id, size).
         try:
-            cmd_id, op, args = commands.parse(msg.payload, msg.size)
+            cmd_id, op, args = commands.parse(msg[2], msg[7])
         except commands.CommandError as e:
             cmd_id, op, args = e.cmd_id, None, str(e)
         busy = self._busy
@@ -335,7 +351,7 @@ class Device:
         payload = None
         if op is not None:
             args = "busy: %d commands queued" % _CMD_QUEUE
-            payload = self.results.get(cmd_id)
+            payload = commands.cache_get(self.results, cmd_id)
         if payload is None:
             payload = commands.error_result(cmd_id, args)
         # The pump sends it with its next write. QoS 0 while a window of
@@ -352,32 +368,28 @@ class Device:
             self._cmd_ready.clear()
             while self._cmds:
                 cmd_id, op, args = self._cmds.pop(0)
-                await self._handle(cmd_id, op, args)
+                if op is None:  # parse error; args holds the message
+                    await self._send_result(commands.error_result(cmd_id, args))
+                    continue
+                payload = commands.cache_get(self.results, cmd_id)
+                if payload is None:
+                    try:
+                        payload = commands.ok_result(cmd_id, await self._execute(op, args))
+                    except Exception as e:  # a failing handler must never take the device down
+                        payload = commands.error_result(cmd_id, "%s failed: %s" % (op, e))
+                    commands.cache_put(self.results, cmd_id, payload)
+                else:
+                    op = None  # a redelivery of a finished command: same answer, not run again
+                # The first result, then the same again for each redelivery.
+                for _ in range(1 + self._busy.pop(cmd_id, 0)):
+                    await self._send_result(payload)
+                if op == "reboot":
+                    await self._go_offline("reboot")
+                    machine.reset()
+                elif op == "sleep":
+                    await self._go_offline("sleep")
+                    machine.deepsleep(args["seconds"] * 1000)
                 await asyncio.sleep_ms(0)  # let telemetry and the pump run
-
-    async def _handle(self, cmd_id, op, args):
-        if op is None:  # parse error; args holds the message
-            await self._send_result(commands.error_result(cmd_id, args))
-            return
-        payload = self.results.get(cmd_id)
-        if payload is None:
-            try:
-                result = await self._execute(op, args)
-                payload = commands.ok_result(cmd_id, result)
-            except Exception as e:  # a failing handler must never take the device down
-                payload = commands.error_result(cmd_id, "%s failed: %s" % (op, e))
-            self.results.put(cmd_id, payload)
-        else:
-            op = None  # a redelivery of a finished command: same answer, not run again
-        # The first result, then the same again for each redelivery.
-        for _ in range(1 + self._busy.pop(cmd_id, 0)):
-            await self._send_result(payload)
-        if op == "reboot":
-            await self._go_offline("reboot")
-            machine.reset()
-        elif op == "sleep":
-            await self._go_offline("sleep")
-            machine.deepsleep(args["seconds"] * 1000)
 
     async def _send_result(self, payload):
         # Results are QoS 1: wait (bounded) while too many are unacknowledged,
@@ -407,7 +419,7 @@ class Device:
             self._interval_changed.set()
             return {"interval": args["seconds"]}
         if op == "get_config":
-            return redacted(self.cfg)
+            return commands.redacted(self.cfg)
         if op == "led":
             if self._led is None:
                 self._led = machine.Pin(_LED_PIN, machine.Pin.OUT)
@@ -431,13 +443,17 @@ class Device:
                     lo = mid
                 except MemoryError:
                     hi = mid
+            try:
+                rssi = self._sta.status("rssi")
+            except Exception:
+                rssi = None
             return {
                 "heap_free": free,
                 "heap_alloc": alloc,
                 "heap_max_free": lo,
                 "uptime_s": time.ticks_diff(time.ticks_ms(), self.started) // 1000,
                 "reconnects": self.reconnects,
-                "rssi": self.wifi.rssi(),
+                "rssi": rssi,
             }
         if op == "reboot":
             return {"rebooting": True}
@@ -486,14 +502,3 @@ class Device:
 def _dumps(obj):
     return json.dumps(obj, separators=(",", ":")).encode()
 
-
-def _rand_below(n):
-    return random.getrandbits(30) % n if n > 0 else 0
-
-
-def _loss_attempt(backoff):
-    # The first attempt whose window reaches _LOSS_WINDOW_MS (or the cap).
-    attempt = 0
-    while backoff.window_ms(attempt) < _LOSS_WINDOW_MS and backoff.window_ms(attempt + 1) > backoff.window_ms(attempt):
-        attempt += 1
-    return attempt

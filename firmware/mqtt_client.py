@@ -23,7 +23,6 @@ import time
 
 from mqtt_codec import ProtocolError
 import mqtt_session
-from mqtt_session import ConnectionRefused, Connected, LinkDead, PublishAcked, Subscribed
 
 try:
     from micropython import const
@@ -33,7 +32,7 @@ except ImportError:
         return x
 
 
-_READ_BUF = const(1024)
+_READ_BUF = const(512)  # a read's chunk; packets of any size are assembled by the Decoder
 _WRITE_TIMEOUT_MS = const(10000)
 _WINDOW = const(8)  # QoS 1 messages handed to the session at once
 _MAX_QUEUED = const(64)  # QoS 1 messages waiting for a window slot
@@ -47,7 +46,7 @@ class LinkError(Exception):
 class MqttClient:
     def __init__(self, session, on_event):
         # on_event(ev) is called (from the reader task or the timer loop) for
-        # every session event except LinkDead and ConnectionRefused, which end
+        # every session event (a tuple) except link dead and connection refused, which end
         # connect()/pump() with a LinkError. It must not block or raise.
         self.session = session
         self._on_event = on_event
@@ -92,7 +91,7 @@ class MqttClient:
         self._task = asyncio.create_task(self._read_loop(self._reader))
         try:
             await self._flush()
-            await self._serve(self._connack_done, start, timeout_ms, "CONNACK")
+            await self._serve(1, start, timeout_ms, "CONNACK")
             # Anything that was queued while offline goes out now.
             self._feed_window()
             await self._flush()
@@ -137,7 +136,7 @@ class MqttClient:
     async def pump(self):
         # Run the timers until the link fails; raises LinkError saying why.
         try:
-            await self._serve(_never, 0, 0, "")
+            await self._serve(0, 0, 0, "")
         finally:
             await self.close()
 
@@ -176,11 +175,12 @@ class MqttClient:
         except Exception as e:  # a bug must end the link, not leave it unread
             self._fail("reader failed: %r" % (e,))
 
-    async def _serve(self, done, start, limit_ms, what):
+    async def _serve(self, until, start, limit_ms, what):
         # The timer loop: run the session's timers and send what they queue,
         # then sleep until the next deadline or until the reader has news.
-        # Returns once done() is true; raises LinkError when the link fails,
-        # or when `what` did not happen within limit_ms of start (0: no limit).
+        # Returns once `until` happened (1: the CONNACK came, 2: the awaited
+        # SUBACK came, 0: never); raises LinkError when the link fails, or
+        # when `what` did not happen within limit_ms of start (0: no limit).
         session = self.session
         wake = self._wake
         while True:
@@ -193,7 +193,7 @@ class MqttClient:
                 self._fail("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
             if self._failure is not None:
                 raise LinkError(self._failure)
-            if done():
+            if (until == 1 and session.state != mqtt_session.CONNECTING) or (until == 2 and self._suback is not None):
                 return
             left = session.next_timeout_ms(now)
             if tx is not None:
@@ -213,28 +213,23 @@ class MqttClient:
             except asyncio.TimeoutError:
                 pass
 
-    def _connack_done(self):
-        return self.session.state != mqtt_session.CONNECTING
-
-    def _suback_done(self):
-        return self._suback is not None
-
     def _dispatch(self):
         while True:
             ev = self.session.next_event()
             if ev is None:
                 return
-            if isinstance(ev, LinkDead):
-                self._fail(ev.reason)
-            elif isinstance(ev, ConnectionRefused):
-                self._fail("broker refused CONNECT: %s (code %d)" % (ev.reason, ev.return_code))
+            k = ev[0]  # the kinds: mqtt_session's "events"
+            if k == 17:  # link dead
+                self._fail(ev[1])
+            elif k == 16:  # connection refused
+                self._fail("broker refused CONNECT: %s (code %d)" % (ev[2], ev[1]))
             else:
-                if isinstance(ev, PublishAcked):
+                if k == 4:  # publish acked
                     self._feed_window()
-                elif isinstance(ev, Connected):
+                elif k == 2:  # connected
                     self._wake.set()
-                elif isinstance(ev, Subscribed) and ev.packet_id == self._suback_pid:
-                    self._suback = ev.return_codes
+                elif k == 9 and ev[1] == self._suback_pid:  # subscribed
+                    self._suback = ev[2]
                     self._wake.set()
                 self._on_event(ev)
 
@@ -304,15 +299,6 @@ class MqttClient:
             topic, payload, retain = q.pop(0)
             self.session.publish(topic, payload, 1, retain, time.ticks_ms())
 
-    async def subscribe(self, topics):
-        # Queue and send SUBSCRIBE; returns its packet id (the SUBACK comes
-        # to on_event as a Subscribed event).
-        if not self.connected:
-            raise LinkError(self._failure or "not connected")
-        pid = self.session.subscribe(topics, time.ticks_ms())
-        await self._flush()
-        return pid
-
     async def subscribe_and_wait(self, topics, timeout_ms):
         # Subscribe and wait for the SUBACK (running the timers meanwhile);
         # returns its return codes, one per topic (0x80 = refused). LinkError
@@ -326,7 +312,7 @@ class MqttClient:
         self._suback_pid = self.session.subscribe(topics, start)
         try:
             await self._flush()
-            await self._serve(self._suback_done, start, timeout_ms, "SUBACK")
+            await self._serve(2, start, timeout_ms, "SUBACK")
         finally:
             self._suback_pid = 0
         codes = self._suback
@@ -336,10 +322,6 @@ class MqttClient:
     def pending(self):
         # QoS 1 messages not yet acknowledged (in flight + queued).
         return self.session.inflight_count() + len(self._queued)
-
-
-def _never():
-    return False
 
 
 def _oserror(e):

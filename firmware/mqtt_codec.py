@@ -3,7 +3,7 @@
 # PINGREQ, DISCONNECT) and a streaming Decoder for the packets a broker sends
 # (CONNACK, PUBLISH, PUBACK, SUBACK, UNSUBACK, PINGRESP).
 #
-# Pure and sans-I/O: bytes in, packet objects out, and packet objects to bytes.
+# Pure and sans-I/O: bytes in, packet tuples out, and packet tuples to bytes.
 # Must NOT do I/O, read a clock, keep module-level mutable state, or use assert
 # for protocol checks. Runs on MicroPython >= 1.22 and CPython alike.
 #
@@ -44,118 +44,21 @@ class ProtocolError(Exception):
 
 
 # ---------------------------------------------------------------- packets
-
-
-class Record:
-    # Base of packets here and of session events in mqtt_session.py.
-    # Subclasses list their attribute names in _FIELDS; equality and repr
-    # are derived from it (MicroPython has no dataclasses; != falls back to
-    # __eq__ on both interpreters).
-    _FIELDS = ()  # type: tuple[str, ...]
-
-    def __eq__(self, other):
-        if type(other) is not type(self):
-            return False
-        for name in self._FIELDS:
-            if getattr(self, name) != getattr(other, name):
-                return False
-        return True
-
-    def __repr__(self):
-        return "%s(%s)" % (type(self).__name__, ", ".join("%s=%r" % (n, getattr(self, n)) for n in self._FIELDS))
-
-
-# Sent by the device (encode() takes them).
-
-
-class Connect(Record):
-    _FIELDS = ("client_id", "keepalive", "clean_session", "will_topic", "will_payload",
-               "will_qos", "will_retain", "username", "password")
-
-    def __init__(self, client_id, keepalive=60, clean_session=True, will_topic=None,
-                 will_payload=b"", will_qos=0, will_retain=False, username=None,
-                 password=None):
-        self.client_id = client_id
-        self.keepalive = keepalive
-        self.clean_session = clean_session
-        self.will_topic = will_topic
-        self.will_payload = will_payload
-        self.will_qos = will_qos
-        self.will_retain = will_retain
-        self.username = username
-        self.password = password
-
-
-class Subscribe(Record):
-    _FIELDS = ("packet_id", "topics")  # topics: list of (filter, qos)
-
-    def __init__(self, packet_id, topics):
-        self.packet_id = packet_id
-        self.topics = topics
-
-
-class Unsubscribe(Subscribe):
-    pass  # topics: list of filter strings
-
-
-class Pingreq(Record):
-    pass
-
-
-class Disconnect(Record):
-    pass
-
-
-# Both ways.
-
-
-class Publish(Record):
-    # size is set only by the Decoder for an oversize PUBLISH (payload None).
-    _FIELDS = ("topic", "payload", "qos", "retain", "dup", "packet_id", "size")
-
-    def __init__(self, topic, payload, qos=0, retain=False, dup=False, packet_id=None,
-                 size=None):
-        self.topic = topic
-        self.payload = payload
-        self.qos = qos
-        self.retain = retain
-        self.dup = dup
-        self.packet_id = packet_id
-        self.size = size
-
-
-class Puback(Record):
-    _FIELDS = ("packet_id",)
-
-    def __init__(self, packet_id):
-        self.packet_id = packet_id
-
-
-# Sent by the broker (the Decoder returns them).
-
-
-class Connack(Record):
-    _FIELDS = ("session_present", "return_code")
-
-    def __init__(self, session_present=False, return_code=0):
-        self.session_present = session_present
-        self.return_code = return_code
-
-
-class Suback(Record):
-    _FIELDS = ("packet_id", "return_codes")  # list of 0, 1, 2 or 0x80
-
-    def __init__(self, packet_id, return_codes):
-        self.packet_id = packet_id
-        self.return_codes = return_codes
-
-
-class Unsuback(Puback):
-    pass
-
-
-class Pingresp(Record):
-    pass
+# A packet is a tuple whose first item is its MQTT type number, then its
+# fields (no classes: each costs every board hundreds of bytes of heap):
+#   CONNECT     (1, client_id, keepalive, clean_session, will_topic,
+#                will_payload, will_qos, will_retain, username, password)
+#   CONNACK     (2, session_present, return_code)
+#   PUBLISH     (3, topic, payload, qos, retain, dup, packet_id, size)
+#               size is set only by the Decoder for an oversize PUBLISH
+#               (payload None, size = payload length)
+#   PUBACK      (4, packet_id)
+#   SUBSCRIBE   (8, packet_id, [(filter, qos), ...])
+#   SUBACK      (9, packet_id, [return code 0, 1, 2 or 0x80, ...])
+#   UNSUBSCRIBE (10, packet_id, [filter, ...])
+#   UNSUBACK    (11, packet_id)
+#   PINGREQ (12,)   PINGRESP (13,)   DISCONNECT (14,)
+# encode() takes what a client sends; the Decoder returns what a broker sends.
 
 
 # ------------------------------------------------------- topic validation
@@ -215,71 +118,71 @@ def _field(out, data, what, text=False):
 
 
 def encode(p):
-    """Return the wire bytes of one packet the device sends. ValueError if it
-    is invalid (or a packet only a broker sends)."""
-    t = type(p)
+    """Return the wire bytes of one packet tuple the device sends. ValueError
+    if it is invalid (or a packet only a broker sends)."""
+    t = p[0]
     body = bytearray()
     tail = b""
-    if t is Publish:
-        qos = p.qos
-        err = _topic_name_error(p.topic) if isinstance(p.topic, str) else "topic must be str"
+    if t == _PUBLISH:
+        topic, tail, qos, retain, dup, pid = p[1:7]
+        err = _topic_name_error(topic) if isinstance(topic, str) else "topic must be str"
         if err:
             raise ValueError(err)
         if qos not in (0, 1, 2):
             raise ValueError("bad PUBLISH QoS %r" % (qos,))
-        tail = p.payload
         if not isinstance(tail, (bytes, bytearray, memoryview)):
             raise ValueError("payload must be bytes")
-        first = 0x30 | qos << 1 | (1 if p.retain else 0)
-        if p.dup:
+        first = 0x30 | qos << 1 | (1 if retain else 0)
+        if dup:
             if not qos:
                 raise ValueError("DUP set on a QoS 0 PUBLISH")
             first |= 8
-        _field(body, p.topic, "topic", True)
+        _field(body, topic, "topic", True)
         if qos:
-            _u16(body, p.packet_id, "packet id", 1)
-        elif p.packet_id is not None:
+            _u16(body, pid, "packet id", 1)
+        elif pid is not None:
             raise ValueError("packet id given for a QoS 0 PUBLISH")
-    elif t is Puback:
+    elif t == 4:
         first = 0x40
-        _u16(body, p.packet_id, "packet id", 1)
-    elif t is Pingreq:
+        _u16(body, p[1], "packet id", 1)
+    elif t == 12:
         return b"\xc0\x00"
-    elif t is Disconnect:
+    elif t == 14:
         return b"\xe0\x00"
-    elif t is Connect:
+    elif t == 1:
+        client_id, keepalive, clean, will_topic, will_payload, will_qos, will_retain, username, password = p[1:]
         first = 0x10
-        flags = 2 if p.clean_session else 0
+        flags = 2 if clean else 0
         body.extend(b"\x00\x04MQTT\x04\x00")  # protocol level 4; flags go in body[7]
-        _u16(body, p.keepalive, "keepalive")
-        _field(body, p.client_id, "client id", True)
-        if p.will_topic is not None:
-            err = _topic_name_error(p.will_topic)
+        _u16(body, keepalive, "keepalive")
+        _field(body, client_id, "client id", True)
+        if will_topic is not None:
+            err = _topic_name_error(will_topic)
             if err:
                 raise ValueError(err)
-            if p.will_qos not in (0, 1, 2):
-                raise ValueError("bad will QoS %r" % (p.will_qos,))
-            flags |= 4 | p.will_qos << 3 | (0x20 if p.will_retain else 0)
-            _field(body, p.will_topic, "will topic", True)
-            _field(body, p.will_payload, "will payload")
-        elif p.will_qos or p.will_retain:
+            if will_qos not in (0, 1, 2):
+                raise ValueError("bad will QoS %r" % (will_qos,))
+            flags |= 4 | will_qos << 3 | (0x20 if will_retain else 0)
+            _field(body, will_topic, "will topic", True)
+            _field(body, will_payload, "will payload")
+        elif will_qos or will_retain:
             raise ValueError("will QoS/retain given without a will topic")
-        if p.username is not None:
+        if username is not None:
             flags |= 0x80
-            _field(body, p.username, "username", True)
-        if p.password is not None:
-            if p.username is None:
+            _field(body, username, "username", True)
+        if password is not None:
+            if username is None:
                 raise ValueError("password without username")
             flags |= 0x40
-            _field(body, p.password, "password")
+            _field(body, password, "password")
         body[7] = flags
-    elif t is Subscribe or t is Unsubscribe:
-        first = 0x82 if t is Subscribe else 0xA2
-        if not p.topics:
-            raise ValueError("%s needs at least one topic filter" % _name(first >> 4))
-        _u16(body, p.packet_id, "packet id", 1)
-        for f in p.topics:
-            if t is Subscribe:
+    elif t == 8 or t == 10:
+        first = 0x82 if t == 8 else 0xA2
+        if not p[2]:
+            raise ValueError("%s needs at least one topic filter" % _name(t))
+        _u16(body, p[1], "packet id", 1)
+        for f in p[2]:
+            if t == 8:
                 f, qos = f
                 if qos not in (0, 1, 2):
                     raise ValueError("bad SUBSCRIBE QoS %r" % (qos,))
@@ -287,7 +190,7 @@ def encode(p):
             if err:
                 raise ValueError(err)
             _field(body, f, "topic filter", True)
-            if t is Subscribe:
+            if t == 8:
                 body.append(qos)
     else:
         raise ValueError("not a packet the device sends: %r" % (p,))
@@ -370,12 +273,12 @@ def _parse(first, buf, pos, end):
     kind = first >> 4
     if kind == _PUBLISH:
         topic, qos, pid, pos = _get_publish_head(first, buf, pos, end)
-        return Publish(topic, bytes(memoryview(buf)[pos:end]), qos, first & 1 == 1, first & 8 == 8, pid)
+        return (_PUBLISH, topic, bytes(memoryview(buf)[pos:end]), qos, first & 1 == 1, first & 8 == 8, pid, None)
     n = end - pos
     if kind == 13:
         if n:
             raise ProtocolError("PINGRESP remaining length must be 0")
-        return Pingresp()
+        return (13,)
     if kind == 9:
         pid, pos = _get_packet_id(buf, pos, end, "SUBACK")
         codes = list(memoryview(buf)[pos:end])
@@ -384,7 +287,7 @@ def _parse(first, buf, pos, end):
         for rc in codes:
             if rc not in (0, 1, 2, 0x80):
                 raise ProtocolError("SUBACK return code 0x%02x is reserved" % rc)
-        return Suback(pid, codes)
+        return (9, pid, codes)
     # CONNACK, PUBACK, UNSUBACK: exactly two bytes
     if n != 2:
         raise ProtocolError("%s remaining length must be 2" % _name(kind))
@@ -396,9 +299,8 @@ def _parse(first, buf, pos, end):
             raise ProtocolError("CONNACK return code %d is reserved" % rc)
         if ack and rc:
             raise ProtocolError("CONNACK session present with return code %d" % rc)
-        return Connack(ack == 1, rc)
-    pid = _get_packet_id(buf, pos, end, _name(kind))[0]
-    return Puback(pid) if kind == 4 else Unsuback(pid)
+        return (2, ack == 1, rc)
+    return (kind, _get_packet_id(buf, pos, end, _name(kind))[0])  # PUBACK or UNSUBACK
 
 
 class Decoder:
@@ -407,7 +309,7 @@ class Decoder:
 
     A PUBLISH larger than max_packet does not kill the connection: its topic
     and packet id are parsed, the payload is discarded as it arrives, and a
-    Publish with payload None and size = payload length is returned. Any
+    PUBLISH with payload None and size = payload length is returned. Any
     other packet over max_packet is a ProtocolError. After a ProtocolError
     the decoder is unusable (the link must be dropped).
     """
@@ -417,7 +319,7 @@ class Decoder:
         self._buf = bytearray()  # unparsed bytes start at self._pos
         self._pos = 0
         self._skip = 0  # oversize payload bytes still to discard
-        self._oversize = None  # Publish returned once the skipping is done
+        self._oversize = None  # the PUBLISH returned once the skipping is done
 
     def feed(self, data):
         # data: bytes, bytearray or memoryview (copied into the buffer)
@@ -512,7 +414,7 @@ class Decoder:
         drop = min(payload, len(buf) - pos)
         self._consume(pos + drop - self._pos)
         self._skip = payload - drop
-        p = Publish(topic, None, qos, first & 1 == 1, first & 8 == 8, pid, payload)
+        p = (_PUBLISH, topic, None, qos, first & 1 == 1, first & 8 == 8, pid, payload)
         if self._skip:
             self._oversize = p
             return None

@@ -15,10 +15,7 @@
 # Errors: mqtt_codec.ProtocolError = the broker misbehaved (drop the link);
 # ValueError = the caller used the session wrongly (wrong state, bad topic).
 
-from mqtt_codec import (
-    Connack, Connect, Decoder, Disconnect, Pingreq, Pingresp, ProtocolError, Puback,
-    Publish, Record, Suback, Subscribe, Unsuback, Unsubscribe, encode,
-)
+from mqtt_codec import Decoder, ProtocolError, _name, encode
 
 try:
     from micropython import const
@@ -48,62 +45,44 @@ _REFUSED = (
 _STATE_NAMES = ("DISCONNECTED", "CONNECTING", "CONNECTED")
 
 
+def backoff_window(base_ms, cap_ms, attempt):
+    # The reconnect backoff (full jitter, AWS architecture blog "Exponential
+    # Backoff And Jitter"): attempt n waits a uniform integer in
+    # [0, window], window = min(cap_ms, base_ms * 2**n), so a fleet that lost
+    # its broker at the same instant spreads its reconnects over the whole
+    # window instead of stampeding in lock-step. Doubling stops at the cap: no
+    # big ints on MicroPython, whatever the attempt.
+    w = base_ms
+    while attempt > 0 and w < cap_ms:
+        w <<= 1
+        attempt -= 1
+    return w if w < cap_ms else cap_ms
+
+
 def _ticks_diff(a, b):
     # a - b for MicroPython ticks_ms() values, which wrap at 2**30
     return ((a - b + 0x20000000) & 0x3FFFFFFF) - 0x20000000
 
 
 # ------------------------------------------------------------------ events
-
-
-class Connected(Record):
-    _FIELDS = ("session_present",)
-
-    def __init__(self, session_present):
-        self.session_present = session_present
-
-
-class ConnectionRefused(Record):
-    _FIELDS = ("return_code", "reason")
-
-    def __init__(self, return_code, reason):
-        self.return_code = return_code
-        self.reason = reason
-
-
-class Message(Publish):
-    # An incoming PUBLISH, as an event: the same fields as mqtt_codec.Publish
-    # (payload None and size = payload length for one over max_packet).
-    pass
-
-
-class PublishAcked(Record):
-    _FIELDS = ("packet_id",)
-
-    def __init__(self, packet_id):
-        self.packet_id = packet_id
-
-
-class Subscribed(Record):
-    _FIELDS = ("packet_id", "return_codes")
-
-    def __init__(self, packet_id, return_codes):
-        self.packet_id = packet_id
-        self.return_codes = return_codes
-
-
-class Unsubscribed(Record):
-    _FIELDS = ("packet_id",)
-
-    def __init__(self, packet_id):
-        self.packet_id = packet_id
-
-
-class LinkDead(Record):
-    _FIELDS = ("reason",)
-
-    def __init__(self, reason):
-        self.reason = reason
+# Events are tuples, first item the kind (no classes: heap). Most are the
+# broker's packet tuple itself (mqtt_codec), passed on as it was decoded:
+#   connected          (2, session_present, 0)         the CONNACK
+#   message            (3, topic, payload, qos, retain, dup, packet_id, size)
+#                      the PUBLISH (payload None, size set: over max_packet)
+#   publish acked      (4, packet_id)                  the PUBACK
+#   subscribed         (9, packet_id, return_codes)    the SUBACK
+#   unsubscribed       (11, packet_id)                 the UNSUBACK
+#   connection refused (16, return_code, reason)
+#   link dead          (17, reason)
+_CONNACK = const(2)
+_PUBLISH = const(3)
+_PUBACK = const(4)
+_SUBACK = const(9)
+_UNSUBACK = const(11)
+_PINGRESP = const(13)
+_REFUSED_EV = const(16)
+_DEAD_EV = const(17)
 
 
 # ----------------------------------------------------------------- session
@@ -115,12 +94,10 @@ class Session:
                  connect_timeout_ms=10000, packet_timeout_ms=0):
         if not 0 <= keepalive_s <= 65535:
             raise ValueError("keepalive must be 0..65535 s")
-        connect = Connect(client_id, keepalive_s, clean_session, username=username,
-                          password=password)
-        if will is not None:
-            connect.will_topic, connect.will_payload, connect.will_qos, \
-                connect.will_retain = will
-        self._connect_bytes = encode(connect)  # validates every field now
+        if will is None:
+            will = (None, b"", 0, False)
+        # validates every field now
+        self._connect_bytes = encode((1, client_id, keepalive_s, clean_session) + tuple(will) + (username, password))
         self.client_id = client_id
         self.keepalive_ms = keepalive_s * 1000
         self.max_packet = max_packet
@@ -178,10 +155,7 @@ class Session:
                     break
                 started = None  # the packet in progress (if any) is a new one
                 self._ping_sent = None  # any packet shows the broker is alive
-                if self.state == CONNECTING:
-                    self._on_connecting(packet, now_ms)
-                else:
-                    self._on_connected(packet, now_ms)
+                self._on_packet(packet, now_ms)
         except ProtocolError:
             self._drop_link()
             raise
@@ -216,14 +190,14 @@ class Session:
         """
         if qos == 0:
             self._require(CONNECTED, "publish QoS 0")
-            self._queue(encode(Publish(topic, payload, 0, retain)), now_ms)
+            self._queue(encode((_PUBLISH, topic, payload, 0, retain, False, None)), now_ms)
             return 0
         if qos != 1:
             raise ValueError("only QoS 0 and 1 are supported, got %r" % (qos,))
         if len(self._inflight) >= MAX_INFLIGHT:
             raise ValueError("too many QoS 1 messages in flight")
         pid = self._new_packet_id()
-        entry = [pid, encode(Publish(topic, payload, 1, retain, False, pid)), False]
+        entry = [pid, encode((_PUBLISH, topic, payload, 1, retain, False, pid)), False]
         self._inflight.append(entry)
         if self.state == CONNECTED:
             self._queue(entry[1], now_ms)
@@ -237,7 +211,7 @@ class Session:
             if t[1] not in (0, 1):
                 raise ValueError("only QoS 0 and 1 subscriptions are supported")
         pid = self._new_packet_id()
-        self._queue(encode(Subscribe(pid, list(topics))), now_ms)
+        self._queue(encode((8, pid, list(topics))), now_ms)
         self._pending[pid] = len(topics)
         return pid
 
@@ -245,7 +219,7 @@ class Session:
         """Queue an UNSUBSCRIBE for [filter, ...]; returns its packet id."""
         self._require(CONNECTED, "unsubscribe")
         pid = self._new_packet_id()
-        self._queue(encode(Unsubscribe(pid, list(topics))), now_ms)
+        self._queue(encode((10, pid, list(topics))), now_ms)
         self._pending[pid] = 0
         return pid
 
@@ -253,7 +227,7 @@ class Session:
         """Queue DISCONNECT (the broker then discards the Will); -> DISCONNECTED."""
         if self.state == DISCONNECTED:
             raise ValueError("disconnect while DISCONNECTED")
-        self._queue(encode(Disconnect()), now_ms)
+        self._queue(b"\xe0\x00", now_ms)
         self.state = DISCONNECTED
 
     def connection_lost(self, now_ms):
@@ -281,7 +255,7 @@ class Session:
                 due = ka * 3 // 4
                 if (_ticks_diff(now_ms, self._last_tx) >= due
                         or _ticks_diff(now_ms, self._last_rx) >= due):
-                    self._queue(encode(Pingreq()), now_ms)
+                    self._queue(b"\xc0\x00", now_ms)
                     self._ping_sent = now_ms
         if (self._rx_started is not None
                 and _ticks_diff(now_ms, self._rx_started) >= self.packet_timeout_ms):
@@ -323,72 +297,62 @@ class Session:
 
     # ------------------------------------------- incoming packets, per state
 
-    def _on_connecting(self, packet, now_ms):
-        if type(packet) is not Connack:
-            raise ProtocolError("expected CONNACK, got %s" % type(packet).__name__)
-        if packet.return_code:
-            rc = packet.return_code
-            self.state = DISCONNECTED
-            self._out[:] = b""
-            self._events.append(ConnectionRefused(rc, _REFUSED[rc]))
-            return
-        self.state = CONNECTED
-        self._events.append(Connected(packet.session_present))
-        # Resend unacked QoS 1 in original order: DUP=1 if a link carried it.
-        for entry in self._inflight:
-            wire = entry[1]
-            if entry[2]:
-                wire = bytes((wire[0] | 0x08,)) + wire[1:]
-            self._queue(wire, now_ms)
-            entry[2] = True
-
-    def _on_connected(self, packet, now_ms):
-        t = type(packet)
-        if t is Publish:
-            self._on_publish(packet, now_ms)
-        elif t is Puback:
-            self._on_puback(packet.packet_id)
-        elif t is Pingresp:
-            pass  # _ping_sent was already cleared by receive_data()
-        elif t is Suback:
-            count = self._pending.get(packet.packet_id)
-            if count:  # unknown ids (or an UNSUBSCRIBE's) are ignored
-                if count != len(packet.return_codes):
-                    raise ProtocolError("SUBACK has %d return codes for %d filters"
-                                        % (len(packet.return_codes), count))
-                del self._pending[packet.packet_id]
-                self._events.append(Subscribed(packet.packet_id, packet.return_codes))
-        elif t is Unsuback:
-            if self._pending.get(packet.packet_id) == 0:
-                del self._pending[packet.packet_id]
-                self._events.append(Unsubscribed(packet.packet_id))
-        elif t is Connack:
-            raise ProtocolError("second CONNACK")
-        else:  # CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT
-            raise ProtocolError("broker sent %s, which only a client sends" % t.__name__)
-
-    def _on_publish(self, p, now_ms):
-        if p.qos == 2:
-            raise ProtocolError("QoS 2 PUBLISH, but we never subscribe above QoS 1")
-        if p.qos == 1:
-            # PUBACK written straight into the output buffer: no packet
-            # object and no bytes per received message.
-            pid = p.packet_id
-            out = self._out
-            out.extend(_PUBACK_HEAD)
-            out.append(pid >> 8)
-            out.append(pid & 0xFF)
-            self._last_tx = now_ms
-        self._events.append(Message(p.topic, p.payload, p.qos, p.retain, p.dup,
-                                    p.packet_id, p.size))
-
-    def _on_puback(self, pid):
-        for i, entry in enumerate(self._inflight):
-            if entry[0] == pid:
-                del self._inflight[i]
-                self._events.append(PublishAcked(pid))
+    def _on_packet(self, packet, now_ms):
+        t = packet[0]
+        pid = packet[1] if len(packet) > 1 else 0
+        if self.state == CONNECTING:
+            if t != _CONNACK:
+                raise ProtocolError("expected CONNACK, got %s" % _name(t))
+            rc = packet[2]
+            if rc:
+                self.state = DISCONNECTED
+                self._out[:] = b""
+                self._events.append((_REFUSED_EV, rc, _REFUSED[rc]))
                 return
-        # PUBACK for an id we do not know (e.g. acked twice): ignore
+            self.state = CONNECTED
+            # Resend unacked QoS 1 in original order: DUP=1 if a link carried it.
+            for entry in self._inflight:
+                wire = entry[1]
+                if entry[2]:
+                    wire = bytes((wire[0] | 0x08,)) + wire[1:]
+                self._queue(wire, now_ms)
+                entry[2] = True
+        elif t == _PUBLISH:
+            if packet[3] == 2:
+                raise ProtocolError("QoS 2 PUBLISH, but we never subscribe above QoS 1")
+            pid = packet[6]
+            if pid is not None:  # QoS 1
+                # PUBACK written straight into the output buffer: no packet
+                # object and no bytes per received message.
+                out = self._out
+                out.extend(_PUBACK_HEAD)
+                out.append(pid >> 8)
+                out.append(pid & 0xFF)
+                self._last_tx = now_ms
+        elif t == _PUBACK:
+            inflight = self._inflight
+            for i in range(len(inflight)):
+                if inflight[i][0] == pid:
+                    del inflight[i]
+                    break
+            else:
+                return  # PUBACK for an id we do not know (e.g. acked twice): ignore
+        elif t == _PINGRESP:
+            return  # _ping_sent was already cleared by receive_data()
+        elif t == _SUBACK:
+            count = self._pending.get(pid)
+            if not count:  # unknown ids (or an UNSUBSCRIBE's) are ignored
+                return
+            if count != len(packet[2]):
+                raise ProtocolError("SUBACK has %d return codes for %d filters" % (len(packet[2]), count))
+            del self._pending[pid]
+        elif t == _UNSUBACK:
+            if self._pending.get(pid) != 0:
+                return
+            del self._pending[pid]
+        else:  # a second CONNACK (the Decoder refuses what only a client sends)
+            raise ProtocolError("second CONNACK")
+        self._events.append(packet)
 
     # ------------------------------------------------------------- helpers
 
@@ -410,7 +374,7 @@ class Session:
 
     def _link_dead(self, reason):
         self._drop_link()
-        self._events.append(LinkDead(reason))
+        self._events.append((_DEAD_EV, reason))
 
     def _new_packet_id(self):
         # 1..65535 wrapping, skipping ids still in use

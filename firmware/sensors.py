@@ -174,28 +174,27 @@ class Sensors:
         if not fresh and seen is not None and seen[0] == v:
             why = seen[1]  # the same measurement again: the same verdict
         else:
-            why = self._judge(name, v, lim)
+            # None when v is plausible, else the reason.
+            _, lo, hi, jump, _ = lim
+            why = None
+            if not (lo <= v <= hi):  # also refuses NaN
+                why = "out of range"
+            else:
+                now = time.ticks_ms()
+                good = self._good.get(name)
+                if jump and good is not None and time.ticks_diff(now, good[1]) < _JUMP_WINDOW_MS and abs(v - good[0]) > jump:
+                    pending = self._pending.get(name)
+                    if pending is None or abs(v - pending) > jump:
+                        self._pending[name] = v  # a real step shows again in the next measurement
+                        why = "spike"
+                if why is None:
+                    self._pending.pop(name, None)
+                    self._good[name] = (v, now)
             self._seen[name] = (v, why)
         if why is None:
             into[name] = round(v, lim[4])
         else:
             _fail(into, name, why)
-
-    def _judge(self, name, v, lim):
-        # None when v is plausible, else the reason.
-        _, lo, hi, jump, _ = lim
-        if not (lo <= v <= hi):  # also refuses NaN
-            return "out of range"
-        now = time.ticks_ms()
-        good = self._good.get(name)
-        if jump and good is not None and time.ticks_diff(now, good[1]) < _JUMP_WINDOW_MS and abs(v - good[0]) > jump:
-            pending = self._pending.get(name)
-            if pending is None or abs(v - pending) > jump:
-                self._pending[name] = v  # a real step shows again in the next measurement
-                return "spike"
-        self._pending.pop(name, None)
-        self._good[name] = (v, now)
-        return None
 
 
 def _fail(into, name, why):

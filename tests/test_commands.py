@@ -1,4 +1,4 @@
-"""commands: parsing and validation of cmd payloads, results, ResultCache."""
+"""commands: parsing and validation of cmd payloads, results, the result cache."""
 
 import json
 import sys
@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware"))
 
 import commands  # noqa: E402
-from commands import MAX_PAYLOAD, OPS, CommandError, ResultCache, error_result, ok_result, parse  # noqa: E402
+from commands import (  # noqa: E402
+    MAX_PAYLOAD, OPS, CommandError, cache_get, cache_put, error_result, new_cache, ok_result, parse,
+)
 
 
 def _cmd(**kw):
@@ -234,44 +236,48 @@ def test_error_result():
     assert json.loads(error_result(e.cmd_id, e)) == {"id": "c9", "ok": False, "error": "bad"}
 
 
+def _ids(cache):
+    return {cache[i] for i in range(1, len(cache), 2) if cache[i] is not None}
+
+
 def test_result_cache_remembers_and_evicts_fifo():
-    cache = ResultCache(3)
+    cache = new_cache(3)
     for i in range(3):
-        cache.put("c%d" % i, b"r%d" % i)
-    assert [cache.get("c%d" % i) for i in range(3)] == [b"r0", b"r1", b"r2"]
-    cache.put("c3", b"r3")
-    assert cache.get("c0") is None
-    assert cache.get("c3") == b"r3" and len(cache) == 3
-    cache.get("c1")  # a read does not refresh (FIFO, not LRU)
-    cache.put("c4", b"r4")
-    assert cache.get("c1") is None and "c2" in cache and "c4" in cache
+        cache_put(cache, "c%d" % i, b"r%d" % i)
+    assert [cache_get(cache, "c%d" % i) for i in range(3)] == [b"r0", b"r1", b"r2"]
+    cache_put(cache, "c3", b"r3")
+    assert cache_get(cache, "c0") is None
+    assert cache_get(cache, "c3") == b"r3" and len(_ids(cache)) == 3
+    cache_get(cache, "c1")  # a read does not refresh (FIFO, not LRU)
+    cache_put(cache, "c4", b"r4")
+    assert cache_get(cache, "c1") is None and _ids(cache) == {"c2", "c3", "c4"}
 
 
 def test_result_cache_overwrite_keeps_position():
-    cache = ResultCache(2)
-    cache.put("a", b"1")
-    cache.put("b", b"2")
-    cache.put("a", b"1b")
-    assert cache.get("a") == b"1b" and len(cache) == 2
-    cache.put("c", b"3")
-    assert cache.get("a") is None and cache.get("b") == b"2"
+    cache = new_cache(2)
+    cache_put(cache, "a", b"1")
+    cache_put(cache, "b", b"2")
+    cache_put(cache, "a", b"1b")
+    assert cache_get(cache, "a") == b"1b" and len(_ids(cache)) == 2
+    cache_put(cache, "c", b"3")
+    assert cache_get(cache, "a") is None and cache_get(cache, "b") == b"2"
 
 
 def test_result_cache_is_bounded():
-    cache = ResultCache()
+    cache = new_cache()
     for i in range(10_000):
-        cache.put(str(i), b"x")
-    assert len(cache) == 32
-    assert cache.get("9999") == b"x" and cache.get("9967") is None and cache.get("9968") == b"x"
+        cache_put(cache, str(i), b"x")
+    assert len(_ids(cache)) == 32 and len(cache) == 65
+    assert cache_get(cache, "9999") == b"x" and cache_get(cache, "9967") is None and cache_get(cache, "9968") == b"x"
 
 
 def test_result_cache_ignores_none_id_and_rejects_bad_size():
-    cache = ResultCache(2)
-    cache.put(None, b"x")
-    assert len(cache) == 0 and cache.get(None) is None
+    cache = new_cache(2)
+    cache_put(cache, None, b"x")
+    assert len(_ids(cache)) == 0 and cache_get(cache, None) is None
     for size in (0, -1, True, 2.0):
         with pytest.raises(ValueError):
-            ResultCache(size)
+            new_cache(size)
 
 
 def test_no_module_level_mutable_state():

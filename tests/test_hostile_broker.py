@@ -332,7 +332,7 @@ for line in sys.stdin.buffer.read().split(b"\\n"):
     d.feed(bytes(int(line[i:i + 2], 16) for i in range(0, len(line), 2)))
     try:
         p = d.next_packet()
-        print("accepted", repr(p.topic))
+        print("accepted", repr(p[1]))  # a PUBLISH tuple: (3, topic, ...)
     except ProtocolError as e:
         print("refused:", e)
 """

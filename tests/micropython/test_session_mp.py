@@ -15,10 +15,8 @@ from mqtt_peer import (  # the broker's side of the wire
     Connack, Connect, Decoder, Pingreq, Pingresp, ProtocolError, Puback, Publish, Suback,
     Subscribe, encode,
 )
-from mqtt_session import (
-    CONNECTED, DISCONNECTED, Connected, ConnectionRefused, LinkDead, Message,
-    PublishAcked, Session, Subscribed,
-)
+from mqtt_session import CONNECTED, DISCONNECTED, Session
+from packets import REFUSED, Connected, LinkDead, Message, PublishAcked, Subscribed  # event tuples
 
 WRAP = 1 << 30
 
@@ -57,8 +55,8 @@ def test_refused():
     s.start(0)
     s.receive_data(encode(Connack(return_code=4)), 1)
     ev = events(s)
-    assert len(ev) == 1 and isinstance(ev[0], ConnectionRefused)
-    assert ev[0].return_code == 4 and s.state == DISCONNECTED
+    assert len(ev) == 1 and ev[0][0] == REFUSED
+    assert ev[0][1] == 4 and s.state == DISCONNECTED
 
 
 def test_keepalive_and_dead_link_across_wrap():

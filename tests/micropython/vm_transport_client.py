@@ -38,9 +38,9 @@ class Probe:
         self.done = asyncio.Event()
 
     def on_event(self, ev):
-        if isinstance(ev, mqtt_session.Message) and ev.topic == TOPIC:
+        if ev[0] == 3 and ev[1] == TOPIC:  # a message: (3, topic, payload, ...)
             self.messages += 1
-            i = int(ev.payload)
+            i = int(ev[2])
             if not self.seen[i]:
                 self.seen[i] = 1
                 self.distinct += 1
