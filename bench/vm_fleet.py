@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from emulator.broker import Broker  # noqa: E402
-from emulator.vm import PLUGIN_HEAP  # noqa: E402
+from emulator.vm import DEFAULT_HEAP  # noqa: E402
 
 KEEPALIVE = 30
 
@@ -91,7 +91,7 @@ def fmt(v, spec: str = "") -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10,25,50", help="comma-separated board counts (default 10,25,50)")
-    ap.add_argument("--heaps", default=PLUGIN_HEAP, help=f"comma-separated heaps (default {PLUGIN_HEAP})")
+    ap.add_argument("--heaps", default=DEFAULT_HEAP, help=f"comma-separated heaps (default {DEFAULT_HEAP})")
     ap.add_argument("--interval", type=float, default=1.0, help="telemetry interval in seconds (default 1)")
     ap.add_argument("--window", type=float, default=20.0, help="seconds measured after booting (default 20)")
     ap.add_argument("--boot-rate", type=float, default=200.0, help="boards powered on per second (default 200)")

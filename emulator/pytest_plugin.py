@@ -23,7 +23,7 @@ come from, in order: the marker
 the options `--esp32emu-keepalive` / `--esp32emu-interval` /
 `--esp32emu-time-scale` / `--esp32emu-vm` / `--esp32emu-heap`, the ini
 options `esp32emu_keepalive` / ... / `esp32emu_vm` / `esp32emu_heap`, and
-the defaults (2 s, 1 s, 1.0, cpython, `emulator.vm.PLUGIN_HEAP`).
+the defaults (2 s, 1 s, 1.0, cpython, `emulator.vm.DEFAULT_HEAP`).
 `boards(n, vm=..., heap=...)` overrides them per call, and
 `@pytest.mark.parametrize("esp32emu_vm", ["cpython", "micropython"])` runs a
 test on both backends. A vm=micropython board is one real MicroPython
@@ -260,9 +260,9 @@ def boards(request: pytest.FixtureRequest, esp32emu: Emulator, esp32emu_vm: str)
              **config: Any) -> list[BoardHandle]:
         backend = backend_name(vm or esp32emu_vm)
         if backend == "micropython":
-            from emulator.vm import PLUGIN_HEAP
+            from emulator.vm import DEFAULT_HEAP
 
-            heap = heap or _setting(request, "heap") or PLUGIN_HEAP
+            heap = heap or _setting(request, "heap") or DEFAULT_HEAP
         if broker is None:
             broker = request.getfixturevalue("mosquitto")
         made = []

@@ -67,9 +67,9 @@ def emu(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Emulator]:
     its add_board makes boards of that backend."""
     vm = getattr(request, "param", "cpython")
     if vm == "micropython":
-        from emulator.vm import PLUGIN_HEAP
+        from emulator.vm import DEFAULT_HEAP
 
-        with Emulator(tmp_path / "boards", vm=vm, heap=PLUGIN_HEAP) as e:
+        with Emulator(tmp_path / "boards", vm=vm, heap=DEFAULT_HEAP) as e:
             yield e
         return
     with Emulator(tmp_path / "boards") as e:

@@ -7,8 +7,7 @@ the BOOT button and the rest of SPEC §4 run on this backend as the
 `[micropython]` cases of tests/test_device_mqtt.py, test_faults.py and
 test_commands_e2e.py.
 
-The heap is `emulator.vm.PLUGIN_HEAP` (TODO(issue 12): 100k once the
-firmware fits)."""
+The heap is `emulator.vm.DEFAULT_HEAP` (100k, an ESP32 without PSRAM)."""
 
 from __future__ import annotations
 

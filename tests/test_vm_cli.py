@@ -21,7 +21,7 @@ def _run(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.Complete
 
 @pytest.mark.integration
 def test_run_vm_boots_on_the_interpreter_and_shuts_down_planned(tmp_path):
-    r = _run(tmp_path, "--vm", "micropython", "--heap", "160k", "--keepalive", "5", "--interval", "1",
+    r = _run(tmp_path, "--vm", "micropython", "--heap", "100k", "--keepalive", "5", "--interval", "1",
              "--duration", "4")
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()

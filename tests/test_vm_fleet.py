@@ -15,14 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from emulator.vm import PLUGIN_HEAP
+from emulator.vm import DEFAULT_HEAP
 
 ESP32EMU = [sys.executable, "-m", "emulator"]
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-# The heap the firmware boots on today (emulator/vm/__init__.py: it becomes
-# DEFAULT_HEAP, 100k, once the firmware fits there).
-HEAP = PLUGIN_HEAP
+HEAP = DEFAULT_HEAP  # 100k, an ESP32 without PSRAM
 
 
 def _fleet(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import pytest
 from emulator.harness import Emulator
 from emulator.loader import FirmwareImage
 from emulator.testing import Console
-from emulator.vm import PLUGIN_HEAP
+from emulator.vm import DEFAULT_HEAP
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def test_nvs_rtc_memory_reset_causes_and_epoch(tmp_path, mosquitto):
     (fw / "boot.py").write_text("")
     (fw / "main.py").write_text(MAIN)
     console = Console()
-    with Emulator(tmp_path / "boards", FirmwareImage(fw), vm="micropython", heap=PLUGIN_HEAP) as emu:
+    with Emulator(tmp_path / "boards", FirmwareImage(fw), vm="micropython", heap=DEFAULT_HEAP) as emu:
         board = emu.add_board("dev-shim", mosquitto.host, mosquitto.port, console=console)
         assert console.expect("nvs missing", timeout=15) == "nvs missing -4354"
         assert console.expect("boot 1", timeout=5) == "boot 1 cause 1 rtc b''"
@@ -92,7 +92,7 @@ def test_host_side_errors_keep_their_type(tmp_path, mosquitto):
     (fw / "boot.py").write_text("")
     (fw / "main.py").write_text(ERRORS)
     console = Console()
-    with Emulator(tmp_path / "boards", FirmwareImage(fw), vm="micropython", heap=PLUGIN_HEAP) as emu:
+    with Emulator(tmp_path / "boards", FirmwareImage(fw), vm="micropython", heap=DEFAULT_HEAP) as emu:
         emu.add_board("dev-err", mosquitto.host, mosquitto.port, console=console)
         assert console.expect("overflow", timeout=15) == "overflow value out of range for i32"
         assert console.expect("value", timeout=5) == "value unknown status param"

@@ -19,10 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-DEFAULT_HEAP = "100k"  # an ESP32 without PSRAM: what `esp32emu run --vm micropython` uses
-# TODO(issue 12): the firmware does not boot on 100k yet (MemoryError importing
-# app); the plugin's boards use this until it does, then it becomes DEFAULT_HEAP.
-PLUGIN_HEAP = "160k"
+DEFAULT_HEAP = "100k"  # an ESP32 without PSRAM: `run`, `fleet` and the plugin's VM boards
 
 # Faults a VM board cannot show raise emulator.vm.proxy.UnsupportedFault
 # naming them (dns_fail, profile dns/connect rates); the README's "Boards on
