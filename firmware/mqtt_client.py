@@ -258,6 +258,8 @@ class MqttClient:
         link = self._link
         async with self._wlock:
             while True:
+                # the session's own buffer, unchanged until the next call (made
+                # only here, under the lock, after this drain): no copy
                 data = self.session.data_to_send()
                 if not data or link != self._link:  # nothing left, or closed meanwhile
                     return
