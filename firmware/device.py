@@ -305,12 +305,13 @@ class Device:
                         except LinkError:
                             pass  # the supervisor sees the same failure and reconnects
                 due = next_due(due, self.interval_ms)
+                # Sleep until due in steps of at most _CHORE_MS, looking for a
+                # new interval in between (asyncio.wait_for_ms would hold two
+                # more tasks and their frames all the time).
                 left = time.ticks_diff(due, time.ticks_ms())
-                if left > 0:
-                    try:
-                        await asyncio.wait_for_ms(self._interval_changed.wait(), left)
-                    except asyncio.TimeoutError:
-                        pass
+                while left > 0 and not self._interval_changed.is_set():
+                    await asyncio.sleep_ms(min(left, _CHORE_MS))
+                    left = time.ticks_diff(due, time.ticks_ms())
             self._interval_changed.clear()
 
     # -- commands ----------------------------------------------------------------
