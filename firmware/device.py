@@ -35,6 +35,7 @@ FW_VERSION = "0.1.0"
 _UNIX_2000 = const(946684800)  # seconds from 1970-01-01 to the ESP32 epoch 2000-01-01
 _WIFI_TIMEOUT_MS = const(15000)
 _WIFI_CHECK_MS = const(1000)
+_CHORE_MS = const(100)  # how often _chores looks (the button's latency)
 _CONNECT_TIMEOUT_MS = const(10000)
 _SUBACK_TIMEOUT_MS = const(10000)
 _SUBACK_FAILURE = const(0x80)
@@ -107,6 +108,7 @@ class Device:
         self._acked = asyncio.Event()
         self._leaving = False
         self._wifi_lost = False
+        self._pump = None  # the client's pump task while online (WiFi watched)
         self._birth_pid = 0
         self._led = None
         self.sensors = Sensors(cfg["sensors"], log)
@@ -114,11 +116,9 @@ class Device:
     # -- entry ----------------------------------------------------------------
 
     async def run(self):
-        if self.cfg["wdt_ms"]:
-            asyncio.create_task(self._feed_watchdog())
+        asyncio.create_task(self._chores())
         asyncio.create_task(self._telemetry_loop())
         asyncio.create_task(self._command_worker())
-        asyncio.create_task(self._shutdown_on_button())
         await self._supervise()
 
     # -- connection supervisor ------------------------------------------------
@@ -137,7 +137,7 @@ class Device:
                 # minutes).
                 pump = asyncio.create_task(self.client.pump())
                 self._wifi_lost = False
-                watch = asyncio.create_task(self._watch_wifi(pump))
+                self._pump = pump  # watched by _chores
                 try:
                     await pump
                     reason = "link closed"
@@ -149,7 +149,7 @@ class Device:
                     await self.client.close()
                     reason = "wifi lost"
                 finally:
-                    watch.cancel()
+                    self._pump = None
                 self._online.clear()
                 if self._leaving:
                     return
@@ -170,17 +170,6 @@ class Device:
             attempt += 1
             self.log("mqtt: %s; retry %d in %d ms" % (reason, attempt, delay))
             await asyncio.sleep_ms(delay)
-
-    async def _watch_wifi(self, pump):
-        due = time.ticks_ms()
-        while True:
-            due = next_due(due, _WIFI_CHECK_MS)
-            await asyncio.sleep_ms(max(time.ticks_diff(due, time.ticks_ms()), 0))
-            if not self._sta.isconnected():
-                self.log("wifi: lost; closing the MQTT socket")
-                self._wifi_lost = True
-                pump.cancel()
-                return
 
     async def _connect_once(self):
         # One attempt: WiFi, then TCP+MQTT, then subscribe (waiting for the
@@ -316,12 +305,13 @@ class Device:
                         except LinkError:
                             pass  # the supervisor sees the same failure and reconnects
                 due = next_due(due, self.interval_ms)
+                # Sleep until due in steps of at most _CHORE_MS, looking for a
+                # new interval in between (asyncio.wait_for_ms would hold two
+                # more tasks and their frames all the time).
                 left = time.ticks_diff(due, time.ticks_ms())
-                if left > 0:
-                    try:
-                        await asyncio.wait_for_ms(self._interval_changed.wait(), left)
-                    except asyncio.TimeoutError:
-                        pass
+                while left > 0 and not self._interval_changed.is_set():
+                    await asyncio.sleep_ms(min(left, _CHORE_MS))
+                    left = time.ticks_diff(due, time.ticks_ms())
             self._interval_changed.clear()
 
     # -- commands ----------------------------------------------------------------
@@ -479,24 +469,41 @@ class Device:
         await client.disconnect()
         self.log("mqtt: offline (%s)" % reason)
 
-    async def _shutdown_on_button(self):
-        # The IRQ only sets a flag; the planned offline runs as a task.
-        flag = asyncio.ThreadSafeFlag()
+    async def _chores(self):
+        # One task for the slow chores (each task costs heap: a Task and a
+        # frame): feed the watchdog (from the event loop, so a loop that
+        # hangs stops feeding and the hardware resets the board), start the
+        # planned shutdown when the BOOT button is pressed (its IRQ only
+        # sets a flag), and while online check WiFi every _WIFI_CHECK_MS (a
+        # socket over a lost WiFi can stay silent for minutes).
+        wdt_ms = self.cfg["wdt_ms"]
+        wdt = machine.WDT(timeout=wdt_ms) if wdt_ms else None
+        pressed = bytearray(1)
+
+        def on_press(pin):
+            pressed[0] = 1
+
         button = machine.Pin(_BUTTON_PIN, machine.Pin.IN, machine.Pin.PULL_UP)
-        button.irq(lambda pin: flag.set(), machine.Pin.IRQ_FALLING)
-        await flag.wait()
-        await self._go_offline("shutdown")
-
-    # -- watchdog ----------------------------------------------------------------
-
-    async def _feed_watchdog(self):
-        # Fed from the event loop: a loop that hangs stops feeding and the
-        # hardware watchdog resets the board.
-        wdt = machine.WDT(timeout=self.cfg["wdt_ms"])
-        period = max(self.cfg["wdt_ms"] // 4, 100)
+        button.irq(on_press, machine.Pin.IRQ_FALLING)
+        feed = wifi = time.ticks_ms()
         while True:
-            wdt.feed()
-            await asyncio.sleep_ms(period)
+            now = time.ticks_ms()
+            if wdt is not None and time.ticks_diff(now, feed) >= 0:
+                wdt.feed()
+                feed = time.ticks_add(now, max(wdt_ms // 4, 100))
+            if pressed[0]:
+                pressed[0] = 0
+                if not self._leaving:  # a task: the watchdog is fed meanwhile
+                    asyncio.create_task(self._go_offline("shutdown"))
+            pump = self._pump
+            if pump is not None and time.ticks_diff(now, wifi) >= 0:
+                wifi = time.ticks_add(now, _WIFI_CHECK_MS)
+                if not self._sta.isconnected():
+                    self.log("wifi: lost; closing the MQTT socket")
+                    self._wifi_lost = True
+                    self._pump = None
+                    pump.cancel()
+            await asyncio.sleep_ms(_CHORE_MS)
 
 
 def _dumps(obj):

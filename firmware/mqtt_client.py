@@ -34,6 +34,8 @@ except ImportError:
 
 _READ_BUF = const(512)  # a read's chunk; packets of any size are assembled by the Decoder
 _WRITE_TIMEOUT_MS = const(10000)
+_WRITE_POLL_MS = const(5)
+_POLL_MS = const(50)  # the timer loop's longest sleep: how late it sees the reader's news  # how often a caller of _send() looks whether the writer is done
 _WINDOW = const(8)  # QoS 1 messages handed to the session at once
 _MAX_QUEUED = const(64)  # QoS 1 messages waiting for a window slot
 
@@ -56,7 +58,7 @@ class MqttClient:
         self._link = 0  # counts connections opened and closed
         self._buf = bytearray(_READ_BUF)  # every read lands here
         self._mv = memoryview(self._buf)
-        self._wlock = asyncio.Lock()
+        self._writing = False  # a _send() is writing (one at a time)
         self._wake = asyncio.Event()  # the reader has news for the timer loop
         self._due = time.ticks_ms()  # ticks when the timer loop plans to wake
         self._tx_since = None  # ticks when the write in progress started
@@ -166,8 +168,8 @@ class MqttClient:
                 # timer loop; otherwise it sleeps on.
                 if session.next_timeout_ms(now) < time.ticks_diff(self._due, now):
                     self._wake.set()
-                if session.has_data_to_send():  # PUBACKs; the timer loop watches the write
-                    await self._send()
+                if session.has_data_to_send() and not self._writing:
+                    await self._send()  # PUBACKs (a writer at work sends them too); the timer loop watches the write
         except OSError as e:
             self._fail("read failed: %s" % _oserror(e))
         except LinkError as e:
@@ -203,15 +205,17 @@ class MqttClient:
                 if rest <= 0:
                     raise LinkError("no %s within %d ms" % (what, limit_ms))
                 left = min(left, rest)
-            if session.has_data_to_send() and self._writer is not None and not self._wlock.locked():
-                await self._flush()  # a PINGREQ (a writer holding the lock sends it too)
+            if session.has_data_to_send() and self._writer is not None and not self._writing:
+                await self._flush()  # a PINGREQ (a writer at work sends it too)
                 continue
             left = max(left, 1)
-            self._due = time.ticks_add(now, left)
-            try:
-                await asyncio.wait_for_ms(wake.wait(), left)
-            except asyncio.TimeoutError:
-                pass
+            due = self._due = time.ticks_add(now, left)
+            # Sleep until then in steps of at most _POLL_MS, ending early when
+            # the reader has news (asyncio.wait_for_ms would hold two more
+            # tasks and their frames all the time the pump sleeps).
+            while left > 0 and not wake.is_set():
+                await asyncio.sleep_ms(min(left, _POLL_MS))
+                left = time.ticks_diff(due, time.ticks_ms())
 
     def _dispatch(self):
         while True:
@@ -250,14 +254,22 @@ class MqttClient:
             raise LinkError("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
 
     async def _send(self):
-        # Write and drain under the lock (one drain at a time per stream), until
-        # the session has nothing more queued: bytes leave in the order queued.
+        # One writer at a time (one drain at a time per stream), writing and
+        # draining until the session has nothing more queued: bytes leave in
+        # the order queued. Another caller waits until it is done (a flag and
+        # a short poll: asyncio.Lock's module costs heap; callers that need not
+        # wait check _writing first).
+        while self._writing:
+            await asyncio.sleep_ms(_WRITE_POLL_MS)
         w = self._writer
         if w is None:
             return
         link = self._link
-        async with self._wlock:
+        self._writing = True
+        try:
             while True:
+                # the session's own buffer, unchanged until the next call (made
+                # only here, by the one writer, after this drain): no copy
                 data = self.session.data_to_send()
                 if not data or link != self._link:  # nothing left, or closed meanwhile
                     return
@@ -269,6 +281,8 @@ class MqttClient:
                     raise LinkError("write failed: %s" % _oserror(e))
                 finally:
                     self._tx_since = None
+        finally:
+            self._writing = False
 
     # -- for the owner --------------------------------------------------------
 

@@ -108,6 +108,7 @@ class Session:
         self.state = DISCONNECTED
         self._decoder = Decoder(max_packet)  # replaced by start()
         self._out = bytearray()  # bytes queued for data_to_send()
+        self._spare = bytearray()  # the other of the two, handed out last time
         self._events = []
         self._last_tx = 0  # ticks of the last queued packet
         self._last_rx = 0  # ticks of the last received bytes
@@ -171,11 +172,17 @@ class Session:
         return None
 
     def data_to_send(self):
-        """Return (and forget) every byte queued since the last call."""
-        if not self._out:
-            return b""
-        out = bytes(self._out)
-        self._out[:] = b""
+        """Return (and forget) every byte queued since the last call.
+
+        No copy: two buffers take turns, so what is returned stays unchanged
+        until the next call while new bytes queue in the other one (a copy of
+        a flood's output is a large transient allocation that a fragmented
+        heap refuses)."""
+        out = self._out
+        spare = self._spare
+        spare[:] = b""
+        self._out = spare
+        self._spare = out
         return out
 
     def has_data_to_send(self):
