@@ -34,8 +34,7 @@ except ImportError:
 FW_VERSION = "0.1.0"
 _UNIX_2000 = const(946684800)  # seconds from 1970-01-01 to the ESP32 epoch 2000-01-01
 _WIFI_TIMEOUT_MS = const(15000)
-_WIFI_CHECK_MS = const(1000)
-_CHORE_MS = const(100)  # how often _chores looks (the button's latency)
+_CHORE_MS = const(1000)  # _chores: how often WiFi is checked; the BOOT button's latency
 _CONNECT_TIMEOUT_MS = const(10000)
 _SUBACK_TIMEOUT_MS = const(10000)
 _SUBACK_FAILURE = const(0x80)
@@ -305,13 +304,12 @@ class Device:
                         except LinkError:
                             pass  # the supervisor sees the same failure and reconnects
                 due = next_due(due, self.interval_ms)
-                # Sleep until due in steps of at most _CHORE_MS, looking for a
-                # new interval in between (asyncio.wait_for_ms would hold two
-                # more tasks and their frames all the time).
                 left = time.ticks_diff(due, time.ticks_ms())
-                while left > 0 and not self._interval_changed.is_set():
-                    await asyncio.sleep_ms(min(left, _CHORE_MS))
-                    left = time.ticks_diff(due, time.ticks_ms())
+                if left > 0:
+                    try:
+                        await asyncio.wait_for_ms(self._interval_changed.wait(), left)
+                    except asyncio.TimeoutError:
+                        pass
             self._interval_changed.clear()
 
     # -- commands ----------------------------------------------------------------
@@ -474,7 +472,7 @@ class Device:
         # frame): feed the watchdog (from the event loop, so a loop that
         # hangs stops feeding and the hardware resets the board), start the
         # planned shutdown when the BOOT button is pressed (its IRQ only
-        # sets a flag), and while online check WiFi every _WIFI_CHECK_MS (a
+        # sets a flag), and while online check WiFi every _CHORE_MS (a
         # socket over a lost WiFi can stay silent for minutes).
         wdt_ms = self.cfg["wdt_ms"]
         wdt = machine.WDT(timeout=wdt_ms) if wdt_ms else None
@@ -485,25 +483,25 @@ class Device:
 
         button = machine.Pin(_BUTTON_PIN, machine.Pin.IN, machine.Pin.PULL_UP)
         button.irq(on_press, machine.Pin.IRQ_FALLING)
-        feed = wifi = time.ticks_ms()
+        # A fixed-rate schedule (next_due): boards that woke late together
+        # do not stay bunched up.
+        period = min(_CHORE_MS, max(wdt_ms // 4, 100)) if wdt_ms else _CHORE_MS
+        due = time.ticks_ms()
         while True:
-            now = time.ticks_ms()
-            if wdt is not None and time.ticks_diff(now, feed) >= 0:
+            if wdt is not None:
                 wdt.feed()
-                feed = time.ticks_add(now, max(wdt_ms // 4, 100))
             if pressed[0]:
                 pressed[0] = 0
                 if not self._leaving:  # a task: the watchdog is fed meanwhile
                     asyncio.create_task(self._go_offline("shutdown"))
             pump = self._pump
-            if pump is not None and time.ticks_diff(now, wifi) >= 0:
-                wifi = time.ticks_add(now, _WIFI_CHECK_MS)
-                if not self._sta.isconnected():
-                    self.log("wifi: lost; closing the MQTT socket")
-                    self._wifi_lost = True
-                    self._pump = None
-                    pump.cancel()
-            await asyncio.sleep_ms(_CHORE_MS)
+            if pump is not None and not self._sta.isconnected():
+                self.log("wifi: lost; closing the MQTT socket")
+                self._wifi_lost = True
+                self._pump = None
+                pump.cancel()
+            due = next_due(due, period)
+            await asyncio.sleep_ms(max(time.ticks_diff(due, time.ticks_ms()), 0))
 
 
 def _dumps(obj):

@@ -34,8 +34,7 @@ except ImportError:
 
 _READ_BUF = const(512)  # a read's chunk; packets of any size are assembled by the Decoder
 _WRITE_TIMEOUT_MS = const(10000)
-_WRITE_POLL_MS = const(5)
-_POLL_MS = const(50)  # the timer loop's longest sleep: how late it sees the reader's news  # how often a caller of _send() looks whether the writer is done
+_WRITE_POLL_MS = const(5)  # how often a caller of _send() looks whether the writer is done
 _WINDOW = const(8)  # QoS 1 messages handed to the session at once
 _MAX_QUEUED = const(64)  # QoS 1 messages waiting for a window slot
 
@@ -209,13 +208,11 @@ class MqttClient:
                 await self._flush()  # a PINGREQ (a writer at work sends it too)
                 continue
             left = max(left, 1)
-            due = self._due = time.ticks_add(now, left)
-            # Sleep until then in steps of at most _POLL_MS, ending early when
-            # the reader has news (asyncio.wait_for_ms would hold two more
-            # tasks and their frames all the time the pump sleeps).
-            while left > 0 and not wake.is_set():
-                await asyncio.sleep_ms(min(left, _POLL_MS))
-                left = time.ticks_diff(due, time.ticks_ms())
+            self._due = time.ticks_add(now, left)
+            try:
+                await asyncio.wait_for_ms(wake.wait(), left)
+            except asyncio.TimeoutError:
+                pass
 
     def _dispatch(self):
         while True:
