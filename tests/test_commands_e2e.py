@@ -224,7 +224,8 @@ def test_flood_of_commands_is_answered_busy_beyond_the_queue_and_telemetry_flows
 # session's output bytearrays until an allocation of ~1 KiB fails
 # (MemoryError in the reader and in Session._queue): the reader must stop
 # reading while output is backed up, and both buffers need a fixed capacity.
-VM_FLOOD = pytest.mark.xfail(strict=True, reason="issue 12: a flood on a 100 KiB heap ends in MemoryError "
+# Not strict: whether the heap holds depends on how the bytes fall into reads.
+VM_FLOOD = pytest.mark.xfail(strict=False, reason="issue 12: a flood on a 100 KiB heap ends in MemoryError "
                              "(decoder and output buffers grow without bound)")
 
 

@@ -526,7 +526,9 @@ def test_command_flood_does_not_stop_the_board(hostile, backend, request):
     them: within FLOOD_WINDOW_S every QoS 1 command is acknowledged, telemetry
     keeps its cadence, results flow (none twice) and the link stays up."""
     if backend == "micropython":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+        # Not strict: whether the heap holds depends on how the flood's
+        # bytes fall into reads; most runs fail, some pass.
+        request.applymarker(pytest.mark.xfail(strict=False, reason=(
             "issue 12: a flood on a 100 KiB heap ends in MemoryError (decoder and output buffers grow "
             "without bound; see test_commands_e2e VM_FLOOD)")))
     n0, n1 = 10_000, 1_000
