@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -47,7 +46,6 @@ from emulator.sensors import wire as wire_sensors
 from emulator.vm.interpreter import check_heap, heap_bytes, compiled_shims, shim_overhead, deploy_firmware, micropython_command, micropython_executable
 from emulator.vm.proxy import LinkProxy
 
-log = logging.getLogger("esp32emu.vm")
 
 # Files of the flash directory the VM process does not need a copy of.
 _NOT_COPIED = {"config.json"}
@@ -145,23 +143,16 @@ class VmBoard:
 
     # -- console and log -----------------------------------------------------------
 
+    _emit = Board._emit
+    log_event = Board.log_event
+
     def console(self, line: str) -> None:
         for part in str(line).split("\n"):
-            self.console_tail.append(part)
-            if len(self.console_tail) > 200:
-                del self.console_tail[:100]
-            self._console(part)
-
-    def log_event(self, kind: str, message: str) -> None:
-        self.events.append((time.monotonic(), kind, message))
-        if len(self.events) > 500:
-            del self.events[:250]
-        log.debug("[%s] %s: %s", self.id, kind, message)
+            self._emit(part)
 
     # -- what the fakes ask of a board ----------------------------------------------
 
-    def rssi(self) -> int:
-        return int(-58 + self.rng.gauss(0, 3))
+    rssi = Board.rssi
 
     def i2c_bus(self, bus_id: int):
         return self.env.i2c_bus(bus_id)
