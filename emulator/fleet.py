@@ -48,9 +48,15 @@ FDS_PER_VM_BOARD = 8
 VM_SHARED_KB = 8 * 1024  # once for the fleet
 VM_BOARD_BASE_KB = 3 * 1024 + 512  # per board, plus its heap
 VM_MEMORY_SHARE = 0.8  # of MemAvailable: the rest is left to the broker and the machine
-# CPU of one VM board, % of a core, measured with bench/vm_fleet.py (mostly the unix
-# port polling the firmware's ThreadSafeFlag every 1 ms, whatever the traffic).
-VM_BOARD_CPU_PCT = 1.4
+# CPU of one VM board (its interpreter, link proxy and shim channel), % of a core:
+# idle plus a share per telemetry message a second. bench/vm_fleet.py --sizes 10
+# --heaps 100k --window 30 --interval 10 (and --interval 1): 0.09 % and 0.38 %.
+VM_BOARD_IDLE_CPU_PCT = 0.06
+VM_BOARD_CPU_PCT_PER_MSG_S = 0.32
+
+
+def vm_board_cpu_pct(interval: float) -> float:
+    return VM_BOARD_IDLE_CPU_PCT + VM_BOARD_CPU_PCT_PER_MSG_S / interval
 
 
 @dataclass
@@ -104,7 +110,7 @@ def mem_available_kb() -> int | None:
     return None
 
 
-def check_vm_capacity(devices: int, heap: str) -> None:
+def check_vm_capacity(devices: int, heap: str, interval: float) -> None:
     """UsageError when the machine cannot host `devices` interpreter
     processes: their estimated memory against what is available, and the
     per-user process limit (open files: check_fd_limit)."""
@@ -121,9 +127,10 @@ def check_vm_capacity(devices: int, heap: str) -> None:
             f"this machine hosts about {fit}; use fewer --devices or a smaller --heap"
         )
     cores = os.cpu_count() or 1
-    if devices * VM_BOARD_CPU_PCT > cores * 100:
-        print(f"esp32emu: warning: {devices} VM boards need about {devices * VM_BOARD_CPU_PCT / 100:.1f} cores "
-              f"({VM_BOARD_CPU_PCT} % each) and this machine has {cores}: expect late telemetry and timeouts",
+    pct = vm_board_cpu_pct(interval)
+    if devices * pct > cores * 100:
+        print(f"esp32emu: warning: {devices} VM boards need about {devices * pct / 100:.1f} cores "
+              f"({pct:.2f} % each) and this machine has {cores}: expect late telemetry and timeouts",
               file=sys.stderr, flush=True)
     need = 2 * devices + 64  # each board's process and the thread that waits for it (plus ours)
     soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
@@ -159,7 +166,7 @@ def validate(opts: FleetOptions) -> None:
         from emulator.vm import check_vm
 
         opts.heap = check_vm(opts.heap)
-        check_vm_capacity(opts.devices, opts.heap)
+        check_vm_capacity(opts.devices, opts.heap, opts.interval)
     elif opts.heap is not None:
         raise UsageError("--heap needs --vm micropython")
     check_fd_limit(opts.devices, opts.workers, private_broker=opts.broker is None,

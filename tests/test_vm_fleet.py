@@ -148,3 +148,15 @@ def test_vm_fleet_usage_errors(tmp_path, args, message):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_vm_capacity_warns_when_the_boards_need_more_cpu_than_the_machine_has(monkeypatch, capsys):
+    from emulator import fleet
+
+    monkeypatch.setattr(fleet.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(fleet, "mem_available_kb", lambda: None)
+    fleet.check_vm_capacity(100, "100k", interval=10)  # 100 x 0.09 % = 9 % of the one core
+    assert capsys.readouterr().err == ""
+    fleet.check_vm_capacity(400, "100k", interval=1)  # 400 x 0.38 % = 1.5 cores
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "400 VM boards need about 1.5 cores (0.38 % each)" in err, err
