@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from emulator.gcpolicy import Collector
+from emulator.scenario import ScenarioRunError
 
 LAG_PROBE_S = 0.05  # the probe sleeps this long and records how late it wakes
 SETTLE_S = 5.0  # after the last board powers on, before the collector takes over
@@ -197,6 +198,15 @@ class BoardGroup:
             await asyncio.sleep(delay)
         await Timeline(scenario, slots, broker).run()
 
+    def failed(self) -> str | None:
+        """Why one of the group's tasks (boot schedule, lag probe, scenario) ended
+        with an error, if one did: the run stops with it."""
+        for t in self._tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                e = t.exception()
+                return str(e) if isinstance(e, ScenarioRunError) else f"{type(e).__name__}: {e}"
+        return None
+
     def counts(self) -> dict:
         return {
             "booted": sum(1 for b in self.boards if b.running),
@@ -267,6 +277,9 @@ class LocalBoards:
     def start(self, t0: float, broker=None) -> None:
         self.group.start(t0, broker)
 
+    def failed(self) -> str | None:
+        return self.group.failed()
+
     def stats(self) -> dict:
         return {
             **self.group.counts(),
@@ -334,13 +347,19 @@ async def _worker_loop(group: BoardGroup, conn, t0: float) -> None:
             await asyncio.wait_for(stop.wait(), STATS_EVERY_S)
         except asyncio.TimeoutError:
             pass
+        failed = group.failed()
+        if failed is not None:  # the parent stops the run with it
+            await group.stop()
+            conn.send(("error", failed))
+            return
         conn.send(("stats", stats()))
     await group.stop()
     conn.send(("done", stats()))
 
 
 class WorkerError(RuntimeError):
-    """A worker process failed; the message says why."""
+    """The boards' side of a run failed (a worker process, or a scenario
+    event in one); the message says why."""
 
 
 class WorkerPool:
