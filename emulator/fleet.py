@@ -168,8 +168,10 @@ def validate(opts: FleetOptions) -> None:
 
 def run_fleet(opts: FleetOptions) -> int:
     validate(opts)
-    with broker_for(opts.broker, opts.state_dir) as url:
+    with broker_for(opts.broker, opts.state_dir, credentials=True) as url:
         observer = FleetObserver(url.host, url.port)
+        if url.username is not None:
+            observer.client.username_pw_set(url.username, url.password)
         if url.tls:
             provision_tls(opts.certs_dir, [device_id(i) for i in range(opts.devices)])
             try:
@@ -191,13 +193,19 @@ def run_fleet(opts: FleetOptions) -> int:
             scenario=opts.scenario,
             vm=opts.vm,
             heap=opts.heap,
+            username=url.username,
+            password=url.password,
         )
         if opts.workers == 1:
             boards = LocalBoards(replace(spec, indices=tuple(range(opts.devices))))
         else:
             boards = WorkerPool([replace(spec, indices=s) for s in split(range(opts.devices), opts.workers)])
         observer.expect(opts.devices)
-        observer.start()
+        try:
+            observer.start()
+        except ConnectionError as e:  # refused, unreachable, or it would not let the observer in
+            print(f"esp32emu: {e}", file=sys.stderr)
+            return 1
         try:
             boards.build()
             report = asyncio.run(_run(opts, url, observer, boards))

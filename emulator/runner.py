@@ -36,10 +36,12 @@ from emulator.validation import state_dir as check_state_dir
 
 
 @contextlib.contextmanager
-def broker_for(url: str | None, state_dir: Path, say=lambda msg: print(msg, file=sys.stderr, flush=True)):
+def broker_for(url: str | None, state_dir: Path, say=lambda msg: print(msg, file=sys.stderr, flush=True),
+               credentials: bool = False):
     """Yield the BrokerURL to use; start a private Mosquitto when url is None.
-    Checks the URL and that `state_dir` is a writable folder first."""
-    parsed = None if url is None else parse_broker_url(url)
+    Checks the URL (with user:password@ when the caller's boards and observer
+    log in with `credentials`) and that `state_dir` is a writable folder first."""
+    parsed = None if url is None else parse_broker_url(url, credentials=credentials)
     check_state_dir(state_dir)
     if parsed is not None:
         yield parsed
@@ -51,6 +53,14 @@ def broker_for(url: str | None, state_dir: Path, say=lambda msg: print(msg, file
         yield replace(parse_broker_url(broker.url), broker=broker)
     finally:
         broker.stop()
+
+
+def board_broker(url: BrokerURL) -> dict:
+    """The `broker` section of a board's config.json for `url` (beside host and port)."""
+    section: dict = {"tls": url.tls}
+    if url.username is not None:
+        section.update(username=url.username, password=url.password)
+    return section
 
 
 def provision_tls(certs_dir: Path, device_ids: list[str]) -> None:
@@ -140,11 +150,11 @@ def run_single(
     elif heap is not None:
         raise UsageError("--heap needs --vm micropython")
     image = FirmwareImage()
-    with broker_for(broker, state_dir) as url:
+    with broker_for(broker, state_dir, credentials=True) as url:
         if url.tls:
             provision_tls(certs_dir, [device_id])
         cfg = default_config(
-            device_id, url.host, url.port, keepalive=keepalive, interval=interval, broker={"tls": url.tls}
+            device_id, url.host, url.port, keepalive=keepalive, interval=interval, broker=board_broker(url)
         )
 
         def console(line: str) -> None:

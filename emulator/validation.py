@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 if TYPE_CHECKING:
     from emulator.broker import Broker
@@ -108,7 +108,7 @@ def heap(text: str) -> str:
     try:
         return check_heap(text)
     except VmError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("heap ")) from None
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # -- device ids ------------------------------------------------------------------------
@@ -158,22 +158,29 @@ class BrokerURL:
     host: str
     port: int
     broker: Broker | None = field(default=None, compare=False)  # set when the tool started it
+    username: str | None = None  # MQTT CONNECT credentials (mqtt://user:password@host)
+    password: str | None = field(default=None, repr=False)
 
     @property
     def tls(self) -> bool:
         return self.scheme == "mqtts"
 
-    def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+    def __str__(self) -> str:  # never shows the password
+        user = f"{quote(self.username, safe='')}@" if self.username is not None else ""
+        return f"{self.scheme}://{user}{self.host}:{self.port}"
 
 
-def parse_broker_url(url: str) -> BrokerURL:
+CREDENTIAL_MAX = 256  # bytes, as firmware/config.py bounds broker.username and broker.password
+
+
+def parse_broker_url(url: str, credentials: bool = False) -> BrokerURL:
     """`mqtt://host[:port]` or `mqtts://host[:port]` (ports 1883 / 8883 by
-    default). Whatever else a URL can carry is refused, not dropped: the
-    emulated boards and the observers would not honour it."""
+    default), and with `credentials` (the commands whose boards and observer
+    log in with them) `user[:password]@` before the host, %-encoded.
+    Whatever else a URL can carry is refused, not dropped."""
 
     def bad(why: str) -> UsageError:
-        return UsageError(f"--broker {url!r}: {why} (expected mqtt://host:port or mqtts://host:port)")
+        return UsageError(f"--broker {_hide_password(url)!r}: {why} (expected mqtt://host:port or mqtts://host:port)")
 
     try:
         parts = urlsplit(url.strip())
@@ -181,15 +188,26 @@ def parse_broker_url(url: str) -> BrokerURL:
         raise bad(str(e)) from None
     if parts.scheme not in ("mqtt", "mqtts"):
         raise bad(f"the scheme must be mqtt or mqtts, got {parts.scheme or 'none'!r}")
-    if "@" in parts.netloc:
-        raise bad("user:password@ is not supported (the emulated boards and the observer connect without credentials)")
     if parts.path not in ("", "/"):
         raise bad(f"a path ({parts.path!r}) is not supported")
     if parts.query or parts.fragment or url.strip().endswith(("?", "#")):
         raise bad("a query or fragment is not supported")
-    if parts.netloc.startswith("["):
+    userinfo, at, netloc = parts.netloc.rpartition("@")
+    username = password = None
+    if at:
+        if not credentials:
+            raise bad("user:password@ is not supported by this command (run and fleet log in with it)")
+        user_text, colon, pass_text = userinfo.partition(":")
+        username, password = unquote(user_text), unquote(pass_text) if colon else None
+        for what, value in (("user name", username), ("password", password)):
+            if value is not None and ("\x00" in value or len(value.encode()) > CREDENTIAL_MAX):
+                raise bad(f"the {what} must be at most {CREDENTIAL_MAX} bytes without NUL")
+        if not username:
+            raise bad("no user name before '@'" if password is None else
+                      "a password needs a user name (MQTT 3.1.1 sends no password without one)")
+    if netloc.startswith("["):
         raise bad("IPv6 addresses are not supported (the emulated boards speak IPv4)")
-    host, sep, port_text = parts.netloc.rpartition(":") if ":" in parts.netloc else (parts.netloc, "", "")
+    host, sep, port_text = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
     if not host:
         raise bad("no host")
     if len(host) > HOST_MAX or not _HOST_RE.fullmatch(host):
@@ -202,7 +220,12 @@ def parse_broker_url(url: str) -> BrokerURL:
             raise bad(f"the port must be 1..65535, got {port}")
     else:
         port = 8883 if parts.scheme == "mqtts" else 1883
-    return BrokerURL(parts.scheme, host.lower(), port)
+    return BrokerURL(parts.scheme, host.lower(), port, username=username, password=password)
+
+
+def _hide_password(url: str) -> str:
+    """`url` with the password of any user:password@ replaced by ***."""
+    return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url, count=1)
 
 
 # -- the state folder ------------------------------------------------------------------

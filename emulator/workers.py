@@ -53,6 +53,8 @@ class GroupSpec:
     scenario: Path | None = None
     vm: str | None = None  # None: CPython boards; "micropython": one interpreter process per board
     heap: str | None = None  # the VM boards' heap (emulator/vm/)
+    username: str | None = None  # MQTT credentials from --broker mqtt://user:password@host
+    password: str | None = None
 
 
 def auto_workers(devices: int, cores: int | None = None) -> int:
@@ -245,10 +247,11 @@ def make_board(spec: GroupSpec, index: int, image):
     """Board `index` of the fleet on the spec's backend: the one place where
     a fleet makes a board (`image` is the loaded firmware, shared)."""
     from emulator.boardconfig import default_config
-    from emulator.runner import install_tls
+    from emulator.runner import BrokerURL, board_broker, install_tls
 
     did = device_id(index)
-    cfg = default_config(did, spec.host, spec.port, keepalive=spec.keepalive, interval=spec.interval, broker={"tls": spec.tls})
+    url = BrokerURL("mqtts" if spec.tls else "mqtt", spec.host, spec.port, username=spec.username, password=spec.password)
+    cfg = default_config(did, spec.host, spec.port, keepalive=spec.keepalive, interval=spec.interval, broker=board_broker(url))
     if spec.vm == "micropython":
         from emulator.vm import DEFAULT_HEAP
         from emulator.vm.board import VmBoard

@@ -5,6 +5,7 @@ event that fails while running stops the run with exit 1 and the reason."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,7 +61,11 @@ CLI_BAD = [
     (["run", "--broker", "mqtt://127.0.0.1:0"], "the port must be 1..65535, got 0"),
     (["run", "--broker", "mqtt://127.0.0.1:99999"], "the port must be 1..65535"),
     (["run", "--broker", "mqtt://127.0.0.1:"], "the port must be 1..65535"),
-    (["run", "--broker", "mqtt://user:pass@127.0.0.1:1883"], "user:password@ is not supported"),
+    (["run", "--broker", "mqtt://:secret@127.0.0.1:1883"], "--broker 'mqtt://:***@127.0.0.1:1883': a password needs a user name"),
+    (["run", "--broker", "mqtt://@127.0.0.1:1883"], "no user name before '@'"),
+    (["run", "--broker", "mqtt://" + "u" * 257 + "@h"], "the user name must be at most 256 bytes"),
+    (["serial", "--broker", "mqtt://user:pass@127.0.0.1:1883"], "user:password@ is not supported by this command"),
+    (["watch", "--broker", "mqtt://user:pass@127.0.0.1:1883"], "user:password@ is not supported by this command"),
     (["run", "--broker", "mqtt://127.0.0.1:1883/devices"], "a path ('/devices') is not supported"),
     (["run", "--broker", "mqtt://127.0.0.1:1883?x=1"], "a query or fragment is not supported"),
     (["run", "--broker", "mqtt://127.0.0.1:1883#top"], "a query or fragment is not supported"),
@@ -163,14 +168,17 @@ GOOD_URLS = [
     ("mqtt://127.0.0.1", ("mqtt", "127.0.0.1", 1883)),
     ("mqtts://localhost", ("mqtts", "localhost", 8883)),
     ("MQTT://Broker.Example:2000/", ("mqtt", "broker.example", 2000)),
+    ("mqtt://alice:s%40cr%3At@127.0.0.1:1884", ("mqtt", "127.0.0.1", 1884, "alice", "s@cr:t")),
+    ("mqtts://bob@localhost", ("mqtts", "localhost", 8883, "bob", None)),
 ]
 
 
 @pytest.mark.parametrize("url,want", GOOD_URLS)
 def test_good_broker_urls(url, want):
-    u = parse_broker_url(url)
-    assert (u.scheme, u.host, u.port) == want
-    assert parse_broker_url(str(u)) == u
+    u = parse_broker_url(url, credentials=True)
+    assert (u.scheme, u.host, u.port, u.username, u.password)[: len(want)] == want
+    assert "s@cr" not in str(u) and "s%40cr" not in str(u) and "s@cr" not in repr(u)  # never printed
+    assert parse_broker_url(str(u), credentials=True).username == u.username
 
 
 def test_broker_url_errors_are_usage_errors():
@@ -324,3 +332,60 @@ def test_a_failing_event_stops_the_run_with_exit_1(tmp_path, argv):
     assert lines[0].startswith(f"esp32emu: {path}:1: scenario stopped: start failed: BrokerError: broker already running"), r.stderr
     assert "Traceback" not in r.stderr
     assert '"devices"' not in r.stdout  # no report from a run that failed
+
+
+# -- credentials in the broker URL are honoured, not dropped -----------------------------
+
+
+@pytest.mark.integration
+def test_fleet_logs_in_with_the_urls_credentials(tmp_path, broker_factory):
+    # allow_anonymous false. (No ':' in the password: mosquitto_passwd -U then fails to log it in.)
+    broker = broker_factory(users={"alice": "s3@cr%t"})
+    url = f"mqtt://alice:s3%40cr%25t@127.0.0.1:{broker.port}"
+    report = tmp_path / "r.json"
+    r = subprocess.run(
+        ESP32EMU + ["--state", str(tmp_path / "s"), "fleet", "--devices", "2", "--broker", url, "--interval", "1",
+                    "--keepalive", "5", "--duration", "5", "--quiet", "--report", str(report)],
+        capture_output=True, text=True, timeout=90, env=ENV, cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    data = json.loads(report.read_text())
+    assert data["online_at_end"] == 2 and data["telemetry_received"] >= 2  # boards and observer logged in
+    assert data["broker"] == f"mqtt://alice@127.0.0.1:{broker.port}"  # the password is never printed
+    assert "s3@cr" not in r.stdout + r.stderr and "s3%40" not in r.stdout + r.stderr
+
+
+@pytest.mark.integration
+def test_fleet_without_the_password_is_one_line_exit_1(tmp_path, broker_factory):
+    broker = broker_factory(users={"alice": "secret"})
+    r = subprocess.run(
+        ESP32EMU + ["--state", str(tmp_path / "s"), "fleet", "--devices", "1", "--broker", f"mqtt://127.0.0.1:{broker.port}",
+                    "--duration", "5", "--quiet"],
+        capture_output=True, text=True, timeout=90, env=ENV, cwd=tmp_path,
+    )
+    assert r.returncode == 1, r
+    assert r.stderr.startswith("esp32emu: ") and r.stderr.count("\n") == 1 and "observer" in r.stderr, r.stderr
+
+
+@pytest.mark.integration
+def test_run_logs_in_with_the_urls_credentials(tmp_path, broker_factory):
+    from tests.boards import is_birth
+    from tests.helpers import Observer
+
+    broker = broker_factory(users={"alice": "pw", "bob": "pw2"})
+    obs = Observer(broker.host, broker.port, client_id="creds-observer")
+    obs.client.username_pw_set("bob", "pw2")
+    obs.connect()
+    proc = subprocess.Popen(
+        ESP32EMU + ["--state", str(tmp_path / "s"), "run", "--id", "cred-1", "--broker", f"mqtt://alice:pw@127.0.0.1:{broker.port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path,
+    )
+    try:
+        obs.subscribe("devices/cred-1/status")
+        obs.wait_for(is_birth("cred-1"), 30)
+        assert "u'alice'" in broker.log_text()  # Mosquitto logs the user name of every CONNECT
+    finally:
+        proc.send_signal(subprocess.signal.SIGINT)
+        proc.wait(30)
+        obs.close()
+    assert proc.returncode == 0, proc.stderr.read()
