@@ -1,4 +1,4 @@
-"""Running emulated boards for the CLI: parse a broker URL, start a private
+"""Running emulated boards for the CLI: check a broker URL (validation.py), start a private
 Mosquitto when none is given, boot boards, and shut them down gracefully
 (the BOOT button asks the firmware for a planned offline) on Ctrl-C.
 

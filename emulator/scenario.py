@@ -41,7 +41,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 log = logging.getLogger("esp32emu.scenario")
 
@@ -223,7 +223,7 @@ def _parse_event(ev: dict, line: int, text: str, bad, groups: dict) -> Event:
     return Event(float(at), action, line, select=select, params=params)
 
 
-def _is_seconds(value: Any, zero: bool) -> bool:
+def _is_seconds(value: Any, zero: bool) -> TypeGuard[float]:
     """A finite int or float in (0 or >0)..MAX_SECONDS (bool is not a number)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return False
