@@ -1,16 +1,15 @@
 """Checks for what users type: command-line numbers, broker URLs, device ids
 and the state folder. Each bad value becomes one line that names it
-(`UsageError`, or `argparse.ArgumentTypeError` for the `type=` of an option),
-so the CLI exits 2 without a traceback.
+(`UsageError`; `BadValue` from the option parsers, which cli.py hands to
+argparse as `type=`), so the CLI exits 2 without a traceback.
 
-One rule per kind of input, used everywhere that input enters: the argparse
-`type=` functions below and the library functions (runner, fleet, certs)
-call the same checks.
+One rule per kind of input, used everywhere that input enters: the option
+parsers below and the library functions (runner, fleet, certs) call the
+same checks. No argparse here: cli.py is the only module that knows it.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from dataclasses import dataclass, field
@@ -24,6 +23,10 @@ if TYPE_CHECKING:
 
 class UsageError(Exception):
     """Bad command-line input; the CLI prints it on one line and exits 2."""
+
+
+class BadValue(ValueError):
+    """One option's text is not a good value; the message says why (without the option's name)."""
 
 
 # -- numbers ---------------------------------------------------------------------------
@@ -72,14 +75,14 @@ class Number:
         return value
 
     def __call__(self, text: str):
-        """argparse `type=`: parse and check one option value."""
+        """Parse and check one option's text; BadValue when it is not good."""
         try:
             value = self.kind(text.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}") from None
+            raise BadValue(f"must be {self.describe()}, got {text!r}") from None
         why = self.error(value)
         if why is not None:
-            raise argparse.ArgumentTypeError(why)
+            raise BadValue(why)
         return value
 
 
@@ -102,13 +105,13 @@ SEED = Number(int)
 
 
 def heap(text: str) -> str:
-    """argparse `type=` for `--heap`: 100k, 2m or a byte count."""
+    """`--heap`: 100k, 2m or a byte count."""
     from emulator.vm.interpreter import VmError, check_heap
 
     try:
         return check_heap(text)
     except VmError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise BadValue(str(e)) from None
 
 
 # -- device ids ------------------------------------------------------------------------
@@ -139,10 +142,10 @@ def check_device_id(device_id: Any) -> str:
 
 
 def device_id(text: str) -> str:
-    """argparse `type=` for `--id`."""
+    """`--id`: a device id."""
     why = device_id_error(text)
     if why is not None:
-        raise argparse.ArgumentTypeError(why.removeprefix("device id "))
+        raise BadValue(why.removeprefix("device id "))
     return text
 
 
