@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -37,6 +36,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from emulator.validation import BACKEND_ID, device_id_error
 
 __all__ = [
     "BACKEND_CN",
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 DEFAULT_DIR = Path("certs")
-BACKEND_CN = "backend"
+BACKEND_CN = BACKEND_ID  # reserved: no device id can take it
 CA_CN = "esp32emu dev CA"
 BROKER_CN = "esp32emu broker"
 BROKER_SANS = ("localhost", "127.0.0.1")
@@ -71,8 +72,6 @@ LEAF_DAYS = 825  # the longest validity browsers still accept; plenty for a dev 
 BOARD_CA = "ca.crt"
 BOARD_CERT = "client.crt"
 BOARD_KEY = "client.key"
-
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the firmware's config.py id rule
 
 
 class CertError(Exception):
@@ -315,10 +314,10 @@ def device_ids(n: int) -> list[str]:
 
 
 def _check_device_id(device_id: str) -> None:
-    if not _ID_RE.match(device_id):
-        raise CertError(f"device id {device_id!r} must be 1..64 characters of A-Z a-z 0-9 _ -")
-    if device_id == BACKEND_CN:
-        raise CertError(f"device id {device_id!r} is reserved for the backend identity")
+    """The emulator's one device-id rule (emulator/validation.py: the firmware's, and BACKEND_CN reserved)."""
+    why = device_id_error(device_id)
+    if why is not None:
+        raise CertError(why)
 
 
 def make_pki(

@@ -12,11 +12,25 @@ import os
 import sys
 from pathlib import Path
 
+from emulator import validation as v
 from emulator.broker import BrokerError
 from emulator.runner import UsageError
 
 STATE_DIR = Path(".esp32emu")
 CERTS_DIR = Path("certs")
+
+
+def _value(parse):
+    """An option's `type=` from a parser in emulator/validation.py: its
+    BadValue becomes argparse's one-line error naming the option."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except v.BadValue as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return convert
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,58 +45,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="boot one emulated board; its console goes to stdout")
     run.add_argument("--broker", help="mqtt://host:port (default: start a private Mosquitto)")
-    run.add_argument("--id", default="dev-00001", help="device id (default dev-00001)")
-    run.add_argument("--keepalive", type=int, default=30, help="MQTT keepalive in seconds (default 30)")
-    run.add_argument("--interval", type=float, default=10, help="telemetry interval in seconds (default 10)")
+    run.add_argument("--id", type=_value(v.device_id), default="dev-00001", help="device id (default dev-00001)")
+    run.add_argument("--keepalive", type=_value(v.KEEPALIVE), default=30, help="MQTT keepalive in seconds (default 30)")
+    run.add_argument("--interval", type=_value(v.INTERVAL), default=10, help="telemetry interval in seconds (default 10)")
     run.add_argument("--link", default="wifi-good", help="link profile: wifi-good, wifi-weak, cellular-2g, nb-iot")
     run.add_argument("--scenario", type=Path, help="TOML timeline of faults (see README: Scenario files)")
-    run.add_argument("--seed", type=int, default=0, help="seed for the board's randomness")
-    run.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    run.add_argument("--seed", type=_value(v.SEED), default=0, help="seed for the board's randomness")
+    run.add_argument("--duration", type=_value(v.DURATION), help="stop after this many seconds (default: until Ctrl-C)")
     run.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (default certs)")
     run.add_argument("--vm", choices=("micropython",), help="run the board on the real MicroPython interpreter "
                      "(one process, firmware deployed as flash --mpy does)")
-    run.add_argument("--heap", help="MicroPython heap with --vm micropython (default 100k, an ESP32 without PSRAM)")
+    run.add_argument("--heap", type=_value(v.heap), help="MicroPython heap with --vm micropython (default 100k, an ESP32 without PSRAM)")
 
     fl = sub.add_parser("fleet", help="boot N boards, live view, JSON report at the end")
-    fl.add_argument("--devices", type=int, required=True, help="number of boards")
+    fl.add_argument("--devices", type=_value(v.DEVICES), required=True, help="number of boards")
     fl.add_argument("--broker", help="mqtt://host:port (default: start a private Mosquitto)")
-    fl.add_argument("--interval", type=float, default=10, help="telemetry interval in seconds (default 10)")
-    fl.add_argument("--keepalive", type=int, default=30, help="MQTT keepalive in seconds (default 30)")
-    fl.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    fl.add_argument("--interval", type=_value(v.INTERVAL), default=10, help="telemetry interval in seconds (default 10)")
+    fl.add_argument("--keepalive", type=_value(v.KEEPALIVE), default=30, help="MQTT keepalive in seconds (default 30)")
+    fl.add_argument("--duration", type=_value(v.DURATION), help="stop after this many seconds (default: until Ctrl-C)")
     fl.add_argument("--report", type=Path, help="write the JSON report here")
-    fl.add_argument("--seed", type=int, default=0, help="seed for every board's randomness")
-    fl.add_argument("--boot-rate", type=float, default=200, help="boards powered on per second (default 200)")
+    fl.add_argument("--seed", type=_value(v.SEED), default=0, help="seed for every board's randomness")
+    fl.add_argument("--boot-rate", type=_value(v.BOOT_RATE), default=200, help="boards powered on per second (default 200)")
     fl.add_argument("--quiet", action="store_true", help="no live view (CI)")
     fl.add_argument("--scenario", type=Path, help="TOML timeline of faults (see README: Scenario files)")
     fl.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (default certs)")
     fl.add_argument(
-        "--workers", type=int, help="processes running boards (default: one per 2,500 boards, at most one per core)"
+        "--workers", type=_value(v.WORKERS), help="processes running boards (default: one per 2,500 boards, at most one per core)"
     )
     fl.add_argument("--vm", choices=("micropython",), help="every board on the real MicroPython interpreter "
                     "(one process each, firmware deployed as flash --mpy does)")
-    fl.add_argument("--heap", help="MicroPython heap per board with --vm micropython (default 100k)")
+    fl.add_argument("--heap", type=_value(v.heap), help="MicroPython heap per board with --vm micropython (default 100k)")
 
     wa = sub.add_parser("watch", help="live table of every device seen on a broker (ours or not)")
     wa.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883)")
     wa.add_argument("--prefix", default="devices", help="topic prefix (default devices)")
-    wa.add_argument("--duration", type=float, help="stop after this many seconds, then print every device")
+    wa.add_argument("--duration", type=_value(v.DURATION), help="stop after this many seconds, then print every device")
     wa.add_argument("--once", action="store_true", help="print the device table once (after --duration, or at once) and exit")
     wa.add_argument("--plain", action="store_true", help="plain lines instead of the live table (automatic when not a terminal)")
     wa.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (backend.crt; default certs)")
 
     br = sub.add_parser("broker", help="run a private Mosquitto with the project's config")
-    br.add_argument("--port", type=int, help="listen port (default 1883, or 8883 with --tls)")
+    br.add_argument("--port", type=_value(v.PORT), help="listen port (default 1883, or 8883 with --tls)")
     br.add_argument("--tls", action="store_true", help="mutual TLS only, with the certificates in --certs")
     br.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI directory (default certs)")
 
     ce = sub.add_parser("certs", help="make a dev PKI: CA, broker, backend and one client cert per device")
-    ce.add_argument("--devices", type=int, default=1, help="client certificates dev-00001..N (default 1)")
+    ce.add_argument("--devices", type=_value(v.CERT_DEVICES), default=1, help="client certificates dev-00001..N (default 1)")
     ce.add_argument("--dir", type=Path, default=CERTS_DIR, help="where to write them (default certs)")
     ce.add_argument("--force", action="store_true", help="replace existing files (a new CA: every old cert dies)")
 
     fw = sub.add_parser("flash", help="deploy firmware/ + this device's config (and certs) to a real board with mpremote")
     fw.add_argument("--port", required=True, help="serial port of the board (e.g. /dev/ttyUSB0, COM3)")
-    fw.add_argument("--id", required=True, help="device id written to the board's config.json")
+    fw.add_argument("--id", type=_value(v.device_id), required=True, help="device id written to the board's config.json")
     fw.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default: keep the board's)")
     fw.add_argument("--wifi-ssid", default=os.environ.get("ESP32EMU_WIFI_SSID"), help="WiFi network (env ESP32EMU_WIFI_SSID; default: keep the board's)")
     fw.add_argument("--wifi-password", default=os.environ.get("ESP32EMU_WIFI_PASSWORD"), help="WiFi password (env ESP32EMU_WIFI_PASSWORD)")
@@ -95,13 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--port", required=True, help="serial port of the board")
 
     se = sub.add_parser("serial", help="one emulated board whose REPL is on a pty that mpremote can use")
-    se.add_argument("--id", default="dev-00001", help="device id (default dev-00001)")
+    se.add_argument("--id", type=_value(v.device_id), default="dev-00001", help="device id (default dev-00001)")
     se.add_argument("--broker", help="mqtt://host:port (default: start a private Mosquitto)")
     se.add_argument("--no-firmware", action="store_true", help="start with no firmware/config (fresh MicroPython)")
     se.add_argument("--erase", action="store_true", help="erase the board's flash directory first")
-    se.add_argument("--flash-kib", type=int, help="size of the board's filesystem in KiB (default 2048)")
-    se.add_argument("--seed", type=int, default=0, help="seed for the board's randomness")
-    se.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    se.add_argument("--flash-kib", type=_value(v.FLASH_KIB), help="size of the board's filesystem in KiB (default 2048)")
+    se.add_argument("--seed", type=_value(v.SEED), default=0, help="seed for the board's randomness")
+    se.add_argument("--duration", type=_value(v.DURATION), help="stop after this many seconds (default: until Ctrl-C)")
     return p
 
 
@@ -152,7 +166,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 quiet=args.quiet,
                 scenario=args.scenario,
                 certs_dir=args.certs,
-                workers=args.workers or auto_workers(args.devices),
+                workers=auto_workers(args.devices) if args.workers is None else args.workers,
                 vm=args.vm,
                 heap=args.heap,
             )

@@ -31,6 +31,7 @@ from pathlib import Path
 from emulator import scenario as scenario_mod
 from emulator.observer import FleetObserver, percentile
 from emulator.runner import UsageError, broker_for, load_scenario, provision_tls, wait_for_stop_signal
+from emulator.validation import BOOT_RATE, DEVICES, DURATION, INTERVAL, KEEPALIVE, WORKERS, writable_file
 from emulator.watch import Rate, rtt_text, worst_table
 from emulator.workers import GroupSpec, LocalBoards, WorkerError, WorkerPool, device_id, rss_kb, split
 
@@ -142,22 +143,17 @@ def check_vm_capacity(devices: int, heap: str, interval: float) -> None:
 
 
 def validate(opts: FleetOptions) -> None:
-    if opts.devices < 1:
-        raise UsageError(f"--devices must be at least 1, got {opts.devices}")
-    if opts.devices > 99_999:
-        raise UsageError(f"--devices must be at most 99999 (ids dev-00001..dev-99999), got {opts.devices}")
-    if not 1 <= opts.workers <= max(64, os.cpu_count() or 1):
+    DEVICES.check("--devices", opts.devices)
+    WORKERS.check("--workers", opts.workers)
+    if opts.workers > max(64, os.cpu_count() or 1):
         raise UsageError(f"--workers must be 1..{max(64, os.cpu_count() or 1)}, got {opts.workers}")
     if opts.workers > opts.devices:
         raise UsageError(f"--workers ({opts.workers}) cannot exceed --devices ({opts.devices})")
-    if not 2 <= opts.keepalive <= 65535:
-        raise UsageError(f"--keepalive must be 2..65535 seconds, got {opts.keepalive}")
-    if not 0.1 <= opts.interval <= 86400:
-        raise UsageError(f"--interval must be 0.1..86400 seconds, got {opts.interval}")
-    if opts.duration is not None and opts.duration <= 0:
-        raise UsageError(f"--duration must be positive, got {opts.duration}")
-    if opts.boot_rate <= 0:
-        raise UsageError(f"--boot-rate must be positive, got {opts.boot_rate}")
+    KEEPALIVE.check("--keepalive", opts.keepalive)
+    INTERVAL.check("--interval", opts.interval)
+    if opts.duration is not None:
+        DURATION.check("--duration", opts.duration)
+    BOOT_RATE.check("--boot-rate", opts.boot_rate)
     if opts.vm not in (None, "cpython", "micropython"):
         raise UsageError(f"--vm must be micropython (or cpython), got {opts.vm!r}")
     if opts.vm == "cpython":
@@ -173,12 +169,16 @@ def validate(opts: FleetOptions) -> None:
                    per_board=FDS_PER_VM_BOARD if opts.vm else FDS_PER_BOARD)
     if opts.scenario is not None:
         load_scenario(opts.scenario, private_broker=opts.broker is None, backend=opts.vm or "cpython")
+    if opts.report is not None:
+        writable_file("--report", opts.report)  # not a folder, not read-only: found now, not after the run
 
 
 def run_fleet(opts: FleetOptions) -> int:
     validate(opts)
-    with broker_for(opts.broker, opts.state_dir) as url:
+    with broker_for(opts.broker, opts.state_dir, credentials=True) as url:
         observer = FleetObserver(url.host, url.port)
+        if url.username is not None:
+            observer.client.username_pw_set(url.username, url.password)
         if url.tls:
             provision_tls(opts.certs_dir, [device_id(i) for i in range(opts.devices)])
             try:
@@ -200,13 +200,19 @@ def run_fleet(opts: FleetOptions) -> int:
             scenario=opts.scenario,
             vm=opts.vm,
             heap=opts.heap,
+            username=url.username,
+            password=url.password,
         )
         if opts.workers == 1:
             boards = LocalBoards(replace(spec, indices=tuple(range(opts.devices))))
         else:
             boards = WorkerPool([replace(spec, indices=s) for s in split(range(opts.devices), opts.workers)])
         observer.expect(opts.devices)
-        observer.start()
+        try:
+            observer.start()
+        except ConnectionError as e:  # refused, unreachable, or it would not let the observer in
+            print(f"esp32emu: {e}", file=sys.stderr)
+            return 1
         try:
             boards.build()
             report = asyncio.run(_run(opts, url, observer, boards))
@@ -217,11 +223,15 @@ def run_fleet(opts: FleetOptions) -> int:
             observer.stop()
             if isinstance(boards, WorkerPool):
                 boards.kill()
+    print(json.dumps(report), flush=True)  # first: a report that cannot be written is not lost
     if opts.report is not None:
-        opts.report.parent.mkdir(parents=True, exist_ok=True)
-        opts.report.write_text(json.dumps(report, indent=2) + "\n")
+        try:
+            opts.report.parent.mkdir(parents=True, exist_ok=True)
+            opts.report.write_text(json.dumps(report, indent=2) + "\n")
+        except OSError as e:
+            print(f"esp32emu: --report {opts.report}: cannot write it: {e.strerror} (the report is on stdout)", file=sys.stderr)
+            return 1
         print(f"esp32emu: report written to {opts.report}", file=sys.stderr)
-    print(json.dumps(report), flush=True)
     return 0
 
 
@@ -280,19 +290,23 @@ async def _run(opts: FleetOptions, url, observer: FleetObserver, boards) -> dict
         asyncio.create_task(_ping_sample(observer, opts)),
         asyncio.create_task(view.run()),
     ]
+    broker_events = None
     if opts.scenario is not None and isinstance(boards, WorkerPool):
         # Board events run in the workers; the broker's run here.
         sc = load_scenario(opts.scenario, url.broker is not None)
         broker_only = replace(sc, events=[e for e in sc.events if e.target == "broker"])
         if broker_only.events:
-            tasks.append(asyncio.create_task(scenario_mod.Timeline(broker_only, [], url.broker).run()))
+            broker_events = asyncio.create_task(scenario_mod.Timeline(broker_only, [], url.broker).run())
+            tasks.append(broker_events)
     stop = asyncio.create_task(wait_for_stop_signal(opts.duration))
     failed = None
     try:
         while not stop.done():
             await asyncio.wait({stop}, timeout=0.25)
             meter.mark()
-            failed = boards.failed() if isinstance(boards, WorkerPool) else None
+            failed = boards.failed()
+            if failed is None and broker_events is not None and broker_events.done() and broker_events.exception():
+                failed = str(broker_events.exception())
             if failed:
                 break
         at_end = boards.stats()

@@ -23,6 +23,7 @@ Units, all per direction unless said otherwise:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
@@ -151,6 +152,8 @@ def _build(spec: dict) -> Profile:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"link profile key {key!r} must be a number, got {value!r}")  # noqa: TRY004
+        if not math.isfinite(value):
+            raise ValueError(f"link profile key {key!r} must be a finite number, got {value!r}")
         if value < 0:
             raise ValueError(f"link profile key {key!r} must be >= 0, got {value!r}")
         if key in _RATES and value > 1:

@@ -1,4 +1,4 @@
-"""Running emulated boards for the CLI: parse a broker URL, start a private
+"""Running emulated boards for the CLI: check a broker URL (validation.py), start a private
 Mosquitto when none is given, boot boards, and shut them down gracefully
 (the BOOT button asks the firmware for a planned offline) on Ctrl-C.
 
@@ -12,9 +12,8 @@ import contextlib
 import signal
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from emulator.board import Board
 from emulator.boardconfig import default_config
@@ -23,45 +22,29 @@ from emulator.loader import FirmwareImage
 from emulator.profiles import profile_names
 from emulator.scenario import Scenario, ScenarioError, Timeline, check_backend
 from emulator.scenario import load as load_scenario_file
-
-
-class UsageError(Exception):
-    """Bad command-line input; the CLI prints it on one line and exits 2."""
-
-
-@dataclass(frozen=True)
-class BrokerURL:
-    scheme: str
-    host: str
-    port: int
-    broker: Broker | None = field(default=None, compare=False)  # set when the tool started it
-
-    @property
-    def tls(self) -> bool:
-        return self.scheme == "mqtts"
-
-    def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-
-def parse_broker_url(url: str) -> BrokerURL:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise UsageError(f"--broker must be mqtt://host:port or mqtts://host:port, got {url!r}")
-    try:
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-    except ValueError:
-        raise UsageError(f"--broker has a bad port: {url!r}") from None
-    if not parts.hostname:
-        raise UsageError(f"--broker has no host: {url!r}")
-    return BrokerURL(parts.scheme, parts.hostname, port)
+from emulator.validation import (  # noqa: F401 - BrokerURL, UsageError, parse_broker_url: imported from here by other modules
+    DURATION,
+    INTERVAL,
+    KEEPALIVE,
+    PORT,
+    BrokerURL,
+    UsageError,
+    check_device_id,
+    parse_broker_url,
+)
+from emulator.validation import state_dir as check_state_dir
 
 
 @contextlib.contextmanager
-def broker_for(url: str | None, state_dir: Path, say=lambda msg: print(msg, file=sys.stderr, flush=True)):
-    """Yield the BrokerURL to use; start a private Mosquitto when url is None."""
-    if url is not None:
-        yield parse_broker_url(url)
+def broker_for(url: str | None, state_dir: Path, say=lambda msg: print(msg, file=sys.stderr, flush=True),
+               credentials: bool = False):
+    """Yield the BrokerURL to use; start a private Mosquitto when url is None.
+    Checks the URL (with user:password@ when the caller's boards and observer
+    log in with `credentials`) and that `state_dir` is a writable folder first."""
+    parsed = None if url is None else parse_broker_url(url, credentials=credentials)
+    check_state_dir(state_dir)
+    if parsed is not None:
+        yield parsed
         return
     broker = Broker(state_dir / "broker")
     broker.start()
@@ -70,6 +53,14 @@ def broker_for(url: str | None, state_dir: Path, say=lambda msg: print(msg, file
         yield replace(parse_broker_url(broker.url), broker=broker)
     finally:
         broker.stop()
+
+
+def board_broker(url: BrokerURL) -> dict:
+    """The `broker` section of a board's config.json for `url` (beside host and port)."""
+    section: dict = {"tls": url.tls}
+    if url.username is not None:
+        section.update(username=url.username, password=url.password)
+    return section
 
 
 def provision_tls(certs_dir: Path, device_ids: list[str]) -> None:
@@ -141,10 +132,11 @@ def run_single(
     With an mqtts:// broker the board gets its own certificate from `certs_dir`.
     With `vm="micropython"` the board is one real MicroPython process with
     `heap` (emulator/vm/)."""
-    if keepalive < 2 or keepalive > 65535:
-        raise UsageError(f"--keepalive must be 2..65535 seconds, got {keepalive}")
-    if not 0.1 <= interval <= 86400:
-        raise UsageError(f"--interval must be 0.1..86400 seconds, got {interval}")
+    check_device_id(device_id)  # also a folder name under state_dir: no '/' or '..'
+    KEEPALIVE.check("--keepalive", keepalive)
+    INTERVAL.check("--interval", interval)
+    if duration is not None:
+        DURATION.check("--duration", duration)
     if link not in profile_names():
         raise UsageError(f"unknown --link profile {link!r} (known: {', '.join(profile_names())})")
     if vm not in (None, "cpython", "micropython"):
@@ -158,11 +150,11 @@ def run_single(
     elif heap is not None:
         raise UsageError("--heap needs --vm micropython")
     image = FirmwareImage()
-    with broker_for(broker, state_dir) as url:
+    with broker_for(broker, state_dir, credentials=True) as url:
         if url.tls:
             provision_tls(certs_dir, [device_id])
         cfg = default_config(
-            device_id, url.host, url.port, keepalive=keepalive, interval=interval, broker={"tls": url.tls}
+            device_id, url.host, url.port, keepalive=keepalive, interval=interval, broker=board_broker(url)
         )
 
         def console(line: str) -> None:
@@ -181,19 +173,40 @@ def run_single(
 
         board.link.set_profile(link)
 
-        async def main() -> None:
+        async def main() -> str | None:
             board.start()
-            extra = []
+            timeline = None
             if scenario is not None:
                 timeline = Timeline(load_scenario(scenario, url.broker is not None), [board], url.broker)
-                extra.append(asyncio.create_task(timeline.run()))
-            await wait_for_stop_signal(duration)
-            for t in extra:
-                t.cancel()
+            failed = await run_until_stopped(duration, timeline)
             await shutdown_gracefully([board])
+            return failed
 
-        asyncio.run(main())
+        failed = asyncio.run(main())
+    if failed is not None:
+        print(f"esp32emu: {failed}", file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+async def run_until_stopped(duration: float | None, timeline: Timeline | None = None) -> str | None:
+    """Wait for Ctrl-C, SIGTERM or the end of `duration` while `timeline`
+    runs; a timeline that fails ends the wait at once. Returns why it failed
+    (None when it did not)."""
+    stop = asyncio.create_task(wait_for_stop_signal(duration))
+    events = asyncio.create_task(timeline.run()) if timeline is not None else None
+    try:
+        if events is not None:
+            await asyncio.wait({stop, events}, return_when=asyncio.FIRST_COMPLETED)
+            if events.done() and events.exception() is not None:
+                return str(events.exception())
+        await stop  # every event done (or none): run on until stopped
+        return None
+    finally:
+        for t in (stop, events):
+            if t is not None:
+                t.cancel()
+        await asyncio.gather(stop, *([events] if events else []), return_exceptions=True)
 
 
 def load_scenario(path: Path, private_broker: bool, backend: str = "cpython") -> Scenario:
@@ -215,8 +228,8 @@ def serve_broker(port: int | None, tls: bool, state_dir: Path, certs_dir: Path =
     each device confined to its own topics by an ACL; no anonymous access)."""
     if port is None:
         port = 8883 if tls else 1883
-    if not 1 <= port <= 65535:
-        raise UsageError(f"--port must be 1..65535, got {port}")
+    PORT.check("--port", port)
+    check_state_dir(state_dir)
     tls_config = None
     if tls:
         missing = [n for n in ("ca.crt", "broker.crt", "broker.key") if not (certs_dir / n).is_file()]

@@ -32,14 +32,16 @@ names the line. Running is separate (`Timeline.run`) and logs every event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import random
 import re
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 log = logging.getLogger("esp32emu.scenario")
 
@@ -61,10 +63,15 @@ BOARD_ACTIONS: dict[str, set[str]] = {
     "sensor_fault": {"sensor", "fault", "duration"},  # telemetry shows it in "err"
 }
 COMMON_KEYS = {"at", "select", "action", "target"}
+MAX_SECONDS = 366 * 86400  # bound for at, duration and off_s: a year (asyncio cannot sleep 1e300 s)
 
 
 class ScenarioError(ValueError):
     """A bad scenario file; the message names the file and line."""
+
+
+class ScenarioRunError(RuntimeError):
+    """An event failed while the scenario ran; the message names the file and line."""
 
 
 @dataclass
@@ -114,9 +121,14 @@ def _table_line(text: str, name: str) -> int:
 def load(path: Path | str) -> Scenario:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise ScenarioError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ScenarioError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -138,16 +150,16 @@ def parse(raw: dict, text: str, path: Path) -> Scenario:
     groups = raw.get("groups", {})
     if not isinstance(groups, dict):
         raise bad(_key_line(text, 0, "groups"), "[groups] must be a table")
-    for name, spec in groups.items():
-        if not (isinstance(spec, list) and all(isinstance(x, str) for x in spec)) and not isinstance(spec, str):
-            raise bad(_key_line(text, _table_line(text, "groups"), name), f"group {name!r} must be a list of ids or a selector string")
+    _check_groups(groups, lambda name, msg: bad(_key_line(text, _table_line(text, "groups"), name), msg))
     events_raw = raw.get("event", [])
     if not isinstance(events_raw, list) or not events_raw:
         raise bad(1, "no [[event]] tables: a scenario needs at least one event")
     lines = _event_lines(text)
     events = []
     for i, ev in enumerate(events_raw):
-        line = lines[i] if i < len(lines) else 1
+        line = lines[i] if i < len(lines) else _key_line(text, 0, "event")
+        if not isinstance(ev, dict):
+            raise bad(line, f"event {i + 1} must be a table ([[event]] or {{...}}), got {ev!r}")
         events.append(_parse_event(ev, line, text, bad, groups))
     events.sort(key=lambda e: e.at)
     return Scenario(path, events, groups, seed)
@@ -161,8 +173,8 @@ def _parse_event(ev: dict, line: int, text: str, bad, groups: dict) -> Event:
     if not isinstance(action, str):
         raise bad(line, "event has no action")
     at = ev.get("at")
-    if not isinstance(at, (int, float)) or isinstance(at, bool) or at < 0:
-        raise bad(where("at") if "at" in ev else line, "'at' must be a number of seconds >= 0")
+    if not _is_seconds(at, zero=True):
+        raise bad(where("at") if "at" in ev else line, f"'at' must be a number of seconds 0..{MAX_SECONDS}, got {at!r}")
     target = ev.get("target", "boards")
     if target == "broker":
         if action not in BROKER_ACTIONS:
@@ -186,23 +198,62 @@ def _parse_event(ev: dict, line: int, text: str, bad, groups: dict) -> Event:
     _check_selector(select, groups, lambda msg: bad(where("select"), msg))
     params = {k: v for k, v in ev.items() if k in allowed}
     for key in ("duration", "off_s"):
-        if key in params and (not isinstance(params[key], (int, float)) or isinstance(params[key], bool) or params[key] <= 0):
-            raise bad(where(key), f"{key!r} must be a positive number of seconds")
+        if key in params and not _is_seconds(params[key], zero=False):
+            raise bad(where(key), f"{key!r} must be a positive number of seconds (at most {MAX_SECONDS}), got {params[key]!r}")
     for key in ("rx", "tx", "rst"):
         if key in params and not isinstance(params[key], bool):
             raise bad(where(key), f"{key!r} must be true or false")
     if action == "link":
+        from emulator.profiles import make_profile
+
         if not isinstance(params.get("profile"), (str, dict)):
             raise bad(where("profile") if "profile" in ev else line, "action 'link' needs profile = \"name\"")
+        try:
+            make_profile(params["profile"])
+        except (ValueError, TypeError) as e:
+            raise bad(where("profile"), str(e)) from None
     if action == "sensor_fault":
         from emulator.sensors import FAULTS
 
         sensor, fault = params.get("sensor"), params.get("fault")
-        if sensor not in FAULTS:
+        if not isinstance(sensor, str) or sensor not in FAULTS:
             raise bad(where("sensor") if "sensor" in ev else line, f"sensor_fault needs sensor = one of {', '.join(sorted(FAULTS))}")
         if fault not in FAULTS[sensor]:
             raise bad(where("fault") if "fault" in ev else line, f"{sensor} faults are {', '.join(FAULTS[sensor])}, got {fault!r}")
     return Event(float(at), action, line, select=select, params=params)
+
+
+def _is_seconds(value: Any, zero: bool) -> TypeGuard[float]:
+    """A finite int or float in (0 or >0)..MAX_SECONDS (bool is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return (value >= 0 if zero else value > 0) and value <= MAX_SECONDS
+
+
+def _check_groups(groups: dict, fail) -> None:
+    """Every group is a list of device ids or a selector string; a group that
+    names a group must end at boards (no cycle, no self-reference)."""
+    from emulator.validation import device_id_error
+
+    for name, spec in groups.items():
+        if isinstance(spec, list):
+            for x in spec:
+                why = device_id_error(x)
+                if why is not None:
+                    raise fail(name, f"group {name!r}: {why}")
+        elif isinstance(spec, str):
+            _check_selector(spec, groups, lambda msg, name=name: fail(name, f"group {name!r}: {msg}"))
+        else:
+            raise fail(name, f"group {name!r} must be a list of ids or a selector string")
+    for name in groups:
+        seen = [name]
+        spec = groups[name]
+        while isinstance(spec, str) and spec.startswith("group:"):
+            nxt = spec.partition(":")[2]
+            if nxt in seen:
+                raise fail(name, f"group {name!r} refers to itself: {' -> '.join(seen + [nxt])}")
+            seen.append(nxt)
+            spec = groups[nxt]
 
 
 def _check_selector(select: str, groups: dict, fail) -> None:
@@ -218,12 +269,19 @@ def _check_selector(select: str, groups: dict, fail) -> None:
             raise fail(f"fraction must be in (0, 1], got {f}")
         return
     if kind == "first":
-        if not arg.isdigit() or int(arg) < 1:
+        if not re.fullmatch(r"[0-9]+", arg) or int(arg) < 1:
             raise fail(f"first needs a positive count, got {arg!r}")
         return
     if kind == "ids":
-        if not [x for x in arg.split(",") if x.strip()]:
+        from emulator.validation import device_id_error
+
+        ids = [x.strip() for x in arg.split(",") if x.strip()]
+        if not ids:
             raise fail("ids needs at least one id")
+        for x in ids:
+            why = device_id_error(x)
+            if why is not None:
+                raise fail(f"ids: {why}")
         return
     if kind == "group":
         if arg not in groups:
@@ -294,11 +352,13 @@ class Timeline:
                     await asyncio.sleep(delay)
                 if ev.target == "broker":
                     self._note(t0, f"broker {ev.action} (line {ev.line})")
-                    await asyncio.to_thread(self._broker_action, ev.action)
+                    with self._failing(ev):
+                        await asyncio.to_thread(self._broker_action, ev.action)
                     continue
-                chosen = select_boards(ev.select, self.boards, self.scenario.groups, self.rng)
-                self._note(t0, f"{ev.action} {ev.params or ''} on {len(chosen)} board(s) [{ev.select}] (line {ev.line})")
-                undo_fn = apply_board_action(ev.action, ev.params, chosen)
+                with self._failing(ev):
+                    chosen = select_boards(ev.select, self.boards, self.scenario.groups, self.rng)
+                    self._note(t0, f"{ev.action} {ev.params or ''} on {len(chosen)} board(s) [{ev.select}] (line {ev.line})")
+                    undo_fn = apply_board_action(ev.action, ev.params, chosen)
                 if undo_fn is not None and "duration" in ev.params:
                     undo.append(asyncio.create_task(self._later(ev.params["duration"], undo_fn, t0, ev)))
             if undo:
@@ -310,7 +370,18 @@ class Timeline:
     async def _later(self, seconds: float, fn, t0: float, ev: Event) -> None:
         await asyncio.sleep(seconds)
         self._note(t0, f"end of {ev.action} (line {ev.line})")
-        fn()
+        with self._failing(ev, "undoing "):
+            fn()
+
+    @contextlib.contextmanager
+    def _failing(self, ev: Event, doing: str = ""):
+        """An event that raises stops the timeline with ScenarioRunError naming its line."""
+        try:
+            yield
+        except Exception as e:
+            raise ScenarioRunError(
+                f"{self.scenario.path}:{ev.line}: scenario stopped: {doing}{ev.action} failed: {type(e).__name__}: {e}"
+            ) from e
 
     def _broker_action(self, action: str) -> None:
         b = self.broker

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from emulator.gcpolicy import Collector
+from emulator.scenario import ScenarioRunError
 
 LAG_PROBE_S = 0.05  # the probe sleeps this long and records how late it wakes
 SETTLE_S = 5.0  # after the last board powers on, before the collector takes over
@@ -52,6 +53,8 @@ class GroupSpec:
     scenario: Path | None = None
     vm: str | None = None  # None: CPython boards; "micropython": one interpreter process per board
     heap: str | None = None  # the VM boards' heap (emulator/vm/)
+    username: str | None = None  # MQTT credentials from --broker mqtt://user:password@host
+    password: str | None = None
 
 
 def auto_workers(devices: int, cores: int | None = None) -> int:
@@ -197,6 +200,15 @@ class BoardGroup:
             await asyncio.sleep(delay)
         await Timeline(scenario, slots, broker).run()
 
+    def failed(self) -> str | None:
+        """Why one of the group's tasks (boot schedule, lag probe, scenario) ended
+        with an error, if one did: the run stops with it."""
+        for t in self._tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                e = t.exception()
+                return str(e) if isinstance(e, ScenarioRunError) else f"{type(e).__name__}: {e}"
+        return None
+
     def counts(self) -> dict:
         return {
             "booted": sum(1 for b in self.boards if b.running),
@@ -235,10 +247,11 @@ def make_board(spec: GroupSpec, index: int, image):
     """Board `index` of the fleet on the spec's backend: the one place where
     a fleet makes a board (`image` is the loaded firmware, shared)."""
     from emulator.boardconfig import default_config
-    from emulator.runner import install_tls
+    from emulator.runner import BrokerURL, board_broker, install_tls
 
     did = device_id(index)
-    cfg = default_config(did, spec.host, spec.port, keepalive=spec.keepalive, interval=spec.interval, broker={"tls": spec.tls})
+    url = BrokerURL("mqtts" if spec.tls else "mqtt", spec.host, spec.port, username=spec.username, password=spec.password)
+    cfg = default_config(did, spec.host, spec.port, keepalive=spec.keepalive, interval=spec.interval, broker=board_broker(url))
     if spec.vm == "micropython":
         from emulator.vm import DEFAULT_HEAP
         from emulator.vm.board import VmBoard
@@ -266,6 +279,9 @@ class LocalBoards:
 
     def start(self, t0: float, broker=None) -> None:
         self.group.start(t0, broker)
+
+    def failed(self) -> str | None:
+        return self.group.failed()
 
     def stats(self) -> dict:
         return {
@@ -334,13 +350,19 @@ async def _worker_loop(group: BoardGroup, conn, t0: float) -> None:
             await asyncio.wait_for(stop.wait(), STATS_EVERY_S)
         except asyncio.TimeoutError:
             pass
+        failed = group.failed()
+        if failed is not None:  # the parent stops the run with it
+            await group.stop()
+            conn.send(("error", failed))
+            return
         conn.send(("stats", stats()))
     await group.stop()
     conn.send(("done", stats()))
 
 
 class WorkerError(RuntimeError):
-    """A worker process failed; the message says why."""
+    """The boards' side of a run failed (a worker process, or a scenario
+    event in one); the message says why."""
 
 
 class WorkerPool:
