@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from emulator.board import Board
 from emulator.boardconfig import default_config
 from emulator.broker import Broker, TlsConfig
+from emulator.firmware_dir import FirmwareError, board_modules
+from emulator.firmware_dir import resolve as resolve_firmware
 from emulator.loader import FirmwareImage
 from emulator.profiles import profile_names
 from emulator.scenario import Scenario, ScenarioError, Timeline, check_backend
@@ -70,6 +72,28 @@ def broker_for(url: str | None, state_dir: Path, say=lambda msg: print(msg, file
         yield replace(parse_broker_url(broker.url), broker=broker)
     finally:
         broker.stop()
+
+
+def pick_firmware(
+    flag: Path | str | None,
+    vm: str | None = None,
+    *,
+    verb: str = "booting",
+    emulated: bool = True,
+    say=lambda msg: print(msg, file=sys.stderr, flush=True),
+) -> Path:
+    """The firmware folder a command uses (`--firmware`, else ./firmware with a
+    main.py, else the bundled one: firmware_dir.resolve), said on the
+    command's first line with its FW_VERSION. One that cannot boot -- no
+    main.py, a file that does not compile, an import that does not resolve
+    (on an emulated board, `emulated`, also a module the board lacks) -- is
+    a UsageError (exit 2) naming the file and line."""
+    try:
+        fw = resolve_firmware(flag, modules=board_modules(vm) if emulated else None)
+    except FirmwareError as e:
+        raise UsageError(str(e)) from None
+    say(fw.line(verb))
+    return fw.path
 
 
 def provision_tls(certs_dir: Path, device_ids: list[str]) -> None:
@@ -136,8 +160,10 @@ def run_single(
     scenario: Path | None = None,
     vm: str | None = None,
     heap: str | None = None,
+    firmware: Path | str | None = None,
 ) -> int:
     """`esp32emu run`: one board, its console on stdout, until Ctrl-C.
+    `firmware`: the --firmware folder (see pick_firmware for the default).
     With an mqtts:// broker the board gets its own certificate from `certs_dir`.
     With `vm="micropython"` the board is one real MicroPython process with
     `heap` (emulator/vm/)."""
@@ -157,7 +183,9 @@ def run_single(
         heap = check_vm(heap)
     elif heap is not None:
         raise UsageError("--heap needs --vm micropython")
-    image = FirmwareImage()
+    if broker is not None:
+        parse_broker_url(broker)  # bad input fails before the first line
+    image = FirmwareImage(pick_firmware(firmware, vm))
     with broker_for(broker, state_dir) as url:
         if url.tls:
             provision_tls(certs_dir, [device_id])

@@ -52,6 +52,7 @@ class GroupSpec:
     scenario: Path | None = None
     vm: str | None = None  # None: CPython boards; "micropython": one interpreter process per board
     heap: str | None = None  # the VM boards' heap (emulator/vm/)
+    firmware: Path | None = None  # the firmware folder (default: the bundled one)
 
 
 def auto_workers(devices: int, cores: int | None = None) -> int:
@@ -144,9 +145,9 @@ class BoardGroup:
         self._vm_cpu0 = 0.0
 
     def build(self) -> None:
-        from emulator.loader import FirmwareImage
+        from emulator.loader import FIRMWARE_DIR, FirmwareImage
 
-        image = FirmwareImage()
+        image = FirmwareImage(self.spec.firmware or FIRMWARE_DIR)
         self.rss_base_kb = rss_kb()
         for i in self.spec.indices:
             self.boards.append(make_board(self.spec, i, image))
