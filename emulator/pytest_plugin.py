@@ -136,8 +136,10 @@ def _checked_firmware(folder: Path) -> Path:
     try:
         check_firmware(folder)
     except FirmwareError as e:
-        pytest.fail(f"esp32emu: {e}", pytrace=False)
-    return folder
+        problem = str(e)
+    else:
+        return folder
+    pytest.fail(f"esp32emu: {problem}", pytrace=False)
 
 
 def _broker_scope(config: pytest.Config) -> str:
