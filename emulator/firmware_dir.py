@@ -147,21 +147,24 @@ def emulated_board_modules() -> frozenset[str]:
     return frozenset(fakes) | PASSTHROUGH | {"micropython"}
 
 
-def vm_board_modules() -> frozenset[str]:
+def vm_board_modules() -> frozenset[str] | None:
     """What a board on the real MicroPython interpreter can import: the
-    interpreter's own modules (`help('modules')`) and the ESP32 shims."""
+    interpreter's own modules (`help('modules')`) and the ESP32 shims
+    (None, not checked, when the interpreter does not answer)."""
     import subprocess
 
     from emulator.vm.interpreter import SHIMS_DIR, micropython_executable
 
     r = subprocess.run([micropython_executable(), "-c", "help('modules')"], capture_output=True, text=True,
                        timeout=30, check=False)
+    if r.returncode != 0 or "Plus any modules" not in r.stdout:
+        return None
     names = {w.split("/")[0] for line in r.stdout.splitlines()[:-1] for w in line.split()}
     names |= {p.stem for p in SHIMS_DIR.glob("*.py") if not p.stem.startswith("_")}
     return frozenset(names)
 
 
-def board_modules(vm: str | None) -> frozenset[str]:
+def board_modules(vm: str | None) -> frozenset[str] | None:
     return vm_board_modules() if vm == "micropython" else emulated_board_modules()
 
 

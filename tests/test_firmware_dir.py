@@ -160,51 +160,42 @@ def test_every_command_exits_2_with_one_line_on_a_broken_firmware(tmp_path, comm
 
 @pytest.mark.mosquitto
 @pytest.mark.integration
-def test_run_boots_the_flag_then_dot_firmware_and_says_so_first(tmp_path, broker, observer):
+@pytest.mark.parametrize(
+    "command, ids",
+    [
+        (["run", "--id", "dev-run"], ["dev-run"]),
+        (["fleet", "--devices", "3", "--workers", "1", "--quiet"], ["dev-00001", "dev-00002", "dev-00003"]),
+        (["serial", "--id", "dev-ser"], ["dev-ser"]),
+    ],
+    ids=["run", "fleet", "serial"],
+)
+def test_each_command_boots_the_firmware_given_and_says_so_first(tmp_path, broker, observer, command, ids):
     obs = observer(broker)
-    obs.subscribe("devices/#")
-    mine = firmware_copy(tmp_path / "elsewhere", "2.0.0-flag")
-    r = esp32emu("--state", str(tmp_path / "s1"), "run", "--broker", broker.url, "--id", "dev-flag", "--duration", "3",
-                 "--firmware", str(mine), cwd=tmp_path)
+    obs.subscribe("devices/+/status")
+    version = f"5.0.0-{command[0]}"
+    mine = firmware_copy(tmp_path / "mine", version)
+    r = esp32emu("--state", str(tmp_path / "state"), *command, "--broker", broker.url, "--duration", "3",
+                 "--firmware", "mine", cwd=tmp_path)  # relative to the working directory
     assert r.returncode == 0, r.stderr
-    assert r.stderr.splitlines()[0] == f"esp32emu: booting firmware {mine} (FW_VERSION 2.0.0-flag; from --firmware)"
-    assert obs.wait_for(is_birth("dev-flag"), timeout=10).json()["fw"] == "2.0.0-flag"
+    assert r.stderr.splitlines()[0] == f"esp32emu: booting firmware {mine} (FW_VERSION {version}; from --firmware)"
+    for device_id in ids:
+        assert obs.wait_for(is_birth(device_id), timeout=10).json()["fw"] == version
+    if command[0] == "serial":  # the files went onto the board's flash, where mpremote sees them
+        flash_dir = tmp_path / "state" / "serial" / "dev-ser" / "flash"
+        assert (flash_dir / "device.py").read_text() == (mine / "device.py").read_text()
 
-    firmware_copy(tmp_path / "firmware", "3.0.0-here")  # ./firmware, no flag
-    r = esp32emu("--state", str(tmp_path / "s2"), "run", "--broker", broker.url, "--id", "dev-here", "--duration", "3",
+
+@pytest.mark.mosquitto
+@pytest.mark.integration
+def test_run_without_the_flag_boots_dot_firmware(tmp_path, broker, observer):
+    obs = observer(broker)
+    obs.subscribe("devices/+/status")
+    firmware_copy(tmp_path / "firmware", "3.0.0-here")
+    r = esp32emu("--state", str(tmp_path / "state"), "run", "--broker", broker.url, "--id", "dev-here", "--duration", "3",
                  cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stderr.splitlines()[0].endswith("(FW_VERSION 3.0.0-here; ./firmware in the current folder)"), r.stderr
     assert obs.wait_for(is_birth("dev-here"), timeout=10).json()["fw"] == "3.0.0-here"
-
-
-@pytest.mark.mosquitto
-@pytest.mark.integration
-def test_fleet_boots_the_firmware_given(tmp_path, broker, observer):
-    obs = observer(broker)
-    obs.subscribe("devices/+/status")
-    mine = firmware_copy(tmp_path / "mine", "5.0.0-fleet")
-    r = esp32emu("--state", str(tmp_path / "state"), "fleet", "--devices", "3", "--workers", "1", "--broker", broker.url,
-                 "--duration", "4", "--quiet", "--firmware", "mine", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.splitlines()[0] == f"esp32emu: booting firmware {mine} (FW_VERSION 5.0.0-fleet; from --firmware)"
-    for i in (1, 2, 3):
-        assert obs.wait_for(is_birth(f"dev-{i:05d}"), timeout=10).json()["fw"] == "5.0.0-fleet"
-
-
-@pytest.mark.mosquitto
-@pytest.mark.integration
-def test_serial_puts_the_firmware_given_on_the_boards_flash(tmp_path, broker, observer):
-    obs = observer(broker)
-    obs.subscribe("devices/#")
-    mine = firmware_copy(tmp_path / "mine", "6.0.0-serial")
-    r = esp32emu("--state", str(tmp_path / "state"), "serial", "--broker", broker.url, "--id", "dev-ser", "--duration", "3",
-                 "--firmware", str(mine), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.splitlines()[0] == f"esp32emu: booting firmware {mine} (FW_VERSION 6.0.0-serial; from --firmware)"
-    flash_dir = tmp_path / "state" / "serial" / "dev-ser" / "flash"
-    assert (flash_dir / "device.py").read_text() == (mine / "device.py").read_text()
-    assert obs.wait_for(is_birth("dev-ser"), timeout=10).json()["fw"] == "6.0.0-serial"
 
 
 @pytest.mark.integration
