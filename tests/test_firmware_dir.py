@@ -166,13 +166,14 @@ def test_every_command_exits_2_with_one_line_on_a_broken_firmware(tmp_path, comm
         (["run", "--id", "dev-run"], ["dev-run"]),
         (["fleet", "--devices", "3", "--workers", "1", "--quiet"], ["dev-00001", "dev-00002", "dev-00003"]),
         (["serial", "--id", "dev-ser"], ["dev-ser"]),
+        (["run", "--id", "dev-vm", "--vm", "micropython"], ["dev-vm"]),  # the real interpreter
     ],
-    ids=["run", "fleet", "serial"],
+    ids=["run", "fleet", "serial", "run-vm"],
 )
 def test_each_command_boots_the_firmware_given_and_says_so_first(tmp_path, broker, observer, command, ids):
     obs = observer(broker)
     obs.subscribe("devices/+/status")
-    version = f"5.0.0-{command[0]}"
+    version = f"5.0.0-{ids[0]}"
     mine = firmware_copy(tmp_path / "mine", version)
     r = esp32emu("--state", str(tmp_path / "state"), *command, "--broker", broker.url, "--duration", "3",
                  "--firmware", "mine", cwd=tmp_path)  # relative to the working directory
