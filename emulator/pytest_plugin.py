@@ -61,8 +61,8 @@ DEFAULTS = {"keepalive": 2, "interval": 1, "time_scale": 1.0, "vm": "cpython", "
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("esp32emu", "esp32emu: emulated ESP32 boards against a private Mosquitto")
     group.addoption("--firmware", dest="esp32emu_firmware", metavar="PATH", default=None,
-                    help="firmware folder the emulated boards boot (default: ini esp32emu_firmware, "
-                         "else the esp32emu project's firmware/)")
+                    help="firmware folder the emulated boards boot, relative to the working directory "
+                         "(default: ini esp32emu_firmware, else the firmware bundled with esp32emu)")
     group.addoption("--esp32emu-keepalive", dest="esp32emu_keepalive", type=float, default=None,
                     help="MQTT keepalive (s) written into every board's config.json (default 2)")
     group.addoption("--esp32emu-interval", dest="esp32emu_interval", type=float, default=None,
