@@ -18,6 +18,7 @@ from emulator.runner import UsageError
 
 STATE_DIR = Path(".esp32emu")
 CERTS_DIR = Path("certs")
+FIRMWARE_HELP = "the firmware folder to boot (default: ./firmware when it has a main.py, else the one bundled with esp32emu)"
 
 
 def _value(parse):
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--vm", choices=("micropython",), help="run the board on the real MicroPython interpreter "
                      "(one process, firmware deployed as flash --mpy does)")
     run.add_argument("--heap", type=_value(v.heap), help="MicroPython heap with --vm micropython (default 100k, an ESP32 without PSRAM)")
+    run.add_argument("--firmware", type=Path, metavar="DIR", help=FIRMWARE_HELP)
 
     fl = sub.add_parser("fleet", help="boot N boards, live view, JSON report at the end")
     fl.add_argument("--devices", type=_value(v.DEVICES), required=True, help="number of boards")
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--vm", choices=("micropython",), help="every board on the real MicroPython interpreter "
                     "(one process each, firmware deployed as flash --mpy does)")
     fl.add_argument("--heap", type=_value(v.heap), help="MicroPython heap per board with --vm micropython (default 100k)")
+    fl.add_argument("--firmware", type=Path, metavar="DIR", help=FIRMWARE_HELP)
 
     wa = sub.add_parser("watch", help="live table of every device seen on a broker (ours or not)")
     wa.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883)")
@@ -104,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     fw.add_argument("--py", "--no-mpy", dest="mpy", action="store_false", help="copy the .py sources instead of .mpy")
     fw.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (default certs)")
     fw.add_argument("--no-reset", action="store_true", help="do not reset the board at the end")
+    fw.add_argument("--firmware", type=Path, metavar="DIR", help="the firmware folder to deploy (default: ./firmware "
+                    "when it has a main.py, else the firmware bundled with esp32emu)")
 
     mo = sub.add_parser("monitor", help="a board's serial console with timestamps; reconnects when it resets")
     mo.add_argument("--port", required=True, help="serial port of the board")
@@ -116,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--flash-kib", type=_value(v.FLASH_KIB), help="size of the board's filesystem in KiB (default 2048)")
     se.add_argument("--seed", type=_value(v.SEED), default=0, help="seed for the board's randomness")
     se.add_argument("--duration", type=_value(v.DURATION), help="stop after this many seconds (default: until Ctrl-C)")
+    se.add_argument("--firmware", type=Path, metavar="DIR", help=FIRMWARE_HELP)
+
+    nw = sub.add_parser("new", help="start a firmware project: firmware/, config.json, tests/, pytest.ini, CI workflow")
+    nw.add_argument("dir", type=Path, metavar="DIR", help="the project folder to make (absent or empty)")
     return p
 
 
@@ -147,6 +156,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             scenario=args.scenario,
             vm=args.vm,
             heap=args.heap,
+            firmware=args.firmware,
         )
     if args.command == "fleet":
         from emulator.fleet import FleetOptions, run_fleet
@@ -169,6 +179,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 workers=auto_workers(args.devices) if args.workers is None else args.workers,
                 vm=args.vm,
                 heap=args.heap,
+                firmware=args.firmware,
             )
         )
     if args.command == "watch":
@@ -194,6 +205,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 mpy=args.mpy,
                 certs_dir=args.certs,
                 reset=not args.no_reset,
+                firmware_dir=args.firmware,
             )
         except FlashError as e:
             print(f"esp32emu: flash: {e}", file=sys.stderr)
@@ -215,7 +227,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             flash_kib=args.flash_kib,
             seed=args.seed,
             duration=args.duration,
+            firmware_dir=args.firmware,
         )
+    if args.command == "new":
+        return _new(args.dir)
     raise UsageError(f"unknown command {args.command!r}")
 
 
@@ -232,4 +247,16 @@ def _certs(args: argparse.Namespace) -> int:
         print(item.line(args.dir))
     made = sum(not item.kept for item in issued)
     print(f"esp32emu: {made} new, {len(issued) - made} kept in {args.dir} (private keys 0600; never commit them)")
+    return 0
+
+
+def _new(dest: Path) -> int:
+    from emulator.scaffold import ScaffoldError, new_project
+
+    try:
+        made = new_project(dest)
+    except ScaffoldError as e:
+        raise UsageError(f"new: {e}") from None
+    print(f"esp32emu: made {dest}: {', '.join(made)}")
+    print(f"esp32emu: next: cd {dest} && pytest   (needs pytest and mosquitto)")
     return 0

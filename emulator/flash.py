@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from emulator.loader import FIRMWARE_DIR
-from emulator.runner import BrokerURL, UsageError, parse_broker_url
+from emulator.runner import BrokerURL, UsageError, parse_broker_url, pick_firmware
 
 KEEP_PY = ("boot.py", "main.py")  # MicroPython runs these only as source
 EMULATED = "(esp32emu)"  # in sys.implementation._machine of an emulated board
@@ -52,16 +52,27 @@ class FlashError(Exception):
 # -- what goes onto the board ---------------------------------------------------------
 
 
-def _firmware_config_module():
-    """firmware/config.py (pure), to validate the config.json we write."""
-    sys.path.insert(0, str(FIRMWARE_DIR))
-    try:
-        spec = importlib.util.spec_from_file_location("_esp32emu_fw_config", FIRMWARE_DIR / "config.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(FIRMWARE_DIR))
+def _firmware_config_module(firmware_dir: Path = FIRMWARE_DIR):
+    """The firmware's config.py (pure), to validate the config.json we write:
+    the deployed firmware's own when CPython can load it and it has
+    validate() and ConfigError, else the bundled firmware's."""
+    for folder in dict.fromkeys([Path(firmware_dir), FIRMWARE_DIR]):
+        if not (folder / "config.py").is_file():
+            continue
+        sys.path.insert(0, str(folder))
+        try:
+            spec = importlib.util.spec_from_file_location("_esp32emu_fw_config", folder / "config.py")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        except Exception:
+            if folder == FIRMWARE_DIR:
+                raise
+            continue  # MicroPython-only code: validate with the bundled firmware's rules
+        finally:
+            sys.path.remove(str(folder))
+        if hasattr(mod, "validate") and hasattr(mod, "ConfigError"):
+            return mod
+    raise FlashError(f"no config.py with validate() in {firmware_dir} or {FIRMWARE_DIR}")
 
 
 def board_config(
@@ -70,6 +81,7 @@ def board_config(
     wifi_ssid: str | None,
     wifi_password: str | None,
     current: dict | None,
+    firmware_dir: Path = FIRMWARE_DIR,
 ) -> dict:
     """The config.json for this device: the board's current one (if any) with
     id, broker and WiFi set from the arguments. Raises UsageError when a
@@ -88,7 +100,7 @@ def board_config(
     if not wifi.get("ssid"):
         raise UsageError("--wifi-ssid is needed (or ESP32EMU_WIFI_SSID): the board has no WiFi configured yet")
     cfg["wifi"] = wifi
-    config = _firmware_config_module()
+    config = _firmware_config_module(firmware_dir)
     try:
         config.validate(cfg, lambda msg: None)
     except config.ConfigError as e:
@@ -280,25 +292,28 @@ def flash(
     wifi_password: str | None = None,
     mpy: bool | None = None,
     certs_dir: Path | str = "certs",
-    firmware_dir: Path = FIRMWARE_DIR,
+    firmware_dir: Path | str | None = None,
     reset: bool = True,
     probe_timeout: float = 3.0,
     say: Callable[[str], None] = print,
 ) -> dict[str, str]:
-    """Deploy to the board on `port`; returns board path -> sha256 as verified."""
+    """Deploy to the board on `port`; returns board path -> sha256 as verified.
+    `firmware_dir`: the --firmware folder (runner.pick_firmware for the default)."""
     if not _ID_RE.match(device_id):
         raise UsageError(f"--id must be 1..64 characters of A-Z a-z 0-9 _ -, got {device_id!r}")
     url = parse_broker_url(broker) if broker else None
+    check_port(port)
+    # A real board has modules we do not know of: only the firmware's own imports are checked.
+    firmware_dir = pick_firmware(firmware_dir, verb="flashing", emulated=False, say=say)
     if url is not None and url.host in ("localhost", "127.0.0.1", "::1"):
         say(f"esp32emu: note: a real board cannot reach {url.host} (this computer's loopback); use its LAN address")
-    check_port(port)
     t0 = time.monotonic()
     probe(port, probe_timeout)
     mp = Mpremote(port, say=say)
 
     survey = _parse_survey(mp.exec(SURVEY))
     on_board: dict[str, int] = survey["files"]
-    cfg = board_config(device_id, url, wifi_ssid, wifi_password, survey.get("config"))
+    cfg = board_config(device_id, url, wifi_ssid, wifi_password, survey.get("config"), firmware_dir)
     tls_files: dict[str, bytes] = {}
     if cfg["broker"].get("tls"):
         from emulator.certs import CertError, board_files

@@ -30,7 +30,15 @@ from pathlib import Path
 
 from emulator import scenario as scenario_mod
 from emulator.observer import FleetObserver, percentile
-from emulator.runner import UsageError, broker_for, load_scenario, provision_tls, wait_for_stop_signal
+from emulator.runner import (
+    UsageError,
+    broker_for,
+    load_scenario,
+    check_inputs,
+    pick_firmware,
+    provision_tls,
+    wait_for_stop_signal,
+)
 from emulator.validation import BOOT_RATE, DEVICES, DURATION, INTERVAL, KEEPALIVE, WORKERS, writable_file
 from emulator.watch import Rate, rtt_text, worst_table
 from emulator.workers import GroupSpec, LocalBoards, WorkerError, WorkerPool, device_id, rss_kb, split
@@ -78,6 +86,7 @@ class FleetOptions:
     workers: int = 1  # processes running boards
     vm: str | None = None  # "micropython": every board one interpreter process (emulator/vm/)
     heap: str | None = None  # their heap (default emulator.vm.DEFAULT_HEAP)
+    firmware: Path | None = None  # --firmware (runner.pick_firmware: else ./firmware, else the bundled one)
 
 
 def check_fd_limit(devices: int, workers: int = 1, private_broker: bool = True, per_board: int = FDS_PER_BOARD) -> None:
@@ -175,6 +184,8 @@ def validate(opts: FleetOptions) -> None:
 
 def run_fleet(opts: FleetOptions) -> int:
     validate(opts)
+    check_inputs(opts.broker, opts.state_dir, credentials=True)  # bad input fails before the first line
+    firmware = pick_firmware(opts.firmware, opts.vm)
     with broker_for(opts.broker, opts.state_dir, credentials=True) as url:
         observer = FleetObserver(url.host, url.port)
         if url.username is not None:
@@ -202,6 +213,7 @@ def run_fleet(opts: FleetOptions) -> int:
             heap=opts.heap,
             username=url.username,
             password=url.password,
+            firmware=firmware,
         )
         if opts.workers == 1:
             boards = LocalBoards(replace(spec, indices=tuple(range(opts.devices))))

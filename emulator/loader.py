@@ -29,7 +29,9 @@ import types
 from pathlib import Path
 from typing import Callable
 
-FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
+from emulator.firmware_dir import bundled_firmware
+
+FIRMWARE_DIR = bundled_firmware()  # the project's firmware/, or the wheel's copy of it
 
 # MicroPython's u-prefixed aliases.
 ALIASES = {

@@ -8,8 +8,9 @@ project that has esp32emu installed gets these fixtures:
   `.restart()`, `.kill()`, `.pause()`/`.resume()`. `mosquitto_tls`: the
   same with mutual TLS and a throwaway PKI (`.pki`).
 - `board` / `boards(n)`: emulated boards running the firmware folder
-  (`--firmware PATH` or ini `esp32emu_firmware`; default the project's
-  `firmware/`), not yet booted so `.config` can be edited: `board.boot()`.
+  (marker `firmware=PATH` or ini `esp32emu_firmware`, both relative to the
+  rootdir, or `--firmware PATH`; default the firmware bundled with esp32emu),
+  not yet booted so `.config` can be edited: `board.boot()`.
 - `observer`: a paho-mqtt client on `mosquitto`, subscribed to `#`, with
   `expect(topic, predicate, timeout)` and `collect(...)`
   (`esp32emu_observer` is the same fixture under a name no conftest
@@ -46,7 +47,9 @@ import pytest
 
 from emulator.broker import Broker, TlsConfig
 from emulator.harness import Emulator
-from emulator.loader import FIRMWARE_DIR, FirmwareImage
+from emulator.firmware_dir import FirmwareError, bundled_firmware
+from emulator.firmware_dir import check as check_firmware
+from emulator.loader import FirmwareImage
 from emulator.testing import BoardHandle, ObserverClient, backend_name
 
 _REPORTABLE = pytest.StashKey[list]()
@@ -58,8 +61,8 @@ DEFAULTS = {"keepalive": 2, "interval": 1, "time_scale": 1.0, "vm": "cpython", "
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("esp32emu", "esp32emu: emulated ESP32 boards against a private Mosquitto")
     group.addoption("--firmware", dest="esp32emu_firmware", metavar="PATH", default=None,
-                    help="firmware folder the emulated boards boot (default: ini esp32emu_firmware, "
-                         "else the esp32emu project's firmware/)")
+                    help="firmware folder the emulated boards boot, relative to the working directory "
+                         "(default: ini esp32emu_firmware, else the firmware bundled with esp32emu)")
     group.addoption("--esp32emu-keepalive", dest="esp32emu_keepalive", type=float, default=None,
                     help="MQTT keepalive (s) written into every board's config.json (default 2)")
     group.addoption("--esp32emu-interval", dest="esp32emu_interval", type=float, default=None,
@@ -112,17 +115,31 @@ def _number(value: Any) -> int | float:
 
 
 def firmware_dir(config: pytest.Config, marker_value: str | None = None) -> Path:
-    """--firmware (relative to the working directory), else the ini option
-    (relative to the rootdir), else the project's firmware/."""
+    """The marker's `firmware=` and the ini key (both relative to the
+    rootdir), else --firmware (relative to the working directory, like any
+    command-line path), else the firmware bundled with esp32emu
+    (firmware_dir.bundled_firmware)."""
     if marker_value:
-        return Path(marker_value).resolve()
+        return (config.rootpath / marker_value).resolve()
     opt = config.getoption("esp32emu_firmware")
     if opt:
         return Path(opt).resolve()
     ini = config.getini("esp32emu_firmware")
     if ini:
         return (config.rootpath / ini).resolve()
-    return FIRMWARE_DIR
+    return bundled_firmware()
+
+
+def _checked_firmware(folder: Path) -> Path:
+    """`folder`, or the test fails with one line naming the file and line
+    that keep it from booting (firmware_dir.check)."""
+    try:
+        check_firmware(folder)
+    except FirmwareError as e:
+        problem = str(e)
+    else:
+        return folder
+    pytest.fail(f"esp32emu: {problem}", pytrace=False)
 
 
 def _broker_scope(config: pytest.Config) -> str:
@@ -233,7 +250,7 @@ def observer(esp32emu_observer: ObserverClient) -> ObserverClient:
 def esp32emu(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Emulator]:
     """The emulator (one event loop thread) the test's boards live on."""
     marker = request.node.get_closest_marker("esp32emu")
-    folder = firmware_dir(request.config, marker.kwargs.get("firmware") if marker else None)
+    folder = _checked_firmware(firmware_dir(request.config, marker.kwargs.get("firmware") if marker else None))
     with Emulator(tmp_path / "boards", FirmwareImage(folder)) as emu:
         yield emu
 

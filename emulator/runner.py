@@ -18,6 +18,8 @@ from pathlib import Path
 from emulator.board import Board
 from emulator.boardconfig import default_config
 from emulator.broker import Broker, TlsConfig
+from emulator.firmware_dir import FirmwareError, board_modules
+from emulator.firmware_dir import resolve as resolve_firmware
 from emulator.loader import FirmwareImage
 from emulator.profiles import profile_names
 from emulator.scenario import Scenario, ScenarioError, Timeline, check_backend
@@ -35,14 +37,21 @@ from emulator.validation import (  # noqa: F401 - BrokerURL, UsageError, parse_b
 from emulator.validation import state_dir as check_state_dir
 
 
+def check_inputs(url: str | None, state_dir: Path, credentials: bool = False) -> BrokerURL | None:
+    """The --broker URL parsed (None: none given) and `state_dir` checked to be
+    a writable folder: a UsageError before a command says or starts anything."""
+    parsed = None if url is None else parse_broker_url(url, credentials=credentials)
+    check_state_dir(state_dir)
+    return parsed
+
+
 @contextlib.contextmanager
 def broker_for(url: str | None, state_dir: Path, say=lambda msg: print(msg, file=sys.stderr, flush=True),
                credentials: bool = False):
     """Yield the BrokerURL to use; start a private Mosquitto when url is None.
     Checks the URL (with user:password@ when the caller's boards and observer
     log in with `credentials`) and that `state_dir` is a writable folder first."""
-    parsed = None if url is None else parse_broker_url(url, credentials=credentials)
-    check_state_dir(state_dir)
+    parsed = check_inputs(url, state_dir, credentials)
     if parsed is not None:
         yield parsed
         return
@@ -61,6 +70,28 @@ def board_broker(url: BrokerURL) -> dict:
     if url.username is not None:
         section.update(username=url.username, password=url.password)
     return section
+
+
+def pick_firmware(
+    flag: Path | str | None,
+    vm: str | None = None,
+    *,
+    verb: str = "booting",
+    emulated: bool = True,
+    say=lambda msg: print(msg, file=sys.stderr, flush=True),
+) -> Path:
+    """The firmware folder a command uses (`--firmware`, else ./firmware with a
+    main.py, else the bundled one: firmware_dir.resolve), said on the
+    command's first line with its FW_VERSION. One that cannot boot -- no
+    main.py, a file that does not compile, an import that does not resolve
+    (on an emulated board, `emulated`, also a module the board lacks) -- is
+    a UsageError (exit 2) naming the file and line."""
+    try:
+        fw = resolve_firmware(flag, modules=board_modules(vm) if emulated else None)
+    except FirmwareError as e:
+        raise UsageError(str(e)) from None
+    say(fw.line(verb))
+    return fw.path
 
 
 def provision_tls(certs_dir: Path, device_ids: list[str]) -> None:
@@ -127,8 +158,10 @@ def run_single(
     scenario: Path | None = None,
     vm: str | None = None,
     heap: str | None = None,
+    firmware: Path | str | None = None,
 ) -> int:
     """`esp32emu run`: one board, its console on stdout, until Ctrl-C.
+    `firmware`: the --firmware folder (see pick_firmware for the default).
     With an mqtts:// broker the board gets its own certificate from `certs_dir`.
     With `vm="micropython"` the board is one real MicroPython process with
     `heap` (emulator/vm/)."""
@@ -149,7 +182,8 @@ def run_single(
         heap = check_vm(heap)
     elif heap is not None:
         raise UsageError("--heap needs --vm micropython")
-    image = FirmwareImage()
+    check_inputs(broker, state_dir, credentials=True)  # bad input fails before the first line
+    image = FirmwareImage(pick_firmware(firmware, vm))
     with broker_for(broker, state_dir, credentials=True) as url:
         if url.tls:
             provision_tls(certs_dir, [device_id])

@@ -145,6 +145,7 @@ class SerialBoard:
         flash_kib: int | None = None,
         seed: int = 0,
         tee: Callable[[bytes], None] | None = None,
+        firmware_dir: Path | None = None,
     ):
         state_dir = Path(state_dir)
         flash_dir = state_dir / "flash"
@@ -160,7 +161,7 @@ class SerialBoard:
             console=self._console_line,
         )
         if firmware:
-            for name, data in FirmwareImage().files().items():
+            for name, data in (FirmwareImage(firmware_dir) if firmware_dir else FirmwareImage()).files().items():
                 (self.board.flash_dir / name).write_bytes(data)
         self.capacity = (flash_kib or 2048) * 1024
         self.board.fs.blocks = self.capacity // 4096
@@ -390,15 +391,21 @@ def run_serial(
     seed: int = 0,
     duration: float | None = None,
     out: Callable[[str], None] = lambda line: print(line, flush=True),
+    firmware_dir: Path | str | None = None,
 ) -> int:
-    """`esp32emu serial`: print the pty path, keep the board running until Ctrl-C."""
+    """`esp32emu serial`: print the pty path, keep the board running until Ctrl-C.
+    `firmware_dir`: the --firmware folder put on the board's flash (runner.pick_firmware)."""
     import sys
 
     from emulator.boardconfig import default_config
-    from emulator.runner import UsageError, broker_for, wait_for_stop_signal
+    from emulator.runner import UsageError, broker_for, check_inputs, pick_firmware, wait_for_stop_signal
 
     if flash_kib is not None and not 16 <= flash_kib <= 16384:
         raise UsageError(f"--flash-kib must be 16..16384, got {flash_kib}")
+    if firmware_dir is not None and not firmware:
+        raise UsageError("--firmware and --no-firmware exclude each other")
+    check_inputs(broker, state_dir)  # bad input fails before the first line
+    folder = pick_firmware(firmware_dir) if firmware else None
     with broker_for(broker, state_dir) as url:
         if url.tls and firmware:
             raise UsageError("esp32emu serial runs plain mqtt://; for TLS flash the board with `esp32emu flash`")
@@ -411,6 +418,7 @@ def run_serial(
             erase=erase,
             flash_kib=flash_kib,
             seed=seed,
+            firmware_dir=folder,
         )
 
         async def main() -> None:

@@ -55,6 +55,7 @@ class GroupSpec:
     heap: str | None = None  # the VM boards' heap (emulator/vm/)
     username: str | None = None  # MQTT credentials from --broker mqtt://user:password@host
     password: str | None = None
+    firmware: Path | None = None  # the firmware folder (default: the bundled one)
 
 
 def auto_workers(devices: int, cores: int | None = None) -> int:
@@ -147,9 +148,9 @@ class BoardGroup:
         self._vm_cpu0 = 0.0
 
     def build(self) -> None:
-        from emulator.loader import FirmwareImage
+        from emulator.loader import FIRMWARE_DIR, FirmwareImage
 
-        image = FirmwareImage()
+        image = FirmwareImage(self.spec.firmware or FIRMWARE_DIR)
         self.rss_base_kb = rss_kb()
         for i in self.spec.indices:
             self.boards.append(make_board(self.spec, i, image))
