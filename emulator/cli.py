@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="esp32emu", description="Emulated ESP32 boards running the real MicroPython firmware.")
-    p.add_argument("--state", type=Path, default=STATE_DIR, help="where boards keep flash and NVS (default .esp32emu)")
+    _global_options(p, STATE_DIR)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="boot one emulated board; its console goes to stdout")
@@ -102,7 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--flash-kib", type=int, help="size of the board's filesystem in KiB (default 2048)")
     se.add_argument("--seed", type=int, default=0, help="seed for the board's randomness")
     se.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    for command in sub.choices.values():  # global options work after the subcommand too
+        _global_options(command, argparse.SUPPRESS)
     return p
+
+
+def _global_options(parser: argparse.ArgumentParser, default) -> None:
+    """Options every command takes, before or after its name. A subcommand's
+    copy defaults to SUPPRESS so that, when absent there, it does not clobber
+    a value given before the subcommand."""
+    parser.add_argument("--state", type=Path, default=default, help="where boards keep flash and NVS (default .esp32emu)")
 
 
 def main(argv: list[str] | None = None) -> int:
