@@ -226,5 +226,6 @@ def _certs(args: argparse.Namespace) -> int:
     for item in issued:
         print(item.line(args.dir))
     made = sum(not item.kept for item in issued)
-    print(f"esp32emu: {made} new, {len(issued) - made} kept in {args.dir} (private keys 0600; never commit them)")
+    print(f"esp32emu: {made} new, {len(issued) - made} kept in {args.dir} (private keys 0600; never commit them;"
+          f" {args.dir / 'README.md'} says what each file is)")
     return 0
