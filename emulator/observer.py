@@ -97,6 +97,8 @@ class FleetObserver:
     def start(self, timeout: float = 10.0) -> "FleetObserver":
         try:
             self.client.connect(self.host, self.port, keepalive=30)
+        except ConnectionRefusedError:
+            raise ConnectionError(f"connection refused by {self.host}:{self.port}") from None
         except OSError as e:
             raise ConnectionError(f"cannot reach the broker at {self.host}:{self.port}: {e.strerror or e}") from None
         self.client.loop_start()
