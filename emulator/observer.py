@@ -69,6 +69,7 @@ class FleetObserver:
         self.prefix = prefix
         self.devices: dict[str, DeviceView] = {}
         self.lock = threading.Lock()
+        self._changed = threading.Condition(self.lock)  # notified after every counted message
         self.rtts_ms: list[float] = []
         self.commands_sent = 0
         self.commands_ok = 0
@@ -192,6 +193,7 @@ class FleetObserver:
                     self.rtts_ms.append((now - sent) * 1000)
                     if body.get("ok") is True:
                         self.commands_ok += 1
+            self._changed.notify_all()
 
     def _set_state(self, view: DeviceView, state: str, now: float) -> None:
         was_online = view.state == "online"
@@ -284,6 +286,12 @@ class FleetObserver:
         if report:
             self.warn(self._flush_problem(timeout) + "; the last counts may be incomplete")
         return False
+
+    def wait_until(self, predicate, timeout: float) -> bool:
+        """Wait until `predicate(devices)` (called under the lock with the live
+        id -> DeviceView dict) is true, re-checked after every message."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.devices), timeout)
 
     # -- reading the figures ---------------------------------------------------------
 
