@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883)")
     wa.add_argument("--prefix", default="devices", help="topic prefix (default devices)")
     wa.add_argument("--duration", type=float, help="stop after this many seconds, then print every device")
-    wa.add_argument("--once", action="store_true", help="print the device table once and exit: after --duration, else once the retained statuses and "
-                    "one telemetry round from every online device are in (at most 30 s)")
+    wa.add_argument("--once", action="store_true", help="print the device table once and exit: after --duration, "
+                    "else once the retained statuses and one telemetry round from every online device are in (at most 30 s)")
     wa.add_argument("--plain", action="store_true", help="plain lines instead of the live table (automatic when not a terminal)")
     wa.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (backend.crt; default certs)")
 
