@@ -130,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command in ("run", "serial") and args.broker:
-        _say_if_refused(args.broker)
     if args.command == "run":
         from emulator.runner import run_single
 
@@ -218,22 +216,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             duration=args.duration,
         )
     raise UsageError(f"unknown command {args.command!r}")
-
-
-def _say_if_refused(url: str) -> None:
-    """One line at once when nothing listens at --broker (the board's console
-    says it too, and the board keeps retrying with backoff)."""
-    import socket
-
-    from emulator.runner import parse_broker_url
-
-    where = parse_broker_url(url)
-    try:
-        socket.create_connection((where.host, where.port), timeout=2).close()
-    except ConnectionRefusedError:
-        print(f"esp32emu: connection refused by {where.host}:{where.port} (the board keeps retrying)", file=sys.stderr)
-    except OSError:
-        pass  # slow or unreachable: the board's console says what it sees
 
 
 def _certs(args: argparse.Namespace) -> int:
