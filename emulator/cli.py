@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="esp32emu", description="Emulated ESP32 boards running the real MicroPython firmware.")
-    p.add_argument("--state", type=Path, default=STATE_DIR, help="where boards keep flash and NVS (default .esp32emu)")
+    _global_options(p, STATE_DIR)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="boot one emulated board; its console goes to stdout")
@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883)")
     wa.add_argument("--prefix", default="devices", help="topic prefix (default devices)")
     wa.add_argument("--duration", type=_value(v.DURATION), help="stop after this many seconds, then print every device")
-    wa.add_argument("--once", action="store_true", help="print the device table once (after --duration, or at once) and exit")
+    wa.add_argument("--once", action="store_true", help="print the device table once and exit: after --duration, "
+                    "else once the retained statuses and one telemetry round from every online device are in (at most 30 s)")
     wa.add_argument("--plain", action="store_true", help="plain lines instead of the live table (automatic when not a terminal)")
     wa.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (backend.crt; default certs)")
 
@@ -125,7 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     nw = sub.add_parser("new", help="start a firmware project: firmware/, config.json, tests/, pytest.ini, CI workflow")
     nw.add_argument("dir", type=Path, metavar="DIR", help="the project folder to make (absent or empty)")
+    for command in sub.choices.values():  # global options work after the subcommand too
+        _global_options(command, argparse.SUPPRESS)
     return p
+
+
+def _global_options(parser: argparse.ArgumentParser, default) -> None:
+    """Options every command takes, before or after its name. A subcommand's
+    copy defaults to SUPPRESS so that, when absent there, it does not clobber
+    a value given before the subcommand."""
+    parser.add_argument("--state", type=Path, default=default, help="where boards keep flash and NVS (default .esp32emu)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, BrokerError) as e:
         print(f"esp32emu: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
+    except ConnectionError as e:  # the observer could not reach --broker
+        print(f"esp32emu: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
 
@@ -246,7 +259,8 @@ def _certs(args: argparse.Namespace) -> int:
     for item in issued:
         print(item.line(args.dir))
     made = sum(not item.kept for item in issued)
-    print(f"esp32emu: {made} new, {len(issued) - made} kept in {args.dir} (private keys 0600; never commit them)")
+    print(f"esp32emu: {made} new, {len(issued) - made} kept in {args.dir} (private keys 0600; never commit them;"
+          f" {args.dir / 'README.md'} says what each file is)")
     return 0
 
 

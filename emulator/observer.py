@@ -8,12 +8,20 @@ is counted as received with no loss inference).
 
 One paho network thread; every figure is read under one lock. Nothing here
 knows about emulated boards.
+
+No silent timeouts: a subscription the broker denies (SUBACK 0x80) makes
+`start()` fail with one line, and so does a flush marker that does not come
+back. Mosquitto 2.0 with MQTT 3.1.1 gives no sign of what its ACL denies (a
+denied publish is acknowledged like any other, a denied subscription granted
+and then filtered), so the marker's round trip is the only way to tell. A
+later `flush()` that fails says so once on `warn` and returns False at once.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
+import sys
 import threading
 import time
 import uuid
@@ -57,10 +65,11 @@ class FleetObserver:
     """Subscribes to `<prefix>/+/status`, `<prefix>/+/telemetry` and
     `<prefix>/+/cmd/result`; `summary()` and `worst()` read the figures."""
 
-    def __init__(self, host: str, port: int, prefix: str = "devices"):
+    def __init__(self, host: str, port: int, prefix: str = "devices", warn=None):
         self.prefix = prefix
         self.devices: dict[str, DeviceView] = {}
         self.lock = threading.Lock()
+        self._changed = threading.Condition(self.lock)  # notified after every counted message
         self.rtts_ms: list[float] = []
         self.commands_sent = 0
         self.commands_ok = 0
@@ -71,8 +80,13 @@ class FleetObserver:
         self._pending: dict[str, float] = {}
         self._connected = threading.Event()
         self._client_id = f"esp32emu-observer-{uuid.uuid4().hex[:8]}"
-        self._flush_topic = f"esp32emu/observer/{self._client_id}/flush"
+        # Under the prefix, where the TLS broker's ACL lets the backend write
+        # (`<prefix>/#`); not a device topic any of our filters matches.
+        self._flush_topic = f"{prefix}/{self._client_id}/flush"
         self._flushed: dict[str, threading.Event] = {}
+        self._flush_broken = False  # a marker did not come back: said once, no more waiting
+        self._denied: str | None = None  # the subscriptions the broker refused
+        self.warn = warn or (lambda line: print(f"esp32emu: {line}", file=sys.stderr, flush=True))
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv311)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -97,13 +111,27 @@ class FleetObserver:
     def start(self, timeout: float = 10.0) -> "FleetObserver":
         try:
             self.client.connect(self.host, self.port, keepalive=30)
+        except ConnectionRefusedError:
+            raise ConnectionError(f"connection refused by {self.host}:{self.port}") from None
         except OSError as e:
             raise ConnectionError(f"cannot reach the broker at {self.host}:{self.port}: {e.strerror or e}") from None
         self.client.loop_start()
-        if not self._connected.wait(timeout):
+        try:
+            if not self._connected.wait(timeout):
+                raise ConnectionError(f"the broker at {self.host}:{self.port} did not accept the observer within {timeout:.0f} s")
+            if self._denied:
+                raise ConnectionError(f"subscribe to {self._denied} denied by the broker at {self.host}:{self.port} (SUBACK 0x80)")
+            if not self.flush(timeout, report=False):
+                raise ConnectionError(self._flush_problem(timeout))
+        except ConnectionError:
+            self.client.disconnect()
             self.client.loop_stop()
-            raise ConnectionError(f"the broker at {self.host}:{self.port} did not accept the observer within {timeout:.0f} s")
+            raise
         return self
+
+    def _flush_problem(self, timeout: float) -> str:
+        return (f"publish to {self._flush_topic} denied or lost: the observer's marker did not come back "
+                f"within {timeout:g} s (does the broker's ACL let this client write and read there?)")
 
     def stop(self) -> None:
         self.client.disconnect()
@@ -115,15 +143,18 @@ class FleetObserver:
 
     # -- paho callbacks (network thread) ----------------------------------------
 
+    def _filters(self) -> list[tuple[str, int]]:
+        p = self.prefix
+        return [(f"{p}/+/status", 1), (f"{p}/+/telemetry", 0), (f"{p}/+/cmd/result", 1), (self._flush_topic, 0)]
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             return
-        p = self.prefix
-        client.subscribe(
-            [(f"{p}/+/status", 1), (f"{p}/+/telemetry", 0), (f"{p}/+/cmd/result", 1), (self._flush_topic, 0)]
-        )
+        client.subscribe(self._filters())
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        denied = [f for (f, _), rc in zip(self._filters(), reason_codes) if rc.is_failure]
+        self._denied = ", ".join(denied) or None
         self._connected.set()  # start() returns once the broker routes to us
 
     def _view(self, device_id: str) -> DeviceView:
@@ -162,6 +193,7 @@ class FleetObserver:
                     self.rtts_ms.append((now - sent) * 1000)
                     if body.get("ok") is True:
                         self.commands_ok += 1
+            self._changed.notify_all()
 
     def _set_state(self, view: DeviceView, state: str, now: float) -> None:
         was_online = view.state == "online"
@@ -234,15 +266,32 @@ class FleetObserver:
         self.client.publish(f"{self.prefix}/{device_id}/cmd", payload, qos=1)
         return cmd_id
 
-    def flush(self, timeout: float = 10.0) -> bool:
+    def flush(self, timeout: float = 10.0, report: bool = True) -> bool:
         """Publish a marker to ourselves and wait until it comes back: every
-        message the broker routed to us before it has then been counted."""
+        message the broker routed to us before it has then been counted.
+        False when it did not come back within `timeout` (said once on
+        `warn`; once broken, later calls return False without waiting)."""
+        if self._flush_broken:
+            return False
         token = uuid.uuid4().hex
         event = threading.Event()
         with self.lock:
             self._flushed[token] = event
         self.client.publish(self._flush_topic, token, qos=0)
-        return event.wait(timeout)
+        if event.wait(timeout):
+            return True
+        with self.lock:
+            self._flushed.pop(token, None)
+        self._flush_broken = True
+        if report:
+            self.warn(self._flush_problem(timeout) + "; the last counts may be incomplete")
+        return False
+
+    def wait_until(self, predicate, timeout: float) -> bool:
+        """Wait until `predicate(devices)` (called under the lock with the live
+        id -> DeviceView dict) is true, re-checked after every message."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.devices), timeout)
 
     # -- reading the figures ---------------------------------------------------------
 

@@ -7,6 +7,10 @@ project that has esp32emu installed gets these fixtures:
   one per session with `--esp32emu-broker-scope=session`); `.url`,
   `.restart()`, `.kill()`, `.pause()`/`.resume()`. `mosquitto_tls`: the
   same with mutual TLS and a throwaway PKI (`.pki`).
+- `esp32emu_prefix`: the topic prefix of the test's boards: `devices`, or
+  on the session's shared broker one of the test's own (`devices-<n>`), so
+  an earlier test's retained births and late Wills never reach a later
+  test and its observer sees only its own test's traffic.
 - `board` / `boards(n)`: emulated boards running the firmware folder
   (marker `firmware=PATH` or ini `esp32emu_firmware`, both relative to the
   rootdir, or `--firmware PATH`; default the firmware bundled with esp32emu),
@@ -54,6 +58,7 @@ from emulator.testing import BoardHandle, ObserverClient, backend_name
 
 _REPORTABLE = pytest.StashKey[list]()
 _observer_ids = itertools.count(1)
+_test_prefixes = itertools.count(1)
 
 DEFAULTS = {"keepalive": 2, "interval": 1, "time_scale": 1.0, "vm": "cpython", "heap": None}
 
@@ -180,6 +185,24 @@ def mosquitto(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker
     broker.stop()
 
 
+def _shared(request: pytest.FixtureRequest, broker: Broker) -> bool:
+    """Is `broker` the session's shared Mosquitto?"""
+    if _broker_scope(request.config) != "session":
+        return False
+    return any(broker is b for b in request.getfixturevalue("_esp32emu_session_broker"))
+
+
+@pytest.fixture
+def esp32emu_prefix(request: pytest.FixtureRequest) -> str:
+    """The topic prefix of this test's boards on `mosquitto`: "devices", or,
+    with --esp32emu-broker-scope=session, one of this test's own
+    ("devices-<n>"): retained messages and late Wills of earlier tests stay
+    under theirs. `board.topic(...)` spells it."""
+    if _broker_scope(request.config) == "session":
+        return f"devices-{next(_test_prefixes)}"
+    return "devices"
+
+
 @pytest.fixture(scope="session")
 def esp32emu_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway dev PKI (CA, broker, backend); device certificates are made on demand."""
@@ -206,12 +229,16 @@ def mosquitto_tls(tmp_path: Path, esp32emu_pki: Path) -> Iterator[Broker]:
 
 @pytest.fixture
 def observer_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., ObserverClient]]:
-    """`observer_factory(broker, subscribe="#")`: connected observers, closed at teardown.
+    """`observer_factory(broker, subscribe=...)`: connected observers, closed at teardown.
+    `subscribe` defaults to everything of this test: "#", or "<esp32emu_prefix>/#"
+    on the session's shared broker; None: no subscription.
     On a TLS broker they hold the PKI's backend certificate."""
     made: list[ObserverClient] = []
     scale = float(_setting(request, "time_scale"))
 
-    def make(broker: Broker, subscribe: str | None = "#", client_id: str | None = None) -> ObserverClient:
+    def make(broker: Broker, subscribe: Any = ..., client_id: str | None = None) -> ObserverClient:
+        if subscribe is ...:
+            subscribe = f"{request.getfixturevalue('esp32emu_prefix')}/#" if _shared(request, broker) else "#"
         tls = None
         pki = getattr(broker, "pki", None)
         if broker.tls is not None and pki is not None:
@@ -233,7 +260,8 @@ def observer_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., O
 
 @pytest.fixture
 def esp32emu_observer(observer_factory: Callable[..., ObserverClient], mosquitto: Broker) -> ObserverClient:
-    """A paho-mqtt observer on `mosquitto`, subscribed to everything (`#`)."""
+    """A paho-mqtt observer on `mosquitto`, subscribed to everything of this
+    test (`#`; on the session's shared broker `<esp32emu_prefix>/#`)."""
     return observer_factory(mosquitto)
 
 
@@ -289,6 +317,8 @@ def boards(request: pytest.FixtureRequest, esp32emu: Emulator, esp32emu_vm: str)
             cfg: dict[str, Any] = {"keepalive": _number(_setting(request, "keepalive")),
                                    "interval": _number(_setting(request, "interval")),
                                    "backoff": {"base_ms": 200, "cap_ms": 2000}}
+            if _shared(request, broker):  # this test's own topics on the session's broker
+                cfg["prefix"] = request.getfixturevalue("esp32emu_prefix")
             cfg.update(config)
             cfg["broker"] = {"host": broker.host, "port": broker.port, **config.get("broker", {})}
             pki = getattr(broker, "pki", None) if broker.tls is not None else None

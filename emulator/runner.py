@@ -94,6 +94,23 @@ def pick_firmware(
     return fw.path
 
 
+def say_if_refused(url: BrokerURL) -> None:
+    """One line on stderr at once when nothing listens at a given --broker
+    (the board's console says it too; a vm=micropython board names its link
+    proxy's port there) -- the board keeps retrying with backoff."""
+    import socket
+
+    if url.broker is not None:
+        return  # ours: listening
+    try:
+        socket.create_connection((url.host, url.port), timeout=2).close()
+    except ConnectionRefusedError:
+        print(f"esp32emu: connection refused by {url.host}:{url.port} (the board keeps retrying)",
+              file=sys.stderr, flush=True)
+    except OSError:
+        pass  # slow or unreachable: the board's console says what it sees
+
+
 def provision_tls(certs_dir: Path, device_ids: list[str]) -> None:
     """Make sure every device has its client certificate in `certs_dir`
     (issued from the CA there when missing; existing ones are kept)."""
@@ -185,6 +202,7 @@ def run_single(
     check_inputs(broker, state_dir, credentials=True)  # bad input fails before the first line
     image = FirmwareImage(pick_firmware(firmware, vm))
     with broker_for(broker, state_dir, credentials=True) as url:
+        say_if_refused(url)
         if url.tls:
             provision_tls(certs_dir, [device_id])
         cfg = default_config(

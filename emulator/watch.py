@@ -5,7 +5,8 @@ the fleet's live view reuses (figures, worst boards, messages/s).
 
 Three ways out: a rich live table on a terminal, plain periodic lines when
 stdout is not a terminal (or with --plain), and the whole per-device table
-once at the end (--once, --duration).
+once at the end (--duration; --once: once the retained statuses and one
+telemetry round from every online device are in, at most ONCE_WAIT_S).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from emulator.observer import DeviceView, FleetObserver
 from emulator.runner import UsageError, parse_broker_url
 
 PLAIN_EVERY_S = 5.0
+ONCE_WAIT_S = 30.0  # --once: the longest wait for one telemetry round (--duration for slower devices)
 TABLE_ROWS = 30  # devices shown in the live table (the worst first)
 
 
@@ -94,11 +96,21 @@ def device_table(views: dict[str, DeviceView], now: float, limit: int | None, ti
 
 
 def plain_device_lines(views: dict[str, DeviceView], now: float) -> list[str]:
-    widths = [max(len(DEVICE_COLUMNS[0]), *(len(d) for d in views))] if views else [len(DEVICE_COLUMNS[0])]
-    lines = ["  ".join((DEVICE_COLUMNS[0].ljust(widths[0]), *DEVICE_COLUMNS[1:]))]
-    for row in device_rows(views, now):
-        lines.append("  ".join((row[0].ljust(widths[0]), row[1].ljust(16), *row[2:])))
-    return lines
+    """The device table as text: each column as wide as its widest cell or
+    header, device and status left-aligned, the figures right-aligned under
+    their headers (as in the live table)."""
+    rows = device_rows(views, now)
+    widths = [max(len(cell) for cell in column) for column in zip(DEVICE_COLUMNS, *rows)]
+
+    def line(cells) -> str:
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(DEVICE_COLUMNS), *(line(row) for row in rows)]
+
+
+def silent_online(devices: dict[str, DeviceView]) -> list[str]:
+    """Devices online now that have sent no telemetry since we subscribed."""
+    return sorted(d for d, v in devices.items() if v.state == "online" and not v.received)
 
 
 def summary_text(s: dict, rate: float) -> str:
@@ -204,6 +216,14 @@ def run_watch(
     try:
         if once and duration is None:
             observer.flush()  # the retained statuses have arrived
+            # ...and one telemetry round: every device online has sent once.
+            if not observer.wait_until(lambda devices: not silent_online(devices), ONCE_WAIT_S):
+                with observer.lock:
+                    silent = silent_online(observer.devices)
+                if silent:
+                    print(f"esp32emu: no telemetry within {ONCE_WAIT_S:.0f} s from {len(silent)} online device(s) "
+                          f"({', '.join(silent[:5])}{' ...' if len(silent) > 5 else ''}); --duration S waits longer",
+                          file=sys.stderr, flush=True)
         else:
             view.start()
             while deadline is None or time.monotonic() < deadline:

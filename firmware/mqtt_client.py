@@ -65,6 +65,7 @@ class MqttClient:
         self._failure = None  # why the link is unusable
         self._suback_pid = 0  # SUBACK awaited by subscribe_and_wait()
         self._suback = None  # its return codes once it came
+        self._peer = ""  # "host:port" of the last connect(), for errors
 
     # -- connection ---------------------------------------------------------
 
@@ -73,6 +74,7 @@ class MqttClient:
         # cached), send CONNECT and wait for CONNACK, all within timeout_ms.
         session = self.session
         start = time.ticks_ms()
+        self._peer = "%s:%d" % (host, port)
         try:
             if ssl is None:
                 coro = asyncio.open_connection(host, port)
@@ -82,7 +84,7 @@ class MqttClient:
         except asyncio.TimeoutError:
             raise LinkError("connect to %s:%d timed out after %d ms" % (host, port, timeout_ms))
         except OSError as e:
-            raise LinkError("connect to %s:%d failed: %s" % (host, port, _oserror(e)))
+            raise LinkError(self._oserror("connect to " + self._peer, e))
         self._link += 1
         self._failure = None
         self._tx_since = None
@@ -170,7 +172,7 @@ class MqttClient:
                 if session.has_data_to_send() and not self._writing:
                     await self._send()  # PUBACKs (a writer at work sends them too); the timer loop watches the write
         except OSError as e:
-            self._fail("read failed: %s" % _oserror(e))
+            self._fail(self._oserror("read", e))
         except LinkError as e:
             self._fail(str(e))
         except Exception as e:  # a bug must end the link, not leave it unread
@@ -234,6 +236,17 @@ class MqttClient:
                     self._wake.set()
                 self._on_event(ev)
 
+    def _oserror(self, what, e):
+        # "<what> failed: ..." for a socket error. Before CONNACK a reset is a
+        # refusal: ESP32 raises ECONNRESET (104) for it (at connect or the first
+        # read/write), Linux ECONNREFUSED (111).
+        n = e.args[0] if e.args and isinstance(e.args[0], int) else None
+        if n == 104 or n == 111:
+            if self.session.state != mqtt_session.CONNECTED:
+                return "connection refused by " + self._peer
+            return what + " failed: connection reset"
+        return "%s failed: %s" % (what, repr(e) if n is None else "OSError %d" % n)
+
     def _fail(self, reason):
         if self._failure is None:
             self._failure = reason
@@ -275,7 +288,7 @@ class MqttClient:
                     w.write(data)
                     await w.drain()
                 except OSError as e:
-                    raise LinkError("write failed: %s" % _oserror(e))
+                    raise LinkError(self._oserror("write", e))
                 finally:
                     self._tx_since = None
         finally:
@@ -333,9 +346,3 @@ class MqttClient:
     def pending(self):
         # QoS 1 messages not yet acknowledged (in flight + queued).
         return self.session.inflight_count() + len(self._queued)
-
-
-def _oserror(e):
-    if e.args and isinstance(e.args[0], int):
-        return "OSError %d" % e.args[0]
-    return repr(e)

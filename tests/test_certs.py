@@ -138,3 +138,33 @@ def test_acl_confines_devices_and_grants_the_backend(tmp_path):
     assert "use_username_as_clientid true" in Broker(
         tmp_path / "c", port=8883, tls=TlsConfig.from_pki(tmp_path / "pki", bind_client_id=True)
     ).config_text()
+
+
+def test_certs_writes_a_readme_naming_every_file_and_its_secrecy(tmp_path, capsys):
+    out_dir = tmp_path / "mine"
+    assert main(["certs", "--devices", "1", "--dir", str(out_dir)]) == 0
+    assert "README.md says what each file is" in capsys.readouterr().out
+    readme = (out_dir / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        if line.startswith("| `"):
+            name, _, secret = (cell.strip() for cell in line.strip("|").split("|"))
+            rows[name.strip("`")] = secret
+    written = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file() and p.name != "README.md"}
+    named = {n.replace("<id>", "dev-00001") for n in rows}
+    assert written == named, (written, named)
+    assert {n for n, s in rows.items() if s == "**yes**"} == {n for n in rows if n.endswith(".key")}
+    assert "--force" in readme and "esp32emu certs --devices N" in readme  # how to regenerate
+
+
+def test_certs_readme_keeps_a_users_edits_unless_forced(tmp_path):
+    certs.make_pki(tmp_path, [])
+    (tmp_path / "README.md").write_text("ours\n")
+    certs.make_pki(tmp_path, ["dev-00001"])
+    assert (tmp_path / "README.md").read_text() == "ours\n"
+    certs.make_pki(tmp_path, [], force=True)
+    assert (tmp_path / "README.md").read_text() == certs.README_TEXT
+
+
+def test_the_repositorys_certs_readme_is_what_the_command_writes():
+    assert (Path(__file__).resolve().parent.parent / "certs" / "README.md").read_text() == certs.README_TEXT

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from emulator.observer import DeviceView
+from emulator.watch import DEVICE_COLUMNS, device_rows, plain_device_lines
 from tests.boards import is_birth
 
 pytestmark = pytest.mark.integration
@@ -46,10 +48,17 @@ def test_watch_sees_a_fleet_and_a_foreign_device(tmp_path, broker, observer):
         # A device that is not ours: plain-text status, its own telemetry shape.
         obs.publish("devices/foreign-1/status", b"online", retain=True)
 
-        once = subprocess.run(ESP32EMU + ["watch", "--broker", broker.url, "--once"], capture_output=True, text=True, timeout=30, env=ENV)
-        assert once.returncode == 0, once.stderr
+        # --once waits for the retained statuses and one telemetry round: every
+        # online device has sent telemetry (the foreign one once we publish it).
+        once = subprocess.Popen(ESP32EMU + ["watch", "--broker", broker.url, "--once"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=ENV)
+        assert "watching" in once.stderr.readline()
+        obs.publish("devices/foreign-1/telemetry", json.dumps({"seq": 7}).encode())
+        out, err = once.communicate(timeout=30)
+        assert once.returncode == 0, err
         for dev in ("dev-00001", "dev-00002", "dev-00003", "foreign-1"):
-            assert _row(once.stdout, dev)[1] == "online"
+            row = _row(out, dev)
+            assert row[1] == "online" and row[2] != "-" and int(row[3]) >= 1, row
 
         watch = subprocess.Popen(
             ESP32EMU + ["watch", "--broker", broker.url, "--duration", "4", "--plain"],
@@ -76,8 +85,53 @@ def test_watch_sees_a_fleet_and_a_foreign_device(tmp_path, broker, observer):
 def test_watch_unreachable_broker_says_so(tmp_path):
     from emulator.broker import free_port
 
+    port = free_port()
     r = subprocess.run(
-        ESP32EMU + ["watch", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--once"], capture_output=True, text=True, timeout=30, env=ENV
+        ESP32EMU + ["watch", "--broker", f"mqtt://127.0.0.1:{port}", "--once"], capture_output=True, text=True, timeout=30, env=ENV
     )
     assert r.returncode == 1
-    assert "cannot reach the broker" in r.stderr and "Traceback" not in r.stderr
+    assert f"connection refused by 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+
+
+def _view(**kw) -> DeviceView:
+    return DeviceView(**kw)
+
+
+def test_plain_table_columns_line_up_under_their_headers():
+    now = 1000.0
+    views = {
+        "a-very-long-device-id-0001": _view(state="offline", reason="shutdown", received=123456, births=3,
+                                            last_telemetry_at=now - 2.5, offline_since=now - 1),
+        "d2": _view(state="will", received=7, wills=12, inferred_sent=9, seq_received=7, offline_since=now - 5),
+        "d3": _view(state="online", births=1),
+    }
+    header, *rows = plain_device_lines(views, now)
+    starts, ends, pos = [], [], 0
+    for col in DEVICE_COLUMNS:
+        pos = header.index(col, pos)
+        starts.append(pos)
+        ends.append(pos + len(col))
+        pos += len(col)
+    assert len(rows) == 3
+    for line, cells in zip(rows, device_rows(views, now)):
+        pos = 0
+        for i, cell in enumerate(cells):
+            pos = line.index(cell, pos)
+            if i < 2:  # device, status: left-aligned with the header
+                assert pos == starts[i], (line, cell, starts[i])
+            else:  # figures: right-aligned under the header
+                assert pos + len(cell) == ends[i], (line, cell, ends[i])
+            pos += len(cell)
+
+
+@pytest.mark.mosquitto
+def test_watch_once_with_a_device_that_never_sends_telemetry_says_so(broker, observer, monkeypatch, capsys):
+    from emulator import watch
+
+    obs = observer(broker)
+    obs.publish("devices/quiet-1/status", b"online", retain=True)
+    monkeypatch.setattr(watch, "ONCE_WAIT_S", 1.0)
+    assert watch.run_watch(broker.url, once=True) == 0
+    out, err = capsys.readouterr()
+    assert _row(out, "quiet-1")[1:4] == ["online", "-", "0"]
+    assert "no telemetry within 1 s from 1 online device(s) (quiet-1); --duration S waits longer" in err
