@@ -79,6 +79,7 @@ class FleetObserver:
         self.all_online_at: float | None = None
         self._pending: dict[str, float] = {}
         self._connected = threading.Event()
+        self._refused: str | None = None  # the CONNACK's reason when the broker refused us
         self._client_id = f"esp32emu-observer-{uuid.uuid4().hex[:8]}"
         # Under the prefix, where the TLS broker's ACL lets the backend write
         # (`<prefix>/#`); not a device topic any of our filters matches.
@@ -119,6 +120,8 @@ class FleetObserver:
         try:
             if not self._connected.wait(timeout):
                 raise ConnectionError(f"the broker at {self.host}:{self.port} did not accept the observer within {timeout:.0f} s")
+            if self._refused:
+                raise ConnectionError(f"the broker at {self.host}:{self.port} refused the observer: {self._refused}")
             if self._denied:
                 raise ConnectionError(f"subscribe to {self._denied} denied by the broker at {self.host}:{self.port} (SUBACK 0x80)")
             if not self.flush(timeout, report=False):
@@ -149,6 +152,8 @@ class FleetObserver:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
+            self._refused = str(reason_code)  # e.g. "Not authorized", "Bad user name or password"
+            self._connected.set()  # start() says why at once instead of timing out
             return
         client.subscribe(self._filters())
 

@@ -400,8 +400,6 @@ def run_serial(
     from emulator.boardconfig import default_config
     from emulator.runner import UsageError, broker_for, check_inputs, pick_firmware, wait_for_stop_signal
 
-    if flash_kib is not None and not 16 <= flash_kib <= 16384:
-        raise UsageError(f"--flash-kib must be 16..16384, got {flash_kib}")
     if firmware_dir is not None and not firmware:
         raise UsageError("--firmware and --no-firmware exclude each other")
     check_inputs(broker, state_dir)  # bad input fails before the first line
