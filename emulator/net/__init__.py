@@ -1,0 +1,8 @@
+"""A board's network link and the faults on it: `link.py` (DNS, TCP
+connections to the broker, the fault API), `pipe.py` (one shaped direction
+of one connection), `stream.py` (MicroPython's asyncio Stream over a
+connection), `profiles.py` (named link profiles: latency, jitter, loss...).
+
+May import only the base modules (emulator.rng, emulator.validation); knows
+nothing of boards, MQTT or the broker.
+"""
