@@ -1,5 +1,5 @@
 """The `esp32emu` command line (SPEC §3). Thin: each command parses its
-arguments and calls into `runner`, `broker` or another logic module.
+arguments and calls into `run.commands`, `fleet.run` or another logic module.
 
 Exit codes: 0 success, 2 bad usage or bad input (one line, no traceback),
 1 anything else.

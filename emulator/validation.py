@@ -4,7 +4,7 @@ and the state folder. Each bad value becomes one line that names it
 argparse as `type=`), so the CLI exits 2 without a traceback.
 
 One rule per kind of input, used everywhere that input enters: the option
-parsers below and the library functions (runner, fleet, certs) call the
+parsers below and the library functions (run, fleet, certs) call the
 same checks. No argparse here: cli.py is the only module that knows it.
 """
 

@@ -6,7 +6,7 @@ a `pytest.ini` that points the plugin at `firmware/`, the CI workflow
 (`.github/workflows/firmware.yml`), a short README and a .gitignore; `cd DIR
 && pytest` passes at once. The examples and the workflow are the
 repository's own `examples/` files (bundled in the wheel, see
-firmware_dir.BUNDLED), adapted here, never a second copy.
+folder.BUNDLED), adapted here, never a second copy.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`esp32emu fleet`: N emulated boards against one broker — in this process
 (one asyncio event loop) or spread over `--workers K` processes — with a live
 view and a JSON report whose numbers come from an independent paho-mqtt
-observer in this process (see observer.py), never from the boards counting
+observer in this process (see emulator/observe/counting.py), never from the boards counting
 themselves.
 
 Boards boot staggered on one fleet-wide schedule (`--boot-rate` per second),
@@ -84,7 +84,7 @@ class FleetOptions:
     workers: int = 1  # processes running boards
     vm: str | None = None  # "micropython": every board one interpreter process (emulator/board/vm/)
     heap: str | None = None  # their heap (default emulator.board.vm.interpreter.DEFAULT_HEAP)
-    firmware: Path | None = None  # --firmware (runner.pick_firmware: else ./firmware, else the bundled one)
+    firmware: Path | None = None  # --firmware (firmware.folder.pick_firmware: else ./firmware, else the bundled one)
 
 
 def check_fd_limit(devices: int, workers: int = 1, private_broker: bool = True, per_board: int = FDS_PER_BOARD) -> None:

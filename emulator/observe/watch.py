@@ -1,6 +1,6 @@
 """`esp32emu watch`: the live table of every device seen on a broker —
 ours or not (real boards on the same broker show up too) — built on the
-independent observer (observer.py). Also the pieces of that table which
+independent observer (counting.py). Also the pieces of that table which
 the fleet's live view reuses (figures, worst boards, messages/s).
 
 Three ways out: a rich live table on a terminal, plain periodic lines when

@@ -297,7 +297,7 @@ def flash(
     say: Callable[[str], None] = print,
 ) -> dict[str, str]:
     """Deploy to the board on `port`; returns board path -> sha256 as verified.
-    `firmware_dir`: the --firmware folder (runner.pick_firmware for the default)."""
+    `firmware_dir`: the --firmware folder (emulator.firmware.folder.pick_firmware for the default)."""
     if not _ID_RE.match(device_id):
         raise UsageError(f"--id must be 1..64 characters of A-Z a-z 0-9 _ -, got {device_id!r}")
     url = parse_broker_url(broker) if broker else None

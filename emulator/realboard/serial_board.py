@@ -394,7 +394,7 @@ def run_serial(
     firmware_dir: Path | str | None = None,
 ) -> int:
     """`esp32emu serial`: print the pty path, keep the board running until Ctrl-C.
-    `firmware_dir`: the --firmware folder put on the board's flash (runner.pick_firmware)."""
+    `firmware_dir`: the --firmware folder put on the board's flash (emulator.firmware.folder.pick_firmware)."""
     import sys
 
     from emulator.board.backends import emulated_board_modules

@@ -15,7 +15,7 @@ broker), kills the process and starts the next boot with the cause. Power
 loss and the watchdog do the same; a hang is SIGSTOP (the host's watchdog,
 when armed, then resets it). The process's stdout is the console.
 
-It has the surface `BoardHandle`, scenarios and the runner use on a CPython
+It has the surface `BoardHandle`, scenarios and `esp32emu run` use on a CPython
 `emulator.board.board.Board` (`start`, `stop`, `power_cycle`, `hard_reset`,
 `press_button`, `hang`, `sensor_fault`, `request_reset`, `link`, `ap`,
 `events`, `flash_dir`, `fs`), so one board API drives both backends.
