@@ -37,7 +37,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 
 from emulator.net.pipe import Pipe
-from emulator.net.profiles import PROFILES, Profile, make_profile, profile_names, tuned
+from emulator.net.faults import LinkFaults
+from emulator.net.profiles import PROFILES, Profile, make_profile, profile_names
 from emulator.net.stream import Stream
 from emulator.rng import SmallRandom
 
@@ -59,29 +60,22 @@ _EOF = "FIN"  # markers that travel through a pipe in order with the bytes
 _RESET = "RST"
 
 
-class Link:
+class Link(LinkFaults):
+    """A CPython board's link (the fault API: emulator/net/faults.py)."""
+
     def __init__(self, board, hosts: dict[str, str] | None = None, profile: str | Mapping | Profile | None = None):
+        super().__init__(profile)
         self.board = board
         self.hosts = dict(hosts or {})
-        self.profile: Profile = make_profile(profile)
-        # Open connections from the board's point of view.
         self.connections: set[Connection] = set()
-        # Every connection whose socket still lives (a closed one may still be
-        # sending its held bytes and FIN).
         self._live: set[Connection] = set()
         self.dns_fail = False  # every lookup fails
         self.refuse_connect = False  # every connect is answered with RST
         self.drop_syn = False  # every connect hangs (SYN lost)
-        self.log_delays = False
-        # tap(direction, data, monotonic_time) sees every byte that crosses the
-        # link ("tx" when it leaves for the broker, "rx" when the board reads
-        # it): for tests and traces.
-        self.taps: list = []
         seed = getattr(board, "seed", None)
         if seed is None:
             seed = board.rng.getrandbits(64)
         self.rng = SmallRandom(f"link:{seed}:{board.id}")
-        self._blocked = {"rx": False, "tx": False}
         self._abandoned: list[Connection] = []
         self._path_change = asyncio.Event()
         # Between abandon_connections() and release_abandoned() the board is
@@ -93,92 +87,20 @@ class Link:
     def log(self, message: str) -> None:
         self.board.log_event("link", message)
 
-    # -- profile and shaping faults ------------------------------------------------
-
-    def set_profile(self, profile: str | Mapping | Profile) -> Profile:
-        """Switch to a named profile, a dict of numbers, or a `Profile`; applies
-        to bytes sent from now on (bytes already under way keep their times)."""
-        self.profile = make_profile(profile)
-        self.log(f"profile {self.profile.name}: {_describe(self.profile)}")
-        return self.profile
-
-    def tune(self, **changes) -> Profile:
-        """Change some numbers of the current profile, e.g. `tune(latency_ms=800)`."""
-        self.profile = tuned(self.profile, **changes)
-        self.log(f"profile {self.profile.name}: {_describe(self.profile)}")
-        return self.profile
-
-    def set_latency(self, latency_ms: float, jitter_ms: float = 0.0) -> Profile:
-        return self.tune(latency_ms=latency_ms, jitter_ms=jitter_ms)
-
-    def set_bandwidth(self, kbps: float) -> Profile:
-        return self.tune(bandwidth_kbps=kbps, up_kbps=None, down_kbps=None)
-
-    def set_slicing(self, slice_bytes: int, rate: float = 1.0) -> Profile:
-        return self.tune(slice_bytes=slice_bytes, slice_rate=rate)
-
-    # -- path faults ------------------------------------------------------------------
-
-    @property
-    def blackhole_rx(self) -> bool:
-        return self._blocked["rx"]
-
-    @property
-    def blackhole_tx(self) -> bool:
-        return self._blocked["tx"]
-
-    def blackhole(self, rx: bool = True, tx: bool = True) -> None:
-        """Stop bytes in either direction without closing anything (TCP keeps
-        the data and retransmits it when the path heals). `rx=True, tx=False`
-        is the half-open "dead broker": the board's bytes still arrive."""
-        self._blocked = {"rx": bool(rx), "tx": bool(tx)}
-        self.log(f"blackhole rx={bool(rx)} tx={bool(tx)}")
-        for c in list(self._live):
-            c.path_changed()
+    def _path_changed(self) -> None:
         self._path_change.set()
         self._path_change = asyncio.Event()
 
-    def heal(self) -> None:
-        self.blackhole(rx=False, tx=False)
-
-    def kill_connections(self, rst: bool = True) -> int:
-        """Close every connection now (RST by default, else FIN); both sides see it."""
-        n = 0
-        for c in list(self.connections):
-            c.kill(rst)
-            n += 1
-        self.log(f"killed {n} connection(s) with {'RST' if rst else 'FIN'}")
-        return n
-
     def abandon_connections(self) -> int:
-        """The board vanished (power loss, reset): no FIN, no more bytes from
-        us; the broker keeps the half-open connection until its keepalive
-        expires or the same client id connects again. What the broker sends
-        is swallowed; the socket closes when the broker gives up on it."""
-        self._vanished = True
-        n = 0
-        for c in list(self.connections):
-            c.abandon()
-            self._abandoned.append(c)
-            n += 1
-        if n:
-            self.log(f"abandoned {n} connection(s) half-open")
-        return n
+        self._vanished = True  # until release_abandoned: a powered-off board gets no network
+        self._abandoned.extend(self.connections)
+        return super().abandon_connections()
 
     def release_abandoned(self) -> None:
         """Kept for the board's teardown: abandoned sockets need no task, they
         swallow what arrives and close when the broker closes them."""
         self._abandoned.clear()
         self._vanished = False
-
-    def wifi_lost(self) -> None:
-        """WiFi gone: established sockets stall for good (nothing reaches the
-        AP); connections made after WiFi is back are not affected."""
-        for c in list(self._live):
-            c.stalled = True
-            c.path_changed()
-        if self.connections:
-            self.log(f"wifi lost: {len(self.connections)} connection(s) stalled")
 
     # -- what the firmware calls ----------------------------------------------------
 
@@ -273,11 +195,6 @@ class Link:
             except TimeoutError:
                 raise OSError(ETIMEDOUT) from None
 
-    def _tap(self, direction: str, data: bytes) -> None:
-        if self.taps and data:
-            now = time.monotonic()
-            for tap in self.taps:
-                tap(direction, data, now)
 
 
 class Connection(asyncio.Protocol):
@@ -355,7 +272,7 @@ class Connection(asyncio.Protocol):
         if item == _EOF:
             t.close()
         elif isinstance(item, bytes):
-            self.link._tap("tx", item)
+            self.link.tap("tx", item)
             t.write(item)
         self._tx_event.set()
 
@@ -402,7 +319,7 @@ class Connection(asyncio.Protocol):
             await self._rx_event.wait()
             self._check_open()
         data = self._take(n if n > 0 else 4096)
-        self.link._tap("rx", data)
+        self.link.tap("rx", data)
         if self._reading_paused and self.rx.pending + self._rx_size <= RECEIVE_WINDOW // 2:
             self._reading_paused = False
             if self.transport is not None and not self._gone:
@@ -556,14 +473,6 @@ class Partition:
 def partition(links: Iterable, rx: bool = True, tx: bool = True) -> Partition:
     """Blackhole every link in `links` now; heal them all with `.heal()`."""
     return Partition(links, rx, tx).start()
-
-
-def _describe(p: Profile) -> str:
-    d = p.as_dict()
-    d.pop("name")
-    defaults = Profile().as_dict()
-    parts = [f"{k}={v:g}" for k, v in d.items() if defaults.get(k) != v]
-    return ", ".join(parts) or "no shaping"
 
 
 __all__ = [

@@ -11,6 +11,7 @@ import random
 from collections import deque
 from typing import Protocol
 
+from emulator.net.faults import LinkFaults
 from emulator.net.profiles import Profile
 
 MSS = 1436  # CONFIG_LWIP_TCP_MSS 1440 minus options, as lwIP sends it
@@ -18,23 +19,11 @@ MSS = 1436  # CONFIG_LWIP_TCP_MSS 1440 minus options, as lwIP sends it
 SLICE_GAP_S = 0.002
 
 
-class Shaping(Protocol):
-    """What a pipe reads from the link it belongs to (emulator.net.link.Link,
-    emulator.board.vm.proxy.LinkProxy): the profile, which directions are
-    blackholed, and where fault decisions are logged."""
-
-    profile: Profile
-    log_delays: bool
-    _blocked: dict[str, bool]
-
-    def log(self, message: str) -> None: ...
-
-
 class Connection(Protocol):
     """The connection a pipe carries (emulator.net.link.Connection,
     emulator.board.vm.proxy.ProxyConnection)."""
 
-    link: Shaping
+    link: LinkFaults  # the profile, blackholed directions, the log
     stalled: bool  # WiFi lost under it: nothing moves, for good
 
 

@@ -25,11 +25,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import time
 from typing import Callable
 
+from emulator.net.faults import LinkFaults
 from emulator.net.pipe import Pipe
-from emulator.net.profiles import Profile, make_profile, tuned
+from emulator.net.profiles import Profile, make_profile
 from emulator.rng import SmallRandom
 
 _EOF = "FIN"
@@ -232,31 +232,23 @@ class ProxyConnection:
             self.proxy._live.discard(self)
 
 
-class LinkProxy:
-    """A board's link: listens on 127.0.0.1, forwards to `upstream`."""
+class LinkProxy(LinkFaults):
+    """A board's link: listens on 127.0.0.1, forwards to `upstream` (the fault
+    API: emulator/net/faults.py; profiles it cannot apply raise UnsupportedFault)."""
 
     def __init__(self, device_id: str, seed: int, log_event: Callable[[str, str], None]) -> None:
+        super().__init__()
         self.id = device_id
         self.upstream: tuple[str, int] = ("127.0.0.1", 1883)
-        self.profile: Profile = make_profile(None)
         self.rng = SmallRandom(f"link:{seed}:{device_id}")
         self.connections: set[ProxyConnection] = set()  # open from the board's point of view
         self._live: set[ProxyConnection] = set()  # broker end still open
-        self._blocked = {"rx": False, "tx": False}
-        self.log_delays = False
-        self.taps: list = []
         self._log_event = log_event
         self._server: asyncio.base_events.Server | None = None
         self.port = 0
 
     def log(self, message: str) -> None:
         self._log_event("link", message)
-
-    def tap(self, direction: str, data: bytes) -> None:
-        if self.taps and data:
-            now = time.monotonic()
-            for tap in self.taps:
-                tap(direction, data, now)
 
     async def start(self) -> int:
         if self._server is None:
@@ -276,61 +268,10 @@ class LinkProxy:
                     t.close()
             c._finish()
 
-    # -- faults (the names of emulator.net.link.Link) -------------------------------
+    # -- faults: emulator/net/faults.py, but for what the proxy cannot do
 
-    def set_profile(self, profile) -> Profile:
-        self.profile = _supported(make_profile(profile))
-        self.log(f"profile {self.profile.name}")
-        return self.profile
-
-    def tune(self, **changes) -> Profile:
-        self.profile = _supported(tuned(self.profile, **changes))
-        self.log(f"profile {self.profile.name}: {changes}")
-        return self.profile
-
-    def set_latency(self, latency_ms: float, jitter_ms: float = 0.0) -> Profile:
-        return self.tune(latency_ms=latency_ms, jitter_ms=jitter_ms)
-
-    @property
-    def blackhole_rx(self) -> bool:
-        return self._blocked["rx"]
-
-    @property
-    def blackhole_tx(self) -> bool:
-        return self._blocked["tx"]
-
-    def blackhole(self, rx: bool = True, tx: bool = True) -> None:
-        self._blocked = {"rx": bool(rx), "tx": bool(tx)}
-        self.log(f"blackhole rx={bool(rx)} tx={bool(tx)}")
-        for c in list(self._live):
-            c.path_changed()
-
-    def heal(self) -> None:
-        self.blackhole(rx=False, tx=False)
-
-    def kill_connections(self, rst: bool = True) -> int:
-        n = 0
-        for c in list(self.connections):
-            c.kill(rst)
-            n += 1
-        self.log(f"killed {n} connection(s) with {'RST' if rst else 'FIN'}")
-        return n
-
-    def abandon_connections(self) -> int:
-        n = 0
-        for c in list(self.connections):
-            c.abandon()
-            n += 1
-        if n:
-            self.log(f"abandoned {n} connection(s) half-open")
-        return n
-
-    def wifi_lost(self) -> None:
-        for c in list(self._live):
-            c.stalled = True
-            c.path_changed()
-        if self.connections:
-            self.log(f"wifi lost: {len(self.connections)} connection(s) stalled")
+    def _checked(self, profile: Profile) -> Profile:
+        return _supported(profile)
 
     @property
     def dns_fail(self) -> bool:
