@@ -1,4 +1,5 @@
-"""Watching devices through the broker with paho-mqtt: `counting.py` (the
+"""Watching devices through the broker with paho-mqtt: `connection.py`
+(the one paho connection every observer here uses), `counting.py` (the
 fleet's FleetObserver: per-device presence, births, Wills, seq loss,
 command RTT, as counts), `recording.py` (the plugin's ObserverClient: every
 message kept for a test to wait on), `watch.py` (`esp32emu watch` and the

@@ -6,8 +6,8 @@ not: a status or telemetry payload that is not our JSON is still counted
 (plain `online`/`offline` statuses are understood, telemetry without `seq`
 is counted as received with no loss inference).
 
-One paho network thread; every figure is read under one lock. Nothing here
-knows about emulated boards.
+One paho network thread (the connection: emulator/observe/connection.py);
+every figure is read under one lock. Nothing here knows about emulated boards.
 
 No silent timeouts: a subscription the broker denies (SUBACK 0x80) makes
 `start()` fail with one line, and so does a flush marker that does not come
@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
+from emulator.observe.connection import BrokerConnection, backend_tls
 
 _PLAIN_ONLINE = {"online", "true", "1", "connected"}
 _PLAIN_OFFLINE = {"offline", "false", "0", "disconnected"}
@@ -78,20 +78,15 @@ class FleetObserver:
         self.expected: int | None = None  # with expect(n): when n devices were first online together
         self.all_online_at: float | None = None
         self._pending: dict[str, float] = {}
-        self._connected = threading.Event()
-        self._refused: str | None = None  # the CONNACK's reason when the broker refused us
         self._client_id = f"esp32emu-observer-{uuid.uuid4().hex[:8]}"
         # Under the prefix, where the TLS broker's ACL lets the backend write
         # (`<prefix>/#`); not a device topic any of our filters matches.
         self._flush_topic = f"{prefix}/{self._client_id}/flush"
         self._flushed: dict[str, threading.Event] = {}
         self._flush_broken = False  # a marker did not come back: said once, no more waiting
-        self._denied: str | None = None  # the subscriptions the broker refused
         self.warn = warn or (lambda line: print(f"esp32emu: {line}", file=sys.stderr, flush=True))
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv311)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
+        self.conn = BrokerConnection(host, port, self._client_id, on_message=self._on_message)
+        self.client = self.conn.client
         # A large fleet answers a burst of commands at once; never drop a QoS 1 publish here.
         self.client.max_queued_messages_set(0)
         self.host, self.port = host, port
@@ -99,36 +94,17 @@ class FleetObserver:
     def use_tls(self, certs_dir: Path) -> None:
         """Connect with the backend identity (`certs/backend.crt`): fleet-wide
         rights in the ACL of `esp32emu broker --tls`."""
-        certs_dir = Path(certs_dir)
-        for name in ("ca.crt", "backend.crt", "backend.key"):
-            if not (certs_dir / name).is_file():
-                raise FileNotFoundError(f"{certs_dir / name} is missing: run `esp32emu certs` first")
-        self.client.tls_set(
-            ca_certs=str(certs_dir / "ca.crt"),
-            certfile=str(certs_dir / "backend.crt"),
-            keyfile=str(certs_dir / "backend.key"),
-        )
+        self.client.tls_set(**backend_tls(certs_dir))
 
     def start(self, timeout: float = 10.0) -> "FleetObserver":
+        """Connect, subscribe and see a marker come back (ConnectionError: one line saying why not)."""
+        self.conn.connect(timeout)
         try:
-            self.client.connect(self.host, self.port, keepalive=30)
-        except ConnectionRefusedError:
-            raise ConnectionError(f"connection refused by {self.host}:{self.port}") from None
-        except OSError as e:
-            raise ConnectionError(f"cannot reach the broker at {self.host}:{self.port}: {e.strerror or e}") from None
-        self.client.loop_start()
-        try:
-            if not self._connected.wait(timeout):
-                raise ConnectionError(f"the broker at {self.host}:{self.port} did not accept the observer within {timeout:.0f} s")
-            if self._refused:
-                raise ConnectionError(f"the broker at {self.host}:{self.port} refused the observer: {self._refused}")
-            if self._denied:
-                raise ConnectionError(f"subscribe to {self._denied} denied by the broker at {self.host}:{self.port} (SUBACK 0x80)")
+            self.conn.subscribe(self._filters(), timeout)
             if not self.flush(timeout, report=False):
                 raise ConnectionError(self._flush_problem(timeout))
         except ConnectionError:
-            self.client.disconnect()
-            self.client.loop_stop()
+            self.conn.close()
             raise
         return self
 
@@ -137,8 +113,7 @@ class FleetObserver:
                 f"within {timeout:g} s (does the broker's ACL let this client write and read there?)")
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.conn.close()
 
     def expect(self, n: int) -> None:
         """Record `all_online_at` the first time n devices are online together."""
@@ -149,18 +124,6 @@ class FleetObserver:
     def _filters(self) -> list[tuple[str, int]]:
         p = self.prefix
         return [(f"{p}/+/status", 1), (f"{p}/+/telemetry", 0), (f"{p}/+/cmd/result", 1), (self._flush_topic, 0)]
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            self._refused = str(reason_code)  # e.g. "Not authorized", "Bad user name or password"
-            self._connected.set()  # start() says why at once instead of timing out
-            return
-        client.subscribe(self._filters())
-
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        denied = [f for (f, _), rc in zip(self._filters(), reason_codes) if rc.is_failure]
-        self._denied = ", ".join(denied) or None
-        self._connected.set()  # start() returns once the broker routes to us
 
     def _view(self, device_id: str) -> DeviceView:
         view = self.devices.get(device_id)

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+
+from emulator.observe.connection import BrokerConnection
 
 
 def clock_text(t: float, t0: float) -> str:
@@ -119,51 +120,23 @@ class ObserverClient:
         self._cond = threading.Condition()
         self._messages: list[Message] = []
         self._cursor = 0
-        self._subs: dict[str, int] = {}
-        self._subacks: dict[int, list[Any]] = {}
         self._pubacks: set[int] = set()
-        self._connected = False
-        self._connect_rc: Any = None
-        self.connects = 0
         self.t0 = time.monotonic()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv311, clean_session=True)
-        if tls:
-            self.client.tls_set(**tls)
-        self.client.reconnect_delay_set(1, 2)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
+        # connect, TLS, refusals, SUBACKs, resubscribing: emulator/observe/connection.py
+        self.conn = BrokerConnection(host, port, client_id, keepalive=keepalive, tls=tls, on_message=self._on_message)
+        self.client = self.conn.client
         self.client.on_publish = self._on_publish
-        self.keepalive = keepalive
+
+    @property
+    def connects(self) -> int:
+        return self.conn.connects
 
     # paho callbacks (its network thread)
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        with self._cond:
-            self._connect_rc = reason_code
-            self._connected = not reason_code.is_failure
-            if self._connected:
-                self.connects += 1
-                for topic, qos in self._subs.items():  # clean session: renew them
-                    client.subscribe(topic, qos)
-            self._cond.notify_all()
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        with self._cond:
-            self._connected = False
-            self._cond.notify_all()
 
     def _on_message(self, client, userdata, msg) -> None:
         m = Message(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, time.monotonic())
         with self._cond:
             self._messages.append(m)
-            self._cond.notify_all()
-
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        with self._cond:
-            self._subacks[mid] = list(reason_codes)
             self._cond.notify_all()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -184,37 +157,29 @@ class ObserverClient:
     # connection
 
     def connect(self, timeout: float = 10.0) -> "ObserverClient":
-        self.client.connect(self.host, self.port, keepalive=self.keepalive)
-        self.client.loop_start()
-        self._wait(lambda: self._connected or self._connect_rc is not None, timeout, "CONNACK")
-        if not self._connected:
-            raise AssertionError(f"observer: connection to {self.host}:{self.port} refused: {self._connect_rc}")
+        __tracebackhide__ = True
+        try:
+            self.conn.connect(timeout)
+        except ConnectionError as e:
+            raise AssertionError(f"observer: {e}") from None
         return self
 
     @property
     def connected(self) -> bool:
-        with self._cond:
-            return self._connected
+        return self.conn.connected
 
     def close(self) -> None:
-        try:
-            if self.connected:
-                self.client.disconnect()
-        finally:
-            self.client.loop_stop()
+        self.conn.close()
 
     # traffic
 
     def subscribe(self, topic: str, qos: int = 1, timeout: float = 10.0) -> "ObserverClient":
         """Subscribe and wait for the SUBACK (retained messages are then on their way)."""
-        with self._cond:
-            self._subs[topic] = qos
-        result, mid = self.client.subscribe(topic, qos)
-        if result != mqtt.MQTT_ERR_SUCCESS:
-            raise AssertionError(f"observer: subscribe({topic!r}) failed: {mqtt.error_string(result)}")
-        self._wait(lambda: mid in self._subacks, timeout, f"SUBACK for {topic!r}")
-        if any(code.is_failure for code in self._subacks[mid]):
-            raise AssertionError(f"observer: subscription to {topic!r} refused: {self._subacks[mid]}")
+        __tracebackhide__ = True
+        try:
+            self.conn.subscribe([(topic, qos)], timeout)
+        except ConnectionError as e:
+            raise AssertionError(f"observer: {e}") from None
         return self
 
     def publish(self, topic: str, payload: bytes | str | dict | list, qos: int = 1, retain: bool = False,
@@ -309,7 +274,7 @@ class ObserverClient:
         if len(on_topic) > 20:
             lines.insert(2, f"  ... {len(on_topic) - 20} earlier")
         lines.append(f"and {others} message(s) on other topics"
-                     + ("" if self._connected else "; the observer is NOT connected to the broker"))
+                     + ("" if self.conn.connected else "; the observer is NOT connected to the broker"))
         return "\n".join(lines)
 
     def report(self, n: int = 20) -> str:

@@ -53,6 +53,7 @@ from emulator.board.loader import FirmwareImage
 from emulator.broker.mosquitto import Broker, TlsConfig
 from emulator.firmware.folder import FirmwareError, bundled_firmware
 from emulator.firmware.folder import check as check_firmware
+from emulator.observe.connection import backend_tls
 from emulator.testing.handles import BoardHandle, ObserverClient, backend_name
 from emulator.testing.harness import Emulator
 
@@ -241,8 +242,7 @@ def observer_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., O
         tls = None
         pki = getattr(broker, "pki", None)
         if broker.tls is not None and pki is not None:
-            tls = {"ca_certs": str(pki / "ca.crt"), "certfile": str(pki / "backend.crt"),
-                   "keyfile": str(pki / "backend.key")}
+            tls = backend_tls(pki)
         obs = ObserverClient(broker.host, broker.port, client_id or f"esp32emu-observer-{os.getpid()}-{next(_observer_ids)}",
                              tls=tls, scale=scale)
         made.append(obs)
