@@ -14,6 +14,8 @@ log goes (`log`) and may refuse a profile it cannot apply (`_checked`).
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from collections.abc import Mapping
 
@@ -134,3 +136,14 @@ def describe(p: Profile) -> str:
     defaults = Profile().as_dict()
     parts = [f"{k}={v:g}" for k, v in d.items() if defaults.get(k) != v]
     return ", ".join(parts) or "no shaping"
+
+
+def abort_with_rst(transport) -> None:
+    """Close a socket's transport with RST (SO_LINGER 0) instead of FIN."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()

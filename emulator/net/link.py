@@ -31,13 +31,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 
 from emulator.net.pipe import Pipe
-from emulator.net.faults import LinkFaults
+from emulator.net.faults import LinkFaults, abort_with_rst
 from emulator.net.profiles import PROFILES, Profile, make_profile, profile_names
 from emulator.net.stream import Stream
 from emulator.rng import SmallRandom
@@ -406,13 +405,7 @@ class Connection(asyncio.Protocol):
         t = self.transport
         if t is not None and not self._gone:
             if rst:
-                sock = t.get_extra_info("socket")
-                if sock is not None:
-                    try:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    except OSError:
-                        pass
-                t.abort()
+                abort_with_rst(t)
             else:
                 t.close()
         self._rx_event.set()

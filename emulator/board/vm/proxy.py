@@ -23,11 +23,9 @@ owns one proxy per board.
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 from typing import Callable
 
-from emulator.net.faults import LinkFaults
+from emulator.net.faults import LinkFaults, abort_with_rst
 from emulator.net.pipe import Pipe
 from emulator.net.profiles import Profile, make_profile
 from emulator.rng import SmallRandom
@@ -37,15 +35,8 @@ _EOF = "FIN"
 
 def _rst(transport: asyncio.BaseTransport | None) -> None:
     """Abort with RST (SO_LINGER 0) instead of FIN."""
-    if transport is None or transport.is_closing():
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    transport.abort()
+    if transport is not None and not transport.is_closing():
+        abort_with_rst(transport)
 
 
 class _BoardSide(asyncio.Protocol):
