@@ -18,7 +18,7 @@ from mqtt_peer import (  # noqa: E402
 import mqtt_session as ms  # noqa: E402
 from mqtt_session import CONNECTED, CONNECTING, DISCONNECTED, Session  # noqa: E402
 from packets import (  # noqa: E402 - the session's event tuples, by name
-    LINK_DEAD, MESSAGE, REFUSED, Connected, LinkDead, Message, PublishAcked, Subscribed,
+    LINK_DEAD, MESSAGE, REFUSED, Connected, LinkDead, Message, PublishAcked, Subscribed, receive,
 )
 
 WRAP = 1 << 30
@@ -38,26 +38,6 @@ def sent(s):
     while (p := d.next_packet()) is not None:
         out.append(p)
     return out
-
-
-def receive(s, data, now):
-    """What the client's reader does: bytes into the session's receive buffer
-    as room allows, each piece parsed at once (ProtocolError here); the
-    events wait in the session for next_event()."""
-    mv = memoryview(data)
-    got = []
-    while True:
-        while (e := s.next_event()) is not None:
-            got.append(e)
-        if not len(mv) or s.state == DISCONNECTED:
-            break
-        space = s.decoder.space()
-        n = min(len(space), len(mv))
-        assert n, "receive buffer full"
-        space[:n] = mv[:n]
-        s.received(n, now)
-        mv = mv[n:]
-    s._events[:0] = got
 
 
 def events(s):

@@ -16,7 +16,7 @@ from mqtt_peer import (  # the broker's side of the wire
     Subscribe, encode,
 )
 from mqtt_session import CONNECTED, DISCONNECTED, Session
-from packets import REFUSED, Connected, LinkDead, Message, PublishAcked, Subscribed  # event tuples
+from packets import REFUSED, Connected, LinkDead, Message, PublishAcked, Subscribed, receive  # event tuples
 
 WRAP = 1 << 30
 
@@ -30,28 +30,6 @@ def sent(s):
         out.append(p)
         p = d.next_packet()
     return out
-
-
-def receive(s, data, now):
-    # what the client's reader does: bytes into the receive buffer as room
-    # allows, each piece parsed at once (ProtocolError here); the events wait
-    # in the session for next_event()
-    mv = memoryview(data)
-    got = []
-    while True:
-        e = s.next_event()
-        while e is not None:
-            got.append(e)
-            e = s.next_event()
-        if not len(mv) or s.state == DISCONNECTED:
-            break
-        space = s.decoder.space()
-        n = min(len(space), len(mv))
-        assert n, "receive buffer full"
-        space[:n] = mv[:n]
-        s.received(n, now)
-        mv = mv[n:]
-    s._events[:0] = got
 
 
 def events(s):
