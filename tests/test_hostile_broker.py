@@ -328,8 +328,10 @@ from mqtt_codec import Decoder, ProtocolError
 for line in sys.stdin.buffer.read().split(b"\\n"):
     if not line:
         continue
-    d = Decoder()
-    d.feed(bytes(int(line[i:i + 2], 16) for i in range(0, len(line), 2)))
+    data = bytes(int(line[i:i + 2], 16) for i in range(0, len(line), 2))
+    d = Decoder(len(data), len(data))  # a buffer that holds the packet whole
+    d.space()[:len(data)] = data
+    d.wrote(len(data))
     try:
         p = d.next_packet()
         print("accepted", repr(p[1]))  # a PUBLISH tuple: (3, topic, ...)
