@@ -477,6 +477,7 @@ class Device:
         # broker discards the Will.
         self._leaving = True
         client = self.client
+        client.hold(False)  # the PUBACKs awaited below must not wait behind a held command
         if client.connected:
             payload = _dumps({"online": False, "reason": reason})
             try:

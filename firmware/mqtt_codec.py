@@ -424,7 +424,7 @@ class Decoder:
         head = 2 + ((buf[body] << 8) | buf[body + 1]) + (2 if (first >> 1) & 3 else 0)
         if head > rem:
             raise ProtocolError("truncated PUBLISH topic")
-        if head > self.max_packet or body + head > len(buf):
+        if head > self.max_packet or body - self._pos + head > len(buf):
             raise ProtocolError("PUBLISH topic longer than max_packet %d" % min(self.max_packet, len(buf) - 5))
         if have < head:
             return None

@@ -318,6 +318,16 @@ def test_publish_bigger_than_the_buffer_is_read_into_its_own_payload(chunk):
     assert isinstance(got[0][2], bytearray) and len(got[0][2]) == 1024
 
 
+def test_big_publish_behind_other_packets_is_read_whole():
+    # its topic arrives at the end of the buffer, behind a parsed packet:
+    # room is made by moving it to the front, not refused
+    d = Decoder(max_packet=2000, size=64)
+    big = Publish("t" * 40, b"y" * 500, qos=1, packet_id=3)
+    wire = peer.encode(peer.Pingresp()) * 10 + encode(big)
+    assert stream(d, wire[:30]) == [Pingresp()] * 10
+    assert stream(d, wire[30:]) == [big]
+
+
 def test_payload_is_read_in_place():
     d = Decoder(max_packet=2000, size=64)
     wire = encode(Publish("t", b"x" * 300))
