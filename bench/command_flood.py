@@ -16,9 +16,18 @@ For each QoS and N:
   board gap  the same gap as the board published (before the broker's queue
              to the backend, where telemetry waits behind results)
 
+With --vm micropython the board runs on the real MicroPython VM (one
+`micropython` process, -X heapsize=--heap, default 100k): `received` and
+`board gap` are not measured there ("-"), and after the flood the bench
+asks for `stats`:
+  alloc KiB  heap_alloc after the flood (after gc.collect())
+  maxfree    the largest free block, KiB
+  console    MemoryError / link-lost lines the board printed ("-": none)
+
 Prints a table; not a timed test.
 
     .venv/bin/python bench/command_flood.py                       # N in 3000 30000, QoS 0 and 1
+    .venv/bin/python bench/command_flood.py --vm micropython --sizes 1000 --qos 1
     .venv/bin/python bench/command_flood.py --sizes 100000 --qos 0
     .venv/bin/python bench/command_flood.py --firmware /tmp/old/firmware  # another firmware tree
 """
@@ -51,36 +60,42 @@ def _probe(device_id: str) -> tuple[list[int], list[float]]:
     dev = next(o for o in gc.get_objects() if type(o).__name__ == "Device" and getattr(o, "id", None) == device_id)
     count: list[int] = [0]
     sent: list[float] = []
-    enqueue, publish = dev._enqueue_command, dev.publish_telemetry
+    enqueue, publish = dev._enqueue_command, dev.client.publish
+    telemetry = dev.t_telemetry
 
     def counted(msg):
         count[0] += 1
         enqueue(msg)
 
-    async def noted():
-        sent.append(time.monotonic())
-        await publish()
+    async def noted(topic, payload, qos=0, retain=False):
+        if topic == telemetry:
+            sent.append(time.monotonic())
+        return await publish(topic, payload, qos, retain)
 
     dev._enqueue_command = counted
-    dev.publish_telemetry = noted
+    dev.client.publish = noted
     return count, sent
 
 
-def run_one(firmware: Path | None, n: int, qos: int, quiet_s: float) -> dict:
+def run_one(firmware: Path | None, n: int, qos: int, quiet_s: float, vm: str = "cpython", heap: str = "100k") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         # No queue limit: Mosquitto's default (1000) would drop results on
         # their way to the backend and hide what the board did.
         broker = Broker(Path(tmp) / "broker", extra_config=["max_queued_messages 0"])
         broker.start()
         image = FirmwareImage(firmware) if firmware else None
-        emu = Emulator(Path(tmp) / "boards", image)
+        console: list[str] = []
+        if vm == "micropython":
+            emu = Emulator(Path(tmp) / "boards", image, vm=vm, heap=heap)
+        else:
+            emu = Emulator(Path(tmp) / "boards", image)
         obs = ObserverClient(broker.host, broker.port, client_id="flood-backend").connect()
         try:
             obs.subscribe(f"devices/{DEV}/#")
             emu.add_board(DEV, broker.host, broker.port, interval=1, keepalive=30,
-                          backoff={"base_ms": 200, "cap_ms": 2000})
+                          backoff={"base_ms": 200, "cap_ms": 2000}, console=console.append)
             obs._wait(lambda: any(m.topic.endswith("/telemetry") for m in obs._messages), 20, "telemetry")
-            received, sent = _probe(DEV)
+            received, sent = _probe(DEV) if vm == "cpython" else ([-1], [])
             mark = obs.mark()
             t0 = time.monotonic()
             for i in range(n):
@@ -105,7 +120,23 @@ def run_one(firmware: Path | None, n: int, qos: int, quiet_s: float) -> dict:
             first: dict = {}
             for _, r in results:
                 first.setdefault(r["id"], r)
+            stats = {}
+            if vm != "cpython":
+                mark2 = obs.mark()
+                obs.client.publish(f"devices/{DEV}/cmd", json.dumps({"id": "stats", "op": "stats"}), qos=1)
+                try:
+                    m = obs._wait(lambda: any(m.topic.endswith("/cmd/result") and json.loads(m.payload)["id"] == "stats"
+                                              for m in obs._messages[mark2:]), 20, "stats")
+                except AssertionError:
+                    m = None
+                for m in obs.messages[mark2:]:
+                    if m.topic.endswith("/cmd/result") and json.loads(m.payload)["id"] == "stats":
+                        stats = json.loads(m.payload).get("result", {})
+            bad = [line for line in console if "Error" in line or "link lost" in line]
             return {
+                "alloc": stats.get("heap_alloc"),
+                "maxfree": stats.get("heap_max_free"),
+                "console": bad[0][:60] if bad else "-",
                 "received": received[0],
                 "answered": len(first),
                 "ok": sum(1 for r in first.values() if r["ok"]),
@@ -128,13 +159,23 @@ def main() -> None:
     ap.add_argument("--qos", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--firmware", type=Path, default=None)
     ap.add_argument("--quiet", type=float, default=10.0, help="give up after this many seconds without a new result")
+    ap.add_argument("--vm", choices=["cpython", "micropython"], default="cpython")
+    ap.add_argument("--heap", default="100k", help="the VM board's heap (with --vm micropython)")
     args = ap.parse_args()
-    print(f"{'QoS':>3} {'N':>7} {'received':>9} {'answered':>9} {'ok':>6} {'busy':>7} {'dups':>5} {'last s':>7} {'tel gap s':>9} {'tel':>5} {'board gap':>9}")
+    vm = args.vm == "micropython"
+    head = f"{'QoS':>3} {'N':>7} {'received':>9} {'answered':>9} {'ok':>6} {'busy':>7} {'dups':>5} {'last s':>7} {'tel gap s':>9} {'tel':>5}"
+    print(head + (f" {'alloc KiB':>9} {'maxfree':>7}  console" if vm else f" {'board gap':>9}"))
     for qos in args.qos:
         for n in args.sizes:
-            r = run_one(args.firmware, n, qos, args.quiet)
-            print(f"{qos:>3} {n:>7} {r['received']:>9} {r['answered']:>9} {r['ok']:>6} {r['busy']:>7} {r['dups']:>5} "
-                  f"{r['last_s']:>7.1f} {r['gap_s']:>9.1f} {r['tel']:>5} {r['board_gap_s']:>9.1f}", flush=True)
+            r = run_one(args.firmware, n, qos, args.quiet, args.vm, args.heap)
+            row = (f"{qos:>3} {n:>7} {r['received'] if not vm else '-':>9} {r['answered']:>9} {r['ok']:>6} {r['busy']:>7} "
+                   f"{r['dups']:>5} {r['last_s']:>7.1f} {r['gap_s']:>9.1f} {r['tel']:>5}")
+            if vm:
+                kib = (lambda v: f"{v / 1024:.1f}" if v is not None else "-")
+                row += f" {kib(r['alloc']):>9} {kib(r['maxfree']):>7}  {r['console']}"
+            else:
+                row += f" {r['board_gap_s']:>9.1f}"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

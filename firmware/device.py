@@ -43,7 +43,9 @@ _STABLE_MS = const(10000)  # a link that lived this long resets the backoff
 _LOSS_WINDOW_MS = const(8000)  # jitter window for the first retry after a lost link
 _RESULT_BACKLOG = const(32)
 _LED_PIN = const(2)
-_CMD_QUEUE = const(16)  # commands waiting for the worker; more get "busy"
+_CMD_QUEUE = const(16)  # commands waiting for the worker, at most; more get "busy"
+_CMD_HOLD = const(8)  # with this many waiting the reader holds (the rest: slack while it must read on)
+_CMD_LOW = const(4)  # the worker lets the reader go on at this many
 _BUSY_WINDOW = const(8)  # unacked QoS 1 messages beyond which "busy" goes QoS 0
 _BUTTON_PIN = const(0)  # BOOT button on dev kits: press for a planned shutdown
 _STAT_IDLE = const(1000)  # network.WLAN.status() on an ESP32
@@ -96,12 +98,15 @@ class Device:
             will=(self.t_status, b'{"online":false}', 1, True),
             username=broker.get("username"),
             password=pw.encode() if pw else None,
+            # the largest command whole (topic, packet id, payload); bigger: refused unread
+            max_packet=commands.MAX_PAYLOAD + 4 + len(self.t_cmd.encode()),
         )
         self.client = MqttClient(session, self._on_event)
         self.results = commands.new_cache()
         self._busy = {}  # id of a command queued or running -> redeliveries seen since
         self._cmds = []  # (cmd_id, op, args) waiting for the worker, at most _CMD_QUEUE
         self._cmd_ready = asyncio.Event()
+        self._stalled = False  # the worker waits for PUBACKs: the reader must not hold
         self._interval_changed = asyncio.Event()
         self._online = asyncio.Event()
         self._acked = asyncio.Event()
@@ -278,6 +283,11 @@ class Device:
             self._enqueue_command(ev)
         elif ev[0] == 4:
             self._acked.set()
+            if self._stalled and self.client.pending() < _RESULT_BACKLOG:
+                # The worker can go on: let it, before more commands.
+                self._stalled = False
+                if len(self._cmds) >= _CMD_HOLD:
+                    self.client.hold(True)
 
     # -- telemetry -------------------------------------------------------------
 
@@ -334,8 +344,14 @@ class Device:
                 busy[cmd_id] = 0  # redeliveries seen while queued or running
             self._cmds.append((cmd_id, op, args))
             self._cmd_ready.set()
+            if len(self._cmds) >= _CMD_HOLD and not self._stalled:
+                # Backpressure: the reader stops at the next command (TCP
+                # holds the broker back) until the worker is down to _CMD_LOW.
+                self.client.hold(True)
             return
-        # Full: answer now (a backend can retry) instead of buffering.
+        # Full while the worker waits for PUBACKs (the reader must read on
+        # to get them), or too many redeliveries: answer now (a backend can
+        # retry) instead of buffering.
         payload = None
         if op is not None:
             args = "busy: %d commands queued" % _CMD_QUEUE
@@ -356,6 +372,8 @@ class Device:
             self._cmd_ready.clear()
             while self._cmds:
                 cmd_id, op, args = self._cmds.pop(0)
+                if len(self._cmds) <= _CMD_LOW:
+                    self.client.hold(False)
                 if op is None:  # parse error; args holds the message
                     await self._send_result(commands.error_result(cmd_id, args))
                     continue
@@ -385,6 +403,10 @@ class Device:
         client = self.client
         start = time.ticks_ms()
         while client.pending() >= _RESULT_BACKLOG and time.ticks_diff(time.ticks_ms(), start) < 30000:
+            # The PUBACKs come through the reader: it must not hold meanwhile
+            # (_on_event ends this once they made room).
+            self._stalled = True
+            client.hold(False)
             self._acked.clear()
             try:
                 await asyncio.wait_for_ms(self._acked.wait(), 1000)
@@ -455,6 +477,7 @@ class Device:
         # broker discards the Will.
         self._leaving = True
         client = self.client
+        client.hold(False)  # the PUBACKs awaited below must not wait behind a held command
         if client.connected:
             payload = _dumps({"online": False, "reason": reason})
             try:

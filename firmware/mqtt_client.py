@@ -3,11 +3,19 @@
 # session's timers. It knows nothing about topics or the device.
 #
 # Reading: each connection has ONE reader task, started by connect(), that
-# reads into a buffer allocated once per client (readinto, then a memoryview
-# slice to the session: no buffer allocated per read) and feeds the session. A timeout never cancels it: on
-# MicroPython a read cancelled by wait_for can lose the bytes that arrive as
-# the timeout fires (micropython/micropython#17351). It ends when the link
-# closes or fails, or when close() cancels it.
+# reads straight into the session's receive buffer (fixed capacity,
+# allocated once: readinto a memoryview of its free part) and hands the
+# session's events to the owner. A timeout never cancels it: on MicroPython
+# a read cancelled by wait_for can lose the bytes that arrive as the timeout
+# fires (micropython/micropython#17351). It ends when the link closes or
+# fails, or when close() cancels it.
+#
+# Backpressure: the reader reads only when the session has parsed what it
+# may. While the owner holds PUBLISHes (hold(True): its command queue is
+# full) or the session's output has no room, it waits (for hold(False), or
+# for the writer) instead of reading, and TCP flow control holds the broker
+# back. The owner must release the hold promptly (its worker runs on the
+# same loop): a PINGRESP behind a held PUBLISH is not read either.
 #
 # Deadlines (CONNACK, keepalive PINGREQ/PINGRESP, a started packet, a SUBACK,
 # a stalled write) are kept by the session's clock in a timer loop that runs
@@ -32,11 +40,8 @@ except ImportError:
         return x
 
 
-_READ_BUF = const(512)  # a read's chunk; packets of any size are assembled by the Decoder
 _WRITE_TIMEOUT_MS = const(10000)
 _WRITE_POLL_MS = const(5)  # how often a caller of _send() looks whether the writer is done
-_WINDOW = const(8)  # QoS 1 messages handed to the session at once
-_MAX_QUEUED = const(64)  # QoS 1 messages waiting for a window slot
 
 
 class LinkError(Exception):
@@ -55,13 +60,11 @@ class MqttClient:
         self._writer = None
         self._task = None  # the current connection's reader task
         self._link = 0  # counts connections opened and closed
-        self._buf = bytearray(_READ_BUF)  # every read lands here
-        self._mv = memoryview(self._buf)
         self._writing = False  # a _send() is writing (one at a time)
         self._wake = asyncio.Event()  # the reader has news for the timer loop
+        self._resume = asyncio.Event()  # hold(False) for a reader waiting on a held PUBLISH
         self._due = time.ticks_ms()  # ticks when the timer loop plans to wake
         self._tx_since = None  # ticks when the write in progress started
-        self._queued = []  # QoS 1 publishes waiting for a window slot
         self._failure = None  # why the link is unusable
         self._suback_pid = 0  # SUBACK awaited by subscribe_and_wait()
         self._suback = None  # its return codes once it came
@@ -96,7 +99,6 @@ class MqttClient:
             await self._flush()
             await self._serve(1, start, timeout_ms, "CONNACK")
             # Anything that was queued while offline goes out now.
-            self._feed_window()
             await self._flush()
         except LinkError:
             await self.close()
@@ -127,9 +129,12 @@ class MqttClient:
     async def disconnect(self):
         # Planned goodbye: DISCONNECT (the broker discards our Will), then FIN.
         if self.connected:
-            self.session.disconnect(time.ticks_ms())
             try:
-                await self._flush()
+                if not self.session.writable():
+                    await self._send()
+                if self.connected:
+                    self.session.disconnect(time.ticks_ms())
+                    await self._flush()
             except LinkError:
                 pass
         await self.close()
@@ -146,31 +151,36 @@ class MqttClient:
     async def _read_loop(self, reader):
         # The connection's only reader. Never cancelled by a timeout.
         session = self.session
-        buf = self._buf
-        mv = self._mv
+        resume = self._resume
         try:
             while True:
-                n = await reader.readinto(buf)
+                self._dispatch()  # parses what the session may parse now
+                if self._failure is not None:
+                    return
+                if session.has_data_to_send() and not self._writing:
+                    await self._send()  # PUBACKs (a writer at work sends them too); the timer loop watches the write
+                    continue
+                space = session.decoder.space()
+                if not len(space):  # full of what may not be parsed yet
+                    if session.hold:  # a PUBLISH is held: wait for hold(False)
+                        resume.clear()
+                        await resume.wait()
+                    else:  # no output room: wait for the writer at work
+                        await self._send()
+                    continue
+                n = await reader.readinto(space)
                 if n is None:  # TLS: only part of a record came, nothing decrypted yet
                     continue
                 if not n:
                     self._fail("broker closed the connection")
                     return
                 now = time.ticks_ms()
-                try:
-                    session.receive_data(mv[:n], now)
-                except ProtocolError as e:
-                    self._fail("protocol error from broker: %s" % e)
-                    return
+                session.received(n, now)
                 self._dispatch()
-                if self._failure is not None:
-                    return
                 # A deadline that came closer (a packet started) wakes the
                 # timer loop; otherwise it sleeps on.
                 if session.next_timeout_ms(now) < time.ticks_diff(self._due, now):
                     self._wake.set()
-                if session.has_data_to_send() and not self._writing:
-                    await self._send()  # PUBACKs (a writer at work sends them too); the timer loop watches the write
         except OSError as e:
             self._fail(self._oserror("read", e))
         except LinkError as e:
@@ -217,8 +227,12 @@ class MqttClient:
                 pass
 
     def _dispatch(self):
-        while True:
-            ev = self.session.next_event()
+        while self._failure is None:
+            try:
+                ev = self.session.next_event()
+            except ProtocolError as e:
+                self._fail("protocol error from broker: %s" % e)
+                return
             if ev is None:
                 return
             k = ev[0]  # the kinds: mqtt_session's "events"
@@ -227,9 +241,7 @@ class MqttClient:
             elif k == 16:  # connection refused
                 self._fail("broker refused CONNECT: %s (code %d)" % (ev[2], ev[1]))
             else:
-                if k == 4:  # publish acked
-                    self._feed_window()
-                elif k == 2:  # connected
+                if k == 2:  # connected
                     self._wake.set()
                 elif k == 9 and ev[1] == self._suback_pid:  # subscribed
                     self._suback = ev[2]
@@ -298,30 +310,29 @@ class MqttClient:
 
     async def publish(self, topic, payload, qos=0, retain=False):
         # QoS 0: sent now if connected, else dropped (returns 0).
-        # QoS 1: returns the packet id, or -1 while it waits for a window slot;
-        # it survives reconnects and is resent with DUP until acknowledged.
-        now = time.ticks_ms()
+        # QoS 1: returns the packet id; it goes out as the session's window
+        # allows, survives reconnects and is resent with DUP until acknowledged.
         if qos == 0:
+            if not self.session.writable():
+                await self._send()  # all that fills the output (or the link closed)
             if not self.connected:
                 return 0
-            self.session.publish(topic, payload, 0, retain, now)
+            self.session.publish(topic, payload, 0, retain, time.ticks_ms())
             await self._flush()
             return 0
-        if self.session.inflight_count() >= _WINDOW:
-            if len(self._queued) >= _MAX_QUEUED:
-                raise LinkError("too many QoS 1 messages queued (%d)" % _MAX_QUEUED)
-            self._queued.append((topic, payload, retain))
-            return -1
-        pid = self.session.publish(topic, payload, 1, retain, now)
+        if self.session.inflight_count() >= mqtt_session.MAX_INFLIGHT:
+            raise LinkError("too many QoS 1 messages queued (%d)" % mqtt_session.MAX_INFLIGHT)
+        pid = self.session.publish(topic, payload, 1, retain, time.ticks_ms())
         if self.connected:
             await self._flush()
         return pid
 
-    def _feed_window(self):
-        q = self._queued
-        while q and self.session.inflight_count() < _WINDOW:
-            topic, payload, retain = q.pop(0)
-            self.session.publish(topic, payload, 1, retain, time.ticks_ms())
+    def hold(self, on):
+        # Stop (True) or resume (False) taking PUBLISHes: while held, the
+        # reader stops at the next one and reads no further (backpressure).
+        self.session.hold = on
+        if not on:
+            self._resume.set()
 
     async def subscribe_and_wait(self, topics, timeout_ms):
         # Subscribe and wait for the SUBACK (running the timers meanwhile);
@@ -331,6 +342,10 @@ class MqttClient:
         if not self.connected:
             raise LinkError(self._failure or "not connected")
         self._suback = None
+        if not self.session.writable():
+            await self._send()
+            if not self.connected:
+                raise LinkError(self._failure or "not connected")
         # Known before the SUBSCRIBE leaves: the reader may get the SUBACK
         # while this task is still in the write.
         self._suback_pid = self.session.subscribe(topics, start)
@@ -345,4 +360,4 @@ class MqttClient:
 
     def pending(self):
         # QoS 1 messages not yet acknowledged (in flight + queued).
-        return self.session.inflight_count() + len(self._queued)
+        return self.session.inflight_count()

@@ -304,47 +304,64 @@ def _parse(first, buf, pos, end):
 
 
 class Decoder:
-    """Streaming decoder of broker packets: feed() bytes as they arrive,
-    next_packet() until None.
+    """Streaming decoder of broker packets: read bytes into space(), then
+    wrote(n), and next_packet() until None.
 
-    A PUBLISH larger than max_packet does not kill the connection: its topic
-    and packet id are parsed, the payload is discarded as it arrives, and a
-    PUBLISH with payload None and size = payload length is returned. Any
-    other packet over max_packet is a ProtocolError. After a ProtocolError
-    the decoder is unusable (the link must be dropped).
+    The buffer has a fixed size, allocated once (reads land in it; it never
+    grows). A PUBLISH that does not fit in it (up to max_packet) has its
+    topic and packet id parsed there, and its payload read straight into a
+    bytearray of its own (space() is then the rest of that payload): the
+    payload is the one allocation per packet, as for a small PUBLISH. A
+    PUBLISH larger than max_packet does not kill the connection: its
+    payload is discarded as it arrives, and a PUBLISH with payload None and
+    size = payload length is returned. Any other packet larger than
+    max_packet, or than the buffer, is a ProtocolError. After a
+    ProtocolError the decoder is unusable until reset().
     """
 
-    def __init__(self, max_packet=4096):
+    def __init__(self, max_packet=4096, size=192):
         self.max_packet = max_packet
-        self._buf = bytearray()  # unparsed bytes start at self._pos
-        self._pos = 0
-        self._skip = 0  # oversize payload bytes still to discard
-        self._oversize = None  # the PUBLISH returned once the skipping is done
+        self._buf = bytearray(size)
+        self.reset()
 
-    def feed(self, data):
-        # data: bytes, bytearray or memoryview (copied into the buffer)
-        if self._skip:  # invariant: the buffer is empty while skipping
-            n = min(self._skip, len(data))
+    def reset(self):
+        # Empty, for a new link (the buffer is kept).
+        self._pos = 0  # unparsed bytes are _buf[_pos:_end]
+        self._end = 0
+        self._skip = 0  # payload bytes still to come of the PUBLISH in _oversize
+        self._oversize = None  # that PUBLISH (its payload None: discarded), returned once complete
+
+    def space(self):
+        """Where the next bytes go (a memoryview to read into; then call
+        wrote(n)): the rest of a big PUBLISH's payload, or the free tail of
+        the buffer. Unparsed bytes are first moved to the front, in pieces
+        that never overlap (a slice copy within one buffer is a memcpy)."""
+        p = self._oversize
+        if p is not None and p[2] is not None:
+            return memoryview(p[2])[len(p[2]) - self._skip:]
+        mv = memoryview(self._buf)
+        pos = self._pos
+        if pos:
+            n = self._end - pos
+            i = 0
+            while i < n:
+                k = min(pos, n - i)
+                mv[i:i + k] = mv[pos + i:pos + i + k]
+                i += k
+            self._pos = 0
+            self._end = n
+        return mv[self._end:]
+
+    def wrote(self, n):
+        """n bytes were written at the start of space()."""
+        p = self._oversize
+        if p is not None and p[2] is not None:
             self._skip -= n
-            if n == len(data):
-                return
-            data = memoryview(data)[n:]
-        self._buf.extend(data)
-
-    def partial(self):
-        """True while a packet has begun arriving and is not complete."""
-        return self._skip > 0 or self._pos < len(self._buf)
-
-    def _consume(self, n):
-        # drop n parsed bytes; compact only once the dead prefix is large.
-        # Shrinking a bytearray keeps its allocation: no heap churn.
-        self._pos += n
-        if self._pos == len(self._buf):
-            self._buf[:] = b""
-            self._pos = 0
-        elif self._pos >= 1024 and self._pos * 2 >= len(self._buf):
-            self._buf[:self._pos] = b""
-            self._pos = 0
+            return
+        d = min(self._skip, n)  # an oversize payload: dropped (the buffer is empty meanwhile)
+        self._skip -= d
+        self._pos += d
+        self._end += n
 
     def next_packet(self):
         """Return the next complete packet, or None if more bytes are needed."""
@@ -356,7 +373,7 @@ class Decoder:
             return p
         buf = self._buf
         start = self._pos
-        size = len(buf)
+        size = self._end
         if start >= size:
             return None
         first = buf[start]
@@ -384,38 +401,44 @@ class Decoder:
             shift += 7
             if shift == 28:
                 raise ProtocolError("remaining length exceeds 4 bytes")
-        if rem > self.max_packet:
-            if kind != _PUBLISH:
-                raise ProtocolError("%s of %d bytes exceeds max_packet %d" % (_name(kind), rem, self.max_packet))
-            return self._start_oversize(first, i, rem)
         end = i + rem
+        if rem > self.max_packet or end - start > len(buf):
+            if kind != _PUBLISH:
+                raise ProtocolError("%s of %d bytes exceeds max_packet %d"
+                                    % (_name(kind), rem, min(self.max_packet, len(buf) - 5)))
+            return self._start_payload(first, i, rem, rem <= self.max_packet)
         if end > size:
             return None
         packet = _parse(first, buf, i, end)
-        self._consume(end - start)
+        self._pos = end
         return packet
 
-    def _start_oversize(self, first, body, rem):
-        # Parse topic + packet id from the buffer (they must fit in max_packet),
-        # then discard the payload without buffering it.
+    def _start_payload(self, first, body, rem, keep):
+        # A PUBLISH bigger than the buffer: parse topic + packet id from the
+        # buffer, then read the payload into a bytearray of its own (keep),
+        # or discard it as it arrives.
         buf = self._buf
-        have = len(buf) - body
+        have = self._end - body
         if have < 2:
             return None
         head = 2 + ((buf[body] << 8) | buf[body + 1]) + (2 if (first >> 1) & 3 else 0)
         if head > rem:
             raise ProtocolError("truncated PUBLISH topic")
-        if head > self.max_packet:
-            raise ProtocolError("PUBLISH topic longer than max_packet %d" % self.max_packet)
+        if head > self.max_packet or body - self._pos + head > len(buf):
+            raise ProtocolError("PUBLISH topic longer than max_packet %d" % min(self.max_packet, len(buf) - 5))
         if have < head:
             return None
         topic, qos, pid, pos = _get_publish_head(first, buf, body, body + head)
-        payload = rem - head
-        drop = min(payload, len(buf) - pos)
-        self._consume(pos + drop - self._pos)
-        self._skip = payload - drop
-        p = (_PUBLISH, topic, None, qos, first & 1 == 1, first & 8 == 8, pid, payload)
+        n = rem - head
+        drop = min(n, self._end - pos)
+        p = None
+        if keep:
+            p = bytearray(n)
+            p[:drop] = memoryview(buf)[pos:pos + drop]
+        self._pos = pos + drop
+        self._skip = n - drop
+        packet = (_PUBLISH, topic, p, qos, first & 1 == 1, first & 8 == 8, pid, None if keep else n)
         if self._skip:
-            self._oversize = p
+            self._oversize = packet
             return None
-        return p
+        return packet

@@ -29,16 +29,43 @@ from packets import (  # noqa: E402 - the firmware's packet tuples, by name
 H = bytes.fromhex
 
 
-def decode(data, max_packet=c.MAX_REMAINING_LENGTH):
-    """Exactly one whole broker packet (ProtocolError if incomplete or trailing bytes)."""
-    d = Decoder(max_packet)
-    d.feed(data)
-    p = d.next_packet()
-    if p is None:
+def feed(d, data):
+    """Copy data into the decoder's free space, as the client's reader does
+    with readinto (it must fit: the buffer never grows)."""
+    space = d.space()
+    assert len(data) <= len(space), f"{len(data)} bytes do not fit in {len(space)}"
+    space[:len(data)] = data
+    d.wrote(len(data))
+
+
+def stream(d, data):
+    """Feed data however big, parsing as room runs out (the reader's loop);
+    returns the packets."""
+    got = []
+    mv = memoryview(data)
+    while True:
+        while (p := d.next_packet()) is not None:
+            got.append(p)
+        if not len(mv):
+            return got
+        space = d.space()
+        n = min(len(space), len(mv))
+        assert n, "decoder buffer full of an unparsed packet"
+        space[:n] = mv[:n]
+        d.wrote(n)
+        mv = mv[n:]
+
+
+def decode(data, max_packet=None):
+    """Exactly one whole broker packet (ProtocolError if incomplete or trailing
+    bytes); the decoder's buffer holds data whole unless max_packet is given."""
+    d = Decoder(len(data) if max_packet is None else max_packet)
+    got = stream(d, data)
+    if not got:
         raise ProtocolError("incomplete packet")
-    if d._pos != len(d._buf):
+    if len(got) > 1 or d._skip or d._pos < d._end:
         raise ProtocolError("trailing bytes after packet")
-    return p
+    return got[0]
 
 
 def fields(p):
@@ -149,27 +176,21 @@ def test_decoder_one_byte_at_a_time(name, packet, wire):
     d = Decoder()
     for i in range(len(wire)):
         assert d.next_packet() is None
-        d.feed(wire[i:i + 1])
+        feed(d, wire[i:i + 1])
     assert d.next_packet() == packet
     assert d.next_packet() is None
 
 
 def test_whole_table_in_one_stream():
     d = Decoder()
-    d.feed(b"".join(w for _, _, w in SMALL))
-    got = []
-    while True:
-        p = d.next_packet()
-        if p is None:
-            break
-        got.append(p)
+    got = stream(d, b"".join(w for _, _, w in SMALL))
     assert got == [p for _, p, _ in SMALL]
 
 
 def test_largest_remaining_length_header_is_accepted_and_waits():
-    d = Decoder(max_packet=c.MAX_REMAINING_LENGTH)
-    d.feed(b"\x30\xff\xff\xff\x7f\x00\x01t")
-    assert d.next_packet() is None  # 268,435,455 bytes announced, more needed
+    d = Decoder(max_packet=1 << 16)
+    feed(d, b"\x30\xff\xff\xff\x7f\x00\x01t")
+    assert d.next_packet() is None  # 268,435,455 bytes announced, skipped as they come
 
 
 def test_packet_tuples_carry_their_type():
@@ -252,13 +273,13 @@ def test_malformed_one_byte_at_a_time(wire, message):
     d = Decoder()
     with pytest.raises(ProtocolError):
         for i in range(len(data)):
-            d.feed(data[i:i + 1])
+            feed(d, data[i:i + 1])
             assert d.next_packet() is None
 
 
 def test_non_publish_over_max_packet_is_protocol_error():
     d = Decoder(max_packet=10)
-    d.feed(peer.encode(peer.Suback(1, [0] * 20))[:3])
+    feed(d, peer.encode(peer.Suback(1, [0] * 20))[:3])
     with pytest.raises(ProtocolError, match="SUBACK of 22 bytes exceeds max_packet 10"):
         d.next_packet()
 
@@ -273,39 +294,78 @@ def test_oversize_publish_is_skipped_not_buffered(chunk):
     d = Decoder(max_packet=100)
     got = []
     for i in range(0, len(wire), chunk):
-        d.feed(wire[i:i + chunk])
-        assert len(d._buf) <= 100 + chunk  # never holds the 10 KB payload
-        while True:
-            p = d.next_packet()
-            if p is None:
-                break
-            got.append(p)
+        got += stream(d, wire[i:i + chunk])
+        assert len(d._buf) == 192  # never grows: the 10 KB payload is not held
     assert got == [
         Publish("dev/cmd", None, qos=1, retain=True, packet_id=77, size=10240),
         Publish("dev/cmd", b"after", qos=1, packet_id=78),
     ]
 
 
+@pytest.mark.parametrize("chunk", [1, 100, 5000])
+def test_publish_bigger_than_the_buffer_is_read_into_its_own_payload(chunk):
+    # up to max_packet, a PUBLISH that does not fit in the fixed buffer is
+    # whole: topic and id parsed in the buffer, the payload read straight
+    # into one bytearray (space() is its rest), the buffer never grows
+    big = Publish("dev/cmd", bytes(range(256)) * 4, qos=1, packet_id=9)
+    wire = encode(big) + peer.encode(peer.Pingresp())
+    d = Decoder(max_packet=2000, size=64)
+    got = []
+    for i in range(0, len(wire), chunk):
+        got += stream(d, wire[i:i + chunk])
+        assert len(d._buf) == 64
+    assert got == [big, Pingresp()]
+    assert isinstance(got[0][2], bytearray) and len(got[0][2]) == 1024
+
+
+def test_big_publish_behind_other_packets_is_read_whole():
+    # its topic arrives at the end of the buffer, behind a parsed packet:
+    # room is made by moving it to the front, not refused
+    d = Decoder(max_packet=2000, size=64)
+    big = Publish("t" * 40, b"y" * 500, qos=1, packet_id=3)
+    wire = peer.encode(peer.Pingresp()) * 10 + encode(big)
+    assert stream(d, wire[:30]) == [Pingresp()] * 10
+    assert stream(d, wire[30:]) == [big]
+
+
+def test_payload_is_read_in_place():
+    d = Decoder(max_packet=2000, size=64)
+    wire = encode(Publish("t", b"x" * 300))
+    feed(d, wire[:10])
+    assert d.next_packet() is None
+    space = d.space()
+    assert len(space) == len(wire) - 10  # the rest of the payload, not the buffer
+    space[:] = wire[10:]
+    d.wrote(len(space))
+    assert d.next_packet() == Publish("t", b"x" * 300)
+
+
+def test_non_publish_bigger_than_the_buffer_is_protocol_error():
+    d = Decoder(max_packet=4096, size=16)
+    feed(d, peer.encode(peer.Suback(1, [0] * 20))[:3])
+    with pytest.raises(ProtocolError, match="SUBACK of 22 bytes exceeds max_packet 11"):
+        d.next_packet()
+
+
 def test_oversize_publish_qos0_returned_when_fully_skipped():
     d = Decoder(max_packet=16)
     wire = encode(Publish("t", b"z" * 50))
-    d.feed(wire[:20])
+    feed(d, wire[:20])
     assert d.next_packet() is None  # 33 payload bytes still to skip
-    d.feed(wire[20:])
-    assert d.next_packet() == Publish("t", None, size=50)
+    assert stream(d, wire[20:]) == [Publish("t", None, size=50)]  # 35 bytes > the 21-byte buffer
     assert d.next_packet() is None
 
 
 def test_oversize_publish_with_huge_topic_is_protocol_error():
     d = Decoder(max_packet=16)
-    d.feed(encode(Publish("t" * 40, b"z" * 10))[:6])
+    feed(d, encode(Publish("t" * 40, b"z" * 10))[:6])
     with pytest.raises(ProtocolError, match="topic longer than max_packet"):
         d.next_packet()
 
 
 def test_oversize_publish_topic_beyond_remaining_length():
     d = Decoder(max_packet=16)
-    d.feed(H("3014 0020"))  # remaining 20 > 16, topic claims 32 bytes
+    feed(d, H("3014 0020"))  # remaining 20 > 16, topic claims 32 bytes
     with pytest.raises(ProtocolError, match="truncated PUBLISH topic"):
         d.next_packet()
 
@@ -316,9 +376,8 @@ def test_compacting_keeps_the_stream_intact():
     wire = b"".join(encode(Publish("t/%d" % i, b"p" * (i % 50), 1, packet_id=i + 1)) for i in range(300))
     got = []
     for i in range(0, len(wire), 333):
-        d.feed(wire[i:i + 333])
-        while (p := d.next_packet()) is not None:
-            got.append(p)
+        got += stream(d, wire[i:i + 333])
+    assert len(d._buf) == 192
     assert [(p[1], len(p[2]), p[6]) for p in got] == [("t/%d" % i, i % 50, i + 1) for i in range(300)]
 
 
@@ -455,10 +514,8 @@ def test_stream_of_packets_in_random_chunks(packets, data):
     got = []
     prev = 0
     for cut in cuts + [len(wire)]:
-        d.feed(wire[prev:cut])
+        got += stream(d, wire[prev:cut])
         prev = cut
-        while (p := d.next_packet()) is not None:
-            got.append(p)
     assert [fields(p) for p in got] == [fields(p) for p in packets]
 
 
@@ -471,9 +528,8 @@ def _drain(d):
 @given(st.binary(max_size=200), st.integers(1, 300))
 def test_garbage_raises_only_protocol_error(data, max_packet):
     d = Decoder(max_packet)
-    d.feed(data)
     try:
-        _drain(d)
+        stream(d, data)
     except ProtocolError:
         pass
     try:
@@ -488,8 +544,7 @@ def test_garbage_in_chunks_raises_only_protocol_error(chunks, max_packet):
     d = Decoder(max_packet)
     try:
         for chunk in chunks:
-            d.feed(chunk)
-            _drain(d)
+            stream(d, chunk)
     except ProtocolError:
         pass
 
@@ -517,9 +572,9 @@ def test_mosquitto_speaks_our_wire_format(broker):
 
     def read_packet():
         while (p := d.next_packet()) is None:
-            data = conn.recv(4096)
-            assert data, "the broker closed the connection"
-            d.feed(data)
+            n = conn.recv_into(d.space())
+            assert n, "the broker closed the connection"
+            d.wrote(n)
         return p
 
     try:

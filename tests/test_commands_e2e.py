@@ -220,16 +220,7 @@ def test_flood_of_commands_is_answered_busy_beyond_the_queue_and_telemetry_flows
     assert obs.wait_for(lambda m: m.topic == result and m.json()["id"] == "after-flood", 5, start=mark).json()["ok"] is True
 
 
-# TODO(issue 12): on a 100 KiB heap the flood grows the decoder's and the
-# session's output bytearrays until an allocation of ~1 KiB fails
-# (MemoryError in the reader and in Session._queue): the reader must stop
-# reading while output is backed up, and both buffers need a fixed capacity.
-# Not strict: whether the heap holds depends on how the bytes fall into reads.
-VM_FLOOD = pytest.mark.xfail(strict=False, reason="issue 12: a flood on a 100 KiB heap ends in MemoryError "
-                             "(decoder and output buffers grow without bound)")
-
-
-@pytest.mark.parametrize("emu", ["cpython", pytest.param("micropython", marks=VM_FLOOD)], indirect=True)
+@both_backends
 def test_flood_of_1000_commands(online):
     """SPEC section 4 item 15 on both backends: 1000 QoS 1 commands in a burst. Every
     id gets exactly one result (ok, or "busy" beyond the bounded queue), and the
@@ -253,6 +244,10 @@ def test_flood_of_1000_commands(online):
     results = [m.json()["id"] for m in obs.messages[mark:] if m.topic == RESULT]
     assert len(results) == 1000 == len(set(results))
     assert board.halted is False
+    # and still takes commands, with a heap that has room (100 KiB on the VM)
+    mark = send(obs, {"id": "after-flood", "op": "stats"})
+    stats = result_for(obs, "after-flood", mark, 10)["result"]
+    assert 0 < stats["heap_max_free"] <= stats["heap_free"]
 
 
 def test_flood_of_one_id_runs_it_once_and_answers_every_copy(online):

@@ -83,3 +83,26 @@ def as_tuple(p):
     if isinstance(p, tuple):
         return p
     return (_TYPES[type(p).__name__],) + tuple(getattr(p, n) for n in p._FIELDS)
+
+
+def receive(s, data, now):
+    # Bytes into a Session as the client's reader puts them there (into
+    # decoder.space(), then received()), each piece parsed at once, so a
+    # ProtocolError is raised here; the events wait in the session for
+    # next_event(). DISCONNECTED (0) ends it.
+    mv = memoryview(data)
+    got = []
+    while True:
+        e = s.next_event()
+        while e is not None:
+            got.append(e)
+            e = s.next_event()
+        if not len(mv) or s.state == 0:
+            break
+        space = s.decoder.space()
+        n = min(len(space), len(mv))
+        assert n, "receive buffer full"
+        space[:n] = mv[:n]
+        s.received(n, now)
+        mv = mv[n:]
+    s._events[:0] = got

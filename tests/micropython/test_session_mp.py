@@ -16,7 +16,7 @@ from mqtt_peer import (  # the broker's side of the wire
     Subscribe, encode,
 )
 from mqtt_session import CONNECTED, DISCONNECTED, Session
-from packets import REFUSED, Connected, LinkDead, Message, PublishAcked, Subscribed  # event tuples
+from packets import REFUSED, Connected, LinkDead, Message, PublishAcked, Subscribed, receive  # event tuples
 
 WRAP = 1 << 30
 
@@ -45,7 +45,7 @@ def connected(now, ka=10):
     s = Session("dev-1", ka, will=("d/s", b'{"online": false}', 1, True))
     s.start(now)
     assert sent(s) == [Connect("dev-1", ka, True, "d/s", b'{"online": false}', 1, True)]
-    s.receive_data(encode(Connack()), now)
+    receive(s, encode(Connack()), now)
     assert events(s) == [Connected(False)]
     return s
 
@@ -53,7 +53,7 @@ def connected(now, ka=10):
 def test_refused():
     s = Session("dev-1", 10)
     s.start(0)
-    s.receive_data(encode(Connack(return_code=4)), 1)
+    receive(s, encode(Connack(return_code=4)), 1)
     ev = events(s)
     assert len(ev) == 1 and ev[0][0] == REFUSED
     assert ev[0][1] == 4 and s.state == DISCONNECTED
@@ -67,7 +67,7 @@ def test_keepalive_and_dead_link_across_wrap():
     assert sent(s) == []
     s.tick((t0 + 7500) % WRAP)
     assert sent(s) == [Pingreq()]
-    s.receive_data(encode(Pingresp()), (t0 + 7600) % WRAP)
+    receive(s, encode(Pingresp()), (t0 + 7600) % WRAP)
     assert s.state == CONNECTED
     # broker goes silent: next PINGREQ 7.5 s after the last one, LinkDead 10 s later
     s.tick((t0 + 14999) % WRAP)
@@ -105,13 +105,13 @@ def test_qos1_out_resent_with_dup():
     a = s.publish("d/s", b"on", qos=1, retain=True, now_ms=1)
     b = s.publish("d/r", b"x", qos=1, now_ms=1)
     assert len(sent(s)) == 2
-    s.receive_data(encode(Puback(a)), 2)
+    receive(s, encode(Puback(a)), 2)
     assert events(s) == [PublishAcked(a)]
     s.connection_lost(3)
     c = s.publish("d/r", b"y", qos=1, now_ms=4)
     s.start(5)
     assert sent(s) == [Connect("dev-1", 10, True, "d/s", b'{"online": false}', 1, True)]
-    s.receive_data(encode(Connack()), 6)
+    receive(s, encode(Connack()), 6)
     assert sent(s) == [Publish("d/r", b"x", 1, False, True, b),
                        Publish("d/r", b"y", 1, False, False, c)]
     assert s.inflight_count() == 2
@@ -127,7 +127,7 @@ def test_qos1_in_pubacked_and_subscribe():
     s = connected(0, ka=30)
     pid = s.subscribe([("d/cmd", 1)], 1)
     assert sent(s) == [Subscribe(pid, [("d/cmd", 1)])]
-    s.receive_data(encode(Suback(pid, [1])) +
+    receive(s, encode(Suback(pid, [1])) +
                    encode(Publish("d/cmd", b'{"id": "1"}', 1, False, True, 9)), 2)
     assert events(s) == [Subscribed(pid, [1]),
                          Message("d/cmd", b'{"id": "1"}', 1, False, True, 9, None)]
@@ -144,7 +144,7 @@ def test_wrong_state_and_protocol_errors():
         raise AssertionError("QoS 0 publish accepted while DISCONNECTED")
     s = connected(0)
     try:
-        s.receive_data(encode(Connack()), 1)
+        receive(s, encode(Connack()), 1)
     except ProtocolError:
         pass
     else:
@@ -165,7 +165,7 @@ def test_started_packet_deadline_drip_across_wrap():
     while s.state == CONNECTED:
         if i < len(drip):
             buf[0] = drip[i]
-            s.receive_data(mv[:1], t % WRAP)  # a slice of a reused buffer
+            receive(s, mv[:1], t % WRAP)  # a slice of a reused buffer
             i += 1
         s.tick(t % WRAP)
         sent(s)
@@ -177,8 +177,8 @@ def test_started_packet_deadline_drip_across_wrap():
 def test_started_packet_deadline_cleared_by_completion():
     s = connected(0, ka=0)
     wire = encode(Puback(3))
-    s.receive_data(wire[:1], 100)
+    receive(s, wire[:1], 100)
     assert s.next_timeout_ms(100) == 10000
-    s.receive_data(wire[1:], 10099)
+    receive(s, wire[1:], 10099)
     s.tick(50000)
     assert s.state == CONNECTED
