@@ -6,7 +6,7 @@ project's firmware and the templates `esp32emu new` copies.
 checkout or from an sdist, whose MANIFEST.in includes these folders --
 copies it into the package as `emulator/_firmware/`, and `examples/tests/`
 and `examples/ci/` as `emulator/_templates/`. An editable install copies
-nothing: the package reads the checkout's folders (emulator/firmware_dir.py).
+nothing: the package reads the checkout's folders (emulator/firmware/folder.py).
 """
 
 from pathlib import Path
@@ -15,7 +15,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-# repository folder -> (package folder, files); keep in step with emulator.firmware_dir.BUNDLED
+# repository folder -> (package folder, files); keep in step with emulator.firmware.folder.BUNDLED
 BUNDLED = {
     "firmware": ("emulator/_firmware", "*.py"),
     "examples/tests": ("emulator/_templates/tests", "*.py"),

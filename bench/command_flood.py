@@ -43,10 +43,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emulator.broker import Broker  # noqa: E402
-from emulator.harness import Emulator  # noqa: E402
-from emulator.loader import FirmwareImage  # noqa: E402
-from emulator.observing import ObserverClient  # noqa: E402
+from emulator.board.loader import FirmwareImage  # noqa: E402
+from emulator.broker.mosquitto import Broker  # noqa: E402
+from emulator.observe.recording import ObserverClient  # noqa: E402
+from emulator.testing.harness import Emulator  # noqa: E402
 
 DEV = "flood"
 

@@ -41,9 +41,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from emulator.broker import Broker  # noqa: E402
-from emulator.observer import FleetObserver, percentile  # noqa: E402
-from emulator.workers import raise_fd_limit, rss_kb  # noqa: E402
+from emulator.broker.mosquitto import Broker  # noqa: E402
+from emulator.fleet.workers import raise_fd_limit, rss_kb  # noqa: E402
+from emulator.observe.counting import FleetObserver, percentile  # noqa: E402
 
 KEEPALIVE = 30
 TARGET_ONLINE_S = 60

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emulator.broker import Broker  # noqa: E402
-from emulator.harness import Emulator  # noqa: E402
+from emulator.broker.mosquitto import Broker  # noqa: E402
+from emulator.testing.harness import Emulator  # noqa: E402
 from tests.boards import ConsoleWatch, PacketTap, is_birth, is_will  # noqa: E402
 from tests.helpers import Observer  # noqa: E402
 

@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emulator import certs
-from emulator.board import Board
-from emulator.boardconfig import default_config
-from emulator.broker import Broker, TlsConfig
-from emulator.fleet import check_fd_limit
-from emulator.loader import FirmwareImage
-from emulator.observer import FleetObserver
+from emulator.board.board import Board
+from emulator.board.loader import FirmwareImage
+from emulator.broker import certs
+from emulator.broker.mosquitto import Broker, TlsConfig
+from emulator.firmware.config import default_config
+from emulator.fleet.run import check_fd_limit
+from emulator.observe.counting import FleetObserver
 
 
 async def _bring_online(boards: list[Board], observer: FleetObserver, boot_rate: float, timeout: float) -> dict:

@@ -39,8 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from emulator.broker import Broker  # noqa: E402
-from emulator.vm import DEFAULT_HEAP  # noqa: E402
+from emulator.board.vm.interpreter import DEFAULT_HEAP  # noqa: E402
+from emulator.broker.mosquitto import Broker  # noqa: E402
 
 KEEPALIVE = 30
 

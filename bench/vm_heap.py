@@ -48,10 +48,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from emulator.broker import Broker  # noqa: E402
-from emulator.flash import build_files, compile_mpy  # noqa: E402
-from emulator.loader import FIRMWARE_DIR  # noqa: E402
-from emulator.observing import ObserverClient  # noqa: E402
+from emulator.board.loader import FIRMWARE_DIR  # noqa: E402
+from emulator.broker.mosquitto import Broker  # noqa: E402
+from emulator.observe.recording import ObserverClient  # noqa: E402
+from emulator.realboard.flash import build_files, compile_mpy  # noqa: E402
 
 MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
 BUDGET = 65536  # heap_alloc after connect, bytes (issue 12)
@@ -153,7 +153,7 @@ def board_config(host: str, port: int, device_id: str = "vm-heap", interval: flo
 
 def stage(dest: Path, config: dict, *, firmware_dir: Path = FIRMWARE_DIR, mpy: bool = True) -> Path:
     """A board's filesystem in `dest`: the files `esp32emu flash` deploys
-    (emulator.flash.build_files) plus the stubs, compiled like the firmware."""
+    (emulator.realboard.flash.build_files) plus the stubs, compiled like the firmware."""
     dest.mkdir(parents=True, exist_ok=True)
     work = dest.parent / (dest.name + "-build")
     work.mkdir(exist_ok=True)

@@ -1,5 +1,5 @@
 """The firmware on the real MicroPython interpreter at several heap sizes
-(not a test): one VM board per heap (emulator/vm/, firmware as `flash --mpy`
+(not a test): one VM board per heap (emulator/board/vm/, firmware as `flash --mpy`
 deploys it) against a private Mosquitto, telemetry every second and a
 `stats` command every second for `--seconds`; prints one row per heap.
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emulator.broker import Broker  # noqa: E402
-from emulator.harness import Emulator  # noqa: E402
-from emulator.testing import BoardHandle, ObserverClient  # noqa: E402
+from emulator.broker.mosquitto import Broker  # noqa: E402
+from emulator.testing.handles import BoardHandle, ObserverClient  # noqa: E402
+from emulator.testing.harness import Emulator  # noqa: E402
 
 
 def one(emu: Emulator, broker: Broker, heap: str, seconds: float) -> dict:

@@ -33,7 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from emulator.broker import Broker  # noqa: E402
+from emulator.broker.mosquitto import Broker  # noqa: E402
 
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 PROBE = REPO / "tests" / "micropython" / "vm_transport_client.py"

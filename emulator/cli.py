@@ -1,5 +1,5 @@
 """The `esp32emu` command line (SPEC §3). Thin: each command parses its
-arguments and calls into `runner`, `broker` or another logic module.
+arguments and calls into `run.commands`, `fleet.run` or another logic module.
 
 Exit codes: 0 success, 2 bad usage or bad input (one line, no traceback),
 1 anything else.
@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from emulator import validation as v
-from emulator.broker import BrokerError
-from emulator.runner import UsageError
+from emulator.broker.mosquitto import BrokerError
+from emulator.validation import UsageError
 
 STATE_DIR = Path(".esp32emu")
 CERTS_DIR = Path("certs")
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from emulator.runner import run_single
+        from emulator.run.commands import run_single
 
         return run_single(
             args.broker,
@@ -172,8 +172,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             firmware=args.firmware,
         )
     if args.command == "fleet":
-        from emulator.fleet import FleetOptions, run_fleet
-        from emulator.workers import auto_workers
+        from emulator.fleet.run import FleetOptions, run_fleet
+        from emulator.fleet.workers import auto_workers
 
         return run_fleet(
             FleetOptions(
@@ -196,17 +196,17 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         )
     if args.command == "watch":
-        from emulator.watch import run_watch
+        from emulator.observe.watch import run_watch
 
         return run_watch(args.broker, args.prefix, args.duration, once=args.once, plain=args.plain, certs_dir=args.certs)
     if args.command == "broker":
-        from emulator.runner import serve_broker
+        from emulator.run.commands import serve_broker
 
         return serve_broker(args.port, args.tls, args.state, args.certs)
     if args.command == "certs":
         return _certs(args)
     if args.command == "flash":
-        from emulator.flash import FlashError, flash
+        from emulator.realboard.flash import FlashError, flash
 
         try:
             flash(
@@ -225,11 +225,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 1
         return 0
     if args.command == "monitor":
-        from emulator.monitor import run_monitor
+        from emulator.realboard.monitor import run_monitor
 
         return run_monitor(args.port)
     if args.command == "serial":
-        from emulator.serial_board import run_serial
+        from emulator.realboard.serial_board import run_serial
 
         return run_serial(
             args.id,
@@ -248,7 +248,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from emulator.certs import CertError, device_ids, make_pki
+    from emulator.broker.certs import CertError, device_ids, make_pki
 
     try:
         issued = make_pki(args.dir, device_ids(args.devices), force=args.force)
@@ -263,7 +263,7 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _new(dest: Path) -> int:
-    from emulator.scaffold import ScaffoldError, new_project
+    from emulator.firmware.scaffold import ScaffoldError, new_project
 
     try:
         made = new_project(dest)

@@ -4,7 +4,7 @@ and the state folder. Each bad value becomes one line that names it
 argparse as `type=`), so the CLI exits 2 without a traceback.
 
 One rule per kind of input, used everywhere that input enters: the option
-parsers below and the library functions (runner, fleet, certs) call the
+parsers below and the library functions (run, fleet, certs) call the
 same checks. No argparse here: cli.py is the only module that knows it.
 """
 
@@ -14,11 +14,8 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
-
-if TYPE_CHECKING:
-    from emulator.broker import Broker
 
 
 class UsageError(Exception):
@@ -104,14 +101,25 @@ FLASH_KIB = Number(int, 16, 16384, unit="KiB")
 SEED = Number(int)
 
 
-def heap(text: str) -> str:
-    """`--heap`: 100k, 2m or a byte count."""
-    from emulator.vm.interpreter import VmError, check_heap
+_HEAP_RE = re.compile(r"^[1-9][0-9]*[kKmM]?$")
 
-    try:
-        return check_heap(text)
-    except VmError as e:
-        raise BadValue(str(e)) from None
+
+def check_heap(heap: str | int) -> str:
+    """A VM board's heap: `100k`, `1m` or a byte count, as `micropython -X
+    heapsize=` takes it; BadValue when it is not one."""
+    text = str(heap).strip()
+    if not _HEAP_RE.match(text):
+        raise BadValue(f"heap must look like 100k, 2m or 120000, got {heap!r}")
+    return text
+
+
+def heap_bytes(heap: str | int) -> int:
+    text = check_heap(heap).lower()
+    scale = {"k": 1024, "m": 1024 * 1024}.get(text[-1], 1)
+    return int(text.rstrip("km")) * scale
+
+
+heap = check_heap  # `--heap`
 
 
 # -- device ids ------------------------------------------------------------------------
@@ -160,7 +168,7 @@ class BrokerURL:
     scheme: str
     host: str
     port: int
-    broker: Broker | None = field(default=None, compare=False)  # set when the tool started it
+    broker: Any = field(default=None, compare=False)  # the emulator.broker.mosquitto.Broker, when the tool started it
     username: str | None = None  # MQTT CONNECT credentials (mqtt://user:password@host)
     password: str | None = field(default=None, repr=False)
 

@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from emulator.board import Board
+from emulator.board.board import Board
 
 KA = 2
 # Run a test that uses `emu` once per board backend: the firmware under
-# CPython with fakes, and on the real MicroPython interpreter (emulator/vm/).
+# CPython with fakes, and on the real MicroPython interpreter (emulator/board/vm/).
 both_backends = pytest.mark.parametrize("emu", ["cpython", "micropython"], indirect=True)
 D = int(1.5 * KA) + 7  # Will deadline after the last packet (SPEC §4)
 

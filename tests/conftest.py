@@ -8,8 +8,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from emulator.broker import Broker
-from emulator.harness import Emulator
+from emulator.broker.mosquitto import Broker
+from emulator.testing.harness import Emulator
 from tests.helpers import Observer
 
 _observer_ids = itertools.count(1)
@@ -67,7 +67,7 @@ def emu(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Emulator]:
     its add_board makes boards of that backend."""
     vm = getattr(request, "param", "cpython")
     if vm == "micropython":
-        from emulator.vm import DEFAULT_HEAP
+        from emulator.board.vm.interpreter import DEFAULT_HEAP
 
         with Emulator(tmp_path / "boards", vm=vm, heap=DEFAULT_HEAP) as e:
             yield e

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from emulator.testing import Message, ObserverClient
+from emulator.testing.handles import Message, ObserverClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE_DIR = REPO_ROOT / "firmware"
@@ -22,7 +22,7 @@ TOOLS_DIR = REPO_ROOT / "tools"
 
 
 class Observer(ObserverClient):
-    """The plugin's observer (emulator.testing.ObserverClient) plus the
+    """The plugin's observer (emulator.testing.handles.ObserverClient) plus the
     index-based waits the suite is written with: `wait_for(predicate,
     timeout, start)` returns the first matching message from index `start`
     on, and fails listing what did arrive."""

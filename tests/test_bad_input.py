@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from emulator import scenario
 from emulator.cli import main
+from emulator.run import scenario
 from emulator.validation import UsageError, device_id_error, parse_broker_url
 
 REPO = Path(__file__).resolve().parent.parent
@@ -217,7 +217,7 @@ def test_device_id_rule_agrees_with_the_firmware(device_id):
 
 
 def test_the_pki_uses_the_same_rule(tmp_path):
-    from emulator.certs import CertError, make_pki
+    from emulator.broker.certs import CertError, make_pki
 
     for bad in ("dev-1\n", "../x", "backend", ""):
         with pytest.raises(CertError) as e:

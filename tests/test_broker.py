@@ -1,4 +1,4 @@
-"""emulator.broker against the real Mosquitto: start, restart, stop, kill, pause, refusals."""
+"""emulator.broker.mosquitto against the real Mosquitto: start, restart, stop, kill, pause, refusals."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from emulator.broker import Broker, BrokerError, free_port, mosquitto_version
-from emulator.mqttprobe import mqtt_connect_rc
+from emulator.broker.mosquitto import Broker, BrokerError, free_port, mosquitto_version
+from emulator.broker.probe import mqtt_connect_rc
 from tests.helpers import Observer
 
 pytestmark = pytest.mark.mosquitto

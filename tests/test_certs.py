@@ -1,4 +1,4 @@
-"""The dev PKI (`esp32emu certs`, emulator/certs.py) and the broker's ACL.
+"""The dev PKI (`esp32emu certs`, emulator/broker/certs.py) and the broker's ACL.
 
 Everything is generated into tmp_path, never into the repository's certs/.
 """
@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from emulator import certs
-from emulator.broker import Broker, TlsConfig, acl_text
+from emulator.broker import certs
+from emulator.broker.mosquitto import Broker, TlsConfig, acl_text
 from emulator.cli import main
 
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from emulator.broker import free_port
+from emulator.broker.mosquitto import free_port
 from tests.test_emulator_board import Console
 
 

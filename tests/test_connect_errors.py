@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.broker import free_port
+from emulator.broker.mosquitto import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.esp32emu(keepalive=2, interval=1)]
 

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 
-from emulator.board import Board
-from emulator.clock import UNIX_2000
-from emulator.loader import FirmwareImage
+from emulator.board.board import Board
+from emulator.board.clock import UNIX_2000
+from emulator.board.loader import FirmwareImage
 
 # -- helpers -------------------------------------------------------------------------
 

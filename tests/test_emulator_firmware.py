@@ -4,7 +4,7 @@ loopback port nobody listens on, so boot gets as far as connecting."""
 
 from __future__ import annotations
 
-from emulator.broker import free_port
+from emulator.broker.mosquitto import free_port
 from tests.test_emulator_board import Console
 
 

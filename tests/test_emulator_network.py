@@ -4,7 +4,7 @@ No broker: the firmware here is a status watcher written for the test."""
 
 from __future__ import annotations
 
-from emulator.fakes.networkfake import AccessPoint
+from emulator.board.fakes.networkfake import AccessPoint
 from tests.test_emulator_board import boot_board, image
 
 # Prints every status change; reports once a status has held for HOLD_MS.

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
-from emulator.broker import Broker
-from emulator.harness import Emulator
+from emulator.broker.mosquitto import Broker
+from emulator.testing.harness import Emulator
 from tests.boards import is_birth
 from tests.helpers import Observer
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from emulator import cli, firmware_dir
-from emulator.firmware_dir import FirmwareError, bundled_firmware, check, emulated_board_modules, fw_version, resolve
-from emulator.flash import flash
-from emulator.scaffold import adapt_ci, config_template, new_project
+from emulator import cli
+from emulator.board.backends import board_modules, emulated_board_modules
+from emulator.firmware.folder import FirmwareError, bundled_firmware, check, fw_version, resolve
+from emulator.firmware.scaffold import adapt_ci, config_template, new_project
+from emulator.realboard.flash import flash
 from tests.boards import is_birth
 from tests.helpers import FIRMWARE_DIR
 from tests.test_flash import blank_board  # noqa: F401  (fixture: an emulated board with an empty filesystem)
@@ -130,7 +131,7 @@ def test_check_accepts_guarded_imports_and_unknown_modules_on_a_real_board(tmp_p
 def test_the_project_firmware_passes_on_both_backends():
     check(FIRMWARE_DIR, emulated_board_modules())
     if shutil.which("micropython") or (Path(sys.executable).parent / "micropython").exists():
-        check(FIRMWARE_DIR, firmware_dir.vm_board_modules())
+        check(FIRMWARE_DIR, board_modules("micropython"))
 
 
 @pytest.mark.parametrize("command", ["run", "fleet", "serial", "flash"])
@@ -258,14 +259,14 @@ def test_new_makes_a_project_that_points_the_plugin_at_its_firmware(tmp_path, ca
 
 
 def test_new_config_template_boots_on_the_firmware():
-    from emulator.flash import _firmware_config_module
+    from emulator.realboard.flash import _firmware_config_module
 
     mod = _firmware_config_module(FIRMWARE_DIR)
     mod.validate(json.loads(json.dumps(config_template())), lambda msg: pytest.fail(f"warning: {msg}"))
 
 
 def test_new_ci_adaptation_fails_loudly_when_the_example_changes():
-    with pytest.raises(ValueError, match="update emulator/scaffold.py"):
+    with pytest.raises(ValueError, match="update emulator/firmware/scaffold.py"):
         adapt_ci("# As it stands\nname: x\nrun: pytest something-else\n")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from emulator import cli
-from emulator.flash import (
+from emulator.realboard.flash import (
     FlashError,
     blocks_needed,
     board_config,
@@ -23,9 +23,9 @@ from emulator.flash import (
     flash,
     stale_files,
 )
-from emulator.harness import Emulator
-from emulator.runner import UsageError, parse_broker_url
-from emulator.serial_board import SerialBoard
+from emulator.realboard.serial_board import SerialBoard
+from emulator.testing.harness import Emulator
+from emulator.validation import UsageError, parse_broker_url
 from tests.boards import is_birth
 
 WIFI = {"wifi_ssid": "esp32emu", "wifi_password": "emulated"}  # the emulated access point
@@ -130,7 +130,7 @@ def test_full_filesystem_is_a_clear_error(blank_board, tmp_path):
     # and a write that runs out of space on the board reports ENOSPC
     big = tmp_path / "big.bin"
     big.write_bytes(b"x" * 40_000)
-    from emulator.flash import Mpremote
+    from emulator.realboard.flash import Mpremote
 
     with pytest.raises(FlashError, match="filesystem is full"):
         Mpremote(sb.path).run("fs", "cp", str(big), ":big.bin")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.workers import BoardGroup, GroupSpec, auto_workers, split
+from emulator.fleet.workers import BoardGroup, GroupSpec, auto_workers, split
 
 ESP32EMU = [sys.executable, "-m", "emulator"]
 REPO = Path(__file__).resolve().parent.parent
@@ -99,8 +99,7 @@ def test_a_booted_group_runs_its_own_collector_and_gives_it_back(tmp_path, broke
     boards have settled (telemetry goes on), and stop() restores both."""
     import gc
 
-    from emulator import workers
-
+    from emulator.fleet import workers
     monkeypatch.setattr(workers, "SETTLE_S", 0.5)
     monkeypatch.setattr(workers, "FREEZE_EVERY", 2)
     obs = observer(broker)

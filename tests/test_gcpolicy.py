@@ -1,4 +1,4 @@
-"""The fleet's garbage-collection policy (emulator/gcpolicy.py): after boot
+"""The fleet's garbage-collection policy (emulator/fleet/gcpolicy.py): after boot
 the collector freezes what boot built, turns automatic collection off and
 collects by itself, on a timer or when garbage piles up; stop() restores."""
 
@@ -9,7 +9,7 @@ import gc
 import time
 import weakref
 
-from emulator.gcpolicy import Collector
+from emulator.fleet.gcpolicy import Collector
 
 
 class Node:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.firmware_dir import fw_version
+from emulator.firmware.folder import fw_version
 from tests.boards import is_birth
 from tests.helpers import FIRMWARE_DIR, REPO_ROOT, Observer
 

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emulator.link import EAI_FAIL, ECONNRESET, ETIMEDOUT, SEND_BUFFER, Link, partition
-from emulator.profiles import PROFILES, make_profile, profile_names
+from emulator.net.link import EAI_FAIL, ECONNRESET, ETIMEDOUT, SEND_BUFFER, Link, partition
+from emulator.net.profiles import PROFILES, make_profile, profile_names
 
 SLACK = 0.06  # scheduler slack on a loaded CI machine, seconds
 
@@ -612,7 +612,7 @@ def test_dns_and_connect_faults():
 
 
 def test_connect_timeout_is_reported_as_etimedout(monkeypatch):
-    monkeypatch.setattr("emulator.link.SYN_TIMEOUT_S", 0.2)
+    monkeypatch.setattr("emulator.net.link.SYN_TIMEOUT_S", 0.2)
 
     async def go():
         link = Link(FakeBoard(), profile={"connect_timeout_rate": 1.0})

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from emulator.profiles import make_profile
+from emulator.net.profiles import make_profile
 from tests.boards import KA, PacketTap, is_birth, is_will
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.loader import BoardModules, FirmwareImage, ModuleProxy, current_modules
+from emulator.board.loader import BoardModules, FirmwareImage, ModuleProxy, current_modules
 
 
 def image(tmp_path: Path, files: dict[str, str]) -> FirmwareImage:

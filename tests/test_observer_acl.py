@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from emulator import certs
-from emulator.broker import TlsConfig
-from emulator.observer import FleetObserver
+from emulator.broker import certs
+from emulator.broker.mosquitto import TlsConfig
+from emulator.observe.counting import FleetObserver
 from tests.scripted_broker import ScriptedServer, read_packet, serve_until_subscribe
 
 pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]

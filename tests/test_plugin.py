@@ -1,4 +1,4 @@
-"""The esp32emu pytest plugin (emulator/pytest_plugin.py, emulator/testing.py):
+"""The esp32emu pytest plugin (emulator/testing/plugin.py, emulator/testing/handles.py):
 its helpers, and the README's example tests (examples/tests/) run the way a
 user runs them — a fresh directory, no conftest, only the installed plugin —
 against our firmware (they pass) and against a deliberately broken copy
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from emulator.scenario import BOARD_ACTIONS
-from emulator.testing import BoardHandle, Console, LinkControls
+from emulator.run.scenario import BOARD_ACTIONS
+from emulator.testing.handles import BoardHandle, Console, LinkControls
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "tests"

@@ -1,4 +1,4 @@
-"""The REPL protocol machine (emulator/repl.py) fed bytes, asserting events:
+"""The REPL protocol machine (emulator/realboard/repl.py) fed bytes, asserting events:
 friendly REPL, raw REPL with its OK / \\x04 framing, raw-paste flow control,
 soft reset, and how a reset changes the mode. No pty, no board."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.repl import (
+from emulator.realboard.repl import (
     PASTE_PROMPT,
     RAW_PROMPT,
     Execute,

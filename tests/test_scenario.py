@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator import scenario
+from emulator.run import scenario
 from tests.boards import is_birth
 
 REPO = Path(__file__).resolve().parent.parent

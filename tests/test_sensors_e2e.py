@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.boardconfig import default_config
-from emulator.scenario import apply_board_action
+from emulator.firmware.config import default_config
+from emulator.run.scenario import apply_board_action
 from tests.boards import KA, is_birth
 
 pytestmark = pytest.mark.integration

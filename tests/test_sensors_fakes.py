@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from emulator.environment import Environment, I2CBus
-from emulator.fakes.dhtfake import DhtModule
-from emulator.scenario import ScenarioError, parse
-from emulator.sensors import Bme280Chip, Dht22Sensor, apply_fault, manual_clock, raw_words, wire
+from emulator.board.environment import Environment, I2CBus
+from emulator.board.fakes.dhtfake import DhtModule
+from emulator.board.sensors import Bme280Chip, Dht22Sensor, apply_fault, manual_clock, raw_words, wire
+from emulator.run.scenario import ScenarioError, parse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware"))
 import bme280  # noqa: E402  (the firmware driver's pure math)
@@ -286,9 +286,9 @@ def test_dht22_is_reproducible_by_seed():
 
 
 def test_adc_attenuation_ranges_and_noise(tmp_path):
-    from emulator.board import Board
-    from emulator.fakes.machinefake import MachineModule
-    from emulator.loader import FirmwareImage
+    from emulator.board.board import Board
+    from emulator.board.fakes.machinefake import MachineModule
+    from emulator.board.loader import FirmwareImage
 
     board = Board("adc", FirmwareImage(), tmp_path / "adc")
     board.env.adc_inputs[35] = lambda: 2.05  # a 4.1 V cell behind a 1:2 divider
@@ -334,8 +334,7 @@ def test_fast_inverse_matches_bisection():
     temperatures, pressures and humidities across the chip's range."""
     import random
 
-    from emulator import sensors as S
-
+    from emulator.board import sensors as S
     rng = random.Random(7)
     cal_t, cal_p, cal_h = S._CAL_T, S._CAL_P, S._CAL_H
     for _ in range(300):

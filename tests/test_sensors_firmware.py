@@ -11,9 +11,9 @@ import types
 
 import pytest
 
-from emulator.board import Board
-from emulator.boardconfig import default_config
-from emulator.loader import BoardModules, FirmwareImage
+from emulator.board.board import Board
+from emulator.board.loader import BoardModules, FirmwareImage
+from emulator.firmware.config import default_config
 
 IMAGE = FirmwareImage()
 BME = {"type": "bme280", "i2c": 0, "sda": 21, "scl": 22, "addr": 0x76}
@@ -184,7 +184,7 @@ def test_a_driver_that_cannot_start_reports_instead_of_crashing(tmp_path):
 
 @pytest.mark.parametrize("exc,want", [(19, "ENODEV"), (5, "EIO"), (116, "ETIMEDOUT"), (110, "ETIMEDOUT"), (42, "OSError 42")])
 def test_short_reasons(tmp_path, exc, want):
-    from emulator.fakes import mp_oserror
+    from emulator.board.fakes import mp_oserror
 
     rig = Rig(tmp_path, [])
     assert rig.module.reason(mp_oserror(exc)) == want

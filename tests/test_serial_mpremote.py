@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import serial
 
-from emulator.boardconfig import default_config
-from emulator.harness import Emulator
-from emulator.monitor import LineStamper, monitor
-from emulator.serial_board import SerialBoard
+from emulator.firmware.config import default_config
+from emulator.realboard.monitor import LineStamper, monitor
+from emulator.realboard.serial_board import SerialBoard
+from emulator.testing.harness import Emulator
 from tests.boards import is_birth
 
 REPO = Path(__file__).resolve().parent.parent

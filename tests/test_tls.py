@@ -20,12 +20,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from emulator import certs
-from emulator.broker import TlsConfig
-from emulator.mqttprobe import mqtt_connect_rc
-from emulator.clock import BoardClock
-from emulator.fakes.misc import FlashFS
-from emulator.fakes.tlsfake import CERT_NONE, CERT_REQUIRED, SslModule, TlsModule
+from emulator.board.clock import BoardClock
+from emulator.board.fakes.misc import FlashFS
+from emulator.board.fakes.tlsfake import CERT_NONE, CERT_REQUIRED, SslModule, TlsModule
+from emulator.broker import certs
+from emulator.broker.mosquitto import TlsConfig
+from emulator.broker.probe import mqtt_connect_rc
 from tests.boards import PacketTap, is_birth, is_will
 from tests.helpers import Observer
 

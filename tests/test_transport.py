@@ -154,7 +154,7 @@ def test_stream_reads_are_never_cancelled_by_the_timers(emu, broker, observer, m
     timer loop waking for each PINGREQ) and a burst of commands, no stream
     read of the board is cancelled while the link is up: one reader task per
     connection, reading into one buffer."""
-    from emulator.stream import Stream
+    from emulator.net.stream import Stream
 
     calls = {"reads": 0, "cancelled": 0, "buffers": set()}
     real_readinto, real_read = Stream.readinto, Stream.read

@@ -1,4 +1,4 @@
-"""Boards on the real MicroPython interpreter (emulator/vm/): the firmware as
+"""Boards on the real MicroPython interpreter (emulator/board/vm/): the firmware as
 `flash --mpy` deploys it, one `micropython` process per board, against a
 real Mosquitto, driven through the same BoardHandle surface as a CPython
 board: birth (SPEC §4 item 2), telemetry seq, commands (15), deep sleep
@@ -7,13 +7,13 @@ the BOOT button and the rest of SPEC §4 run on this backend as the
 `[micropython]` cases of tests/test_device_mqtt.py, test_faults.py and
 test_commands_e2e.py.
 
-The heap is `emulator.vm.DEFAULT_HEAP` (100k, an ESP32 without PSRAM)."""
+The heap is `emulator.board.vm.interpreter.DEFAULT_HEAP` (100k, an ESP32 without PSRAM)."""
 
 from __future__ import annotations
 
 import pytest
 
-from emulator.vm.interpreter import micropython_executable
+from emulator.board.vm.interpreter import micropython_executable
 
 pytestmark = [
     pytest.mark.integration,

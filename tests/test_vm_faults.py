@@ -51,7 +51,7 @@ def test_dead_broker_is_noticed_within_two_keepalives(vm_board, esp32emu_observe
 
 
 def test_latency_profile_delays_every_byte(vm_board, esp32emu_observer):
-    """The proxy shapes with emulator/pipe.py: 300 ms each way -> a command's
+    """The proxy shapes with emulator/net/pipe.py: 300 ms each way -> a command's
     round trip through the board takes at least 600 ms."""
     board, obs = vm_board, esp32emu_observer
     board.boot()

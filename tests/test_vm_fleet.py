@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.vm import DEFAULT_HEAP
+from emulator.board.vm.interpreter import DEFAULT_HEAP
 
 ESP32EMU = [sys.executable, "-m", "emulator"]
 REPO = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def test_an_action_the_vm_backend_cannot_do_is_refused_at_load_time(tmp_path, ev
     assert len(lines) == 1 and named in lines[0] and f"{scenario}:1:" in lines[0], r.stderr
     assert not (tmp_path / "state" / "vm-boards").exists()  # nothing was booted
     # The same file is fine for CPython boards: only the backend refuses it.
-    from emulator.runner import load_scenario
+    from emulator.run.scenario import load_scenario
 
     load_scenario(scenario, private_broker=False, backend="cpython")
 
@@ -151,8 +151,7 @@ def test_vm_fleet_usage_errors(tmp_path, args, message):
 
 
 def test_vm_capacity_warns_when_the_boards_need_more_cpu_than_the_machine_has(monkeypatch, capsys):
-    from emulator import fleet
-
+    from emulator.fleet import run as fleet
     monkeypatch.setattr(fleet.os, "cpu_count", lambda: 1)
     monkeypatch.setattr(fleet, "mem_available_kb", lambda: None)
     fleet.check_vm_capacity(100, "100k", interval=10)  # 100 x 0.09 % = 9 % of the one core

@@ -1,4 +1,4 @@
-"""The ESP32 shims of boards on the real interpreter (emulator/vm/shims/),
+"""The ESP32 shims of boards on the real interpreter (emulator/board/vm/shims/),
 checked with a tiny firmware of their own on the `micropython` process: NVS
 and RTC memory kept by the host (RTC memory lost at power loss, NVS not),
 reset causes, the ESP32 epoch of `time`, a missing NVS key as
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.harness import Emulator
-from emulator.loader import FirmwareImage
-from emulator.testing import Console
-from emulator.vm import DEFAULT_HEAP
+from emulator.board.loader import FirmwareImage
+from emulator.board.vm.interpreter import DEFAULT_HEAP
+from emulator.testing.handles import Console
+from emulator.testing.harness import Emulator
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from emulator.observer import DeviceView
-from emulator.watch import DEVICE_COLUMNS, device_rows, plain_device_lines
+from emulator.observe.counting import DeviceView
+from emulator.observe.watch import DEVICE_COLUMNS, device_rows, plain_device_lines
 from tests.boards import is_birth
 
 pytestmark = pytest.mark.integration
@@ -83,7 +83,7 @@ def test_watch_sees_a_fleet_and_a_foreign_device(tmp_path, broker, observer):
 
 
 def test_watch_unreachable_broker_says_so(tmp_path):
-    from emulator.broker import free_port
+    from emulator.broker.mosquitto import free_port
 
     port = free_port()
     r = subprocess.run(
@@ -126,8 +126,7 @@ def test_plain_table_columns_line_up_under_their_headers():
 
 @pytest.mark.mosquitto
 def test_watch_once_with_a_device_that_never_sends_telemetry_says_so(broker, observer, monkeypatch, capsys):
-    from emulator import watch
-
+    from emulator.observe import watch
     obs = observer(broker)
     obs.publish("devices/quiet-1/status", b"online", retain=True)
     monkeypatch.setattr(watch, "ONCE_WAIT_S", 1.0)

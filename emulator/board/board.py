@@ -1,0 +1,596 @@
+"""One emulated ESP32 board.
+
+A board owns what survives a reset (flash directory, NVS, RTC memory unless
+power is lost, the link and the environment) and recreates what a reset
+wipes (module table, tasks, radio state, ticks). Each boot runs `boot.py`
+then `main.py` in a greenlet: top-level code that blocks (`asyncio.run`,
+`time.sleep` in boot.py) waits there while the board's tasks run on the one
+shared event loop.
+
+Tests, scenarios and the CLI drive a board through its methods
+(`power_cycle`, `hard_reset`, `press_button`, `link.*`, `ap.set_up`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import greenlet
+
+from emulator.board.clock import BoardClock
+from emulator.board.environment import Environment
+from emulator.board.fakes.asynciofake import AsyncioModule
+from emulator.board.fakes.dhtfake import DhtModule
+from emulator.board.fakes.esp32fake import Esp32Module
+from emulator.rng import SmallRandom
+from emulator.board.fakes.machinefake import (
+    DEEPSLEEP_RESET,
+    HARD_RESET,
+    PWRON_RESET,
+    WDT_RESET,
+    BoardReset,
+    MachineModule,
+)
+from emulator.board.fakes.misc import (
+    FlashFS,
+    GcModule,
+    MicropythonModule,
+    NtptimeModule,
+    OsModule,
+    RandomModule,
+    SysModule,
+)
+from emulator.board.fakes.networkfake import AccessPoint, NetworkModule, Radio
+from emulator.board.fakes.timefake import TimeModule
+from emulator.board.fakes.tlsfake import SslModule, TlsModule
+from emulator.board.loader import BoardModules, FirmwareImage, format_micropython_exception
+from emulator.board.sensors import wire as wire_sensors
+from emulator.net.link import Link
+
+log = logging.getLogger("esp32emu")
+
+REPL_BANNER = 'MicroPython v1.24.1 on esp32emu; ESP32 module with ESP32\nType "help()" for more information.'
+BUTTON_PIN = 0  # the BOOT button of ESP32 dev kits
+
+
+class Board:
+    def __init__(
+        self,
+        device_id: str,
+        image: FirmwareImage,
+        state_dir: Path,
+        *,
+        config: dict | None = None,
+        seed: int = 0,
+        index: int = 0,
+        ap: AccessPoint | None = None,
+        console: Callable[[str], None] | None = None,
+        ticks_offset_ms: int = 0,
+        copy_firmware: bool = False,
+    ):
+        self.id = device_id
+        self.index = index
+        self.image = image
+        self.state_dir = Path(state_dir)
+        self.flash_dir = self.state_dir / "flash"
+        self.flash_dir.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            (self.flash_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if copy_firmware:
+            for name, data in image.files().items():
+                (self.flash_dir / name).write_bytes(data)
+        self.seed = seed
+        self.rng = SmallRandom(f"{seed}:{device_id}")
+        digest = hashlib.sha256(f"{seed}:{device_id}".encode()).digest()
+        self.mac = bytes([0x24, 0x0A, 0xC4]) + digest[:3]
+        host = index + 2  # .0.1 is the gateway
+        self.ip = f"10.42.{(host >> 8) & 0xFF}.{host & 0xFF}"
+        self.gateway = "10.42.0.1"
+        self.clock = BoardClock(ticks_offset_ms)
+        self.env = Environment(SmallRandom(f"env:{seed}:{device_id}"))
+        self.ap = ap or AccessPoint()
+        self.link = Link(self)
+        # Every byte the radio sends draws current: the battery sags meanwhile.
+        self.link.taps.append(lambda direction, data, t: direction == "tx" and self.env.radio_transmit(len(data)))
+        self.fs = FlashFS(self.flash_dir)
+        self._console = console or (lambda line: None)
+        self._partial = ""  # firmware output not yet ended by a newline
+        self.console_tail: list[str] = []
+        self.events: list[tuple[float, str, str]] = []
+        self.nvs: dict[str, dict] = self._load_nvs()
+        self.rtc_memory = b""
+        self.pins: dict[int, int] = {}
+        self.pin_writes: dict[int, int] = {}  # how often firmware drove each pin (tests count executions)
+        self.pin_irqs: dict[int, Callable] = {}
+        self.reset_cause = PWRON_RESET
+        self.boots = 0
+        self.halted = False
+        self.hung = False
+        self.running = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.modules: BoardModules | None = None
+        self.radio: Radio | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.task_exception_handler = None
+        self._main_task: asyncio.Task | None = None
+        self._greenlet: greenlet.greenlet | None = None
+        self._reset_request: tuple[int, int | None, bool] | None = None
+        self._reset_event: asyncio.Event | None = None
+        self._wdt_timeout_ms: int | None = None
+        self._wdt_fed = 0.0
+        self._wdt_task: asyncio.Task | None = None
+        self._run_task: asyncio.Task | None = None
+        # A REPL on the console (emulator/realboard/serial_board.py), or None: then the
+        # board only prints the banner when boot.py/main.py end.
+        self.repl = None
+        self._interrupted = False  # Ctrl-C: KeyboardInterrupt instead of CancelledError
+        self._interrupt_waiter: asyncio.Future | None = None
+
+    # -- console and logging ---------------------------------------------------
+
+    def _emit(self, line: str) -> None:
+        self.console_tail.append(line)
+        if len(self.console_tail) > 200:
+            del self.console_tail[:100]
+        self._console(line)
+
+    def console(self, line: str) -> None:
+        """Whole lines from the board itself (tracebacks, REPL banner, WDT)."""
+        if self._partial:
+            self._emit(self._partial)
+            self._partial = ""
+        for part in str(line).split("\n"):
+            self._emit(part)
+
+    def write(self, text: str) -> None:
+        """Firmware output (print, sys.stdout): goes out line by line, so
+        `print(".", end="")` continues the current line as on a serial console."""
+        self._partial += text
+        if "\n" in self._partial:
+            *lines, self._partial = self._partial.split("\n")
+            for line in lines:
+                self._emit(line)
+
+    def _print(self, *args, sep=" ", end="\n", file=None) -> None:
+        text = sep.join(str(a) for a in args) + end
+        if file is not None and hasattr(file, "write"):
+            file.write(text)
+            return
+        self.write(text)
+
+    def log_event(self, kind: str, message: str) -> None:
+        self.events.append((time.monotonic(), kind, message))
+        if len(self.events) > 500:
+            del self.events[:250]
+        log.debug("[%s] %s: %s", self.id, kind, message)
+
+    # -- persistent hardware state -------------------------------------------------
+
+    def _nvs_path(self) -> Path:
+        return self.state_dir / "nvs.json"
+
+    def _load_nvs(self) -> dict:
+        try:
+            raw = json.loads(self._nvs_path().read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        out: dict[str, dict] = {}
+        for ns, items in raw.items():
+            out[ns] = {k: base64.b64decode(v["b"]) if isinstance(v, dict) else v for k, v in items.items()}
+        return out
+
+    def save_nvs(self) -> None:
+        raw = {
+            ns: {k: {"b": base64.b64encode(v).decode()} if isinstance(v, bytes) else v for k, v in items.items()}
+            for ns, items in self.nvs.items()
+        }
+        tmp = self._nvs_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(raw))
+        tmp.replace(self._nvs_path())
+
+    def install_files(self, files: dict[str, bytes]) -> None:
+        """Put files at the root of the board's filesystem (e.g. the DER
+        `ca.crt`, `client.crt`, `client.key` from `certs.board_files`), as
+        `esp32emu flash` does for a real board. Keys stay 0600 on the host."""
+        for name, data in files.items():
+            path = self.fs.host_path("/" + name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            if name.endswith(".key"):
+                path.chmod(0o600)
+
+    def rssi(self) -> int:
+        return int(-58 + self.rng.gauss(0, 3))
+
+    def heap_alloc(self) -> int:
+        return 30_000 + 400 * len(self.tasks) + self.rng.randrange(0, 2_000)
+
+    def i2c_bus(self, bus_id: int):
+        return self.env.i2c_bus(bus_id)
+
+    def _wire_sensors(self) -> None:
+        # The emulated hardware matches the board's config.json "sensors".
+        # Whatever the file holds, the board boots: judging it is the
+        # firmware's job ("boot stopped: ..." on the console). A file CPython
+        # cannot parse (bad JSON or UTF-8, nested too deeply for its
+        # recursion limit) wires no sensors.
+        try:
+            raw = json.loads((self.flash_dir / "config.json").read_bytes())
+        except (OSError, ValueError, RecursionError, MemoryError):
+            raw = None
+        wire_sensors(self.env, raw.get("sensors", []) if isinstance(raw, dict) else [])
+
+    def sensor_fault(self, sensor: str, fault: str):
+        """Give this board's `sensor` chips a fault (emulator/board/sensors.py
+        FAULTS); returns the function that clears it."""
+        from emulator.board.sensors import apply_fault
+
+        return apply_fault(self.env, sensor, fault)
+
+    # -- the fakes table ----------------------------------------------------------------
+
+    def _fakes(self) -> dict[str, Callable[[], object]]:
+        return {
+            "machine": lambda: MachineModule(self),
+            "network": lambda: NetworkModule(self),
+            "esp32": lambda: Esp32Module(self),
+            "time": lambda: TimeModule(self),
+            "asyncio": lambda: AsyncioModule(self),
+            "gc": lambda: GcModule(self),
+            "micropython": lambda: MicropythonModule(self),
+            "ntptime": lambda: NtptimeModule(self),
+            "sys": lambda: SysModule(self),
+            "random": lambda: RandomModule(self),
+            "os": lambda: OsModule(self),
+            "tls": lambda: TlsModule(self),
+            "ssl": lambda: SslModule(self),
+            "dht": lambda: DhtModule(self),
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task:
+        """Power the board on; returns the task that runs it until stop()."""
+        self.loop = asyncio.get_running_loop()
+        self._run_task = self.loop.create_task(self.run(), name=f"board:{self.id}")
+        return self._run_task
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.running = True
+        cause = PWRON_RESET
+        self.clock.power_on()
+        try:
+            while True:
+                request = await self._boot_once(cause)
+                cause = await self._between_boots(*request)
+        finally:
+            self.running = False
+
+    async def _between_boots(self, cause: int, sleep_ms: int | None, power_loss: bool) -> int:
+        """Deep sleep or power off until the timer (or, for deepsleep() without
+        a time, forever); a reset or power event meanwhile (EN button, power
+        cycle) ends it at once. Returns the reset cause of the next boot."""
+        lost = False
+        while True:
+            if power_loss:
+                lost = True
+                self.rtc_memory = b""
+            forever = cause == DEEPSLEEP_RESET and not sleep_ms  # no timer wake source
+            if not sleep_ms and not forever:
+                break
+            self._reset_request = None
+            self._reset_event = asyncio.Event()
+            self.log_event("power", "sleeping until reset" if forever else f"off for {sleep_ms} ms")
+            try:
+                await asyncio.wait_for(self._reset_event.wait(), None if forever else sleep_ms / 1000)
+                cause, sleep_ms, power_loss = self._reset_request  # woken early
+            except asyncio.TimeoutError:
+                break
+        if lost:
+            self.clock.power_on()  # the RTC restarts at 2000-01-01 when power returns
+        return cause
+
+    async def stop(self) -> None:
+        """Take the board away for good (like pulling its power)."""
+        if self._run_task is not None and not self._run_task.done():
+            self._run_task.cancel()
+            try:
+                await self._run_task
+            except asyncio.CancelledError:
+                pass
+
+    async def _boot_once(self, cause: int) -> tuple[int, int | None, bool]:
+        self.boots += 1
+        self.reset_cause = cause
+        self.halted = False
+        self.clock.reboot()
+        self._reset_request = None
+        self._reset_event = asyncio.Event()
+        self.pin_irqs.clear()
+        self.hung = False
+        self.fs.cwd = "/"
+        self.radio = Radio(self)
+        self._wire_sensors()
+        self.modules = BoardModules(self.image, self.flash_dir, self._fakes(), self._print, self.fs.open)
+        self.log_event("boot", f"boot #{self.boots}, reset cause {cause}")
+        runner = self.loop.create_task(self._run_scripts())
+        waiter = self.loop.create_task(self._reset_event.wait())
+        try:
+            await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                await waiter  # halted at the REPL: only a reset (WDT, button, power) moves on
+        finally:
+            runner.cancel()
+            waiter.cancel()
+            await self._teardown()
+        req = self._reset_request or (HARD_RESET, None, False)
+        return req
+
+    async def _stop_tasks(self) -> None:
+        # No firmware cleanup reaches the network: abandon the sockets first
+        # so a `finally: sock.close()` cannot send a FIN.
+        self.link.abandon_connections()
+        # On Python 3.11 `asyncio.wait_for` can swallow a cancel() when the
+        # awaited read completes in the same loop step, so cancel again until
+        # every task of this boot is really gone (a survivor would reconnect
+        # from beyond the reset).
+        for _ in range(50):
+            tasks = [t for t in self.tasks if not t.done()]
+            if not tasks:
+                break
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks, timeout=0.1)
+        else:
+            log.warning("[%s] %d task(s) ignore cancellation", self.id, len([t for t in self.tasks if not t.done()]))
+        self.tasks.clear()
+        self.link.release_abandoned()
+
+    async def _teardown(self) -> None:
+        if self._wdt_task is not None:
+            self._wdt_task.cancel()
+            self._wdt_task = None
+        self._wdt_timeout_ms = None
+        await self._stop_tasks()
+        if self.radio is not None:
+            self.radio.close()
+        g = self._greenlet
+        self._greenlet = None
+        if g is not None and not g.dead:
+            try:
+                g.throw(greenlet.GreenletExit)
+            except greenlet.GreenletExit:
+                pass
+            except BaseException:
+                pass
+
+    async def _run_scripts(self) -> None:
+        g = greenlet.greenlet(self._scripts_body)
+        g.gr_context = self.modules.context.copy()  # firmware code knows its board
+        self._greenlet = g
+        msg = g.switch()
+        while not g.dead:
+            kind, arg = msg
+            if kind == "run":
+                task = self.create_task(arg)
+                self._main_task = task
+                self._interrupted = False
+                try:
+                    if self.repl is not None and (not await self._done_or_interrupted(task) or self._interrupted):
+                        # Ctrl-C: KeyboardInterrupt now, whether or not the
+                        # firmware lets its task be cancelled; the REPL stops the rest.
+                        self._interrupted = False
+                        msg = g.throw(KeyboardInterrupt())
+                        continue
+                    result = await task
+                except asyncio.CancelledError:
+                    if self.hung:
+                        await asyncio.Event().wait()  # stuck until a reset
+                    # The board is going away (reset, stop): leave the firmware
+                    # suspended for _teardown. Only a main task cancelled by the
+                    # firmware itself raises CancelledError into main.py.
+                    if self._reset_request is not None or asyncio.current_task().cancelling():
+                        raise
+                    interrupted, self._interrupted = self._interrupted, False
+                    msg = g.throw(KeyboardInterrupt() if interrupted else asyncio.CancelledError())
+                    continue
+                except BaseException as e:  # noqa: BLE001 - handed back to the firmware's stack
+                    msg = g.throw(type(e), e, e.__traceback__)  # keeps the coroutine's frames
+                    continue
+                msg = g.switch(result)
+            elif kind == "sleep":
+                sleeper = self._main_task = self.create_task(asyncio.sleep(arg))
+                try:
+                    await sleeper
+                except asyncio.CancelledError:
+                    if self.hung:
+                        await asyncio.Event().wait()
+                    if not self._interrupted or asyncio.current_task().cancelling():
+                        raise
+                    self._interrupted = False
+                    msg = g.throw(KeyboardInterrupt())
+                    continue
+                msg = g.switch()
+            else:
+                raise RuntimeError(f"unknown greenlet request {kind!r}")
+        if self.halted and self.repl is None:
+            # At the REPL no event loop runs: the board's tasks stop where they
+            # are (their sockets stay open until the broker gives up on them).
+            await self._stop_tasks()
+            self.console(REPL_BANNER)
+            self.console(">>> ")
+
+    def _scripts_body(self) -> tuple:
+        repl = self.repl
+        try:
+            if repl is not None:
+                repl.booting(self)
+            self.modules.run_script("boot.py")
+            if repl is None or repl.runs_main():  # not after a soft reset from the raw REPL
+                self.modules.run_script("main.py")
+        except BoardReset:
+            return ("done", None)
+        except greenlet.GreenletExit:
+            raise
+        except SystemExit:
+            pass
+        except BaseException as e:  # noqa: BLE001 - an unhandled firmware exception halts the board
+            self.console(format_micropython_exception(e))
+            self.log_event("halt", f"unhandled {type(e).__name__}: {e}")
+        self.halted = True  # _run_scripts stops the tasks and shows the REPL
+        if repl is not None:
+            try:
+                repl.serve(self)  # the REPL runs in this greenlet until a reset
+            except BoardReset:
+                pass
+        return ("done", None)
+
+    # -- called by the fakes ---------------------------------------------------------
+
+    def run_main_coroutine(self, coro):
+        g = self._greenlet
+        if g is None or greenlet.getcurrent() is not g:
+            coro.close()
+            raise RuntimeError("asyncio.run() cannot be called from a running event loop")
+        return g.parent.switch(("run", coro))
+
+    def blocking_sleep(self, seconds: float, what: str) -> None:
+        g = self._greenlet
+        if g is not None and greenlet.getcurrent() is g:
+            g.parent.switch(("sleep", seconds))
+            return
+        # Inside a task: on hardware this stalls the board's event loop; here
+        # it stalls every board in the process. Say so, then do it.
+        msg = f"{what} blocks the event loop; use 'await asyncio.sleep'"
+        self.log_event("blocking", msg)
+        log.warning("[%s] %s", self.id, msg)
+        time.sleep(seconds)
+
+    def create_task(self, coro) -> asyncio.Task:
+        t = self.loop.create_task(coro, context=self.modules.context.copy())
+        self.tasks.add(t)
+        t.add_done_callback(self._task_done)
+        return t
+
+    def _task_done(self, t: asyncio.Task) -> None:
+        self.tasks.discard(t)
+        if t.cancelled() or t is self._main_task:
+            return
+        # Like MicroPython, report only if nobody retrieves the exception
+        # meanwhile: a task awaiting `t` (or gather) was queued before this check.
+        self.loop.call_soon(self._check_task_exception, t)
+
+    def _check_task_exception(self, t: asyncio.Task) -> None:
+        if not t._log_traceback:  # retrieved by an awaiting task, gather, .exception()
+            return
+        exc = t.exception()
+        if exc is None or isinstance(exc, BoardReset):
+            return
+        self.report_task_exception({"message": "Task exception wasn't retrieved", "exception": exc, "future": t})
+
+    def report_task_exception(self, context: dict) -> None:
+        if self.task_exception_handler is not None:
+            self.modules.context.copy().run(self.task_exception_handler, None, context)
+            return
+        self.console(context.get("message", "Task exception"))
+        exc = context.get("exception")
+        if exc is not None:
+            self.console(format_micropython_exception(exc))
+
+    async def _done_or_interrupted(self, task: asyncio.Task) -> bool:
+        waiter = self._interrupt_waiter = self.loop.create_future()
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()  # as `await task` would have
+            raise
+        finally:
+            self._interrupt_waiter = None
+        return task.done()
+
+    def interrupt(self) -> bool:
+        """Ctrl-C on the console: KeyboardInterrupt where boot.py/main.py (or
+        code run at the REPL) waits in `asyncio.run` or `time.sleep`; False if
+        nothing is running. Its sockets are left half-open; the REPL
+        (emulator/realboard/serial_board.py) stops the firmware's other tasks."""
+        task = self._main_task
+        if self._greenlet is None or self._greenlet.dead or task is None or task.done():
+            return False
+        self._interrupted = True
+        self.log_event("interrupt", "KeyboardInterrupt (Ctrl-C on the console)")
+        self.link.abandon_connections()  # no firmware `finally` reaches the network
+        if self._interrupt_waiter is not None and not self._interrupt_waiter.done():
+            self._interrupt_waiter.set_result(None)
+        task.cancel()
+        return True
+
+    def request_reset(self, cause: int, sleep_ms: int | None = None, power_loss: bool = False) -> None:
+        pending = self._reset_request
+        if pending is not None:
+            # The first reset wins, except that losing power beats anything
+            # and a board on its way into deep sleep can still be reset.
+            if not (power_loss and not pending[2]) and pending[0] != DEEPSLEEP_RESET:
+                return
+        self._reset_request = (cause, sleep_ms, power_loss)
+        self.log_event("reset", f"cause {cause}" + (f", sleep {sleep_ms} ms" if sleep_ms else ""))
+        if self._reset_event is not None:
+            self._reset_event.set()
+
+    def arm_watchdog(self, timeout_ms: int) -> None:
+        self._wdt_timeout_ms = timeout_ms
+        self._wdt_fed = time.monotonic()
+        if self._wdt_task is not None:
+            self._wdt_task.cancel()  # it may be asleep until the old, longer deadline
+        self._wdt_task = self.loop.create_task(self._watchdog())
+        self.log_event("wdt", f"armed, timeout {timeout_ms} ms")
+
+    def feed_watchdog(self) -> None:
+        self._wdt_fed = time.monotonic()
+
+    async def _watchdog(self) -> None:
+        while self._wdt_timeout_ms is not None:
+            deadline = self._wdt_fed + self._wdt_timeout_ms / 1000
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.console("E (%d) task_wdt: Task watchdog got triggered." % self.clock.ticks_ms())
+                self.request_reset(WDT_RESET)
+                return
+            await asyncio.sleep(left)
+
+    # -- external controls (tests, scenarios, CLI) --------------------------------------
+
+    def hang(self) -> None:
+        """The firmware stops running (a deadlock, a stuck driver): nothing is
+        sent any more, the sockets stay open at the broker, and only an armed
+        watchdog (or a reset) brings the board back."""
+        if self.loop is None or not self.running or self.hung:
+            return
+        self.hung = True
+        self.log_event("hang", "firmware hung")
+        self.loop.create_task(self._stop_tasks())
+
+    def hard_reset(self) -> None:
+        """The EN button: reset without warning, connections left half-open."""
+        self.request_reset(HARD_RESET)
+
+    def power_cycle(self, off_s: float = 0.0) -> None:
+        """Power loss: no FIN, RTC memory gone, boots with PWRON_RESET after off_s."""
+        self.request_reset(PWRON_RESET, sleep_ms=int(off_s * 1000) or None, power_loss=True)
+
+    def press_button(self, pin: int = BUTTON_PIN) -> bool:
+        """Press a button wired to `pin`; runs its IRQ handler if the firmware set one."""
+        handler = self.pin_irqs.get(pin)
+        self.pins[pin] = 0
+        if handler is None or self.loop is None:
+            return False
+        pin_obj = MachineModule(self).Pin(pin)
+        self.loop.call_soon(handler, pin_obj, context=self.modules.context.copy())
+        return True

@@ -1,0 +1,57 @@
+"""The board's `time` module: ticks that wrap at 2**30, the ESP32 epoch
+(2000-01-01), and sleeps that report themselves when they would block the
+board's event loop."""
+
+from __future__ import annotations
+
+import calendar
+import time as _host_time
+
+from emulator.board.clock import UNIX_2000, ticks_add, ticks_diff
+
+
+class TimeModule:
+    __name__ = "time"
+
+    def __init__(self, board):
+        self._board = board
+        self._clock = board.clock
+        self.ticks_add = ticks_add
+        self.ticks_diff = ticks_diff
+
+    def ticks_ms(self) -> int:
+        return self._clock.ticks_ms()
+
+    def ticks_us(self) -> int:
+        return self._clock.ticks_us()
+
+    def ticks_cpu(self) -> int:
+        return self._clock.ticks_us()
+
+    def time(self) -> int:
+        return int(self._clock.rtc_seconds())
+
+    def time_ns(self) -> int:
+        return int(self._clock.rtc_seconds() * 1e9)
+
+    def sleep(self, seconds: float) -> None:
+        self._board.blocking_sleep(seconds, "time.sleep(%s)" % seconds)
+
+    def sleep_ms(self, ms: int) -> None:
+        self._board.blocking_sleep(ms / 1000, "time.sleep_ms(%s)" % ms)
+
+    def sleep_us(self, us: int) -> None:
+        self._board.blocking_sleep(us / 1_000_000, "time.sleep_us(%s)" % us)
+
+    def gmtime(self, secs: int | None = None) -> tuple:
+        if secs is None:
+            secs = self.time()
+        t = _host_time.gmtime(int(secs) + UNIX_2000)
+        # MicroPython: (year, month, mday, hour, minute, second, weekday 0=Monday, yearday)
+        return (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, t.tm_wday, t.tm_yday)
+
+    localtime = gmtime  # ESP32 boards run in UTC unless firmware offsets it
+
+    def mktime(self, t: tuple) -> int:
+        year, month, mday, hour, minute, second = t[:6]
+        return calendar.timegm((year, month, mday, hour, minute, second, 0, 0, 0)) - UNIX_2000

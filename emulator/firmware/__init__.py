@@ -1,0 +1,7 @@
+"""The firmware as the host handles it (the code itself is the repository's
+`firmware/`): `folder.py` (which folder a command boots, the bundled copy,
+the can-it-boot check), `config.py` (the config.json the emulator writes
+for a board), `scaffold.py` (`esp32emu new`: a firmware project to start from).
+
+May import only emulator.validation; never a board, the broker or the CLI.
+"""
