@@ -2,7 +2,7 @@
 `esp32emu flash` deploys it (.mpy, boot.py/main.py as source) boots on the
 unix port with an ESP32-sized heap, comes online against a real Mosquitto
 and answers `stats`. The VM process and the stubs of the ESP32's C modules
-come from bench/vm_heap.py, which prints the full tables."""
+come from bench/vm_board.py; bench/vm_heap.py prints the full tables."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("_bench_vm_heap", ROOT / "bench" / "vm_heap.py")
+    spec = importlib.util.spec_from_file_location("_bench_vm_board", ROOT / "bench" / "vm_board.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
