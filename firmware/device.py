@@ -11,7 +11,6 @@
 # runs), so helpers with one caller are written inline.
 import asyncio
 import gc
-import json
 import random
 import time
 
@@ -102,7 +101,7 @@ class Device:
         self._busy = {}  # id of a command queued or running -> redeliveries seen since
         self._cmds = []  # (cmd_id, op, args) waiting for the worker, at most _CMD_QUEUE
         self._cmd_ready = asyncio.Event()
-        self._interval_changed = asyncio.Event()
+        self._telemetry = None  # the telemetry task while it sleeps (set_interval wakes it)
         self._online = asyncio.Event()
         self._acked = asyncio.Event()
         self._leaving = False
@@ -241,7 +240,7 @@ class Device:
                 self.log("mqtt: broker refused the command subscription (SUBACK 0x80)")
                 await self.client.close()
                 return "command subscription refused"
-            birth = _dumps({"online": True, "fw": FW_VERSION, "boot": self.boot, "reset": self.reset,
+            birth = commands.dumps({"online": True, "fw": FW_VERSION, "boot": self.boot, "reset": self.reset,
                             "ip": sta.ifconfig()[0]})
             self._birth_pid = await self.client.publish(self.t_status, birth, 1, True)
         except LinkError as e:
@@ -285,12 +284,17 @@ class Device:
         # Fixed rate: one message per interval on a schedule kept from the
         # first one after going online, so late wakes do not add up into
         # drift. A new interval (or coming back online) starts a new schedule.
+        # Between messages the task sleeps; set_interval wakes it by
+        # cancelling that sleep (asyncio.wait_for_ms on an Event would cost
+        # two more tasks and a closure for every message).
         client = self.client
+        task = asyncio.current_task()
         while True:
             if not self._online.is_set():
                 await self._online.wait()
             due = time.ticks_ms()
-            while self._online.is_set() and not self._interval_changed.is_set():
+            woken = False
+            while self._online.is_set() and not woken:
                 if client.connected:
                     msg = {"seq": self.seq, "ts": unix_time()}
                     await self.sensors.read_all(msg)
@@ -300,17 +304,20 @@ class Device:
                         # sees a gap (a loss), never a repeat.
                         self.seq += 1
                         try:
-                            await client.publish(self.t_telemetry, _dumps(msg), 0, False)
+                            await client.publish(self.t_telemetry, commands.dumps(msg), 0, False)
                         except LinkError:
                             pass  # the supervisor sees the same failure and reconnects
                 due = next_due(due, self.interval_ms)
                 left = time.ticks_diff(due, time.ticks_ms())
                 if left > 0:
+                    self._telemetry = task  # only while in this sleep
                     try:
-                        await asyncio.wait_for_ms(self._interval_changed.wait(), left)
-                    except asyncio.TimeoutError:
-                        pass
-            self._interval_changed.clear()
+                        await asyncio.sleep_ms(left)
+                    except asyncio.CancelledError:
+                        if self._telemetry is not None:
+                            raise  # not set_interval (it clears the field first): the task ends
+                        woken = True  # a new interval: a new schedule from now
+                    self._telemetry = None
 
     # -- commands ----------------------------------------------------------------
 
@@ -404,7 +411,10 @@ class Device:
             return r
         if op == "set_interval":
             self.interval_ms = args["seconds"] * 1000
-            self._interval_changed.set()
+            task = self._telemetry
+            if task is not None:
+                self._telemetry = None
+                task.cancel()
             return {"interval": args["seconds"]}
         if op == "get_config":
             return commands.redacted(self.cfg)
@@ -456,7 +466,7 @@ class Device:
         self._leaving = True
         client = self.client
         if client.connected:
-            payload = _dumps({"online": False, "reason": reason})
+            payload = commands.dumps({"online": False, "reason": reason})
             try:
                 await client.publish(self.t_status, payload, 1, True)
             except LinkError:
@@ -502,8 +512,3 @@ class Device:
                 pump.cancel()
             due = next_due(due, period)
             await asyncio.sleep_ms(max(time.ticks_diff(due, time.ticks_ms()), 0))
-
-
-def _dumps(obj):
-    return json.dumps(obj, separators=(",", ":")).encode()
-
