@@ -111,17 +111,14 @@ class Device:
         self._led = None
         self.sensors = Sensors(cfg["sensors"], log)
 
-    # -- entry ----------------------------------------------------------------
+    # -- entry: the connection supervisor ---------------------------------------
 
     async def run(self):
+        # Starts the other tasks, then keeps WiFi and MQTT up until a planned
+        # shutdown (the supervisor runs in the caller's task: one frame less).
         asyncio.create_task(self._chores())
         asyncio.create_task(self._telemetry_loop())
         asyncio.create_task(self._command_worker())
-        await self._supervise()
-
-    # -- connection supervisor ------------------------------------------------
-
-    async def _supervise(self):
         bk = self.cfg["backoff"]
         base, cap = bk["base_ms"], bk["cap_ms"]
         window = mqtt_session.backoff_window
