@@ -56,23 +56,15 @@ def show(v):
     return str(v)
 
 
-def _copy(v):
-    if isinstance(v, dict):
-        return {k: _copy(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_copy(x) for x in v]
-    return v
-
-
 def redacted(cfg):
-    # A deep copy of a validated config safe to print or publish (get_config):
+    # A copy of a validated config safe to print or publish (get_config):
     # every set password becomes "***"; unset ones (null or "") stay as they
-    # are, so an operator can see that none is configured. Lives here, not in
-    # config.py, because config.py is unloaded after boot to free the heap.
-    out = _copy(cfg)
+    # are, so an operator can see that none is configured. The sections with
+    # a password are copied, the rest is shared (the copy is only read).
+    out = dict(cfg)
     for section in ("wifi", "broker"):
-        sec = out.get(section)
-        if isinstance(sec, dict) and sec.get("password"):
+        sec = out[section] = dict(out[section])
+        if sec.get("password"):
             sec["password"] = "***"
     return out
 
