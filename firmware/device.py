@@ -194,11 +194,10 @@ class Device:
                     sta.disconnect()
                     if status in (_STAT_IDLE, _STAT_CONNECTING):
                         return "wifi: no IP within %d ms" % _WIFI_TIMEOUT_MS
-                    # the ESP32's failure codes of WLAN.status(), in words
-                    for code, name in ((200, "beacon timeout"), (201, "no AP found"), (202, "wrong password"),
-                                       (203, "association failed"), (204, "handshake timeout")):
-                        if code == status:
-                            return "wifi: " + name
+                    # the ESP32's failure codes 200..204 of WLAN.status(), in words
+                    if isinstance(status, int) and 200 <= status <= 204:
+                        return "wifi: " + ("beacon timeout", "no AP found", "wrong password", "association failed",
+                                           "handshake timeout")[status - 200]
                     return "wifi: status %s" % status
             self.log("wifi: connected, ip %s" % sta.ifconfig()[0])
             self._set_clock()
