@@ -280,17 +280,17 @@ class Device:
         # Fixed rate: one message per interval on a schedule kept from the
         # first one after going online, so late wakes do not add up into
         # drift. A new interval (or coming back online) starts a new schedule.
-        # Between messages the task sleeps; set_interval wakes it by
-        # cancelling that sleep (asyncio.wait_for_ms on an Event would cost
-        # two more tasks and a closure for every message).
+        # Between messages the task sleeps; set_interval changes interval_ms
+        # and wakes it by cancelling that sleep (asyncio.wait_for_ms on an
+        # Event would cost two more tasks and a closure every message).
         client = self.client
         task = asyncio.current_task()
         while True:
             if not self._online.is_set():
                 await self._online.wait()
             due = time.ticks_ms()
-            woken = False
-            while self._online.is_set() and not woken:
+            period = self.interval_ms
+            while self._online.is_set() and self.interval_ms == period:
                 if client.connected:
                     msg = {"seq": self.seq, "ts": unix_time()}
                     await self.sensors.read_all(msg)
@@ -303,7 +303,7 @@ class Device:
                             await client.publish(self.t_telemetry, commands.dumps(msg), 0, False)
                         except LinkError:
                             pass  # the supervisor sees the same failure and reconnects
-                due = next_due(due, self.interval_ms)
+                due = next_due(due, period)
                 left = time.ticks_diff(due, time.ticks_ms())
                 if left > 0:
                     self._telemetry = task  # only while in this sleep
@@ -312,7 +312,6 @@ class Device:
                     except asyncio.CancelledError:
                         if self._telemetry is not None:
                             raise  # not set_interval (it clears the field first): the task ends
-                        woken = True  # a new interval: a new schedule from now
                     self._telemetry = None
 
     # -- commands ----------------------------------------------------------------
