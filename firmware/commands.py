@@ -56,23 +56,15 @@ def show(v):
     return str(v)
 
 
-def _copy(v):
-    if isinstance(v, dict):
-        return {k: _copy(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_copy(x) for x in v]
-    return v
-
-
 def redacted(cfg):
-    # A deep copy of a validated config safe to print or publish (get_config):
+    # A copy of a validated config safe to print or publish (get_config):
     # every set password becomes "***"; unset ones (null or "") stay as they
-    # are, so an operator can see that none is configured. Lives here, not in
-    # config.py, because config.py is unloaded after boot to free the heap.
-    out = _copy(cfg)
+    # are, so an operator can see that none is configured. The sections with
+    # a password are copied, the rest is shared (the copy is only read).
+    out = dict(cfg)
     for section in ("wifi", "broker"):
-        sec = out.get(section)
-        if isinstance(sec, dict) and sec.get("password"):
+        sec = out[section] = dict(out[section])
+        if sec.get("password"):
             sec["password"] = "***"
     return out
 
@@ -83,18 +75,11 @@ _MAX_SECONDS = const(86400)
 
 OPS = ("ping", "read", "set_interval", "get_config", "reboot", "sleep", "led", "stats")
 
-# Per-op argument specs: (op, ((name, kind, lo, hi), ...)); every listed arg is
-# required. kind "int" = JSON integer lo..hi, "bool" = true/false.
-_ARG_SPECS = (
-    ("ping", ()),
-    ("read", ()),
-    ("set_interval", (("seconds", "int", 1, _MAX_SECONDS),)),
-    ("get_config", ()),
-    ("reboot", ()),
-    ("sleep", (("seconds", "int", 1, _MAX_SECONDS),)),
-    ("led", (("on", "bool", 0, 0),)),
-    ("stats", ()),
-)
+# Each op's argument spec, in the order of OPS: ((name, kind, lo, hi), ...);
+# every listed arg is required. kind "int" = JSON integer lo..hi, "bool" =
+# true/false.
+_SECONDS = (("seconds", "int", 1, _MAX_SECONDS),)
+_ARG_SPECS = ((), (), _SECONDS, (), (), _SECONDS, (("on", "bool", 0, 0),), ())
 
 
 class CommandError(ValueError):
@@ -106,22 +91,9 @@ class CommandError(ValueError):
         self.cmd_id = cmd_id
 
 
-
-
-
-
-def _arg_spec(op):
-    for name, spec in _ARG_SPECS:
-        if name == op:
-            return spec
-    return None
-
-
-def _dumps(obj):
-    try:
-        return json.dumps(obj, separators=(",", ":"))
-    except TypeError:  # a MicroPython build without `separators`
-        return json.dumps(obj)
+def dumps(obj):
+    """Compact JSON as bytes: what the device publishes."""
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def parse(payload, size=None, max_payload=MAX_PAYLOAD):
@@ -176,8 +148,7 @@ def parse(payload, size=None, max_payload=MAX_PAYLOAD):
     op = msg["op"]
     if not isinstance(op, str):
         raise CommandError('"op" must be a string, got ' + show(op), cmd_id)
-    spec = _arg_spec(op)
-    if spec is None:
+    if op not in OPS:
         raise CommandError("unknown op " + show(op) + " (known: " + ", ".join(OPS) + ")", cmd_id)
 
     args = msg.get("args")
@@ -185,7 +156,7 @@ def parse(payload, size=None, max_payload=MAX_PAYLOAD):
         args = {}
     if not isinstance(args, dict):
         raise CommandError('"args" must be an object, got ' + show(args), cmd_id)
-    return cmd_id, op, _check_args(cmd_id, op, spec, args)
+    return cmd_id, op, _check_args(cmd_id, op, _ARG_SPECS[OPS.index(op)], args)
 
 
 def _check_args(cmd_id, op, spec, args):
@@ -230,13 +201,13 @@ def ok_result(cmd_id, result=None):
     """Result payload (bytes) for a command that ran."""
     if result is None:
         result = {}
-    return _dumps({"id": cmd_id, "ok": True, "result": result}).encode()
+    return dumps({"id": cmd_id, "ok": True, "result": result})
 
 
 def error_result(cmd_id, message):
     """Result payload (bytes) for a command that was refused or failed;
     cmd_id None becomes JSON null."""
-    return _dumps({"id": cmd_id, "ok": False, "error": str(message)}).encode()
+    return dumps({"id": cmd_id, "ok": False, "error": str(message)})
 
 
 # The result cache: the result payloads of the last `size` command ids, so a

@@ -55,20 +55,11 @@ _CAP_MIN_MS = const(1000)
 _SENSORS_MAX = const(16)
 _LIMIT_MS = const(3600000)  # one hour
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
-REDACTED = "***"
 
 
 class ConfigError(ValueError):
     """A bad config.json; the message names the key and is fit for the
     console as is."""
-
-
-def _copy(v):
-    if isinstance(v, dict):
-        return {k: _copy(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_copy(x) for x in v]
-    return v
 
 
 def defaults():
@@ -86,10 +77,6 @@ def defaults():
         "ntp": True,
         "sensors": [],
     }
-
-
-
-
 
 
 def _bad(key, what, v):
@@ -346,14 +333,3 @@ def load(path, warn, open_=open):
         raise ConfigError("config.json is too big or nested too deeply to parse (%s)" % path)
     return validate(raw, warn)
 
-
-def redacted(cfg):
-    """A deep copy of cfg safe to print or publish (get_config): every set
-    password becomes "***". Unset ones (null or "") stay as they are, so an
-    operator can see that none is configured."""
-    out = _copy(cfg)
-    for section in ("wifi", "broker"):
-        sec = out.get(section)
-        if isinstance(sec, dict) and sec.get("password"):
-            sec["password"] = REDACTED
-    return out

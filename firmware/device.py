@@ -11,7 +11,6 @@
 # runs), so helpers with one caller are written inline.
 import asyncio
 import gc
-import json
 import random
 import time
 
@@ -107,7 +106,7 @@ class Device:
         self._cmds = []  # (cmd_id, op, args) waiting for the worker, at most _CMD_QUEUE
         self._cmd_ready = asyncio.Event()
         self._stalled = False  # the worker waits for PUBACKs: the reader must not hold
-        self._interval_changed = asyncio.Event()
+        self._telemetry = None  # the telemetry task while it sleeps (set_interval wakes it)
         self._online = asyncio.Event()
         self._acked = asyncio.Event()
         self._leaving = False
@@ -117,17 +116,14 @@ class Device:
         self._led = None
         self.sensors = Sensors(cfg["sensors"], log)
 
-    # -- entry ----------------------------------------------------------------
+    # -- entry: the connection supervisor ---------------------------------------
 
     async def run(self):
+        # Starts the other tasks, then keeps WiFi and MQTT up until a planned
+        # shutdown (the supervisor runs in the caller's task: one frame less).
         asyncio.create_task(self._chores())
         asyncio.create_task(self._telemetry_loop())
         asyncio.create_task(self._command_worker())
-        await self._supervise()
-
-    # -- connection supervisor ------------------------------------------------
-
-    async def _supervise(self):
         bk = self.cfg["backoff"]
         base, cap = bk["base_ms"], bk["cap_ms"]
         window = mqtt_session.backoff_window
@@ -203,11 +199,10 @@ class Device:
                     sta.disconnect()
                     if status in (_STAT_IDLE, _STAT_CONNECTING):
                         return "wifi: no IP within %d ms" % _WIFI_TIMEOUT_MS
-                    # the ESP32's failure codes of WLAN.status(), in words
-                    for code, name in ((200, "beacon timeout"), (201, "no AP found"), (202, "wrong password"),
-                                       (203, "association failed"), (204, "handshake timeout")):
-                        if code == status:
-                            return "wifi: " + name
+                    # the ESP32's failure codes 200..204 of WLAN.status(), in words
+                    if isinstance(status, int) and 200 <= status <= 204:
+                        return "wifi: " + ("beacon timeout", "no AP found", "wrong password", "association failed",
+                                           "handshake timeout")[status - 200]
                     return "wifi: status %s" % status
             self.log("wifi: connected, ip %s" % sta.ifconfig()[0])
             self._set_clock()
@@ -246,7 +241,7 @@ class Device:
                 self.log("mqtt: broker refused the command subscription (SUBACK 0x80)")
                 await self.client.close()
                 return "command subscription refused"
-            birth = _dumps({"online": True, "fw": FW_VERSION, "boot": self.boot, "reset": self.reset,
+            birth = commands.dumps({"online": True, "fw": FW_VERSION, "boot": self.boot, "reset": self.reset,
                             "ip": sta.ifconfig()[0]})
             self._birth_pid = await self.client.publish(self.t_status, birth, 1, True)
         except LinkError as e:
@@ -295,12 +290,17 @@ class Device:
         # Fixed rate: one message per interval on a schedule kept from the
         # first one after going online, so late wakes do not add up into
         # drift. A new interval (or coming back online) starts a new schedule.
+        # Between messages the task sleeps; set_interval changes interval_ms
+        # and wakes it by cancelling that sleep (asyncio.wait_for_ms on an
+        # Event would cost two more tasks and a closure every message).
         client = self.client
+        task = asyncio.current_task()
         while True:
             if not self._online.is_set():
                 await self._online.wait()
             due = time.ticks_ms()
-            while self._online.is_set() and not self._interval_changed.is_set():
+            period = self.interval_ms
+            while self._online.is_set() and self.interval_ms == period:
                 if client.connected:
                     msg = {"seq": self.seq, "ts": unix_time()}
                     await self.sensors.read_all(msg)
@@ -310,17 +310,19 @@ class Device:
                         # sees a gap (a loss), never a repeat.
                         self.seq += 1
                         try:
-                            await client.publish(self.t_telemetry, _dumps(msg), 0, False)
+                            await client.publish(self.t_telemetry, commands.dumps(msg), 0, False)
                         except LinkError:
                             pass  # the supervisor sees the same failure and reconnects
-                due = next_due(due, self.interval_ms)
+                due = next_due(due, period)
                 left = time.ticks_diff(due, time.ticks_ms())
                 if left > 0:
+                    self._telemetry = task  # only while in this sleep
                     try:
-                        await asyncio.wait_for_ms(self._interval_changed.wait(), left)
-                    except asyncio.TimeoutError:
-                        pass
-            self._interval_changed.clear()
+                        await asyncio.sleep_ms(left)
+                    except asyncio.CancelledError:
+                        if self._telemetry is not None:
+                            raise  # not set_interval (it clears the field first): the task ends
+                    self._telemetry = None
 
     # -- commands ----------------------------------------------------------------
 
@@ -426,7 +428,10 @@ class Device:
             return r
         if op == "set_interval":
             self.interval_ms = args["seconds"] * 1000
-            self._interval_changed.set()
+            task = self._telemetry
+            if task is not None:
+                self._telemetry = None
+                task.cancel()
             return {"interval": args["seconds"]}
         if op == "get_config":
             return commands.redacted(self.cfg)
@@ -479,7 +484,7 @@ class Device:
         client = self.client
         client.hold(False)  # the PUBACKs awaited below must not wait behind a held command
         if client.connected:
-            payload = _dumps({"online": False, "reason": reason})
+            payload = commands.dumps({"online": False, "reason": reason})
             try:
                 await client.publish(self.t_status, payload, 1, True)
             except LinkError:
@@ -525,8 +530,3 @@ class Device:
                 pump.cancel()
             due = next_due(due, period)
             await asyncio.sleep_ms(max(time.ticks_diff(due, time.ticks_ms()), 0))
-
-
-def _dumps(obj):
-    return json.dumps(obj, separators=(",", ":")).encode()
-

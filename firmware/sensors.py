@@ -46,17 +46,6 @@ def reason(e):
     return (msg if msg else type(e).__name__)[:40]
 
 
-def mcu_temperature():
-    # ESP32-S2/S3/C3 have esp32.mcu_temperature() in degrees C; the classic
-    # ESP32 only has raw_temperature() in degrees F.
-    import esp32
-
-    read = getattr(esp32, "mcu_temperature", None)
-    if read is not None:
-        return read()
-    return (esp32.raw_temperature() - 32) / 1.8
-
-
 # Drivers are plain state, not classes (each class costs the heap a few
 # hundred bytes on every board, used or not): _build() makes a sensor's
 # state, _read() measures with it. A sensor that could not be set up has
@@ -90,7 +79,14 @@ def _build(kind, spec, buses):
 async def _read(kind, state):
     # One measurement: a tuple of values in the order of _READINGS.
     if kind == "mcu":
-        return (mcu_temperature(),)
+        # ESP32-S2/S3/C3 have esp32.mcu_temperature() in degrees C; the
+        # classic ESP32 only has raw_temperature() in degrees F.
+        import esp32
+
+        read = getattr(esp32, "mcu_temperature", None)
+        if read is not None:
+            return (read(),)
+        return ((esp32.raw_temperature() - 32) / 1.8,)
     if kind == "bme280":
         return await state.read()
     if kind == "dht22":

@@ -69,6 +69,24 @@ def test_each_op_answers(online):
 
 
 @both_backends
+def test_set_interval_wakes_the_sleeping_telemetry(emu, broker, observer):
+    # Telemetry sleeps a whole interval; set_interval cancels that sleep, so
+    # a 60 s schedule gives way to the new one at once (the next message
+    # within about a second, not after the 60 s sleep), and the task lives on.
+    obs = observer(broker)
+    obs.subscribe(f"devices/{DEV}/#")
+    emu.add_board(DEV, broker.host, broker.port, keepalive=KA, interval=60)
+    obs.wait_for(is_birth(DEV), 10)
+    first = obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 5)  # the first one, right after the birth
+    mark = send(obs, {"id": "w1", "op": "set_interval", "args": {"seconds": 1}})
+    assert result_for(obs, "w1", mark)["result"] == {"interval": 1}
+    woke = obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 5, start=mark)
+    assert woke.json()["seq"] == first.json()["seq"] + 1
+    after = obs.wait_for(lambda m: m.topic.endswith("/telemetry"), 5, start=obs.messages.index(woke) + 1)
+    assert 0.5 <= after.t - woke.t <= 1.6
+
+
+@both_backends
 def test_reboot_goes_offline_then_comes_back(online):
     board, obs = online
     mark = send(obs, {"id": "rb", "op": "reboot"})

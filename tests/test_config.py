@@ -10,7 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware"))
 
 import config  # noqa: E402
-from config import ConfigError, defaults, load, redacted, validate  # noqa: E402
+from commands import redacted  # noqa: E402
+from config import ConfigError, defaults, load, validate  # noqa: E402
 
 SPEC_EXAMPLE = {
     "id": "dev-00001",

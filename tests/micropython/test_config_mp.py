@@ -4,7 +4,8 @@
 
 import json
 
-from config import ConfigError, defaults, load, redacted, validate
+from commands import redacted
+from config import ConfigError, defaults, load, validate
 
 
 def _check(raw):
