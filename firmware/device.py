@@ -402,16 +402,20 @@ class Device:
     async def _send_result(self, payload):
         # Results are QoS 1: wait (bounded) while too many are unacknowledged,
         # so a command flood cannot grow the queue without limit.
+        # Woken by each PUBACK (_acked), at most 30 s in all.
         client = self.client
         start = time.ticks_ms()
-        while client.pending() >= _RESULT_BACKLOG and time.ticks_diff(time.ticks_ms(), start) < 30000:
+        while client.pending() >= _RESULT_BACKLOG:
+            left = 30000 - time.ticks_diff(time.ticks_ms(), start)
+            if left <= 0:
+                break
             # The PUBACKs come through the reader: it must not hold meanwhile
             # (_on_event ends this once they made room).
             self._stalled = True
             client.hold(False)
             self._acked.clear()
             try:
-                await asyncio.wait_for_ms(self._acked.wait(), 1000)
+                await asyncio.wait_for_ms(self._acked.wait(), left)
             except asyncio.TimeoutError:
                 pass
         try:

@@ -10,12 +10,15 @@
 # fires (micropython/micropython#17351). It ends when the link closes or
 # fails, or when close() cancels it.
 #
-# Backpressure: the reader reads only when the session has parsed what it
-# may. While the owner holds PUBLISHes (hold(True): its command queue is
-# full) or the session's output has no room, it waits (for hold(False), or
-# for the writer) instead of reading, and TCP flow control holds the broker
-# back. The owner must release the hold promptly (its worker runs on the
-# same loop): a PINGRESP behind a held PUBLISH is not read either.
+# Backpressure: the reader reads only when the session has parsed all it
+# can (session.stopped == 0: the next packet is incomplete). While the next
+# is a PUBLISH the owner holds (hold(True): its command queue is full), or
+# the session's output has no room, it waits for hold(False), or for the
+# writer, instead of reading: a read could wait for bytes that never come
+# (the broker may have sent everything, its PUBACKs stuck behind the held
+# PUBLISH), and TCP flow control holds the broker back. The owner must
+# release the hold promptly (its worker runs on the same loop): a PINGRESP
+# behind a held PUBLISH is not read either.
 #
 # Deadlines (CONNACK, keepalive PINGREQ/PINGRESP, a started packet, a SUBACK,
 # a stalled write) are kept by the session's clock in a timer loop that runs
@@ -41,7 +44,6 @@ except ImportError:
 
 
 _WRITE_TIMEOUT_MS = const(10000)
-_WRITE_POLL_MS = const(5)  # how often a caller of _send() looks whether the writer is done
 
 
 class LinkError(Exception):
@@ -62,7 +64,9 @@ class MqttClient:
         self._link = 0  # counts connections opened and closed
         self._writing = False  # a _send() is writing (one at a time)
         self._wake = asyncio.Event()  # the reader has news for the timer loop
-        self._resume = asyncio.Event()  # hold(False) for a reader waiting on a held PUBLISH
+        # Set by hold(False) and when a writer is done: a task waiting for
+        # either (the reader, a caller of _send()) looks again.
+        self._resume = asyncio.Event()
         self._due = time.ticks_ms()  # ticks when the timer loop plans to wake
         self._tx_since = None  # ticks when the write in progress started
         self._failure = None  # why the link is unusable
@@ -160,15 +164,13 @@ class MqttClient:
                 if session.has_data_to_send() and not self._writing:
                     await self._send()  # PUBACKs (a writer at work sends them too); the timer loop watches the write
                     continue
-                space = session.decoder.space()
-                if not len(space):  # full of what may not be parsed yet
-                    if session.hold:  # a PUBLISH is held: wait for hold(False)
-                        resume.clear()
-                        await resume.wait()
-                    else:  # no output room: wait for the writer at work
-                        await self._send()
+                if session.stopped:  # a held PUBLISH, or no output room while a writer is at work
+                    resume.clear()
+                    await resume.wait()
                     continue
-                n = await reader.readinto(space)
+                # (never empty here: a packet too big for the buffer is a
+                # PUBLISH read into its own payload, or a ProtocolError)
+                n = await reader.readinto(session.decoder.space())
                 if n is None:  # TLS: only part of a record came, nothing decrypted yet
                     continue
                 if not n:
@@ -279,10 +281,12 @@ class MqttClient:
         # One writer at a time (one drain at a time per stream), writing and
         # draining until the session has nothing more queued: bytes leave in
         # the order queued. Another caller waits until it is done (a flag and
-        # a short poll: asyncio.Lock's module costs heap; callers that need not
-        # wait check _writing first).
+        # the _resume Event: asyncio.Lock's module costs heap; callers that
+        # need not wait check _writing first).
+        resume = self._resume
         while self._writing:
-            await asyncio.sleep_ms(_WRITE_POLL_MS)
+            resume.clear()
+            await resume.wait()
         w = self._writer
         if w is None:
             return
@@ -305,6 +309,7 @@ class MqttClient:
                     self._tx_since = None
         finally:
             self._writing = False
+            self._resume.set()
 
     # -- for the owner --------------------------------------------------------
 

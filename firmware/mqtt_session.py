@@ -115,6 +115,11 @@ class Session:
         # While True, a PUBLISH is left unparsed in the decoder's buffer (the
         # owner's consumer is full; the reader stops reading: backpressure).
         self.hold = False
+        # Why the last next_event() returning None left bytes unparsed: 0 it
+        # needs more bytes (read), 1 a held PUBLISH is next (hold(False)
+        # goes on), 2 the output has no room (data_to_send() goes on). The
+        # reader waits for that instead of reading: nothing else may come.
+        self.stopped = 0
         self._events = []
         self._last_tx = 0  # ticks of the last queued packet
         self._last_rx = 0  # ticks of the last received bytes
@@ -156,13 +161,18 @@ class Session:
         """Return the oldest undelivered event, or None. Parses the next
         received packet when no event waits (ProtocolError on a bad peer),
         unless the output has no room for its PUBACK (send data_to_send()
-        first) or it is a PUBLISH and hold is set."""
+        first) or it is a PUBLISH and hold is set: `stopped` says which."""
         if self._events:
             return self._events.pop(0)
         decoder = self.decoder  # (its state read directly: a method costs every board heap)
         now = self._last_rx
-        while self.state != DISCONNECTED and self._big is None and len(self._out) <= _OUT_CAP - _RX_ROOM:
+        self.stopped = 0
+        while self.state != DISCONNECTED:
+            if self._big is not None or len(self._out) > _OUT_CAP - _RX_ROOM:
+                self.stopped = 2
+                return None
             if self.hold and decoder._pos < decoder._end and decoder._buf[decoder._pos] >> 4 == _PUBLISH:
+                self.stopped = 1
                 return None
             try:
                 packet = decoder.next_packet()

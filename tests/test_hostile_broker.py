@@ -560,3 +560,58 @@ def test_command_flood_does_not_stop_the_board(hostile, backend):
     assert len(ids) == len(set(ids)), "a command was answered twice"
     assert len(broker.connections) == 1, broker.describe()
     assert_healthy(broker, board)
+
+
+def _device_const(name: str) -> int:
+    """A const() of firmware/device.py (the test follows the firmware's sizes)."""
+    m = re.search(rf"^{name} = const\((\d+)\)", (FIRMWARE / "device.py").read_text(), re.M)
+    assert m, f"{name} not found in firmware/device.py"
+    return int(m.group(1))
+
+
+def test_burst_then_silence_is_answered_well_before_the_keepalive(hostile):
+    """A broker that sends its commands and then nothing more must still see
+    every one taken and answered, not only once the keepalive's PINGRESP
+    brings new bytes (22.5 s at keepalive 30: the stall of issue 12's
+    bench). The script withholds PUBACKs until the board's worker waits for
+    them with a full command queue, then sends ONE PUBACK with one more
+    command behind it in the same write: the PUBACK lets the worker go on,
+    which holds the reader (queue full), so that command stays unparsed in
+    the receive buffer; the worker then releases the hold while the broker
+    stays silent. The board must take it (its PUBACK) without waiting for
+    new bytes, and answer everything once the PUBACKs flow."""
+    backlog, full = _device_const("_RESULT_BACKLOG"), _device_const("_CMD_HOLD")
+    first = backlog + 1 + full  # worker waiting on result backlog+1, `full` commands queued
+
+    def script(conn: Conn) -> None:
+        go_online(conn)
+        conn.auto_puback = False
+        birth = next(p for p in conn.publishes() if is_birth(p))
+        conn.send(puback(birth.packet_id))  # (ignored if it was answered already)
+        topic = cmd_topic(conn)
+        conn.send(b"".join(publish(topic, command(f"b-{k}"), qos=1, packet_id=k) for k in range(1, first + 1)))
+        conn.expect("PUBACK", timeout=10, where=lambda p: p.packet_id == first)
+        results = [p for p in conn.publishes() if p.topic.endswith("/cmd/result")]
+        conn.mark("silence")
+        conn.send(puback(results[0].packet_id) + publish(topic, command("b-last"), qos=1, packet_id=first + 1))
+
+    broker, board = hostile(script, keepalive=30)
+    (conn,) = broker.wait_connections(1, 10)
+    broker.wait(lambda: "silence" in conn.marks or conn.script_error is not None, 20,
+                f"the board to take the first {first} commands")
+    assert conn.script_error is None, conn.script_error + "\n" + broker.describe()
+    broker.wait(lambda: any(p.packet_id == first + 1 for p in conn.of_kind("PUBACK")), 5,
+                "the PUBACK of the command behind the PUBACK that released the worker "
+                "(the broker sent nothing since)")
+    assert not conn.of_kind("PINGREQ"), "a PINGREQ went out first: the keepalive ended the stall"
+    # Now acknowledge every result, the ones to come as they come.
+    conn.auto_puback = True
+    for p in conn.publishes():
+        if p.topic.endswith("/cmd/result"):
+            conn.send(puback(p.packet_id))
+    want = {f"b-{k}" for k in range(1, first + 1)} | {"b-last"}
+    broker.wait(lambda: want <= {json.loads(p.payload)["id"] for p in conn.publishes()
+                                 if p.topic.endswith("/cmd/result")}, 10, f"results for all {len(want)} commands")
+    assert not conn.of_kind("PINGREQ"), "a PINGREQ went out: something waited for the keepalive"
+    assert len(broker.connections) == 1, broker.describe()
+    assert_healthy(broker, board)

@@ -667,6 +667,7 @@ def test_no_output_room_stops_parsing_until_the_writer_made_room():
     s.received(len(wire), 1)
     got = events(s)  # PUBACKs fill the output: parsing stops with the rest buffered
     assert 0 < len(got) < n and len(s._out) + 4 > ms._OUT_CAP
+    assert s.stopped == 2  # the reader waits for the writer, not for the socket
     acked = [p.packet_id for p in sent(s)]
     assert acked == list(range(1, len(got) + 1))
     while len(got) < n:
@@ -683,10 +684,12 @@ def test_hold_leaves_a_publish_unparsed_but_not_acks_and_pingresps():
     wire = encode(Puback(pid)) + encode(Publish("d/cmd", b"a", qos=1, packet_id=5)) + encode(Pingresp())
     receive(s, wire, 2)
     assert events(s) == [PublishAcked(pid)]  # the PUBLISH waits, unacknowledged
+    assert s.stopped == 1  # the reader waits for hold(False), not for the socket
     assert sent(s) == []
     assert len(s.decoder.space()) < len(s.decoder._buf)  # still buffered
     s.hold = False
     assert events(s) == [Message("d/cmd", b"a", 1, False, False, 5, None)]
+    assert s.stopped == 0  # all parsed: the reader reads on
     assert sent(s) == [Puback(5)]
 
 
