@@ -33,7 +33,9 @@ from emulator.firmware.folder import fw_version
 from tests.boards import is_birth
 from tests.helpers import FIRMWARE_DIR, REPO_ROOT, Observer
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.mosquitto]
+# The module's venv (build, venv, pip install from PyPI) is made in the first
+# test's setup: minutes, not seconds, on a loaded machine or a cold pip cache.
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.mosquitto, pytest.mark.timeout(900)]
 
 TIMINGS: dict[str, float] = {}
 
