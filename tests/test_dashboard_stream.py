@@ -117,6 +117,28 @@ def test_resync_past_the_ring_and_after_a_backend_restart(broker, backends, obse
     fresh.close()
 
 
+def test_a_snapshot_and_what_follows_it_cover_every_event_once(broker, backends, observer):
+    """Clients connecting while events flow (a whole-fleet snapshot is shared
+    for a moment, the ring's events after it follow it): the snapshot's count
+    plus the events after it is every message, once."""
+    backend = backends()
+    obs = observer(broker)
+    first = backend.sse()
+    first.next()
+    for k in range(5):
+        publish_telemetry(obs, "d1", range(10 * k, 10 * k + 10))
+        sse = backend.sse()
+        snap = sse.next()
+        publish_telemetry(obs, "d1", [1000 + k])
+        after = sse.until(lambda e: e["event"] == "telemetry" and e["data"]["payload"]["seq"] == 1000 + k)
+        rows = [r for r in snap["data"]["devices"] if r["id"] == "d1"]
+        counted = rows[0]["received"] if rows else 0
+        assert counted + len(after) == 10 * k + 10 + k + 1, (k, counted, len(after))
+        assert [e["id"] for e in after] == list(range(snap["id"] + 1, snap["id"] + 1 + len(after)))
+        sse.close()
+    first.close()
+
+
 def test_device_filter(broker, backends, observer):
     backend = backends()
     obs = observer(broker)
