@@ -184,3 +184,45 @@ def test_json_of_a_status_event_is_one_line():
 
     text = encode({"x": "a\nb\u2028<&>", "n": float("nan")})
     assert "\n" not in text and "<" not in text and json.loads(text) == {"x": "a\nb\u2028<&>", "n": "nan"}
+
+
+def test_fleet_dashboard_shares_the_fleets_observer(tmp_path):
+    """`fleet --dashboard`: the URL and token are printed, the page's stream
+    shows the fleet's boards coming online, a command goes through, and at
+    the end the fleet's report and the dashboard agree on who is online."""
+    from tests.dashboard import SSE
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emulator", "--state", str(tmp_path / "s"), "fleet", "--devices", "3", "--interval", "1",
+         "--keepalive", "5", "--duration", "120", "--quiet", "--dashboard", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            m = re.search(r"dashboard at http://127\.0\.0\.1:(\d+)/\?token=(\S+)", line)
+            if m:
+                port, token = int(m.group(1)), m.group(2)
+                break
+        else:
+            raise AssertionError("".join(lines))
+        sse = SSE(port, f"/api/events?token={token}", timeout=30)
+        online = {r["id"] for r in sse.next()["data"]["devices"] if r["online"]}
+        while len(online) < 3:
+            ev = sse.next()
+            if ev["event"] == "status" and ev["data"]["view"]["online"]:
+                online.add(ev["data"]["device"])
+        sse.close()
+        assert online == {"dev-00001", "dev-00002", "dev-00003"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"},
+                          timeout=30) as http:
+            r = http.post("/api/devices/dev-00002/commands", json={"op": "ping"})
+            assert r.status_code == 200 and r.json()["ok"] is True
+            rows = http.get("/api/devices").json()["devices"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["online_at_end"] == sum(r["online"] for r in rows) == 3
+    assert report["commands_sent"] >= 1  # the dashboard's ping went through the fleet's observer
