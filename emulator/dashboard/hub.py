@@ -125,9 +125,12 @@ class Client:
         """The waiting events (empty when dropped or closed), None after `timeout` with nothing."""
         if not self.queue and not self.dropped and not self.closed:
             self.wake.clear()
+            tick = asyncio.get_running_loop().call_later(timeout, self.wake.set)  # no task per wait (wait_for)
             try:
-                await asyncio.wait_for(self.wake.wait(), timeout)
-            except TimeoutError:
+                await self.wake.wait()
+            finally:
+                tick.cancel()
+            if not self.queue and not self.dropped and not self.closed:
                 return None
         events, self.queue = self.queue, []
         return [] if self.dropped or self.closed else events
