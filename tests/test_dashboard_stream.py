@@ -97,8 +97,10 @@ def test_resync_past_the_ring_and_after_a_backend_restart(broker, backends, obse
     sse = backend.sse()
     snap = sse.next()
     sse.close()
+    witness = backend.sse()  # reads them all: they have gone through the ring
     publish_telemetry(obs, "d1", range(30))
-    backend.wait(_received("d1", 30), 20)
+    witness.until(lambda e: e["event"] == "telemetry" and e["data"]["payload"]["seq"] == 29)
+    witness.close()
     again = backend.sse(last_event_id=snap["id"])
     resync, snap2 = again.next(), again.next()
     assert resync["event"] == "resync" and "no longer in the replay buffer" in resync["data"]["reason"]
