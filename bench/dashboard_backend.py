@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from emulator.broker.mosquitto import Broker  # noqa: E402
+from tests.dashboard import many_sse, stalled_sse  # noqa: E402  (the tests' SSE clients)
 
 TOKEN = "bench-token-1234"
 CLK = os.sysconf("SC_CLK_TCK")
@@ -133,14 +133,6 @@ async def reader(port: int, lat: list[float], counts: list[int], slot: int) -> N
         w.close()
 
 
-def stalled(port: int) -> socket.socket:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", port))
-    s.sendall(f"GET /api/events?token={TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    return s
-
-
 def metric(port: int, name: str) -> float:
     import urllib.request
 
@@ -153,7 +145,7 @@ async def phase(port: int, pid: int, pub: Publisher, readers: int, rate: float, 
     counts = [0] * readers
     tasks = [asyncio.create_task(reader(port, lat, counts, k)) for k in range(readers)]
     await asyncio.sleep(1.0)  # connected, snapshots read
-    blocker = stalled(port) if stall else None
+    blocker = stalled_sse(port, token=TOKEN) if stall else None
     dropped0 = metric(port, "esp32emu_clients_dropped_total")
     c0 = cpu_s(pid)
     n = await asyncio.to_thread(pub.run, rate, seconds)
@@ -173,26 +165,6 @@ async def phase(port: int, pid: int, pub: Publisher, readers: int, rate: float, 
             "max": lat[-1] * 1000, "cpu": cpu / n * 1000, "dropped": int(dropped), "complete": min(counts) == n}
 
 
-async def connect_many(port: int, pub: Publisher, n: int) -> tuple[float, float]:
-    async def one():
-        r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
-        w.write(f"GET /api/events?token={TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        await w.drain()
-        await r.readuntil(b"event: snapshot\n")
-        return r, w
-
-    t0 = time.monotonic()
-    conns = await asyncio.gather(*(one() for _ in range(n)))
-    connected = time.monotonic() - t0
-    t1 = time.monotonic()
-    await asyncio.to_thread(pub.one, "devices/d00000/telemetry", json.dumps({"seq": 10**6, "ts": time.time()}))
-    await asyncio.gather(*(r.readuntil(b"event: telemetry\n") for r, _ in conns))
-    fanout = time.monotonic() - t1
-    for _, w in conns:
-        w.close()
-    return connected, fanout * 1000
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=1000.0, help="telemetry messages per second (default 1000)")
@@ -210,7 +182,8 @@ def main() -> None:
             rows = []
             for name, stall in (("steady", False), ("+ stalled", True)):
                 rows.append((name, asyncio.run(phase(port, proc.pid, pub, args.readers, args.rate, args.seconds, stall))))
-            connected, fanout = asyncio.run(connect_many(port, pub, args.connect))
+            connected, fanout, _ = asyncio.run(many_sse(port, args.connect, lambda: pub.one(
+                "devices/d00000/telemetry", json.dumps({"seq": 10**6, "ts": time.time()})), token=TOKEN))
         finally:
             if proc is not None:
                 proc.terminate()
@@ -221,7 +194,7 @@ def main() -> None:
     for name, r in rows:
         print(f"{name:<10} {r['events']:>12} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['max']:>8.1f} {r['cpu']:>9.3f} {r['dropped']:>8}")
     print(f"connect    {args.connect} SSE clients at once: all with a snapshot in {connected:.2f} s; "
-          f"one event reached all in {fanout:.0f} ms")
+          f"one event reached all in {fanout * 1000:.0f} ms")
     if not all(r["complete"] for _, r in rows):
         print("WARNING: a reader missed events (see the events column)")
 

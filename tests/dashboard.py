@@ -5,6 +5,7 @@ decides when it reads, and when it stops reading)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
@@ -105,12 +106,12 @@ class SSE:
         self.conn.close()
 
 
-def stalled_sse(port: int, query: str = "") -> socket.socket:
+def stalled_sse(port: int, query: str = "", token: str = TOKEN) -> socket.socket:
     """An SSE client that sends its request and then never reads (a tiny receive buffer)."""
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", port))
-    s.sendall(f"GET /api/events?token={TOKEN}{query} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+    s.sendall(f"GET /api/events?token={token}{query} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
     return s
 
 
@@ -118,3 +119,33 @@ def publish_telemetry(client, device: str, seqs, **readings) -> None:
     """A device that is not an emulated board: telemetry with the given seqs, `ts` = now."""
     for seq in seqs:
         client.publish(f"devices/{device}/telemetry", json.dumps({"seq": seq, "ts": time.time(), **readings}).encode(), qos=0)
+
+
+async def many_sse(port: int, n: int, publish, token: str = TOKEN) -> tuple[float, float, int]:
+    """n raw SSE clients connect at once; (seconds until every one has its
+    snapshot, seconds from `publish()` until every one has the next
+    telemetry event, how many distinct ids those events had)."""
+
+    async def one():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+        writer.write(f"GET /api/events?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        await reader.readuntil(b"event: snapshot\n")
+        return reader, writer
+
+    t0 = time.monotonic()
+    conns = await asyncio.gather(*(one() for _ in range(n)))
+    connected = time.monotonic() - t0
+    t1 = time.monotonic()
+    await asyncio.to_thread(publish)
+    ids = set()
+
+    async def telemetry(reader):
+        head = await reader.readuntil(b"event: telemetry\n")
+        ids.add(head.rsplit(b"id: ", 1)[1].split(b"\n")[0])
+
+    await asyncio.gather(*(telemetry(r) for r, _ in conns))
+    fanout = time.monotonic() - t1
+    for _, w in conns:
+        w.close()
+    return connected, fanout, len(ids)

@@ -18,7 +18,7 @@ from websockets.sync.client import connect as ws_connect
 
 from emulator.firmware.config import default_config
 from emulator.testing.handles import BoardHandle
-from tests.dashboard import TOKEN, Backend, publish_telemetry, stalled_sse
+from tests.dashboard import TOKEN, Backend, many_sse, publish_telemetry, stalled_sse
 
 pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
 
@@ -198,41 +198,12 @@ def test_a_stalled_client_is_dropped_and_delays_no_one(broker, backends, observe
     healthy.close()
 
 
-async def _many_sse(port: int, n: int, publish) -> tuple[float, float, int]:
-    """n raw SSE clients connect at once; (seconds until every one has its
-    snapshot, seconds from one publish until every one has that event, ids)."""
-
-    async def one():
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(f"GET /api/events?token={TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        await writer.drain()
-        await reader.readuntil(b"event: snapshot\n")
-        return reader, writer
-
-    t0 = time.monotonic()
-    conns = await asyncio.gather(*(one() for _ in range(n)))
-    connected = time.monotonic() - t0
-    t1 = time.monotonic()
-    await asyncio.to_thread(publish)
-    ids = set()
-
-    async def telemetry(reader):
-        head = await reader.readuntil(b"event: telemetry\n")
-        ids.add(head.rsplit(b"id: ", 1)[1].split(b"\n")[0])
-
-    await asyncio.gather(*(telemetry(r) for r, _ in conns))
-    fanout = time.monotonic() - t1
-    for _, w in conns:
-        w.close()
-    return connected, fanout, len(ids)
-
-
 def test_1000_sse_clients_connect_at_once(broker, backends, observer):
     backend = backends()
     obs = observer(broker)
     n = 1000
     connected, fanout, distinct = asyncio.run(asyncio.wait_for(
-        _many_sse(backend.port, n, lambda: publish_telemetry(obs, "d1", [0])), 120))
+        many_sse(backend.port, n, lambda: publish_telemetry(obs, "d1", [0])), 120))
     assert distinct == 1  # every client got the same event (one id)
     metrics = backend.get("/metrics").text
     print(f"\n{n} SSE clients: all connected with a snapshot in {connected:.2f} s; one event reached all in {fanout * 1000:.0f} ms")
