@@ -22,8 +22,10 @@ TOKEN = "test-token-123"
 class Backend:
     """The backend (`esp32emu dashboard` without its command line) on `broker`."""
 
-    def __init__(self, broker, token: str = TOKEN, **options):
+    def __init__(self, broker, token: str = TOKEN, certs=None, **options):
         self.observer = FleetObserver(broker.host, broker.port)
+        if certs is not None:  # mqtts://: the backend identity, as `esp32emu dashboard` does
+            self.observer.use_tls(certs)
         self.dashboard = Dashboard(self.observer, port=0, token=token, **options)
         self.observer.start()
         self.dashboard.start()
@@ -112,6 +114,26 @@ def stalled_sse(port: int, query: str = "", token: str = TOKEN) -> socket.socket
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", port))
     s.sendall(f"GET /api/events?token={token}{query} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+    return s
+
+
+def stalled_ws(port: int, subscribe: dict, token: str = TOKEN) -> socket.socket:
+    """A WebSocket client that subscribes and then never reads (a tiny receive buffer)."""
+    import os
+
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(f"GET /api/ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)  # byte by byte: nothing after the handshake is read
+    assert head.startswith(b"HTTP/1.1 101"), head
+    data = json.dumps(subscribe).encode()
+    assert len(data) < 126
+    mask = os.urandom(4)
+    s.sendall(bytes([0x81, 0x80 | len(data)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
     return s
 
 

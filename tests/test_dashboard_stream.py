@@ -18,7 +18,7 @@ from websockets.sync.client import connect as ws_connect
 
 from emulator.firmware.config import default_config
 from emulator.testing.handles import BoardHandle
-from tests.dashboard import TOKEN, Backend, many_sse, publish_telemetry, stalled_sse
+from tests.dashboard import TOKEN, Backend, many_sse, publish_telemetry, stalled_sse, stalled_ws
 
 pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
 
@@ -196,6 +196,24 @@ def test_a_stalled_client_is_dropped_and_delays_no_one(broker, backends, observe
     print(f"\nstalled client: healthy client's publish-to-read lag p50 {lag[len(lag) // 2] * 1000:.1f} ms, "
           f"p99 {lag[int(len(lag) * 0.99)] * 1000:.1f} ms over {n} events")
     healthy.close()
+
+
+def test_a_stalled_websocket_is_dropped(broker, backends, observer):
+    backend = backends(history=100, client_queue=1000)
+    obs = observer(broker)
+    stalled = stalled_ws(backend.port, {"type": "subscribe", "devices": "*"})
+    witness = backend.sse()  # a reader: the hub has subscribed the WebSocket once this one is in
+    witness.next()
+    n = 4000
+    for k in range(0, n, 100):  # the witness keeps up; the WebSocket reads nothing
+        publish_telemetry(obs, "d1", range(k, k + 100), pad="x" * 500)
+        witness.until(lambda e: e["event"] == "telemetry" and e["data"]["payload"]["seq"] == k + 99)
+    assert backend.hub.dropped_total["ws"] == 1 and backend.hub.connected["ws"] == 0
+    stalled.settimeout(10)
+    while stalled.recv(65536):  # what was buffered, then the backend's close
+        pass
+    stalled.close()
+    witness.close()
 
 
 def test_1000_sse_clients_connect_at_once(broker, backends, observer):

@@ -175,6 +175,8 @@ class Channel:
         self.writer: asyncio.Task | None = None
         self.lock = asyncio.Lock()
         self.commands: set[asyncio.Task] = set()
+        self.task: asyncio.Task | None = None  # run(): the connection
+        self.ended = False  # the stream ended on the backend's side: so does the connection
 
     async def run(self) -> None:
         if not self.auth.ok(self.ws):
@@ -184,6 +186,7 @@ class Channel:
                 await self.ws.close(code=4401, reason="missing or wrong token")
             return
         await self.ws.accept()
+        self.task = asyncio.current_task()
         try:
             while True:
                 try:
@@ -202,6 +205,10 @@ class Channel:
                     await self._send({"type": "error", "error": "expected {\"type\": \"subscribe\"} or {\"type\": \"command\"}"})
         except WebSocketDisconnect:
             pass
+        except asyncio.CancelledError:
+            if not self.ended:
+                raise
+            self.task.uncancel()  # its stream ended (dropped, or the backend stopping): the server closes it
         finally:
             self._unsubscribe()
             for task in list(self.commands):
@@ -250,6 +257,10 @@ class Channel:
             await asyncio.wait_for(self.ws.close(code=1013 if client.dropped else 1001), 1.0)
         except (TimeoutError, RuntimeError, OSError):
             pass
+        self.ended = True
+        self.client = None
+        if self.task is not None:
+            self.task.cancel()  # the connection ends with its stream
 
     async def _command(self, msg: dict) -> None:
         device = msg.get("device")
