@@ -95,6 +95,7 @@ def test_devices_device_and_commands_with_emulated_boards(emu, broker, backend):
     count = int(re.search(r"^esp32emu_command_rtt_ms_count (\d+)$", text, re.M).group(1))
     assert count == 2  # the two answered commands
     assert re.search(r'^esp32emu_command_rtt_ms_bucket\{le="\+Inf"\} 2$', text, re.M)
+    assert float(re.search(r"^esp32emu_telemetry_per_second (\S+)$", text, re.M).group(1)) > 0  # dev-00001 still sends
 
 
 def test_the_token_and_commands_never_by_get(broker, backend, observer):

@@ -282,6 +282,15 @@ class Metrics:
     def __init__(self, hub: Hub):
         self.hub = hub
         self.rate = Rate(10.0)
+        self.per_second = 0.0
+
+    async def sample(self) -> None:
+        """Messages per second, sampled every second (the first scrape has a value too)."""
+        while True:
+            with self.hub.observer.lock:
+                total = self.hub.observer.telemetry_total
+            self.per_second = self.rate.update(total)
+            await asyncio.sleep(1.0)
 
     def text(self) -> str:
         obs = self.hub.observer
@@ -305,7 +314,7 @@ class Metrics:
                [("", s["telemetry_received"])])
         metric("esp32emu_telemetry_lost_total", "counter", "Telemetry messages lost (seq gaps).", [("", s["telemetry_lost"])])
         metric("esp32emu_telemetry_per_second", "gauge", "Telemetry messages per second (last 10 s).",
-               [("", round(self.rate.update(s["telemetry_total"]), 1))])
+               [("", round(self.per_second, 1))])
         metric("esp32emu_reconnects_total", "counter", "Device reconnects (births after the first).", [("", s["reconnects"])])
         metric("esp32emu_wills_total", "counter", "Last Wills seen.", [("", s["lwt_seen"])])
         metric("esp32emu_commands_sent_total", "counter", "Commands published.", [("", s["commands_sent"])])
@@ -375,7 +384,9 @@ def build_app(hub: Hub, token: str, static_dir: Path = STATIC) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         hub.bind(asyncio.get_running_loop())
+        sampler = asyncio.create_task(metrics.sample())
         yield
+        sampler.cancel()
         hub.shutdown()
 
     routes = [
