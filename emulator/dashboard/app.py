@@ -273,7 +273,10 @@ class Channel:
             await self._send({**reply, "status": 400, "error": str(e)})
             return
         status, body = await self.hub.command(device, op, args, timeout, cmd_id)
-        await self._send({**reply, **body, "status": status})
+        try:
+            await self._send({**reply, **body, "status": status})
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the client left while its command was out
 
 
 class Metrics:
