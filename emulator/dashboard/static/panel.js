@@ -214,7 +214,7 @@ export class Panel {
 
   renderPresence() {
     const cv = document.getElementById("p-timeline");
-    const w = cv.clientWidth || 400, h = 28, dpr = window.devicePixelRatio || 1;
+    const w = cv.clientWidth || 400, h = 36, bh = 20, dpr = window.devicePixelRatio || 1;
     cv.width = Math.round(w * dpr); cv.height = Math.round(h * dpr);
     const ctx = cv.getContext("2d");
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
@@ -228,8 +228,8 @@ export class Panel {
       const a = list[i], b = list[i + 1];
       const x0 = xOf(a.t), x1 = b ? xOf(b.t) : w;
       ctx.fillStyle = PRESENCE_COLORS[a.state] || PRESENCE_COLORS.unknown;
-      ctx.fillRect(x0, 4, Math.max(1, x1 - x0), h - 8);
-      if (a.state === "will") { ctx.fillStyle = "#ffa198"; ctx.fillRect(x0, 0, 2, h); }
+      ctx.fillRect(x0, 0, Math.max(1, x1 - x0), bh);
+      if (a.state === "will") { ctx.fillStyle = "#ffa198"; ctx.fillRect(x0, 0, 2, bh); }
     }
     ctx.fillStyle = "#7d8a98";
     ctx.font = "10px system-ui";
