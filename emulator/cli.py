@@ -18,6 +18,8 @@ from emulator.validation import UsageError
 
 STATE_DIR = Path(".esp32emu")
 CERTS_DIR = Path("certs")
+LISTEN_PORT = v.Number(int, 0, 65535)  # the dashboard's: 0 picks a free one
+HISTORY = v.Number(int, 1, 10_000_000, unit="events")
 FIRMWARE_HELP = "the firmware folder to boot (default: ./firmware when it has a main.py, else the one bundled with esp32emu)"
 
 
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(one process each, firmware deployed as flash --mpy does)")
     fl.add_argument("--heap", type=_value(v.heap), help="MicroPython heap per board with --vm micropython (default 100k)")
     fl.add_argument("--firmware", type=Path, metavar="DIR", help=FIRMWARE_HELP)
+    fl.add_argument("--dashboard", type=_value(v.PORT), nargs="?", const=8080, metavar="PORT",
+                    help="serve the dashboard beside the fleet on 127.0.0.1:PORT (default 8080); its URL and token are printed")
 
     wa = sub.add_parser("watch", help="live table of every device seen on a broker (ours or not)")
     wa.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883)")
@@ -87,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "else once the retained statuses and one telemetry round from every online device are in (at most 30 s)")
     wa.add_argument("--plain", action="store_true", help="plain lines instead of the live table (automatic when not a terminal)")
     wa.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (backend.crt; default certs)")
+
+    da = sub.add_parser("dashboard", help="the web dashboard: MQTT to SSE, REST and WebSocket, and the page (SPEC §6)")
+    da.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default: start a private Mosquitto)")
+    da.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1: this machine only)")
+    da.add_argument("--port", type=_value(LISTEN_PORT), default=8080, help="listen port (default 8080; 0 picks a free one)")
+    da.add_argument("--prefix", default="devices", help="topic prefix (default devices)")
+    da.add_argument("--token", help="the token every API call needs (default: a new one, printed with the URL)")
+    da.add_argument("--history", type=_value(HISTORY), default=10_000, help="events kept for Last-Event-ID replay (default 10000)")
+    da.add_argument("--duration", type=_value(v.DURATION), help="stop after this many seconds (default: until Ctrl-C)")
+    da.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (backend.crt; default certs)")
 
     br = sub.add_parser("broker", help="run a private Mosquitto with the project's config")
     br.add_argument("--port", type=_value(v.PORT), help="listen port (default 1883, or 8883 with --tls)")
@@ -193,8 +207,14 @@ def _dispatch(args: argparse.Namespace) -> int:
                 vm=args.vm,
                 heap=args.heap,
                 firmware=args.firmware,
+                dashboard=args.dashboard,
             )
         )
+    if args.command == "dashboard":
+        from emulator.dashboard.server import run_dashboard
+
+        return run_dashboard(args.broker, args.host, args.port, args.prefix, args.token, args.history,
+                             state_dir=args.state, certs_dir=args.certs, duration=args.duration)
     if args.command == "watch":
         from emulator.observe.watch import run_watch
 

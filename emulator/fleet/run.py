@@ -31,6 +31,7 @@ from pathlib import Path
 from emulator.board.backends import board_modules
 from emulator.broker.certs import provision_tls
 from emulator.broker.pick import broker_for, check_inputs
+from emulator.dashboard.server import beside
 from emulator.firmware.folder import pick_firmware
 from emulator.fleet.workers import GroupSpec, LocalBoards, WorkerError, WorkerPool, device_id, rss_kb, split
 from emulator.observe.counting import FleetObserver, percentile
@@ -85,6 +86,7 @@ class FleetOptions:
     vm: str | None = None  # "micropython": every board one interpreter process (emulator/board/vm/)
     heap: str | None = None  # their heap (default emulator.board.vm.interpreter.DEFAULT_HEAP)
     firmware: Path | None = None  # --firmware (firmware.folder.pick_firmware: else ./firmware, else the bundled one)
+    dashboard: int | None = None  # --dashboard PORT: the web backend on this fleet's observer (emulator/dashboard/)
 
 
 def check_fd_limit(devices: int, workers: int = 1, private_broker: bool = True, per_board: int = FDS_PER_BOARD) -> None:
@@ -218,10 +220,12 @@ def run_fleet(opts: FleetOptions) -> int:
         else:
             boards = WorkerPool([replace(spec, indices=s) for s in split(range(opts.devices), opts.workers)])
         observer.expect(opts.devices)
+        dashboard = beside(observer, opts.dashboard)  # the same observer: the page and the live view agree
         try:
             observer.start()
         except ConnectionError as e:  # refused, unreachable, or it would not let the observer in
             print(f"esp32emu: {e}", file=sys.stderr)
+            dashboard.stop()
             return 1
         try:
             boards.build()
@@ -230,6 +234,7 @@ def run_fleet(opts: FleetOptions) -> int:
             print(f"esp32emu: {e}", file=sys.stderr)
             return 1
         finally:
+            dashboard.stop()
             observer.stop()
             if isinstance(boards, WorkerPool):
                 boards.kill()

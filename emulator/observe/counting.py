@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,16 @@ class DeviceView:
     last_seen: float = 0.0  # time.monotonic() of the last message about this device
     last_telemetry_at: float | None = None
     offline_since: float | None = None
+    # What the birth said, and wall-clock times (time.time()) for the dashboard's API:
+    fw: str | None = None
+    reset: str | None = None
+    ip: str | None = None
+    since: float | None = None  # the last presence change (online, offline, Will)
+    last: object = None  # the last telemetry payload (parsed JSON, or the text when it was not JSON)
+    last_at: float | None = None  # when it came
+    # Kept only when the observer is asked to (`keep(...)`): newest last.
+    presence: deque | None = None  # {"at", "state", "reason", "boot", "retained"} per status message
+    recent: deque | None = None  # (at, payload) of the last telemetry messages
 
     @property
     def lost(self) -> int:
@@ -84,6 +95,12 @@ class FleetObserver:
         self._flush_topic = f"{prefix}/{self._client_id}/flush"
         self._flushed: dict[str, threading.Event] = {}
         self._flush_broken = False  # a marker did not come back: said once, no more waiting
+        self.keep_presence = 0  # per device, with keep(): the last status messages
+        self.keep_telemetry = 0  # ... and the last telemetry messages
+        # Called under the lock after each counted message, on paho's thread:
+        # listener(kind, device_id, view or None, payload, retained, wall_time, rtt_ms or None),
+        # kind "status" | "telemetry" | "result". Must not block.
+        self.listeners: list = []
         self.warn = warn or (lambda line: print(f"esp32emu: {line}", file=sys.stderr, flush=True))
         self.conn = BrokerConnection(host, port, self._client_id, on_message=self._on_message)
         self.client = self.conn.client
@@ -115,6 +132,12 @@ class FleetObserver:
     def stop(self) -> None:
         self.conn.close()
 
+    def keep(self, presence: int, telemetry: int) -> None:
+        """Keep each device's last `presence` status messages and last
+        `telemetry` telemetry messages (the dashboard's device panel)."""
+        with self.lock:
+            self.keep_presence, self.keep_telemetry = presence, telemetry
+
     def expect(self, n: int) -> None:
         """Record `all_online_at` the first time n devices are online together."""
         self.expected = n
@@ -141,30 +164,41 @@ class FleetObserver:
         if len(parts) < 3 or not parts[1]:
             return
         device_id, kind = parts[1], parts[2]
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         try:
             body = json.loads(msg.payload)
         except ValueError:
             body = msg.payload.decode("utf-8", "replace").strip()
+        rtt = None
         with self.lock:
+            view = None
             if kind == "telemetry":
                 view = self._view(device_id)
                 view.last_seen = now
-                self._telemetry(view, body, now)
+                self._telemetry(view, body, now, wall)
             elif kind == "status":
                 view = self._view(device_id)
                 view.last_seen = now
-                self._status(view, body, msg.retain, now)
+                self._status(view, body, msg.retain, now, wall)
             elif kind == "cmd/result" and isinstance(body, dict):
+                kind = "result"
+                view = self.devices.get(device_id)
                 sent = self._pending.pop(str(body.get("id")), None)
                 if sent is not None:
-                    self.rtts_ms.append((now - sent) * 1000)
+                    rtt = (now - sent) * 1000
+                    self.rtts_ms.append(rtt)
                     if body.get("ok") is True:
                         self.commands_ok += 1
+            else:
+                return
+            for listener in self.listeners:
+                listener(kind, device_id, view, body, msg.retain, wall, rtt)
             self._changed.notify_all()
 
-    def _set_state(self, view: DeviceView, state: str, now: float) -> None:
+    def _set_state(self, view: DeviceView, state: str, now: float, wall: float) -> None:
         was_online = view.state == "online"
+        if state != view.state:
+            view.since = wall
         view.state = state
         if state == "online":
             view.offline_since = None
@@ -178,7 +212,7 @@ class FleetObserver:
             if was_online:
                 self.online_count -= 1
 
-    def _status(self, view: DeviceView, body, retained: bool, now: float) -> None:
+    def _status(self, view: DeviceView, body, retained: bool, now: float, wall: float) -> None:
         if isinstance(body, dict):
             online = body.get("online")
         elif isinstance(body, bool):
@@ -187,10 +221,12 @@ class FleetObserver:
             text = str(body).lower()
             online = True if text in _PLAIN_ONLINE else False if text in _PLAIN_OFFLINE else None
         if online is True:
-            self._set_state(view, "online", now)
+            self._set_state(view, "online", now, wall)
             view.reason = None
             if not retained:
                 view.births += 1
+            if isinstance(body, dict):
+                view.fw, view.reset, view.ip = (_text(body.get(k)) for k in ("fw", "reset", "ip"))
             boot = body.get("boot") if isinstance(body, dict) else None
             if isinstance(boot, int) and boot != view.boot:
                 view.boot = boot
@@ -201,15 +237,27 @@ class FleetObserver:
         elif online is False:
             # Our Will is exactly {"online": false}; a planned offline names its reason.
             will = isinstance(body, dict) and set(body) == {"online"}
-            self._set_state(view, "will" if will else "offline", now)
-            view.reason = body.get("reason") if isinstance(body, dict) else None
+            self._set_state(view, "will" if will else "offline", now, wall)
+            view.reason = _text(body.get("reason")) if isinstance(body, dict) else None
             if will and not retained:
                 view.wills += 1
+        else:
+            return
+        if self.keep_presence:
+            if view.presence is None:
+                view.presence = deque(maxlen=self.keep_presence)
+            view.presence.append({"at": wall, "state": view.state, "reason": view.reason,
+                                  "boot": view.boot if online else None, "retained": retained})
 
-    def _telemetry(self, view: DeviceView, body, now: float) -> None:
+    def _telemetry(self, view: DeviceView, body, now: float, wall: float) -> None:
         self.telemetry_total += 1
         view.received += 1
         view.last_telemetry_at = now
+        view.last, view.last_at = body, wall
+        if self.keep_telemetry:
+            if view.recent is None:
+                view.recent = deque(maxlen=self.keep_telemetry)
+            view.recent.append((wall, body))
         seq = body.get("seq") if isinstance(body, dict) else None
         if not isinstance(seq, int) or isinstance(seq, bool):
             return
@@ -225,8 +273,8 @@ class FleetObserver:
 
     # -- commands and synchronisation ----------------------------------------------
 
-    def send_command(self, device_id: str, op: str, args: dict | None = None) -> str:
-        cmd_id = uuid.uuid4().hex[:12]
+    def send_command(self, device_id: str, op: str, args: dict | None = None, cmd_id: str | None = None) -> str:
+        cmd_id = cmd_id or uuid.uuid4().hex[:12]
         payload = json.dumps({"id": cmd_id, "op": op, "args": args or {}})
         with self.lock:
             self._pending[cmd_id] = time.monotonic()
@@ -307,6 +355,11 @@ class FleetObserver:
         for d, v in heapq.nsmallest(n, offline, key=lambda dv: dv[1].offline_since):
             rows.append((d, f"offline ({v.state}) {now - v.offline_since:.0f} s"))
         return rows
+
+
+def _text(value) -> str | None:
+    """A birth's string field as the device sent it (None when absent or not a string)."""
+    return value if isinstance(value, str) else None
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:

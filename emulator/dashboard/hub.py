@@ -1,0 +1,303 @@
+"""The dashboard's event stream, on top of the one per-device model
+(emulator/observe/counting.py's FleetObserver).
+
+Every message the observer counts becomes one event with one global,
+increasing id, numbered on paho's thread under the observer's lock -- so a
+snapshot of the model taken under that lock is exactly "everything up to
+id S". Events are encoded once there (JSON for the WebSocket, the SSE frame)
+and handed to the event loop in batches (one `call_soon_threadsafe` per
+batch, not per message).
+
+On the loop, `_drain` appends each batch to the replay ring (`history`
+events) and hands it to every client's bounded queue; it never waits on a
+client. A client whose queue passes its bound is dropped (its task
+cancelled if it is blocked writing): it reconnects with `Last-Event-ID` and
+gets the replay from the ring, or `resync` + `snapshot` when its id has
+left the ring (or belongs to an earlier run of the backend).
+
+Ids start at the backend's start time in milliseconds times 1000, so a
+restarted backend's ids are above every id of the one before: a client
+that comes back with an id the ring never held gets `resync`, never
+someone else's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections import deque
+
+from emulator.observe.counting import DeviceView, FleetObserver
+
+DEFAULT_HISTORY = 10_000  # events kept for Last-Event-ID replay
+CLIENT_QUEUE = 5_000  # events a client may have waiting before it is dropped
+KEEP_TELEMETRY = 120  # per device, for GET /api/devices/{id}
+KEEP_PRESENCE = 50
+
+
+def encode(obj) -> str:
+    """One line of JSON that is also safe to drop into HTML or a <script>:
+    `<`, `>` and `&` are written as \\u escapes (they only occur inside
+    strings), NaN and Infinity (which JSON has not) as strings."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(_no_nan(obj), separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _no_nan(obj):
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_nan(v) for v in obj]
+    return obj
+
+
+def device_row(device_id: str, v: DeviceView, wall: float) -> dict:
+    """A device as GET /api/devices lists it (SPEC §6). Call under the observer's lock."""
+    return {
+        "id": device_id,
+        "online": v.state == "online",
+        "state": v.state or "unknown",
+        "reason": v.reason,
+        "since": v.since,
+        "fw": v.fw,
+        "boot": v.boot,
+        "reset": v.reset,
+        "ip": v.ip,
+        "last": v.last,
+        "last_at": v.last_at,
+        "age_s": None if v.last_at is None else round(max(wall - v.last_at, 0.0), 3),
+        "received": v.received,
+        "lost": v.lost,
+        "reconnects": max(v.births - 1, 0),
+        "wills": v.wills,
+    }
+
+
+class Event:
+    __slots__ = ("id", "type", "device", "json", "sse")
+
+    def __init__(self, event_id: int, kind: str, device: str | None, obj: dict):
+        self.id, self.type, self.device = event_id, kind, device
+        self.json = encode(obj)
+        self.sse = f"id: {event_id}\nevent: {kind}\ndata: {self.json}\n\n".encode()
+
+
+class Client:
+    """One SSE or WebSocket client: what it wants, its bounded queue."""
+
+    def __init__(self, devices: frozenset[str] | None, after: int, limit: int):
+        self.devices = devices  # None: every device
+        self.after = after  # events up to this id are already covered (snapshot or replay)
+        self.limit = limit
+        self.queue: list[Event] = []
+        self.wake = asyncio.Event()
+        self.dropped = False  # fell behind: the stream ends, the client reconnects
+        self.closed = False  # the backend is stopping
+        self.sending = False  # blocked writing to the socket (cancel `task` to drop it)
+        self.task: asyncio.Task | None = None
+
+    def wants(self, ev: Event) -> bool:
+        return ev.id > self.after and (self.devices is None or ev.device in self.devices)
+
+    def push(self, events: list[Event]) -> None:
+        if self.dropped or not events:
+            return
+        if len(self.queue) + len(events) > self.limit:
+            self.dropped = True
+            self.queue = []
+            self.wake.set()
+            if self.sending and self.task is not None:
+                self.task.cancel()
+            return
+        self.queue.extend(events)
+        self.wake.set()
+
+    async def next(self, timeout: float) -> list[Event] | None:
+        """The waiting events (empty when dropped or closed), None after `timeout` with nothing."""
+        if not self.queue and not self.dropped and not self.closed:
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except TimeoutError:
+                return None
+        events, self.queue = self.queue, []
+        return [] if self.dropped or self.closed else events
+
+
+class Hub:
+    def __init__(self, observer: FleetObserver, history: int = DEFAULT_HISTORY, client_queue: int = CLIENT_QUEUE):
+        self.observer = observer
+        self.history = history
+        self.client_queue = client_queue
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ring: deque[Event] = deque(maxlen=history)
+        self.clients: set[Client] = set()
+        self.waiters: dict[str, asyncio.Future] = {}
+        self._pending: list[Event] = []
+        self._plock = threading.Lock()
+        self.first_id = int(time.time() * 1000) * 1000  # above every id of an earlier run
+        self.last_id = self.first_id  # the last id numbered (paho's thread, under the observer's lock)
+        self.drained = self.first_id  # the last id in the ring (loop)
+        # figures for /metrics
+        self.events_total = 0
+        self.dropped_total = {"sse": 0, "ws": 0}
+        self.connected = {"sse": 0, "ws": 0}
+        observer.keep(KEEP_PRESENCE, KEEP_TELEMETRY)
+        with observer.lock:
+            observer.listeners.append(self._on_message)
+
+    # -- paho's thread ------------------------------------------------------------
+
+    def _on_message(self, kind, device_id, view, body, retained, wall, rtt) -> None:
+        """Called by the observer under its lock, after the model took the message."""
+        self.last_id += 1
+        obj = {"type": kind, "id": self.last_id, "device": device_id, "at": wall, "payload": body}
+        if kind == "status":
+            obj["retained"] = retained
+            obj["view"] = device_row(device_id, view, wall)
+        elif kind == "telemetry":
+            obj["received"], obj["lost"] = view.received, view.lost
+        else:  # result
+            obj["rtt_ms"] = None if rtt is None else round(rtt, 1)
+        ev = Event(self.last_id, kind, device_id, obj)
+        with self._plock:
+            self._pending.append(ev)
+            first = len(self._pending) == 1
+        if first and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._drain)
+
+    # -- the event loop -------------------------------------------------------------
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        loop.call_soon(self._drain)  # what came before the loop ran
+
+    def _drain(self) -> None:
+        with self._plock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        self.ring.extend(batch)
+        self.drained = batch[-1].id
+        self.events_total += len(batch)
+        if self.waiters:
+            for ev in batch:
+                if ev.type == "result":
+                    self._resolve(ev)
+        for client in self.clients:
+            if client.devices is None and client.after < batch[0].id:
+                client.push(batch)
+            else:
+                client.push([ev for ev in batch if client.wants(ev)])
+
+    def _resolve(self, ev: Event) -> None:
+        body = json.loads(ev.json)
+        payload = body.get("payload")
+        if isinstance(payload, dict):
+            fut = self.waiters.get(str(payload.get("id")))
+            if fut is not None and not fut.done():
+                fut.set_result(body)
+
+    def snapshot(self, devices: frozenset[str] | None = None) -> tuple[int, dict]:
+        """(S, the snapshot event's object): the model as of event id S."""
+        wall = time.time()
+        with self.observer.lock:
+            sid = self.last_id
+            views = self.observer.devices
+            ids = views.keys() if devices is None else [d for d in devices if d in views]
+            rows = [device_row(d, views[d], wall) for d in ids]
+        return sid, {"type": "snapshot", "id": sid, "at": wall, "devices": rows}
+
+    def open(self, devices: frozenset[str] | None, last_event_id: int | None, kind: str) -> tuple[Client, list[Event]]:
+        """A new client and what it gets first: the replay after
+        `last_event_id`, or (none given, or past the ring) `snapshot`, with
+        `resync` before it when an id was given. Runs on the loop, no await:
+        nothing can come between the snapshot and the registration."""
+        oldest = self.ring[0].id if self.ring else self.drained + 1
+        if last_event_id is not None and oldest - 1 <= last_event_id <= self.last_id:
+            first = [ev for ev in self.ring if ev.id > last_event_id
+                     and (devices is None or ev.device in devices)]
+            client = Client(devices, max(last_event_id, self.drained), self.client_queue)
+        else:
+            sid, snap = self.snapshot(devices)
+            first = [Event(sid, "snapshot", None, snap)]
+            if last_event_id is not None:
+                why = "from an earlier run of the backend" if last_event_id < self.first_id or last_event_id > self.last_id \
+                    else "no longer in the replay buffer"
+                first.insert(0, Event(sid, "resync", None, {"type": "resync", "id": sid, "last_event_id": last_event_id,
+                                                              "reason": f"event {last_event_id} is {why}"}))
+            client = Client(devices, sid, self.client_queue)
+        self.clients.add(client)
+        self.connected[kind] += 1
+        return client, first
+
+    def close(self, client: Client, kind: str) -> None:
+        if client in self.clients:
+            self.clients.discard(client)
+            self.connected[kind] -= 1
+            if client.dropped:
+                self.dropped_total[kind] += 1
+
+    def shutdown(self) -> None:
+        """The backend is stopping: every stream ends (its clients reconnect to the next one)."""
+        for client in self.clients:
+            client.closed = True
+            client.wake.set()
+
+    # -- commands ---------------------------------------------------------------------
+
+    def seen(self, device_id: str) -> bool:
+        with self.observer.lock:
+            return device_id in self.observer.devices
+
+    async def command(self, device_id: str, op: str, args: dict, timeout: float, cmd_id: str | None = None) -> tuple[int, dict]:
+        """Publish a command and wait for its result: (HTTP status, body):
+        200 with the device's result, 504 when none came within `timeout`,
+        404 for a device never seen, 409 for an id already waiting."""
+        if not self.seen(device_id):
+            return 404, {"error": f"device {device_id!r} has never been seen on the broker"}
+        cmd_id = cmd_id or uuid.uuid4().hex[:12]
+        if cmd_id in self.waiters:
+            return 409, {"error": f"a command with id {cmd_id!r} is already waiting for its result"}
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters[cmd_id] = fut
+        t0 = time.monotonic()
+        try:
+            self.observer.send_command(device_id, op, args, cmd_id)
+            try:
+                ev = await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                return 504, {"error": f"no result from {device_id} within {timeout:g} s", "device": device_id,
+                             "command": cmd_id}
+        finally:
+            self.waiters.pop(cmd_id, None)
+        payload = ev["payload"]
+        return 200, {"device": device_id, "command": cmd_id, "ok": payload.get("ok") is True,
+                     "result": payload.get("result"), "error": payload.get("error"),
+                     "rtt_ms": round((time.monotonic() - t0) * 1000, 1), "event": ev["id"]}
+
+    # -- reading -------------------------------------------------------------------------
+
+    def devices(self) -> list[dict]:
+        wall = time.time()
+        with self.observer.lock:
+            return [device_row(d, v, wall) for d, v in self.observer.devices.items()]
+
+    def device(self, device_id: str) -> dict | None:
+        wall = time.time()
+        with self.observer.lock:
+            v = self.observer.devices.get(device_id)
+            if v is None:
+                return None
+            row = device_row(device_id, v, wall)
+            row["telemetry"] = [{"at": at, "payload": body} for at, body in (v.recent or ())]
+            row["presence"] = list(v.presence or ())
+        return row
