@@ -95,7 +95,10 @@ export class Panel {
         scales: { x: { time: true } },
         axes: [
           { stroke: "#7d8a98", grid: { stroke: "#222b35", width: 1 }, ticks: { stroke: "#27313c" },
-            values: (u, splits) => splits.map((t) => clock(t).slice(0, 5)) },
+            values: (u, splits) => {
+              const span = splits.length > 1 ? splits[splits.length - 1] - splits[0] : 0;
+              return splits.map((t) => (span < 600 ? clock(t) : clock(t).slice(0, 5)));
+            } },
           { stroke: "#7d8a98", grid: { stroke: "#222b35", width: 1 }, ticks: { stroke: "#27313c" }, size: 46 },
         ],
         series: [{ label: "time", value: (u, v) => (v === null || v === undefined ? "–" : clock(v)) }, ...g.keys.map((k, i) => ({
