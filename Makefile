@@ -10,6 +10,7 @@ NPM    ?= npm
 DEVICES  ?= 20
 DURATION ?= 30
 FLEET_ARGS ?=
+DASHBOARD_PORT ?= 8080
 
 NODE_INPUTS := $(wildcard package.json package-lock.json)
 
@@ -18,7 +19,7 @@ NODE_INPUTS := $(wildcard package.json package-lock.json)
 help:
 	@echo "make setup   create $(VENV) (pip install -e '.[test]') and node_modules (npm ci)"
 	@echo "make test    run the tests: $(PY) -m pytest -q"
-	@echo "make run     setup, then: esp32emu fleet --devices $(DEVICES) --duration $(DURATION)"
+	@echo "make run     setup, then: esp32emu fleet --devices $(DEVICES) --duration $(DURATION) --dashboard $(DASHBOARD_PORT) (prints the page's URL)"
 	@echo "make fleet   the same fleet without the setup step (DEVICES=, DURATION=, FLEET_ARGS=)"
 	@echo "make flash   PORT=/dev/ttyUSB0 ID=dev-00001 [BROKER=mqtt://host:port] [FLASH_ARGS=--mpy]: deploy to a real board"
 	@echo "make bench   fleet scale benchmark vs paho thread-per-client (BENCH_ARGS=--quick)"
@@ -51,7 +52,9 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$rc
 
-run: setup fleet
+# The fleet with the dashboard beside it: its URL (with the token) is printed next to the live view.
+run: setup
+	$(VENV)/bin/esp32emu fleet --devices $(DEVICES) --duration $(DURATION) --dashboard $(DASHBOARD_PORT) $(FLEET_ARGS)
 
 fleet:
 	$(VENV)/bin/esp32emu fleet --devices $(DEVICES) --duration $(DURATION) $(FLEET_ARGS)

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(one process each, firmware deployed as flash --mpy does)")
     fl.add_argument("--heap", type=_value(v.heap), help="MicroPython heap per board with --vm micropython (default 100k)")
     fl.add_argument("--firmware", type=Path, metavar="DIR", help=FIRMWARE_HELP)
-    fl.add_argument("--dashboard", type=_value(v.PORT), nargs="?", const=8080, metavar="PORT",
+    fl.add_argument("--dashboard", type=_value(LISTEN_PORT), nargs="?", const=8080, metavar="PORT",
                     help="serve the dashboard beside the fleet on 127.0.0.1:PORT (default 8080); its URL and token are printed")
 
     wa = sub.add_parser("watch", help="live table of every device seen on a broker (ours or not)")

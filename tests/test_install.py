@@ -144,6 +144,9 @@ def test_the_wheel_carries_the_firmware_and_the_templates(installed):
     for src in (REPO_ROOT / "examples" / "tests").glob("test_*.py"):
         assert f"emulator/_templates/tests/{src.name}" in names
     assert "emulator/_templates/ci/github-actions.yml" in names
+    static = REPO_ROOT / "emulator" / "dashboard" / "static"  # the dashboard's page, every file of it
+    for src in (p for p in static.rglob("*") if p.is_file()):
+        assert f"emulator/dashboard/static/{src.relative_to(static).as_posix()}" in names
     r = installed.run(installed.bin / "python", "-c", "import emulator; print(emulator.__file__)")
     assert r.returncode == 0 and str(installed.venv) in r.stdout, r  # not the repository's package
 

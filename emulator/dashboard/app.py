@@ -43,10 +43,14 @@ RTT_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 class _DroppedClientLog(logging.Filter):
     """A dropped stream ends without completing its response (its socket
-    is closed under it, on purpose): not an error worth a log line."""
+    is closed under it, on purpose), and uvicorn's websockets-sansio calls a
+    WebSocket refused with a 401 denial response "returned without
+    completing handshake" although the 401 went out: neither is an error
+    worth a log line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "without completing response" not in record.getMessage()
+        text = record.getMessage()
+        return "without completing response" not in text and "without completing handshake" not in text
 
 
 logging.getLogger("uvicorn.error").addFilter(_DroppedClientLog())

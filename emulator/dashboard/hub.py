@@ -36,6 +36,7 @@ DEFAULT_HISTORY = 10_000  # events kept for Last-Event-ID replay
 CLIENT_QUEUE = 5_000  # events a client may have waiting before it is dropped
 KEEP_TELEMETRY = 120  # per device, for GET /api/devices/{id}
 KEEP_PRESENCE = 50
+SNAPSHOT_REUSE_S = 0.5  # a whole-fleet snapshot serves the clients that connect within this time
 
 
 def encode(obj) -> str:
@@ -142,6 +143,8 @@ class Hub:
         self.clients: set[Client] = set()
         self.waiters: dict[str, asyncio.Future] = {}
         self._pending: list[Event] = []
+        self._snap: Event | None = None  # the last whole-fleet snapshot (loop)
+        self._snap_at = 0.0
         self._plock = threading.Lock()
         self.first_id = int(time.time() * 1000) * 1000  # above every id of an earlier run
         self.last_id = self.first_id  # the last id numbered (paho's thread, under the observer's lock)
@@ -206,6 +209,22 @@ class Hub:
             if fut is not None and not fut.done():
                 fut.set_result(body)
 
+    def _replay(self, after: int, devices: frozenset[str] | None) -> list[Event]:
+        return [ev for ev in self.ring if ev.id > after and (devices is None or ev.device in devices)]
+
+    def _fleet_snapshot(self, oldest: int) -> Event:
+        """The whole fleet's snapshot, reused for SNAPSHOT_REUSE_S while the
+        ring still holds every event after it (they follow it as a replay):
+        at 10,000 devices a snapshot is megabytes of JSON, and a hundred
+        pages reconnecting at once after a restart must not build a hundred."""
+        cached = self._snap
+        now = time.monotonic()
+        if cached is None or now - self._snap_at > SNAPSHOT_REUSE_S or cached.id < oldest - 1:
+            sid, obj = self.snapshot(None)
+            cached = self._snap = Event(sid, "snapshot", None, obj)
+            self._snap_at = now
+        return cached
+
     def snapshot(self, devices: frozenset[str] | None = None) -> tuple[int, dict]:
         """(S, the snapshot event's object): the model as of event id S."""
         wall = time.time()
@@ -223,16 +242,21 @@ class Hub:
         nothing can come between the snapshot and the registration."""
         oldest = self.ring[0].id if self.ring else self.drained + 1
         if last_event_id is not None and oldest - 1 <= last_event_id <= self.last_id:
-            first = [ev for ev in self.ring if ev.id > last_event_id
-                     and (devices is None or ev.device in devices)]
+            first = self._replay(last_event_id, devices)
             client = Client(devices, max(last_event_id, self.drained), self.client_queue)
         else:
-            sid, snap = self.snapshot(devices)
-            first = [Event(sid, "snapshot", None, snap)]
+            if devices is None:  # the whole fleet: one snapshot shared by the clients of the next moment
+                snap = self._fleet_snapshot(oldest)
+                first = [snap, *self._replay(snap.id, None)]
+                sid = max(snap.id, self.drained)
+            else:
+                sid, obj = self.snapshot(devices)
+                first = [Event(sid, "snapshot", None, obj)]
             if last_event_id is not None:
                 why = "from an earlier run of the backend" if last_event_id < self.first_id or last_event_id > self.last_id \
                     else "no longer in the replay buffer"
-                first.insert(0, Event(sid, "resync", None, {"type": "resync", "id": sid, "last_event_id": last_event_id,
+                rid = first[0].id  # the snapshot's: ids never go backwards within a stream
+                first.insert(0, Event(rid, "resync", None, {"type": "resync", "id": rid, "last_event_id": last_event_id,
                                                               "reason": f"event {last_event_id} is {why}"}))
             client = Client(devices, sid, self.client_queue)
         self.clients.add(client)

@@ -19,6 +19,9 @@ from emulator.observe.counting import FleetObserver
 from emulator.validation import UsageError, parse_broker_url
 
 
+SNDBUF = 256 * 1024  # per client socket (Linux doubles it for its bookkeeping)
+
+
 class Dashboard:
     """The backend for one observer: `start()`, `.url` (with the token), `stop()`."""
 
@@ -50,6 +53,10 @@ class Dashboard:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Inherited by every accepted socket: a client that stops reading holds
+        # at most this much in the kernel (not the 4 MiB autotuning would give
+        # it), so it soon backs up into its bounded queue and is dropped.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
         try:
             sock.bind((self.host, self.port))
         except OSError as e:
