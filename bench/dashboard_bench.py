@@ -315,16 +315,21 @@ def _many_sse(port: int, token: str, n: int, seconds: float, out) -> None:
                 break
             now = time.time()
             buf += chunk
-            *events, buf = buf.split(b"\n\n")
-            for ev in events:
-                if b"event: telemetry" in ev and b"probe-" in ev:
+            cut = buf.rfind(b"\n\n") + 2
+            if cut < 2:
+                continue
+            done, buf = buf[:cut], buf[cut:]
+            counts[0] += done.count(b"\nevent: ")
+            if b'"probe-' not in done:  # only the probes' events are parsed: the client stays cheap
+                continue
+            for ev in done.split(b"\n\n"):
+                if b'"probe-' in ev and b"event: telemetry" in ev:
                     i = ev.find(b"data: ")
                     try:
                         d = json.loads(ev[i + 6:].split(b"\r\n", 1)[0])
                         lat.append((now - d["payload"]["ts"]) * 1000)
                     except (ValueError, KeyError, TypeError):
                         pass
-                counts[0] += 1
         w.close()
 
     async def main() -> None:

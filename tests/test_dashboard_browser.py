@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -80,6 +82,71 @@ class Backend:
     def close(self) -> None:
         self.dash.stop()
         self.observer.stop()
+
+
+class Cable:
+    """A TCP relay between the browser and the backend that can be unplugged:
+    `unplug()` cuts every connection and refuses new ones until `plug()`."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.plugged = threading.Event()
+        self.plugged.set()
+        self.lock = threading.Lock()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if not self.plugged.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def unplug(self) -> None:
+        self.plugged.clear()
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def plug(self) -> None:
+        self.plugged.set()
+
+    def close(self) -> None:
+        self.server.close()
+        self.unplug()
 
 
 @pytest.fixture
@@ -189,31 +256,80 @@ def test_sensor_fault_shows_in_the_panel(page, backend, boards):
     assert page.errors == []
 
 
-def test_backend_restart_reconnects_with_no_gap_and_no_duplicate(page, backend, boards):
-    boot_all(boards, 3)
-    open_page(page, backend)
+def record_telemetry(page) -> None:
     page.evaluate("""() => {
-        window.seen = [];  // (device, seq) of every telemetry the page handled
+        window.seen = [];  // (device, seq) of every telemetry event the page handled
         window.esp32dash.listeners.push((type, d) => { if (type === 'telemetry') window.seen.push([d.device, d.payload.seq]); });
     }""")
-    page.wait_for_function("window.seen.length >= 6", timeout=20_000)
-    backend.stop()
-    page.wait_for_function("window.esp32dash.state === 'reconnecting'", timeout=10_000)
-    assert page.is_visible("#banner")
-    before = page.evaluate("window.esp32dash.stats.lastId")
-    backend.start_again()
-    page.wait_for_function("window.esp32dash.state === 'live'", timeout=20_000)
-    # events keep flowing after the reconnect
-    page.wait_for_function(f"window.esp32dash.stats.lastId >= {before} + 6", timeout=20_000)
-    stats = page.evaluate("window.esp32dash.stats")
-    assert stats["opens"] >= 2, stats
-    assert stats["dups"] == 0 and stats["gaps"] == 0 and stats["resyncs"] == 0, stats
-    seen = page.evaluate("window.seen")
-    pairs = [tuple(p) for p in seen]
-    assert len(pairs) == len(set(pairs)), "a telemetry message was shown twice"
+
+
+def seen_pairs(page) -> list[tuple[str, int]]:
+    return [tuple(p) for p in page.evaluate("window.seen")]
+
+
+def assert_no_duplicate_and_no_seq_gap(pairs: list[tuple[str, int]]) -> None:
+    assert len(pairs) == len(set(pairs)), "a telemetry message was handled twice"
     for dev in {d for d, _ in pairs}:
         seqs = [s for d, s in pairs if d == dev]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{dev}: seq gap in the page {seqs}"
+
+
+def test_network_drop_replays_what_was_missed_with_no_gap_and_no_duplicate(page, backend, boards):
+    """The browser loses the network (Chromium offline) while the boards go on
+    publishing; back online, EventSource reconnects with Last-Event-ID and the
+    ring's replay fills the hole: every board's seq is contiguous in the page."""
+    boot_all(boards, 3)
+    cable = Cable(backend.port)
+    try:
+        page.goto(backend.url.replace(f":{backend.port}/", f":{cable.port}/"))
+        page.wait_for_function("window.esp32dash && window.esp32dash.state === 'live'", timeout=10_000)
+        record_telemetry(page)
+        page.wait_for_function("window.seen.length >= 6", timeout=20_000)
+        cable.unplug()
+        replayed_after_drop(page, backend, cable)
+    finally:
+        cable.close()
+
+
+def replayed_after_drop(page, backend: Backend, cable: Cable) -> None:
+    page.wait_for_function("window.esp32dash.state === 'reconnecting'", timeout=15_000)
+    assert page.is_visible("#banner")
+    missed_from = backend.dash.hub.last_id
+    # the boards publish on while the page is away: at least 3 events it has not seen
+    assert backend.observer.wait_until(lambda _devices: backend.dash.hub.last_id >= missed_from + 3, 20)
+    cable.plug()
+    page.wait_for_function("window.esp32dash.state === 'live'", timeout=20_000)
+    page.wait_for_function(f"window.esp32dash.stats.lastId >= {backend.dash.hub.last_id}", timeout=20_000)
+    stats = page.evaluate("window.esp32dash.stats")
+    assert stats["opens"] >= 2, stats
+    assert stats["dups"] == 0 and stats["gaps"] == 0 and stats["resyncs"] == 0, stats
+    assert_no_duplicate_and_no_seq_gap(seen_pairs(page))
+    assert page.is_hidden("#banner")
+    assert page.errors == []
+
+
+def test_backend_restart_reconnects_with_no_gap_and_no_duplicate(page, backend, boards):
+    """The backend stopped and started again on the same port: the page shows
+    "reconnecting", comes back by itself, had every event of the old run
+    (none lost before the stop), gets `resync` + `snapshot` from the new run
+    (whose ring never held its Last-Event-ID), and handles no event twice."""
+    made = boot_all(boards, 3)
+    open_page(page, backend)
+    record_telemetry(page)
+    page.wait_for_function("window.seen.length >= 6", timeout=20_000)
+    backend.stop()
+    old_last = backend.dash.hub.last_id
+    page.wait_for_function("window.esp32dash.state === 'reconnecting'", timeout=10_000)
+    assert page.is_visible("#banner")
+    assert page.evaluate("window.esp32dash.stats.lastId") == old_last, "events of the old run never reached the page"
+    backend.start_again()
+    page.wait_for_function("window.esp32dash.state === 'live' && window.esp32dash.stats.resyncs === 1", timeout=20_000)
+    page.wait_for_function(f"window.esp32dash.stats.lastId > {old_last} + 6", timeout=20_000)
+    stats = page.evaluate("window.esp32dash.stats")
+    assert stats["dups"] == 0 and stats["gaps"] == 0, stats
+    assert stats["snapshots"] == 2, stats
+    assert len(seen_pairs(page)) == len(set(seen_pairs(page))), "a telemetry message was handled twice"
+    assert page.inner_text("#count-online") == str(len(made))
     assert page.is_hidden("#banner")
     assert page.errors == []
 
