@@ -20,11 +20,11 @@ const api = {
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     return r.json();
   },
-  async command(id, op, args) {
+  async command(id, op, args, cmdId) {
     const r = await fetch(`api/devices/${encodeURIComponent(id)}/commands`, {
       method: "POST",
       headers: { ...this.headers(), "Content-Type": "application/json" },
-      body: JSON.stringify({ op, args }),
+      body: JSON.stringify({ op, args, id: cmdId }),
     });
     let body;
     const text = await r.text();
@@ -148,7 +148,7 @@ function apply(type, d) {
     const r = store.telemetry(d);
     if (r && r.id === panel.id) panel.telemetry(d, r.last);
   } else if (type === "result") {
-    panel.remoteResult?.(deviceOf(d), d);
+    panel.remoteResult(deviceOf(d), d);
   }
 }
 

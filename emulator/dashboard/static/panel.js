@@ -30,6 +30,25 @@ export class Panel {
       b.addEventListener("click", () => this.command(b));
     }
     this.onClose = () => {};
+    this.mine = new Set();  // ids of the commands this page sent: their results are shown by command()
+  }
+
+  // A `result` event for the open device that another client asked for
+  // (another page, the WebSocket, a script): shown with what it says.
+  remoteResult(device, d) {
+    if (device !== this.id) return;
+    const p = d.payload && typeof d.payload === "object" ? d.payload : {};
+    if (typeof p.id === "string" && this.mine.has(p.id)) return;
+    const ok = p.ok === true;
+    const li = el("li", ok ? "ok" : "fail");
+    const opEl = el("span", "op", "other client ");
+    opEl.append(el("span", "st2", ok ? "ok" : "error"));
+    li.append(el("span", "dim", clock(d.at ?? nowS())), opEl,
+      el("span", "out", brief(ok ? p.result : p.error)),
+      el("span", "rtt", typeof d.rtt_ms === "number" ? `${d.rtt_ms.toFixed(0)} ms` : ""));
+    const list = document.getElementById("p-results");
+    list.prepend(li);
+    while (list.children.length > 30) list.lastChild.remove();
   }
 
   async open(id) {
@@ -276,10 +295,13 @@ export class Panel {
     const list = document.getElementById("p-results");
     list.prepend(li);
     while (list.children.length > 30) list.lastChild.remove();
+    const cmdId = `page-${Math.random().toString(36).slice(2, 10)}`;
+    this.mine.add(cmdId);
+    if (this.mine.size > 200) this.mine.delete(this.mine.values().next().value);
     const t0 = performance.now();
     let res;
     try {
-      res = await this.api.command(id, op, args);
+      res = await this.api.command(id, op, args, cmdId);
     } catch (e) {
       res = { status: 0, body: { error: e.message } };
     }
