@@ -102,7 +102,8 @@ export class Panel {
     for (const c of this.charts) c.plot.destroy();
     this.charts = [];
     const box = document.getElementById("p-charts");
-    box.replaceChildren();
+    this.noData = el("div", "nodata", "no readings yet");
+    box.replaceChildren(this.noData);
     const width = Math.max(280, this.root.clientWidth - 30);
     for (const g of GROUPS) {
       const div = el("div", "chart");
@@ -194,11 +195,13 @@ export class Panel {
     if (this.chartsDirty) {
       this.chartsDirty = false;
       const s = this.series;
+      let shown = 0;
       for (const c of this.charts) {
         const any = c.g.keys.some((k) => s[k].some((v) => v !== null));
         c.div.hidden = !any;
-        if (any) c.plot.setData([s.x, ...c.g.keys.map((k) => s[k])]);
+        if (any) { shown++; c.plot.setData([s.x, ...c.g.keys.map((k) => s[k])]); }
       }
+      this.noData.hidden = shown > 0;
     }
     if (this.presenceDirty || (this._tick = (this._tick || 0) + 1) % 60 === 0) {
       this.presenceDirty = false;
