@@ -5,6 +5,7 @@ decides when it reads, and when it stops reading)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
@@ -21,8 +22,10 @@ TOKEN = "test-token-123"
 class Backend:
     """The backend (`esp32emu dashboard` without its command line) on `broker`."""
 
-    def __init__(self, broker, token: str = TOKEN, **options):
+    def __init__(self, broker, token: str = TOKEN, certs=None, **options):
         self.observer = FleetObserver(broker.host, broker.port)
+        if certs is not None:  # mqtts://: the backend identity, as `esp32emu dashboard` does
+            self.observer.use_tls(certs)
         self.dashboard = Dashboard(self.observer, port=0, token=token, **options)
         self.observer.start()
         self.dashboard.start()
@@ -105,12 +108,32 @@ class SSE:
         self.conn.close()
 
 
-def stalled_sse(port: int, query: str = "") -> socket.socket:
+def stalled_sse(port: int, query: str = "", token: str = TOKEN) -> socket.socket:
     """An SSE client that sends its request and then never reads (a tiny receive buffer)."""
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", port))
-    s.sendall(f"GET /api/events?token={TOKEN}{query} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+    s.sendall(f"GET /api/events?token={token}{query} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+    return s
+
+
+def stalled_ws(port: int, subscribe: dict, token: str = TOKEN) -> socket.socket:
+    """A WebSocket client that subscribes and then never reads (a tiny receive buffer)."""
+    import os
+
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(f"GET /api/ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)  # byte by byte: nothing after the handshake is read
+    assert head.startswith(b"HTTP/1.1 101"), head
+    data = json.dumps(subscribe).encode()
+    assert len(data) < 126
+    mask = os.urandom(4)
+    s.sendall(bytes([0x81, 0x80 | len(data)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
     return s
 
 
@@ -118,3 +141,33 @@ def publish_telemetry(client, device: str, seqs, **readings) -> None:
     """A device that is not an emulated board: telemetry with the given seqs, `ts` = now."""
     for seq in seqs:
         client.publish(f"devices/{device}/telemetry", json.dumps({"seq": seq, "ts": time.time(), **readings}).encode(), qos=0)
+
+
+async def many_sse(port: int, n: int, publish, token: str = TOKEN) -> tuple[float, float, int]:
+    """n raw SSE clients connect at once; (seconds until every one has its
+    snapshot, seconds from `publish()` until every one has the next
+    telemetry event, how many distinct ids those events had)."""
+
+    async def one():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+        writer.write(f"GET /api/events?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        await reader.readuntil(b"event: snapshot\n")
+        return reader, writer
+
+    t0 = time.monotonic()
+    conns = await asyncio.gather(*(one() for _ in range(n)))
+    connected = time.monotonic() - t0
+    t1 = time.monotonic()
+    await asyncio.to_thread(publish)
+    ids = set()
+
+    async def telemetry(reader):
+        head = await reader.readuntil(b"event: telemetry\n")
+        ids.add(head.rsplit(b"id: ", 1)[1].split(b"\n")[0])
+
+    await asyncio.gather(*(telemetry(r) for r, _ in conns))
+    fanout = time.monotonic() - t1
+    for _, w in conns:
+        w.close()
+    return connected, fanout, len(ids)

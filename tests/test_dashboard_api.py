@@ -95,6 +95,7 @@ def test_devices_device_and_commands_with_emulated_boards(emu, broker, backend):
     count = int(re.search(r"^esp32emu_command_rtt_ms_count (\d+)$", text, re.M).group(1))
     assert count == 2  # the two answered commands
     assert re.search(r'^esp32emu_command_rtt_ms_bucket\{le="\+Inf"\} 2$', text, re.M)
+    assert float(re.search(r"^esp32emu_telemetry_per_second (\S+)$", text, re.M).group(1)) > 0  # dev-00001 still sends
 
 
 def test_the_token_and_commands_never_by_get(broker, backend, observer):
@@ -226,3 +227,23 @@ def test_fleet_dashboard_shares_the_fleets_observer(tmp_path):
     report = json.loads(out.strip().splitlines()[-1])
     assert report["online_at_end"] == sum(r["online"] for r in rows) == 3
     assert report["commands_sent"] >= 1  # the dashboard's ping went through the fleet's observer
+
+
+def test_over_mqtts_as_the_backend_identity(broker_factory, emu, tmp_path):
+    """Over mutual TLS with the ACL of `esp32emu broker --tls`: the backend,
+    as certs/backend.crt, sees the board and its command round trip works."""
+    from emulator.broker import certs
+    from emulator.broker.mosquitto import TlsConfig
+
+    pki = tmp_path / "pki"
+    certs.make_pki(pki, ["dev-00001"])
+    broker = broker_factory(tls=TlsConfig.from_pki(pki))
+    backend = Backend(broker, certs=pki)
+    try:
+        cfg = default_config("dev-00001", "127.0.0.1", broker.port, interval=1, keepalive=5, broker={"tls": True})
+        board = BoardHandle(emu, "dev-00001", cfg, certs=pki).boot()
+        backend.wait(_online_with_telemetry("dev-00001"), 30, f"the TLS board online with telemetry\n{board.report()}")
+        r = backend.command("dev-00001", {"op": "ping"})
+        assert r.status_code == 200 and r.json()["ok"] is True, r.text
+    finally:
+        backend.close()

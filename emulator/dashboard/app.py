@@ -175,6 +175,8 @@ class Channel:
         self.writer: asyncio.Task | None = None
         self.lock = asyncio.Lock()
         self.commands: set[asyncio.Task] = set()
+        self.task: asyncio.Task | None = None  # run(): the connection
+        self.ended = False  # the stream ended on the backend's side: so does the connection
 
     async def run(self) -> None:
         if not self.auth.ok(self.ws):
@@ -184,6 +186,7 @@ class Channel:
                 await self.ws.close(code=4401, reason="missing or wrong token")
             return
         await self.ws.accept()
+        self.task = asyncio.current_task()
         try:
             while True:
                 try:
@@ -202,6 +205,10 @@ class Channel:
                     await self._send({"type": "error", "error": "expected {\"type\": \"subscribe\"} or {\"type\": \"command\"}"})
         except WebSocketDisconnect:
             pass
+        except asyncio.CancelledError:
+            if not self.ended:
+                raise
+            self.task.uncancel()  # its stream ended (dropped, or the backend stopping): the server closes it
         finally:
             self._unsubscribe()
             for task in list(self.commands):
@@ -250,6 +257,10 @@ class Channel:
             await asyncio.wait_for(self.ws.close(code=1013 if client.dropped else 1001), 1.0)
         except (TimeoutError, RuntimeError, OSError):
             pass
+        self.ended = True
+        self.client = None
+        if self.task is not None:
+            self.task.cancel()  # the connection ends with its stream
 
     async def _command(self, msg: dict) -> None:
         device = msg.get("device")
@@ -271,6 +282,15 @@ class Metrics:
     def __init__(self, hub: Hub):
         self.hub = hub
         self.rate = Rate(10.0)
+        self.per_second = 0.0
+
+    async def sample(self) -> None:
+        """Messages per second, sampled every second (the first scrape has a value too)."""
+        while True:
+            with self.hub.observer.lock:
+                total = self.hub.observer.telemetry_total
+            self.per_second = self.rate.update(total)
+            await asyncio.sleep(1.0)
 
     def text(self) -> str:
         obs = self.hub.observer
@@ -294,7 +314,7 @@ class Metrics:
                [("", s["telemetry_received"])])
         metric("esp32emu_telemetry_lost_total", "counter", "Telemetry messages lost (seq gaps).", [("", s["telemetry_lost"])])
         metric("esp32emu_telemetry_per_second", "gauge", "Telemetry messages per second (last 10 s).",
-               [("", round(self.rate.update(s["telemetry_total"]), 1))])
+               [("", round(self.per_second, 1))])
         metric("esp32emu_reconnects_total", "counter", "Device reconnects (births after the first).", [("", s["reconnects"])])
         metric("esp32emu_wills_total", "counter", "Last Wills seen.", [("", s["lwt_seen"])])
         metric("esp32emu_commands_sent_total", "counter", "Commands published.", [("", s["commands_sent"])])
@@ -364,7 +384,9 @@ def build_app(hub: Hub, token: str, static_dir: Path = STATIC) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         hub.bind(asyncio.get_running_loop())
+        sampler = asyncio.create_task(metrics.sample())
         yield
+        sampler.cancel()
         hub.shutdown()
 
     routes = [

@@ -6,7 +6,6 @@ way beside whatever else the process runs. And `esp32emu dashboard` itself.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import socket
 import sys
@@ -70,7 +69,7 @@ class Dashboard:
 
         def serve() -> None:
             try:
-                asyncio.run(self.server.serve(sockets=[sock]))
+                self.server.run(sockets=[sock])  # uvicorn's loop (uvloop when installed)
             except BaseException as e:  # noqa: BLE001 - said by start()
                 self._error = e
             finally:

@@ -61,7 +61,7 @@ class DeviceView:
     last_at: float | None = None  # when it came
     # Kept only when the observer is asked to (`keep(...)`): newest last.
     presence: deque | None = None  # {"at", "state", "reason", "boot", "retained"} per status message
-    recent: deque | None = None  # (at, payload) of the last telemetry messages
+    recent: deque | None = None  # (at, payload bytes as received) of the last telemetry messages
 
     @property
     def lost(self) -> int:
@@ -175,7 +175,7 @@ class FleetObserver:
             if kind == "telemetry":
                 view = self._view(device_id)
                 view.last_seen = now
-                self._telemetry(view, body, now, wall)
+                self._telemetry(view, body, now, wall, msg.payload)
             elif kind == "status":
                 view = self._view(device_id)
                 view.last_seen = now
@@ -249,7 +249,7 @@ class FleetObserver:
             view.presence.append({"at": wall, "state": view.state, "reason": view.reason,
                                   "boot": view.boot if online else None, "retained": retained})
 
-    def _telemetry(self, view: DeviceView, body, now: float, wall: float) -> None:
+    def _telemetry(self, view: DeviceView, body, now: float, wall: float, raw: bytes = b"") -> None:
         self.telemetry_total += 1
         view.received += 1
         view.last_telemetry_at = now
@@ -257,7 +257,7 @@ class FleetObserver:
         if self.keep_telemetry:
             if view.recent is None:
                 view.recent = deque(maxlen=self.keep_telemetry)
-            view.recent.append((wall, body))
+            view.recent.append((wall, raw))
         seq = body.get("seq") if isinstance(body, dict) else None
         if not isinstance(seq, int) or isinstance(seq, bool):
             return
