@@ -14,7 +14,7 @@ DASHBOARD_PORT ?= 8080
 
 NODE_INPUTS := $(wildcard package.json package-lock.json)
 
-.PHONY: setup test run fleet lint bench clean help flash
+.PHONY: setup test run fleet lint bench bench-dashboard clean help flash
 
 help:
 	@echo "make setup   create $(VENV) (pip install -e '.[test]') and node_modules (npm ci)"
@@ -23,6 +23,7 @@ help:
 	@echo "make fleet   the same fleet without the setup step (DEVICES=, DURATION=, FLEET_ARGS=)"
 	@echo "make flash   PORT=/dev/ttyUSB0 ID=dev-00001 [BROKER=mqtt://host:port] [FLASH_ARGS=--mpy]: deploy to a real board"
 	@echo "make bench   fleet scale benchmark vs paho thread-per-client (BENCH_ARGS=--quick)"
+	@echo "make bench-dashboard  boards -> backend -> Chromium: latency, bytes per event, CPU, fps (BENCH_ARGS=--quick)"
 	@echo "make lint    MicroPython gates on firmware/: mpy-cross, mypy vs ESP32 stubs, static checks"
 	@echo "make clean   remove the venv, node_modules and build leftovers"
 
@@ -69,6 +70,10 @@ lint: setup
 # Fleet scale vs a paho thread-per-client simulator; prints a table (~15 min; BENCH_ARGS=--quick ~6 min).
 bench: setup
 	$(PY) bench/fleet_bench.py $(BENCH_ARGS)
+
+# N boards -> Mosquitto -> dashboard backend -> headless Chromium; prints a table (BENCH_ARGS=--quick: small fleet).
+bench-dashboard: setup
+	$(PY) bench/dashboard_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .esp32emu

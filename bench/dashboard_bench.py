@@ -1,0 +1,558 @@
+#!/usr/bin/env python3
+"""The seed's browser layer, measured: N emulated boards -> Mosquitto ->
+`esp32emu dashboard` -> headless Chromium (issue 16). Prints a table.
+
+    make bench-dashboard                       # 10,000 boards at interval 10 s (~1,000 msg/s)
+    make bench-dashboard BENCH_ARGS=--quick    # 1,000 boards at interval 2 s, shorter windows
+    .venv/bin/python bench/dashboard_bench.py --devices 2000 --interval 4 --window 20
+
+What it measures, and how:
+- publish-to-browser latency: probe devices (a paho client in this process)
+  publish telemetry whose `ts` is `time.time()` with sub-millisecond
+  resolution (a board's own `ts` is whole seconds, too coarse for this);
+  the page's SSE handler (`window.esp32dash.listeners`, called as each event
+  arrives) and a WebSocket client in the same page subtract `ts` from
+  `Date.now()`: one machine, one clock. The boards supply the load.
+- bytes on the wire per telemetry event: MQTT from the PUBLISH packets a
+  subscriber receives (fixed header + topic + payload, QoS 0); SSE and
+  WebSocket from raw sockets in this process that count every byte the
+  backend sends (headers excluded; chunked framing, other events and
+  heartbeats included), WebSocket both plain and with permessage-deflate
+  (what Chromium negotiates).
+- backend CPU per 1,000 events: utime+stime of the backend process
+  (/proc/PID/stat) over the window, per 1,000 telemetry messages it took in.
+- 100 concurrent SSE clients (raw sockets, one asyncio loop in a separate
+  process): their latency for the probe events, and the backend's CPU.
+- time until the page shows all devices: navigation start -> the page's
+  device count equals N (performance.now() in the page).
+- frames/s while updating: requestAnimationFrame callbacks per second over
+  the window, and Chromium's long tasks (PerformanceObserver "longtask").
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import multiprocessing
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+
+from emulator.broker.mosquitto import Broker  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ESP32EMU = str(Path(sys.executable).with_name("esp32emu"))
+PROBES = 10
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q / 100 * len(s)))]
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def varint_len(n: int) -> int:
+    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
+
+
+# -- the backend ----------------------------------------------------------------------------
+
+
+class Backend:
+    def __init__(self, broker_url: str, workdir: Path):
+        self.token = secrets.token_urlsafe(16)
+        self.log = open(workdir / "dashboard.log", "w+")
+        self.proc = subprocess.Popen([ESP32EMU, "dashboard", "--broker", broker_url, "--port", "0", "--token", self.token,
+                                      "--state", str(workdir / "state")],
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while True:
+            self.log.seek(0)
+            m = re.search(r"dashboard at (http://[\d.]+:(\d+)/\?token=\S+)", self.log.read())
+            if m:
+                self.url, self.port = m.group(1), int(m.group(2))
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.log.seek(0)
+                raise SystemExit(f"the dashboard did not start:\n{self.log.read()[-2000:]}")
+            time.sleep(0.1)
+
+    def get(self, path: str) -> dict:
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        c.request("GET", path, headers={"Authorization": f"Bearer {self.token}"})
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        return json.loads(body)
+
+    def online(self) -> int:
+        return sum(1 for d in self.get("/api/devices")["devices"] if d["state"] == "online")
+
+    def cpu(self) -> float:
+        return cpu_s(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+# -- MQTT: the probes and the wire-size counter -----------------------------------------------
+
+
+class Probes(threading.Thread):
+    """Telemetry of PROBES devices with a precise `ts`, `rate` messages/s in all."""
+
+    def __init__(self, host: str, port: int, prefix: str, rate: float):
+        super().__init__(daemon=True)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-probes-{os.getpid()}")
+        self.client.connect(host, port)
+        self.client.loop_start()
+        self.prefix, self.rate = prefix, rate
+        self.stop_flag = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        seq = [0] * PROBES
+        period = 1.0 / self.rate
+        due = time.monotonic()
+        k = 0
+        while not self.stop_flag.is_set():
+            i = k % PROBES
+            payload = json.dumps({"seq": seq[i], "ts": time.time(), "t": 21.5, "h": 40.0})
+            self.client.publish(f"{self.prefix}/probe-{i:02d}/telemetry", payload, qos=0)
+            seq[i] += 1
+            k += 1
+            self.sent += 1
+            due += period
+            self.stop_flag.wait(max(0.0, due - time.monotonic()))
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.join(5)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class MqttWire:
+    """PUBLISH sizes of the boards' telemetry as a subscriber receives it."""
+
+    def __init__(self, host: str, port: int, prefix: str):
+        self.sizes: list[int] = []
+        self.counting = False
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-wire-{os.getpid()}")
+        self.client.on_message = self._on
+        self.client.connect(host, port)
+        self.client.subscribe(f"{prefix}/+/telemetry", qos=0)
+        self.client.loop_start()
+
+    def _on(self, client, userdata, msg) -> None:
+        if self.counting and "/probe-" not in msg.topic:
+            rl = 2 + len(msg.topic.encode()) + len(msg.payload)
+            self.sizes.append(1 + varint_len(rl) + rl)
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+# -- raw SSE and WebSocket byte counters ---------------------------------------------------------
+
+
+def _connect(port: int, request: bytes) -> tuple[socket.socket, bytes]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(request)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed during the response headers: {buf[:200]!r}")
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    status = head.split(b"\r\n", 1)[0]
+    if b" 200 " not in status and b" 101 " not in status:
+        raise ConnectionError(status.decode(errors="replace"))
+    return s, rest
+
+
+class SseCounter(threading.Thread):
+    def __init__(self, port: int, token: str):
+        super().__init__(daemon=True)
+        self.sock, first = _connect(port, (f"GET /api/events?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                           "Accept: text/event-stream\r\n\r\n").encode())
+        self.data = bytearray()
+        self.counting = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        self.sock.settimeout(0.5)
+        while not self.done.is_set():
+            try:
+                chunk = self.sock.recv(262144)
+            except socket.timeout:
+                continue
+            if not chunk:
+                break
+            if self.counting.is_set():
+                self.data += chunk
+        self.sock.close()
+
+    def result(self) -> tuple[int, int, float | None]:
+        """(bytes, telemetry events, median bytes of one telemetry event's text)."""
+        raw = bytes(self.data)
+        n = raw.count(b"event: telemetry\n")
+        frames = [len(f) + 2 for f in raw.split(b"\n\n") if b"event: telemetry\n" in f and f.startswith(b"id:")]
+        return len(raw), n, pct(frames, 50)
+
+
+class WsCounter(threading.Thread):
+    def __init__(self, port: int, token: str, deflate: bool):
+        super().__init__(daemon=True)
+        key = base64.b64encode(os.urandom(16)).decode()
+        ext = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if deflate else ""
+        self.sock, self.buf = _connect(port, (f"GET /api/ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                              "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                                              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n").encode())
+        self.deflate = deflate
+        self.send_text(json.dumps({"type": "subscribe", "devices": "*"}))
+        self.bytes = 0
+        self.telemetry = 0
+        self.negotiated = False
+        self.counting = threading.Event()
+        self.done = threading.Event()
+        self.inflater = zlib.decompressobj(-15)
+
+    def send_text(self, text: str) -> None:
+        data = text.encode()
+        mask = os.urandom(4)
+        head = bytes([0x81, 0x80 | len(data)]) if len(data) < 126 else bytes([0x81, 0x80 | 126]) + len(data).to_bytes(2, "big")
+        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def run(self) -> None:
+        self.sock.settimeout(0.5)
+        buf = bytearray(self.buf)
+        while not self.done.is_set():
+            try:
+                chunk = self.sock.recv(262144)
+            except socket.timeout:
+                continue
+            if not chunk:
+                break
+            counting = self.counting.is_set()
+            buf += chunk
+            while len(buf) >= 2:
+                b0, b1 = buf[0], buf[1]
+                n, off = b1 & 0x7F, 2
+                if n == 126:
+                    if len(buf) < 4:
+                        break
+                    n, off = int.from_bytes(buf[2:4], "big"), 4
+                elif n == 127:
+                    if len(buf) < 10:
+                        break
+                    n, off = int.from_bytes(buf[2:10], "big"), 10
+                if len(buf) < off + n:
+                    break
+                payload = bytes(buf[off:off + n])
+                if b0 & 0x40:  # RSV1: compressed (context kept across messages)
+                    self.negotiated = True
+                    payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
+                if counting:
+                    self.bytes += off + n
+                    if b'"type":"telemetry"' in payload or b'"type": "telemetry"' in payload:
+                        self.telemetry += 1
+                del buf[:off + n]
+        self.sock.close()
+
+
+# -- 100 SSE clients, in their own process ---------------------------------------------------------
+
+
+def _many_sse(port: int, token: str, n: int, seconds: float, out) -> None:
+    import asyncio
+
+    async def one(lat: list[float], counts: list[int]) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(f"GET /api/events?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode())
+        await r.readuntil(b"\r\n\r\n")
+        buf = b""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                chunk = await asyncio.wait_for(r.read(65536), max(0.01, end - time.monotonic()))
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            now = time.time()
+            buf += chunk
+            cut = buf.rfind(b"\n\n") + 2
+            if cut < 2:
+                continue
+            done, buf = buf[:cut], buf[cut:]
+            counts[0] += done.count(b"\nevent: ")
+            if b'"probe-' not in done:  # only the probes' events are parsed: the client stays cheap
+                continue
+            for ev in done.split(b"\n\n"):
+                if b'"probe-' in ev and b"event: telemetry" in ev:
+                    i = ev.find(b"data: ")
+                    try:
+                        d = json.loads(ev[i + 6:].split(b"\r\n", 1)[0])
+                        lat.append((now - d["payload"]["ts"]) * 1000)
+                    except (ValueError, KeyError, TypeError):
+                        pass
+        w.close()
+
+    async def main() -> None:
+        lat: list[float] = []
+        counts = [0]
+        res = await asyncio.gather(*(one(lat, counts) for _ in range(n)), return_exceptions=True)
+        errors = [repr(e) for e in res if isinstance(e, BaseException)]
+        out.put({"lat": lat, "events": counts[0], "errors": errors[:3], "failed": len(errors)})
+
+    asyncio.run(main())
+
+
+# -- the page ------------------------------------------------------------------------------------
+
+PAGE_HOOKS = """() => {
+  window.__bench = { sse: [], ws: [], frames: 0, longtasks: [], t0: 0 };
+  window.esp32dash.listeners.push((type, d, arrival) => {
+    if (type === 'telemetry' && d.device.startsWith('probe-')) window.__bench.sse.push(arrival - d.payload.ts * 1000);
+  });
+  const token = new URLSearchParams(location.search).get('token');
+  const ws = new WebSocket(`ws://${location.host}/api/ws?token=${token}`);
+  ws.onopen = () => ws.send(JSON.stringify({ type: 'subscribe', devices: '*' }));
+  ws.onmessage = (m) => {
+    const arrival = Date.now();
+    const d = JSON.parse(m.data);
+    if (d.type === 'telemetry' && d.device.startsWith('probe-')) window.__bench.ws.push(arrival - d.payload.ts * 1000);
+  };
+  window.__bench.wsocket = ws;
+  new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__bench.longtasks.push(e.duration); })
+    .observe({ entryTypes: ['longtask'] });
+}"""
+
+START_WINDOW = """() => {
+  const b = window.__bench; b.sse.length = 0; b.ws.length = 0; b.longtasks.length = 0; b.frames = 0;
+  b.t0 = performance.now(); b.counting = true;
+  const tick = () => { if (b.counting) { b.frames++; requestAnimationFrame(tick); } };
+  requestAnimationFrame(tick);
+}"""
+
+END_WINDOW = """() => {
+  const b = window.__bench; b.counting = false;
+  return { sse: b.sse, ws: b.ws, frames: b.frames, seconds: (performance.now() - b.t0) / 1000,
+           longtasks: b.longtasks, wsState: b.wsocket.readyState, stats: window.esp32dash.stats };
+}"""
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def fmt(v, unit="", digits=1) -> str:
+    return "n/a" if v is None else f"{v:,.{digits}f}{unit}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1,000 boards at interval 2 s, 15 s windows")
+    ap.add_argument("--devices", type=int, default=None)
+    ap.add_argument("--interval", type=float, default=None)
+    ap.add_argument("--window", type=float, default=None, help="seconds per measurement window")
+    ap.add_argument("--clients", type=int, default=100, help="concurrent SSE clients in the last phase")
+    ap.add_argument("--screenshot", type=Path, default=None, help="save the page (a device panel open) as PNG here")
+    ap.add_argument("--probe-rate", type=float, default=20.0, help="probe telemetry messages/s (latency samples)")
+    args = ap.parse_args()
+    devices = args.devices or (1000 if args.quick else 10_000)
+    interval = args.interval or (2.0 if args.quick else 10.0)
+    window = args.window or (15.0 if args.quick else 30.0)
+    if not Path(CHROMIUM).exists():
+        raise SystemExit("chromium is not installed: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    work = Path(tempfile.mkdtemp(prefix="esp32emu-dashbench-"))
+    broker = Broker(work / "broker")
+    broker.start()
+    rows: list[tuple[str, str, str]] = []
+    fleet = backend = wire = probes = None
+    try:
+        backend = Backend(broker.url, work)
+        print(f"bench: broker {broker.url}, backend {backend.url.split('?')[0]} (pid {backend.proc.pid})", file=sys.stderr)
+        fleet_log = open(work / "fleet.log", "w")
+        fleet = subprocess.Popen([ESP32EMU, "fleet", "--devices", str(devices), "--interval", str(interval),
+                                  "--broker", broker.url, "--quiet", "--state", str(work / "fleet"),
+                                  "--keepalive", "60"],
+                                 stdout=fleet_log, stderr=subprocess.STDOUT, start_new_session=True)
+        t0 = time.monotonic()
+        last_n, last_change = 0, t0
+        while True:  # all online; or, on a busy machine, no progress for 60 s with 95 % online
+            n = backend.online()
+            now = time.monotonic()
+            if n > last_n:
+                last_n, last_change = n, now
+            if n >= devices or (n >= 0.95 * devices and now - last_change > 60):
+                break
+            if fleet.poll() is not None:
+                raise SystemExit(f"the fleet stopped: see {work / 'fleet.log'}")
+            if now - t0 > 120 + devices / 20:
+                raise SystemExit(f"only {n}/{devices} boards online after {now - t0:.0f} s")
+            time.sleep(1)
+        boot_s = time.monotonic() - t0
+        print(f"bench: {n}/{devices} boards online after {boot_s:.0f} s", file=sys.stderr)
+        time.sleep(interval)  # every board's schedule running: the load is steady
+        rows.append(("boards online (backend's count)", f"{n:,}/{devices:,}", f"after {boot_s:.0f} s of booting"))
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            known = len(backend.get("/api/devices")["devices"])
+            page.goto(backend.url)
+            page.wait_for_function(f"Number(document.getElementById('count-total').textContent) >= {known}",
+                                   timeout=120_000, polling="raf")
+            shown_ms = page.evaluate("performance.now()")
+            rows.append(("page shows all devices (navigation -> count)", fmt(shown_ms / 1000, " s", 2),
+                         f"{known:,} devices in the page's count, rows drawn"))
+            page.evaluate(PAGE_HOOKS)
+            page.wait_for_function("window.__bench.wsocket.readyState === 1", timeout=10_000)
+
+            # -- window 1: one page (SSE + WS), raw byte counters
+            wire = MqttWire(broker.host, broker.port, "devices")
+            sse = SseCounter(backend.port, backend.token)
+            ws_plain = WsCounter(backend.port, backend.token, deflate=False)
+            ws_deflate = WsCounter(backend.port, backend.token, deflate=True)
+            for t in (sse, ws_plain, ws_deflate):
+                t.start()
+            probes = Probes(broker.host, broker.port, "devices", args.probe_rate)
+            probes.start()
+            time.sleep(1.0)
+            page.evaluate(START_WINDOW)
+            wire.counting = True
+            for t in (sse, ws_plain, ws_deflate):
+                t.counting.set()
+            c0 = backend.cpu()
+            time.sleep(window)
+            c1 = backend.cpu()
+            wire.counting = False
+            for t in (sse, ws_plain, ws_deflate):
+                t.counting.clear()
+            res = page.evaluate(END_WINDOW)
+            for t in (sse, ws_plain, ws_deflate):
+                t.done.set()
+            sse_bytes, sse_n, sse_frame = sse.result()
+            events_in = sse_n  # telemetry the backend took in and sent, over the window
+            rate = events_in / window
+            rows.append(("telemetry through the backend", fmt(rate, " msg/s", 0),
+                         f"{devices:,} boards at {interval:g} s + {args.probe_rate:g}/s probes, {window:g} s window"))
+            for name, lat in (("SSE", res["sse"]), ("WebSocket", res["ws"])):
+                rows.append((f"publish -> browser latency, {name} p50 / p99",
+                             f"{fmt(pct(lat, 50), ' ms')} / {fmt(pct(lat, 99), ' ms')}",
+                             f"{len(lat)} probe events, page handler, Date.now() - ts"))
+            mq = wire.sizes
+            rows.append(("bytes per telemetry event, MQTT", fmt(sum(mq) / len(mq) if mq else None, " B"),
+                         f"PUBLISH QoS 0: header + topic + payload, {len(mq)} msgs"))
+            rows.append(("bytes per telemetry event, SSE", fmt(sse_bytes / sse_n if sse_n else None, " B"),
+                         f"all bytes on the stream / events (one event's text: {fmt(sse_frame, ' B', 0)})"))
+            rows.append(("bytes per telemetry event, WebSocket", fmt(ws_plain.bytes / ws_plain.telemetry if ws_plain.telemetry else None, " B"),
+                         "frames, no compression"))
+            rows.append(("bytes per telemetry event, WebSocket deflate",
+                         fmt(ws_deflate.bytes / ws_deflate.telemetry if ws_deflate.telemetry else None, " B"),
+                         "permessage-deflate (Chromium asks for it)" + ("" if ws_deflate.negotiated else ": NOT negotiated")))
+            rows.append(("backend CPU per 1,000 events", fmt((c1 - c0) / max(events_in, 1) * 1000 * 1000, " ms"),
+                         f"{(c1 - c0) / window * 100:.0f} % of a core; clients: page SSE+WS, 1 SSE, 2 WS"))
+            fps = res["frames"] / res["seconds"]
+            lt = res["longtasks"]
+            rows.append(("page frames/s while updating", fmt(fps, "", 1),
+                         f"requestAnimationFrame; {len(lt)} long tasks, longest {fmt(max(lt) if lt else 0, ' ms', 0)}"))
+            st = res["stats"]
+            rows.append(("page stream integrity", f"{st['dups']} dup / {st['gaps']} gap",
+                         f"{st['events']:,} events, {st['resyncs']} resync"))
+
+            # -- window 2: 100 SSE clients besides the page
+            ctx = multiprocessing.get_context("spawn")
+            q = ctx.Queue()
+            proc = ctx.Process(target=_many_sse, args=(backend.port, backend.token, args.clients, window, q))
+            page.evaluate(START_WINDOW)
+            proc.start()
+            time.sleep(1.0)
+            c0 = backend.cpu()
+            t_start = time.monotonic()
+            out = q.get(timeout=window + 60)
+            c1 = backend.cpu()
+            elapsed = time.monotonic() - t_start
+            proc.join(10)
+            res2 = page.evaluate(END_WINDOW)
+            lat = out["lat"]
+            rows.append((f"{args.clients} SSE clients: latency p50 / p99",
+                         f"{fmt(pct(lat, 50), ' ms')} / {fmt(pct(lat, 99), ' ms')}",
+                         f"{len(lat)} probe events over all clients; {out['failed']} failed {out['errors']}"))
+            rows.append((f"{args.clients} SSE clients: backend CPU", f"{(c1 - c0) / elapsed * 100:.0f} % of a core",
+                         f"{out['events']:,} events delivered in all"))
+            rows.append((f"{args.clients} SSE clients: page SSE p99 / frames/s",
+                         f"{fmt(pct(res2['sse'], 99), ' ms')} / {res2['frames'] / res2['seconds']:.1f}", ""))
+            if args.screenshot:
+                page.evaluate("""() => [...document.querySelectorAll('#rows .row')][3].click()""")
+                page.wait_for_function("document.querySelector('#p-results') && !document.getElementById('panel').hidden")
+                page.click("#panel button[data-op=ping]")
+                page.wait_for_function("document.querySelector('#p-results li') && !document.querySelector('#p-results li.pending')",
+                                       timeout=30_000)
+                page.screenshot(path=str(args.screenshot))
+            browser.close()
+    finally:
+        if probes:
+            probes.stop()
+        if wire:
+            wire.stop()
+        if fleet is not None and fleet.poll() is None:
+            os.killpg(fleet.pid, signal.SIGINT)
+            try:
+                fleet.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(fleet.pid, signal.SIGKILL)
+                fleet.wait()
+        if backend:
+            backend.stop()
+        broker.stop()
+
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    print(f"\nesp32emu dashboard bench: {devices:,} boards, interval {interval:g} s, window {window:g} s, "
+          f"{os.cpu_count()} CPUs\n")
+    print(f"{'measure':<{w0}}  {'value':>{w1}}  how")
+    print(f"{'-' * w0}  {'-' * w1}  {'-' * 40}")
+    for a, b, c in rows:
+        print(f"{a:<{w0}}  {b:>{w1}}  {c}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
