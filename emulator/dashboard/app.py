@@ -133,9 +133,12 @@ class EventStream:
             await self._write(send, client, f"retry: {RETRY_MS}\n\n".encode() + b"".join(ev.sse for ev in first))
             while True:
                 events = await client.next(HEARTBEAT_S)
-                if client.dropped or client.closed:
+                if client.dropped:
                     break
-                await self._write(send, client, b": heartbeat\n\n" if events is None else b"".join(ev.sse for ev in events))
+                if events or not client.closed:
+                    await self._write(send, client, b": heartbeat\n\n" if events is None else b"".join(ev.sse for ev in events))
+                if client.closed:
+                    break
             if client.closed and not client.dropped:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -242,8 +245,10 @@ class Channel:
                     client.sending = True
                     await self._send(ev.json)
                     client.sending = False
+                if client.closed:
+                    break
                 events = await client.next(HEARTBEAT_S)
-                if client.dropped or client.closed:
+                if client.dropped:
                     break
         except asyncio.CancelledError:
             if not client.dropped:

@@ -131,7 +131,7 @@ class Client:
         self.wake.set()
 
     async def next(self, timeout: float) -> list[Event] | None:
-        """The waiting events (empty when dropped or closed), None after `timeout` with nothing."""
+        """The waiting events (empty when dropped; what was queued when closed), None after `timeout` with nothing."""
         if not self.queue and not self.dropped and not self.closed:
             self.wake.clear()
             tick = asyncio.get_running_loop().call_later(timeout, self.wake.set)  # no task per wait (wait_for)
@@ -142,7 +142,7 @@ class Client:
             if not self.queue and not self.dropped and not self.closed:
                 return None
         events, self.queue = self.queue, []
-        return [] if self.dropped or self.closed else events
+        return [] if self.dropped else events  # a closed stream still gets what was queued before it closed
 
 
 class Hub:
@@ -285,7 +285,13 @@ class Hub:
                 self.dropped_total[kind] += 1
 
     def shutdown(self) -> None:
-        """The backend is stopping: every stream ends (its clients reconnect to the next one)."""
+        """The backend is stopping: no more events are numbered, what is numbered
+        goes out, then every stream ends (its clients reconnect to the next one
+        with their Last-Event-ID: nothing they were given an id for is lost)."""
+        with self.observer.lock:
+            if self._on_message in self.observer.listeners:
+                self.observer.listeners.remove(self._on_message)
+        self._drain()
         for client in self.clients:
             client.closed = True
             client.wake.set()
