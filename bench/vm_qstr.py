@@ -4,7 +4,7 @@ system modules, then config, commands, ... device, as app.py imports
 them). A .mpy interns its whole qstr table when it loads, so this is what
 the modules add before they run; the running device adds a few more.
 
-    .venv/bin/python bench/vm_qstr.py [--names] [--py]
+    .venv/bin/python bench/vm_qstr.py [--names] [--py] [--ref main]
 
 The interned-string pools hold 20 + 40 + 80 + 160 = 300 entries; the
 301st qstr allocates a 320-entry pool (3.4 KiB on the 64-bit VM)."""
@@ -12,6 +12,7 @@ The interned-string pools hold 20 + 40 + 80 + 160 = 300 entries; the
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -19,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vm_board import MICROPYTHON, STUB_NAMES, SYSTEM_MODULES, board_config, stage  # noqa: E402
+from vm_board import FIRMWARE_DIR, MICROPYTHON, STUB_NAMES, SYSTEM_MODULES, board_config, git_firmware, stage  # noqa: E402
 
-ORDER = ("app", "commands", "config", "mqtt_codec", "mqtt_session", "mqtt_client", "sensors", "device")
+ORDER = tuple(os.environ.get("QORDER", "app,commands,config,mqtt_codec,mqtt_session,mqtt_client,sensors,device").split(","))
 
 _PROBE = """\
 import micropython, sys
@@ -59,9 +60,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--names", action="store_true", help="list each step's qstrs")
     ap.add_argument("--py", action="store_true", help=".py sources instead of .mpy")
+    ap.add_argument("--ref", help="the firmware as of this git ref instead of the working tree")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        fs = stage(Path(tmp) / "fs", board_config("127.0.0.1", 1883), mpy=not args.py)
+        firmware = FIRMWARE_DIR
+        if args.ref:
+            firmware = git_firmware(args.ref, Path(tmp) / "ref")
+            if firmware is None:
+                sys.exit(f"no firmware at git ref {args.ref}")
+        fs = stage(Path(tmp) / "fs", board_config("127.0.0.1", 1883), firmware_dir=firmware, mpy=not args.py)
         order = list(STUB_NAMES) + list(SYSTEM_MODULES) + list(ORDER)
         steps = census(fs, order)
     total = 0

@@ -45,38 +45,38 @@ except ImportError:  # CPython
 
 
 # The checks as data, run in this order: `key kind lo hi [what]` per line.
-# Kinds: int (an integer lo..hi), ms0 (0 or an integer lo..hi), pin (a
-# required integer lo..hi), num (an int or float lo..hi: `what`), bool, str
-# (a string of at most hi bytes; lo 1: not empty), user (null or a str
-# without NUL), pass (null or a str; needs the username), topic (a str and
-# the topic rules), ntp (true, false or a host of at most hi bytes), addr,
-# atten. "a.b" is b in the object a, merged over its defaults when first
-# met; a sensor rule is "type.b". Strings parsed when validate() runs, not
-# tuples of names: their words are not interned as qstrs, which would stay
-# in the heap after config.py is unloaded.
+# Kinds: int (an integer lo..hi; wdt_ms may also be 0, off), pin (a
+# required integer lo..hi), float (an int or float lo..hi: `what`), bool,
+# str (a string of at most hi bytes; lo 1: not empty), username (null or a
+# str without NUL), password (null or a str; needs the username), topic (a
+# str and the topic rules), ntp (true, false or a host of at most hi
+# bytes), addr, atten. "a.b" is b in the object a, merged over its defaults
+# when first met; a sensor rule is "type.b". Strings parsed when validate()
+# runs, not tuples of names: their words are not interned as qstrs, which
+# would stay in the heap after config.py is unloaded.
 _RULES = """
-wifi.ssid        str   0    32
-wifi.password    str   0    64
-broker.host      str   1    253
-broker.port      int   1    65535
-broker.tls       bool  0    0
-broker.username  user  0    256
-broker.password  pass  0    256
-prefix           topic 1    64
-keepalive        int   2    65535
-interval         num   0.1  86400   a number of seconds 0.1..86400
-backoff.base_ms  int   100  3600000
-backoff.cap_ms   int   1000 3600000
-wdt_ms           ms0   1000 3600000
-ntp              ntp   0    253
-bme280.i2c       int   0    1
-bme280.sda       pin   0    48
-bme280.scl       pin   0    48
-bme280.addr      addr  0    0
-dht22.pin        pin   0    48
-battery.pin      pin   0    48
-battery.atten    atten 0    0
-battery.divider  num   1    100     a divider ratio 1..100 (2 for a 1:2 divider)
+wifi.ssid        str      0    32
+wifi.password    str      0    64
+broker.host      str      1    253
+broker.port      int      1    65535
+broker.tls       bool     0    0
+broker.username  username 0    256
+broker.password  password 0    256
+prefix           topic    1    64
+keepalive        int      2    65535
+interval         float    0.1  86400   a number of seconds 0.1..86400
+backoff.base_ms  int      100  3600000
+backoff.cap_ms   int      1000 3600000
+wdt_ms           int      1000 3600000
+ntp              ntp      0    253
+bme280.i2c       int      0    1
+bme280.sda       pin      0    48
+bme280.scl       pin      0    48
+bme280.addr      addr     0    0
+dht22.pin        pin      0    48
+battery.pin      pin      0    48
+battery.atten    atten    0    0
+battery.divider  float    1    100     a divider ratio 1..100 (2 for a 1:2 divider)
 """
 # Each sensor type: its keys with their defaults (null: required), then the
 # names of its readings.
@@ -116,37 +116,37 @@ def _bad(key, msg, v):
     return ConfigError('config.json: "%s" must be %s (got %s)' % (key, msg, show(v)))
 
 
-def _merge(key, v, sec, warn):
-    # The object v over the defaults in `sec`, key by key.
+def _merge(key, v, into, warn):
+    # The object v over the defaults in `into`, key by key.
     if not isinstance(v, dict):
         raise _bad(key, "an object", v)
     for k in v:
-        if k in sec:
-            sec[k] = v[k]
+        if k in into:
+            into[k] = v[k]
         else:
             warn('config.json: unknown key "%s.%s" ignored' % (key, k))
 
 
-def _check(key, v, rule, sec):
-    # One rule (the words of a line of _RULES) on the value v of `key` in
-    # the merged object `sec`. Returns v.
-    kind = rule[1]
-    lo = float(rule[2]) if "." in rule[2] else int(rule[2])
-    hi = int(rule[3])
+def _check(key, v, spec, into):
+    # One rule (`spec`: the words of a line of _RULES) on the value v of
+    # `key` in the merged object `into`. Returns v.
+    kind = spec[1]
+    lo = float(spec[2]) if "." in spec[2] else int(spec[2])
+    hi = int(spec[3])
     if kind == "pin" and v is None:
         raise ConfigError('config.json: "%s" is required' % key)
-    if kind == "int" or kind == "pin" or kind == "ms0":
+    if kind == "int" or kind == "pin":
         if key == "backoff.cap_ms":
-            lo = max(lo, sec["base_ms"])  # a smaller window hot-loops against a refusing broker
-        if not is_int(v) or not (lo <= v <= hi or (kind == "ms0" and v == 0)):
+            lo = max(lo, into["base_ms"])  # a smaller window hot-loops against a refusing broker
+        if not is_int(v) or not (lo <= v <= hi or (key == "wdt_ms" and v == 0)):
             msg = "an integer %d..%d" % (lo, hi)
-            raise _bad(key, "0 (off) or " + msg if kind == "ms0" else msg, v)
-        if key.endswith("scl") and v == sec["sda"]:
+            raise _bad(key, "0 (off) or " + msg if key == "wdt_ms" else msg, v)
+        if key.endswith("scl") and v == into["sda"]:
             raise _bad(key, "a pin other than sda", v)
-    elif kind == "num":
+    elif kind == "float":
         # `not (lo <= v <= hi)` also refuses NaN; +-inf fail the range.
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi):
-            raise _bad(key, " ".join(rule[4:]), v)
+            raise _bad(key, " ".join(spec[4:]), v)
     elif kind == "bool":
         if v is not True and v is not False:
             raise _bad(key, "true or false", v)
@@ -165,14 +165,14 @@ def _check(key, v, rule, sec):
             raise _bad(key, "a non-empty string" if lo else "a string", v)
         if len(v.encode()) > hi:
             raise _bad(key, "a string of at most %d bytes" % hi, v)
-        if kind == "user" and "\x00" in v:
+        if kind == "username" and "\x00" in v:
             raise _bad(key, "a string without NUL (MQTT-1.5.3-2)", v)
-        if kind == "pass" and sec["username"] is None:
+        if kind == "password" and into["username"] is None:
             raise ConfigError(
                 'config.json: "broker.password" needs "broker.username"'
                 " (MQTT 3.1.1 sends no password without a user name)"
             )
-        if kind == "topic" and ("+" in v or "#" in v or "\x00" in v or "//" in v or v[0] in "$/" or v[-1] == "/"):
+        if kind == "topic" and ("+" in v or "#" in v or "\x00" in v or v[0] == "$" or "" in v.split("/")):
             raise _bad(key, "a topic prefix without '+', '#', '//', or a leading '$' or '/' or trailing '/'", v)
     return v
 
@@ -200,19 +200,19 @@ def validate(raw, warn):
 
     merged = []
     for line in _RULES.split("\n"):
-        rule = line.split()
-        if not rule or rule[0].split(".")[0] in ("bme280", "dht22", "battery"):
+        spec = line.split()
+        if not spec or spec[0].split(".")[0] in ("bme280", "dht22", "battery"):
             continue
-        path = rule[0].split(".")
+        path = spec[0].split(".")
         if len(path) == 1:
-            cfg[path[0]] = _check(path[0], raw.get(path[0], cfg[path[0]]), rule, cfg)
+            cfg[path[0]] = _check(path[0], raw.get(path[0], cfg[path[0]]), spec, cfg)
             continue
-        sec = cfg[path[0]]
+        into = cfg[path[0]]
         if path[0] not in merged:
             merged.append(path[0])
             if path[0] in raw:
-                _merge(path[0], raw[path[0]], sec, warn)
-        _check(rule[0], sec[path[1]], rule, sec)
+                _merge(path[0], raw[path[0]], into, warn)
+        _check(spec[0], into[path[1]], spec, into)
 
     # Bounded: the duplicate-name check below is quadratic.
     sensors = raw.get("sensors", [])
@@ -242,10 +242,10 @@ def validate(raw, warn):
         if not isinstance(prefix, str) or len(prefix) > 16 or [c for c in prefix if c not in _ID_CHARS]:
             raise _bad(key + "." + "prefix", "up to 16 characters of A-Z a-z 0-9 _ -", prefix)
         for line in _RULES.split("\n"):
-            rule = line.split()
-            if rule and rule[0].split(".")[0] == kind:
-                name = rule[0].split(".")[1]
-                _check(key + "." + name, out[name], rule, out)
+            spec = line.split()
+            if spec and spec[0].split(".")[0] == kind:
+                name = spec[0].split(".")[1]
+                _check(key + "." + name, out[name], spec, out)
         for r in words[1:]:
             if "=" in r:
                 continue
