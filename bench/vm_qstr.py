@@ -1,18 +1,17 @@
 """Qstr census of the firmware on the real MicroPython VM: which module
 interns which qstrs first, in the order a board loads them (the stubs, the
-system modules, then config, commands, ... device, as app.py imports
+system modules, then app, commands, config, ... device, as app.py imports
 them). A .mpy interns its whole qstr table when it loads, so this is what
 the modules add before they run; the running device adds a few more.
 
-    .venv/bin/python bench/vm_qstr.py [--names] [--py] [--ref main]
+    .venv/bin/python bench/vm_qstr.py [--names] [--py] [--ref main] [--order a,b,...]
 
 The interned-string pools hold 20 + 40 + 80 + 160 = 300 entries; the
-301st qstr allocates a 320-entry pool (3.4 KiB on the 64-bit VM)."""
+301st qstr allocates a 320-entry pool (3.5 KiB on the 64-bit VM)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vm_board import FIRMWARE_DIR, MICROPYTHON, STUB_NAMES, SYSTEM_MODULES, board_config, git_firmware, stage  # noqa: E402
 
-ORDER = tuple(os.environ.get("QORDER", "app,commands,config,mqtt_codec,mqtt_session,mqtt_client,sensors,device").split(","))
+ORDER = "app,commands,config,mqtt_codec,mqtt_session,mqtt_client,sensors,device"  # as app.py loads them
 
 _PROBE = """\
 import micropython, sys
@@ -61,6 +60,8 @@ def main() -> None:
     ap.add_argument("--names", action="store_true", help="list each step's qstrs")
     ap.add_argument("--py", action="store_true", help=".py sources instead of .mpy")
     ap.add_argument("--ref", help="the firmware as of this git ref instead of the working tree")
+    ap.add_argument("--order", default=ORDER,
+                    help="the firmware modules, comma-separated, in load order (last: what only it interns)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         firmware = FIRMWARE_DIR
@@ -69,15 +70,15 @@ def main() -> None:
             if firmware is None:
                 sys.exit(f"no firmware at git ref {args.ref}")
         fs = stage(Path(tmp) / "fs", board_config("127.0.0.1", 1883), firmware_dir=firmware, mpy=not args.py)
-        order = list(STUB_NAMES) + list(SYSTEM_MODULES) + list(ORDER)
-        steps = census(fs, order)
+        modules = args.order.split(",")
+        steps = census(fs, list(STUB_NAMES) + list(SYSTEM_MODULES) + modules)
     total = 0
     print(f"{'step':<14} {'new qstrs':>9} {'total':>6}")
     for step, names in steps:
         total += len(names)
-        if names or step in ORDER:
+        if names or step in modules:
             print(f"{step:<14} {len(names):>9} {total:>6}")
-            if args.names and step in ORDER + STUB_NAMES:
+            if args.names and (step in modules or step in STUB_NAMES):
                 print("    " + " ".join(sorted(names)))
 
 
