@@ -46,7 +46,8 @@ from vm_heap_modules import module_heap, resident_modules  # noqa: E402
 from vm_mqtt_lib import fetch_mqtt_lib, stage_mqtt_lib  # noqa: E402
 
 NOTES = {"config": "boot only: unloaded after config.json is read", "bme280": "only with a BME280 configured",
-         "tlsctx": "only with TLS", "app": "", "ntptime": "only with ntp set"}
+         "tlsctx": "only with TLS", "app": "boot only: main.py drops it before the device runs",
+         "ntptime": "only with ntp set"}
 
 
 def main() -> int:

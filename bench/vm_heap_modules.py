@@ -108,8 +108,11 @@ def _closure(deps: dict[str, set[str]], name: str) -> set[str]:
 
 def resident_modules(firmware_dir: Path) -> list[str]:
     """The firmware modules still loaded once a board without BME280 or TLS
-    is online: all but the lazy ones, and config unless app.py drops it."""
+    is online: all but the lazy ones, config unless app.py drops it, and
+    app unless main.py drops it."""
     drop = {"bme280", "tlsctx"}
     if 'sys.modules.pop("config"' in (firmware_dir / "app.py").read_text():
         drop.add("config")
+    if 'sys.modules.pop("app"' in (firmware_dir / "main.py").read_text():
+        drop.add("app")
     return [n for n in import_order(firmware_dir) if n not in drop]

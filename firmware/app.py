@@ -1,13 +1,14 @@
 # Boot sequence of the device: read and validate config.json, count the boot
-# in NVS, name the reset cause, then run the Device on asyncio until it
-# leaves. A bad config stops here with one clear console line; nothing else
-# is caught, so a firmware bug shows its traceback as on any board.
+# in NVS, name the reset cause and make the Device, which main.py then runs
+# on asyncio until it leaves. A bad config stops here with one clear console
+# line; nothing else is caught, so a firmware bug shows its traceback as on
+# any board.
 #
 # Heap: code loaded from .py/.mpy lives in the GC heap. config.py (the
 # validators) is needed only to read config.json, so it is imported here,
 # dropped from sys.modules and collected before the device's modules load:
-# the two never share the heap.
-import asyncio
+# the two never share the heap. main.py drops this module the same way
+# before the device runs.
 import gc
 import sys
 
@@ -16,13 +17,14 @@ import machine
 
 
 def main():
+    """Boot; the Device to run, or None when boot stopped."""
     import config
 
     try:
         cfg = config.load("config.json", print)
     except config.ConfigError as e:
         print("boot stopped:", e)
-        return
+        return None
     finally:
         sys.modules.pop("config", None)
     del config
@@ -48,4 +50,4 @@ def main():
             reset = name
     dev = Device(cfg, dev_id, boot, reset)
     print("esp32emu fw %s: device %s, boot %d, reset %s" % (FW_VERSION, dev.id, dev.boot, dev.reset))
-    asyncio.run(dev.run())
+    return dev

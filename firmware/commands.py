@@ -156,10 +156,8 @@ def parse(payload, size=None, max_payload=MAX_PAYLOAD):
         args = {}
     if not isinstance(args, dict):
         raise CommandError('"args" must be an object, got ' + show(args), cmd_id)
-    return cmd_id, op, _check_args(cmd_id, op, _ARG_SPECS[OPS.index(op)], args)
 
-
-def _check_args(cmd_id, op, spec, args):
+    spec = _ARG_SPECS[OPS.index(op)]
     extra = []
     for key in args:
         known = False
@@ -194,7 +192,7 @@ def _check_args(cmd_id, op, spec, args):
             if v is not True and v is not False:
                 raise CommandError('"%s" must be true or false, got %s' % (name, show(v)), cmd_id)
         out[name] = v
-    return out
+    return cmd_id, op, out
 
 
 def ok_result(cmd_id, result=None):

