@@ -91,12 +91,17 @@ def test_ctrl_c_in_a_terminal_takes_every_vm_board_offline_as_planned(tmp_path, 
     and presses every board's BOOT button."""
     obs = observer(broker)
     obs.subscribe("devices/+/status")
+    obs.subscribe("devices/+/telemetry")
     proc = subprocess.Popen([*ESP32EMU, "--state", str(tmp_path / "state"), "fleet", "--devices", "2", "--vm", "micropython",
                              "--heap", HEAP, "--broker", broker.url, "--interval", "1", "--keepalive", "5", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
     try:
         for did in ("dev-00001", "dev-00002"):
             obs.wait_for(lambda m, d=did: m.topic == f"devices/{d}/status" and m.json().get("online") is True, 20)
+        # A telemetry message after each birth: the fleet's own observer, which
+        # `online_at_end` comes from, has had the births too (not only ours).
+        for did in ("dev-00001", "dev-00002"):
+            obs.wait_for(lambda m, d=did: m.topic == f"devices/{d}/telemetry", 20)
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: the fleet and every process in its group
         out, err = proc.communicate(timeout=30)
     finally:
