@@ -52,6 +52,7 @@ from emulator.board.fakes.timefake import TimeModule
 from emulator.board.fakes.tlsfake import SslModule, TlsModule
 from emulator.board.loader import BoardModules, FirmwareImage, format_micropython_exception
 from emulator.board.sensors import wire as wire_sensors
+from emulator.net.event import Event
 from emulator.net.link import Link
 
 log = logging.getLogger("esp32emu")
@@ -287,7 +288,7 @@ class Board:
             if not sleep_ms and not forever:
                 break
             self._reset_request = None
-            self._reset_event = asyncio.Event()
+            self._reset_event = Event()
             self.log_event("power", "sleeping until reset" if forever else f"off for {sleep_ms} ms")
             try:
                 await asyncio.wait_for(self._reset_event.wait(), None if forever else sleep_ms / 1000)
@@ -313,7 +314,7 @@ class Board:
         self.halted = False
         self.clock.reboot()
         self._reset_request = None
-        self._reset_event = asyncio.Event()
+        self._reset_event = Event()
         self.pin_irqs.clear()
         self.hung = False
         self.fs.cwd = "/"

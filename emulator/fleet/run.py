@@ -32,7 +32,7 @@ from emulator.board.backends import board_modules
 from emulator.broker.certs import provision_tls
 from emulator.broker.pick import broker_for, check_inputs
 from emulator.firmware.folder import pick_firmware
-from emulator.fleet.workers import GroupSpec, LocalBoards, WorkerError, WorkerPool, device_id, rss_kb, split
+from emulator.fleet.workers import GroupSpec, LocalBoards, WorkerError, WorkerPool, device_id, loop_name, rss_kb, run_loop, split
 from emulator.observe.counting import FleetObserver, percentile
 from emulator.observe.watch import Rate, rtt_text, worst_table
 from emulator.run import scenario as scenario_mod
@@ -184,6 +184,10 @@ def run_fleet(opts: FleetOptions) -> int:
     validate(opts)
     check_inputs(opts.broker, opts.state_dir, credentials=True)  # bad input fails before the first line
     firmware = pick_firmware(opts.firmware, board_modules(opts.vm))
+    try:
+        loop = loop_name()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     with broker_for(opts.broker, opts.state_dir, credentials=True) as url:
         observer = FleetObserver(url.host, url.port)
         if url.username is not None:
@@ -212,6 +216,7 @@ def run_fleet(opts: FleetOptions) -> int:
             username=url.username,
             password=url.password,
             firmware=firmware,
+            loop=loop,
         )
         if opts.workers == 1:
             boards = LocalBoards(replace(spec, indices=tuple(range(opts.devices))))
@@ -225,7 +230,8 @@ def run_fleet(opts: FleetOptions) -> int:
             return 1
         try:
             boards.build()
-            report = asyncio.run(_run(opts, url, observer, boards))
+            report = run_loop(_run(opts, url, observer, boards), loop)
+            report["loop"] = loop
         except WorkerError as e:
             print(f"esp32emu: {e}", file=sys.stderr)
             return 1
