@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -59,6 +60,54 @@ log = logging.getLogger("esp32emu")
 
 REPL_BANNER = 'MicroPython v1.24.1 on esp32emu; ESP32 module with ESP32\nType "help()" for more information.'
 BUTTON_PIN = 0  # the BOOT button of ESP32 dev kits
+
+
+# The fakes a board's firmware imports: name -> class, called with the board.
+FAKES: dict[str, Callable[..., object]] = {
+    "machine": MachineModule,
+    "network": NetworkModule,
+    "esp32": Esp32Module,
+    "time": TimeModule,
+    "asyncio": AsyncioModule,
+    "gc": GcModule,
+    "micropython": MicropythonModule,
+    "ntptime": NtptimeModule,
+    "sys": SysModule,
+    "random": RandomModule,
+    "os": OsModule,
+    "tls": TlsModule,
+    "ssl": SslModule,
+    "dht": DhtModule,
+}
+
+
+class _FakeTable:
+    """One board's fakes table for the loader (`get(name)` -> a factory,
+    made when asked): no closure per fake per boot."""
+
+    __slots__ = ("_board",)
+
+    def __init__(self, board):
+        self._board = board
+
+    def get(self, name: str):
+        cls = FAKES.get(name)
+        return None if cls is None else functools.partial(cls, self._board)
+
+    def __getitem__(self, name: str):
+        factory = self.get(name)
+        if factory is None:
+            raise KeyError(name)
+        return factory
+
+    def __iter__(self):
+        return iter(FAKES)
+
+    def __contains__(self, name) -> bool:
+        return name in FAKES
+
+    def keys(self):
+        return FAKES.keys()
 
 
 class Board:
@@ -237,23 +286,8 @@ class Board:
 
     # -- the fakes table ----------------------------------------------------------------
 
-    def _fakes(self) -> dict[str, Callable[[], object]]:
-        return {
-            "machine": lambda: MachineModule(self),
-            "network": lambda: NetworkModule(self),
-            "esp32": lambda: Esp32Module(self),
-            "time": lambda: TimeModule(self),
-            "asyncio": lambda: AsyncioModule(self),
-            "gc": lambda: GcModule(self),
-            "micropython": lambda: MicropythonModule(self),
-            "ntptime": lambda: NtptimeModule(self),
-            "sys": lambda: SysModule(self),
-            "random": lambda: RandomModule(self),
-            "os": lambda: OsModule(self),
-            "tls": lambda: TlsModule(self),
-            "ssl": lambda: SslModule(self),
-            "dht": lambda: DhtModule(self),
-        }
+    def _fakes(self) -> _FakeTable:
+        return _FakeTable(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -476,7 +510,10 @@ class Board:
         time.sleep(seconds)
 
     def create_task(self, coro) -> asyncio.Task:
-        t = self.loop.create_task(coro, context=self.modules.context.copy())
+        # Every task of a boot shares the board's context (only the emulator's
+        # context variable is in it; firmware has no contextvars): a copy per
+        # task would cost ~600 bytes a task, a few thousand a board.
+        t = self.loop.create_task(coro, context=self.modules.context)
         self.tasks.add(t)
         t.add_done_callback(self._task_done)
         return t
