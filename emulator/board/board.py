@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import json
 import logging
@@ -27,9 +26,6 @@ import greenlet
 
 from emulator.board.clock import BoardClock
 from emulator.board.environment import Environment
-from emulator.board.fakes.asynciofake import AsyncioModule
-from emulator.board.fakes.dhtfake import DhtModule
-from emulator.board.fakes.esp32fake import Esp32Module
 from emulator.rng import SmallRandom
 from emulator.board.fakes.machinefake import (
     DEEPSLEEP_RESET,
@@ -39,18 +35,9 @@ from emulator.board.fakes.machinefake import (
     BoardReset,
     MachineModule,
 )
-from emulator.board.fakes.misc import (
-    FlashFS,
-    GcModule,
-    MicropythonModule,
-    NtptimeModule,
-    OsModule,
-    RandomModule,
-    SysModule,
-)
-from emulator.board.fakes.networkfake import AccessPoint, NetworkModule, Radio
-from emulator.board.fakes.timefake import TimeModule
-from emulator.board.fakes.tlsfake import SslModule, TlsModule
+from emulator.board.fakes.misc import FlashFS
+from emulator.board.fakes.networkfake import AccessPoint, Radio
+from emulator.board.fakes.table import FakeTable
 from emulator.board.loader import BoardModules, FirmwareImage, format_micropython_exception
 from emulator.board.sensors import wire as wire_sensors
 from emulator.net.event import Event
@@ -60,54 +47,6 @@ log = logging.getLogger("esp32emu")
 
 REPL_BANNER = 'MicroPython v1.24.1 on esp32emu; ESP32 module with ESP32\nType "help()" for more information.'
 BUTTON_PIN = 0  # the BOOT button of ESP32 dev kits
-
-
-# The fakes a board's firmware imports: name -> class, called with the board.
-FAKES: dict[str, Callable[..., object]] = {
-    "machine": MachineModule,
-    "network": NetworkModule,
-    "esp32": Esp32Module,
-    "time": TimeModule,
-    "asyncio": AsyncioModule,
-    "gc": GcModule,
-    "micropython": MicropythonModule,
-    "ntptime": NtptimeModule,
-    "sys": SysModule,
-    "random": RandomModule,
-    "os": OsModule,
-    "tls": TlsModule,
-    "ssl": SslModule,
-    "dht": DhtModule,
-}
-
-
-class _FakeTable:
-    """One board's fakes table for the loader (`get(name)` -> a factory,
-    made when asked): no closure per fake per boot."""
-
-    __slots__ = ("_board",)
-
-    def __init__(self, board):
-        self._board = board
-
-    def get(self, name: str):
-        cls = FAKES.get(name)
-        return None if cls is None else functools.partial(cls, self._board)
-
-    def __getitem__(self, name: str):
-        factory = self.get(name)
-        if factory is None:
-            raise KeyError(name)
-        return factory
-
-    def __iter__(self):
-        return iter(FAKES)
-
-    def __contains__(self, name) -> bool:
-        return name in FAKES
-
-    def keys(self):
-        return FAKES.keys()
 
 
 class Board:
@@ -286,8 +225,8 @@ class Board:
 
     # -- the fakes table ----------------------------------------------------------------
 
-    def _fakes(self) -> _FakeTable:
-        return _FakeTable(self)
+    def _fakes(self) -> FakeTable:
+        return FakeTable(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 
