@@ -104,9 +104,18 @@ def device_id(index: int) -> str:
     return f"dev-{index + 1:05d}"
 
 
-def raise_fd_limit() -> tuple[int, int]:
-    """Soft RLIMIT_NOFILE up to the hard limit; returns (soft, hard) after."""
+def raise_fd_limit(want: int | None = None) -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard limit, and with `want` above the
+    hard limit both up to `want` where the process may (root, or
+    CAP_SYS_RESOURCE: up to /proc/sys/fs/nr_open); children (workers, a
+    private Mosquitto) inherit it. Returns (soft, hard) after."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if want is not None and hard != resource.RLIM_INFINITY and want > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want, want
+        except (ValueError, OSError):
+            pass
     if soft != hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
