@@ -10,18 +10,29 @@ For each N and telemetry interval (keepalive 30 s):
   CPU/1k msgs  CPU seconds per 1000 telemetry messages in the steady state
                (from all online to the end; esp32emu: parent with its
                observer + workers; baseline: its processes)
+  ..., boards only  the same without esp32emu's parent (observer, view): the
+               workers alone, what the baseline's figure counts
+  load         the 1-minute load average at the end of the row
   lost         telemetry lost (seq gaps seen by the observer) / sent
   lag p99      how late a 50 ms timer fires in the steady state (esp32emu:
                the board event loops; baseline: a thread among the clients)
+
+After the grid, more esp32emu rows (--extras, issue 15): 30,000 boards at
+10 s, 10,000 at 10 s while a second process burns one core, and 5,000 at 1 s
+on the standard library's event loop instead of uvloop. Fleets above 20,000
+boards power on at N/40 per second (all online within 60 s needs it). The
+open-file limit is raised for the broker and the fleet (children inherit
+it): soft to hard, and above the hard limit where we may (root).
 
 Prints a table, then for each system the largest N that met the targets (all
 online within 60 s, nothing lost, lag p99 under 100 ms); not a timed test.
 The baseline is given up after --cap seconds at a size ("did not finish")
 and larger sizes are then skipped.
 
-    .venv/bin/python bench/fleet_bench.py            # N in 100 1000 5000 10000, ~14 min
+    .venv/bin/python bench/fleet_bench.py            # N in 100 1000 5000 10000 + the extras, ~25 min
     .venv/bin/python bench/fleet_bench.py --quick    # N in 100 1000, ~6 min
     .venv/bin/python bench/fleet_bench.py --sizes 10000 --intervals 10 --systems esp32emu
+    .venv/bin/python bench/fleet_bench.py --sizes 5000 --systems esp32emu --extras 30000@10 10000@10+busy
     .venv/bin/python bench/fleet_bench.py --sizes 1000 --systems paho --per-process 100000  # one process
 """
 
