@@ -200,6 +200,9 @@ class Connection(asyncio.Protocol):
     """One TCP connection as the board sees it (an asyncio protocol on the
     real socket, with a shaped pipe each way)."""
 
+    __slots__ = ("link", "transport", "closed", "abandoned", "killed", "stalled", "tx", "rx", "_rx_buf", "_rx_size",
+                 "_rx_end", "_rx_event", "_tx_event", "_reading_paused", "_writing_paused", "_gone", "_eof_seen")
+
     def __init__(self, link: Link, seed: int):
         self.link = link
         self.transport: asyncio.Transport | None = None

@@ -31,6 +31,9 @@ class Pipe:
     """One direction of one connection: items in, the same items out later,
     in order. Items are bytes or the FIN/RST markers."""
 
+    __slots__ = ("conn", "link", "direction", "rng", "_deliver", "loop", "held", "flight", "pending", "blocked",
+                 "_busy_until", "_last_at", "_timer")
+
     def __init__(self, conn: Connection, direction: str, rng: random.Random, deliver):
         self.conn = conn
         self.link = conn.link
