@@ -94,17 +94,20 @@ class BusyNeighbour:
             self.proc.wait()
 
 
-def run_esp32emu(n: int, interval: float, args, work: Path, loop: str | None = None, busy: bool = False) -> dict:
+def run_esp32emu(n: int, interval: float, args, work: Path, loop: str | None = None, busy: bool = False,
+                 tree: Path = REPO) -> dict:
     with BusyNeighbour(busy):
-        return _run_esp32emu(n, interval, args, work, loop)
+        return _run_esp32emu(n, interval, args, work, loop, tree)
 
 
-def _run_esp32emu(n: int, interval: float, args, work: Path, loop: str | None) -> dict:
+def _run_esp32emu(n: int, interval: float, args, work: Path, loop: str | None, tree: Path) -> dict:
     broker = Broker(work / "broker").start()
     rate = boot_rate(n, args)
     env = dict(os.environ)
     if loop:
         env["ESP32EMU_LOOP"] = loop
+    if tree != REPO:  # another checkout's emulator and firmware (--compare-tree)
+        env["PYTHONPATH"] = str(tree)
     try:
         boot_s = n / rate
         duration = boot_s + 15 + window_s(interval, args.quick)
@@ -113,7 +116,7 @@ def _run_esp32emu(n: int, interval: float, args, work: Path, loop: str | None) -
         cmd += ["--broker", broker.url, "--interval", str(interval), "--keepalive", str(KEEPALIVE)]
         cmd += ["--duration", f"{duration:.0f}", "--boot-rate", f"{rate:g}", "--quiet", "--report", str(report)]
         cmd += ["--workers", str(min(args.workers, n))]
-        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=duration + 180, env=env)
+        r = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=duration + 180, env=env)
         if r.returncode != 0:
             return {"error": (r.stderr.strip().splitlines() or ["exit %d" % r.returncode])[-1]}
         data = json.loads(report.read_text())
@@ -319,6 +322,8 @@ def main() -> int:
     p.add_argument("--loop", choices=["uvloop", "asyncio"], help="esp32emu's event loop (default: uvloop when installed)")
     p.add_argument("--extras", nargs="*", help="more esp32emu rows after the grid, N@interval[+busy][+asyncio|+uvloop] "
                    "(busy: a second process burns one core meanwhile; default 30000@10 10000@10+busy 5000@1+asyncio, none with --quick)")
+    p.add_argument("--compare-tree", type=Path, help="also run each esp32emu grid row on this checkout (e.g. `git archive main emulator firmware` "
+                   "unpacked), right after ours: before/after side by side under the same load")
     p.add_argument("--baseline-child", nargs=7, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.baseline_child:
@@ -348,6 +353,12 @@ def main() -> int:
             work = Path(tempfile.mkdtemp(prefix="esp32emu-bench-"))
             try:
                 if "esp32emu" in args.systems:
+                    if args.compare_tree is not None:
+                        c = run_esp32emu(n, interval, args, work, args.loop, tree=args.compare_tree.resolve())
+                        rows.append(row(f"esp32emu @ {args.compare_tree}", n, interval, c))
+                        print(rows[-1], flush=True)
+                        shutil.rmtree(work, ignore_errors=True)
+                        work.mkdir()
                     r = run_esp32emu(n, interval, args, work, args.loop)
                     rows.append(row(esp32emu_name(args, n, r), n, interval, r))
                     print(rows[-1], flush=True)
