@@ -323,7 +323,7 @@ def main() -> int:
     p.add_argument("--extras", nargs="*", help="more esp32emu rows after the grid, N@interval[+busy][+asyncio|+uvloop] "
                    "(busy: a second process burns one core meanwhile; default 30000@10 10000@10+busy 5000@1+asyncio, none with --quick)")
     p.add_argument("--compare-tree", type=Path, help="also run each esp32emu grid row on this checkout (e.g. `git archive main emulator firmware` "
-                   "unpacked), right after ours: before/after side by side under the same load")
+                   "unpacked), just before ours: before/after side by side under the same load")
     p.add_argument("--baseline-child", nargs=7, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.baseline_child:
