@@ -78,7 +78,15 @@ class ModuleProxy:
         self._name = name
 
     def __getattr__(self, attr: str):
-        return getattr(current_modules().module(self._name), attr)
+        # current_modules().module(name), inlined: shared firmware code goes
+        # through here for every `time.ticks_ms()`, thousands of times a second
+        mods = _CURRENT.get(None)
+        if mods is None:
+            mods = current_modules()  # raises, saying why
+        mod = mods.modules.get(self._name)
+        if mod is None:
+            mod = mods.load(self._name)
+        return getattr(mod, attr)
 
     def __repr__(self) -> str:
         return f"<module '{self._name}' of the running board>"
