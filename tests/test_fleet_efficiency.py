@@ -118,6 +118,23 @@ def test_event_set_before_a_cancelled_waiter_resumes_keeps_the_others():
     asyncio.run(main())
 
 
+def test_event_future_is_done_once_set():
+    async def main():
+        ev = Event()
+        fut = ev.future()
+        assert not fut.done()
+        ev.set()
+        assert fut.done() and fut.result() is True
+        assert ev.future().result() is True  # already set: done at once
+        ev.clear()
+        gone = ev.future()
+        gone.cancel()
+        ev.set()  # a cancelled one is skipped
+        assert gone.cancelled()
+
+    asyncio.run(main())
+
+
 class _Board:
     def __init__(self):
         self.pins: dict[int, int] = {}

@@ -296,7 +296,7 @@ class Board:
         self.modules = BoardModules(self.image, self.flash_dir, self._fakes(), self._print, self.fs.open)
         self.log_event("boot", f"boot #{self.boots}, reset cause {cause}")
         runner = self.loop.create_task(self._run_scripts())
-        waiter = self.loop.create_task(self._reset_event.wait())
+        waiter = self._reset_event.future()  # no task per board for it
         try:
             await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if not waiter.done():

@@ -35,6 +35,18 @@ class Event:
     def clear(self) -> None:
         self._value = False
 
+    def future(self) -> asyncio.Future:
+        """A future that is done (True) once the event is set: waiting for it
+        without a task of its own. A cancelled one stays listed until set()."""
+        fut = asyncio.get_running_loop().create_future()
+        if self._value:
+            fut.set_result(True)
+        elif self._waiters is None:
+            self._waiters = [fut]
+        else:
+            self._waiters.append(fut)
+        return fut
+
     async def wait(self) -> bool:
         if self._value:
             return True
