@@ -10,18 +10,29 @@ For each N and telemetry interval (keepalive 30 s):
   CPU/1k msgs  CPU seconds per 1000 telemetry messages in the steady state
                (from all online to the end; esp32emu: parent with its
                observer + workers; baseline: its processes)
+  ..., boards only  the same without esp32emu's parent (observer, view): the
+               workers alone, what the baseline's figure counts
+  load         the 1-minute load average at the end of the row
   lost         telemetry lost (seq gaps seen by the observer) / sent
   lag p99      how late a 50 ms timer fires in the steady state (esp32emu:
                the board event loops; baseline: a thread among the clients)
+
+After the grid, more esp32emu rows (--extras, issue 15): 30,000 boards at
+10 s, 10,000 at 10 s while a second process burns one core, and 5,000 at 1 s
+on the standard library's event loop instead of uvloop. Fleets above 20,000
+boards power on at N/40 per second (all online within 60 s needs it). The
+open-file limit is raised for the broker and the fleet (children inherit
+it): soft to hard, and above the hard limit where we may (root).
 
 Prints a table, then for each system the largest N that met the targets (all
 online within 60 s, nothing lost, lag p99 under 100 ms); not a timed test.
 The baseline is given up after --cap seconds at a size ("did not finish")
 and larger sizes are then skipped.
 
-    .venv/bin/python bench/fleet_bench.py            # N in 100 1000 5000 10000, ~14 min
+    .venv/bin/python bench/fleet_bench.py            # N in 100 1000 5000 10000 + the extras, ~25 min
     .venv/bin/python bench/fleet_bench.py --quick    # N in 100 1000, ~6 min
     .venv/bin/python bench/fleet_bench.py --sizes 10000 --intervals 10 --systems esp32emu
+    .venv/bin/python bench/fleet_bench.py --sizes 5000 --systems esp32emu --extras 30000@10 10000@10+busy
     .venv/bin/python bench/fleet_bench.py --sizes 1000 --systems paho --per-process 100000  # one process
 """
 
@@ -58,17 +69,54 @@ def window_s(interval: float, quick: bool) -> float:
 # -- esp32emu ------------------------------------------------------------------------
 
 
-def run_esp32emu(n: int, interval: float, args, work: Path) -> dict:
+def boot_rate(n: int, args) -> float:
+    """--boot-rate, or faster for a fleet that would take over 40 s to power on
+    (the target is all online within 60 s)."""
+    return max(args.boot_rate, n / 40)
+
+
+class BusyNeighbour:
+    """A second process that burns one core (`while True: pass`) for as long
+    as the `with` lasts: the margin the fleet has on a busy machine."""
+
+    def __init__(self, on: bool):
+        self.on = on
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> BusyNeighbour:
+        if self.on:
+            self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_esp32emu(n: int, interval: float, args, work: Path, loop: str | None = None, busy: bool = False,
+                 tree: Path = REPO) -> dict:
+    with BusyNeighbour(busy):
+        return _run_esp32emu(n, interval, args, work, loop, tree)
+
+
+def _run_esp32emu(n: int, interval: float, args, work: Path, loop: str | None, tree: Path) -> dict:
     broker = Broker(work / "broker").start()
+    rate = boot_rate(n, args)
+    env = dict(os.environ)
+    if loop:
+        env["ESP32EMU_LOOP"] = loop
+    if tree != REPO:  # another checkout's emulator and firmware (--compare-tree)
+        env["PYTHONPATH"] = str(tree)
     try:
-        boot_s = n / args.boot_rate
+        boot_s = n / rate
         duration = boot_s + 15 + window_s(interval, args.quick)
         report = work / "report.json"
         cmd = [sys.executable, "-m", "emulator", "--state", str(work / "state"), "fleet", "--devices", str(n)]
         cmd += ["--broker", broker.url, "--interval", str(interval), "--keepalive", str(KEEPALIVE)]
-        cmd += ["--duration", f"{duration:.0f}", "--boot-rate", str(args.boot_rate), "--quiet", "--report", str(report)]
+        cmd += ["--duration", f"{duration:.0f}", "--boot-rate", f"{rate:g}", "--quiet", "--report", str(report)]
         cmd += ["--workers", str(min(args.workers, n))]
-        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=duration + 180)
+        r = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=duration + 180, env=env)
         if r.returncode != 0:
             return {"error": (r.stderr.strip().splitlines() or ["exit %d" % r.returncode])[-1]}
         data = json.loads(report.read_text())
@@ -80,10 +128,14 @@ def run_esp32emu(n: int, interval: float, args, work: Path) -> dict:
         "online": data["online_at_end"],
         "rss_kb": data["rss_per_board_kb"],
         "cpu_per_1k": steady.get("cpu_s_per_1000_msgs"),
+        "boards_cpu_per_1k": steady.get("boards_cpu_s_per_1000_msgs"),
         "lost": data["telemetry_lost"],
         "sent": data["telemetry_sent"],
         "lag_p99": steady.get("loop_lag_p99_ms"),
         "msgs_per_s": steady.get("msgs_per_s"),
+        "loop": data.get("loop", "asyncio"),
+        "boot_rate": rate,
+        "load": round(os.getloadavg()[0], 1),
     }
 
 
@@ -200,6 +252,8 @@ def run_baseline(n: int, interval: float, args, work: Path) -> dict:
         "all_online_s": None if obs.all_online_at is None else round(obs.all_online_at - t0, 1),
         "rss_kb": rss,
         "cpu_per_1k": round(cpu / published * 1000, 3) if published else None,
+        "boards_cpu_per_1k": round(cpu / published * 1000, 3) if published else None,
+        "load": round(os.getloadavg()[0], 1),
         "lost": s["telemetry_lost"],
         "sent": s["telemetry_sent"],
         "lag_p99": percentile(sorted(x for c in children for x in c.get("lags", [])), 99),
@@ -227,12 +281,32 @@ def fmt(v, spec: str = "") -> str:
 
 def row(system: str, n: int, interval: float, r: dict) -> str:
     if "error" in r:
-        return f"| {system} | {n} | {interval:g} s | {r['error']} | {fmt(r.get('rss_kb'), '.0f')} | | | |"
+        return f"| {system} | {n} | {interval:g} s | {r['error']} | {fmt(r.get('rss_kb'), '.0f')} | | | | | |"
     lost = f"{r['lost']}/{r['sent']}"
     return (
         f"| {system} | {n} | {interval:g} s | {fmt(r['all_online_s'], '.1f')} s | {fmt(r['rss_kb'], '.0f')} | "
-        f"{fmt(r['cpu_per_1k'], '.2f')} | {lost} | {fmt(r['lag_p99'], '.0f')} ms |"
+        f"{fmt(r['cpu_per_1k'], '.2f')} | {fmt(r.get('boards_cpu_per_1k'), '.2f')} | {lost} | {fmt(r['lag_p99'], '.0f')} ms | "
+        f"{fmt(r.get('load'))} |"
     )
+
+
+def esp32emu_name(args, n: int, r: dict, busy: bool = False) -> str:
+    loop = r.get("loop")
+    extra = "" if loop in (None, "uvloop") else f", {loop} loop"
+    if busy:
+        extra += ", + 1 busy core"
+    return f"esp32emu (real firmware, {min(args.workers, n)} proc{extra})"
+
+
+def parse_extra(text: str) -> tuple[int, float, str | None, bool]:
+    """'30000@10', '10000@10+busy', '5000@1+asyncio' -> (n, interval, loop, busy)."""
+    head, *flags = text.split("+")
+    n, _, interval = head.partition("@")
+    loop = next((f for f in flags if f in ("asyncio", "uvloop")), None)
+    unknown = [f for f in flags if f not in ("asyncio", "uvloop", "busy")]
+    if unknown or not interval:
+        raise SystemExit(f"--extras {text!r}: N@interval[+busy][+asyncio|+uvloop]")
+    return int(n), float(interval), loop, "busy" in flags
 
 
 def main() -> int:
@@ -245,18 +319,31 @@ def main() -> int:
     p.add_argument("--cap", type=float, default=120, help="give the baseline this long to connect (default 120 s)")
     p.add_argument("--systems", nargs="+", choices=["esp32emu", "paho"], default=["esp32emu", "paho"], help="what to measure (default both)")
     p.add_argument("--per-process", type=int, default=300, help="baseline clients per process (default 300; select() stops one process at ~340)")
+    p.add_argument("--loop", choices=["uvloop", "asyncio"], help="esp32emu's event loop (default: uvloop when installed)")
+    p.add_argument("--extras", nargs="*", help="more esp32emu rows after the grid, N@interval[+busy][+asyncio|+uvloop] "
+                   "(busy: a second process burns one core meanwhile; default 30000@10 10000@10+busy 5000@1+asyncio, none with --quick)")
+    p.add_argument("--compare-tree", type=Path, help="also run each esp32emu grid row on this checkout (e.g. `git archive main emulator firmware` "
+                   "unpacked), just before ours: before/after side by side under the same load")
     p.add_argument("--baseline-child", nargs=7, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.baseline_child:
         n, first, interval, host, port, cap, window = args.baseline_child
         baseline_child(int(n), int(first), float(interval), host, int(port), float(cap), float(window))
         return 0
-    soft, hard = raise_fd_limit()  # 10,000 sockets: the broker (our child) inherits this
     sizes = args.sizes or ([100, 1000] if args.quick else [100, 1000, 5000, 10000])
+    if args.extras is None:
+        args.extras = [] if (args.quick or args.sizes) else ["30000@10", "10000@10+busy", "5000@1+asyncio"]
+    extras = [parse_extra(x) for x in args.extras]
+    biggest = max(sizes + [e[0] for e in extras])
+    # One socket a board in the broker, the fleet and the observer's view; the baseline
+    # three a client: raised where we may (root), inherited by the broker and the workers.
+    soft, hard = raise_fd_limit(want=max(3 * biggest + 4096, 65536))
     if args.quick:
         args.cap = min(args.cap, 60)
-    print(f"open-file limit {soft}; {os.cpu_count()} cores; esp32emu --workers {args.workers}, boot rate {args.boot_rate}/s; keepalive {KEEPALIVE} s", flush=True)
-    header = "| system | N | interval | all online | RSS/board KiB | CPU s/1k msgs | lost/sent | lag p99 |\n|---|---|---|---|---|---|---|---|"
+    print(f"open-file limit {soft}; {os.cpu_count()} cores; esp32emu --workers {args.workers}, boot rate {args.boot_rate}/s "
+          f"(N/40 above {40 * args.boot_rate:.0f} boards); keepalive {KEEPALIVE} s", flush=True)
+    header = ("| system | N | interval | all online | RSS/board KiB | CPU s/1k msgs | CPU s/1k, boards only | lost/sent | lag p99 | load |\n"
+              "|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     best: dict[tuple[str, float], int] = {}  # (system, interval) -> largest N that met the targets
     started = time.monotonic()
@@ -266,8 +353,14 @@ def main() -> int:
             work = Path(tempfile.mkdtemp(prefix="esp32emu-bench-"))
             try:
                 if "esp32emu" in args.systems:
-                    r = run_esp32emu(n, interval, args, work)
-                    rows.append(row(f"esp32emu (real firmware, {min(args.workers, n)} proc)", n, interval, r))
+                    if args.compare_tree is not None:
+                        c = run_esp32emu(n, interval, args, work, args.loop, tree=args.compare_tree.resolve())
+                        rows.append(row(f"esp32emu @ {args.compare_tree}", n, interval, c))
+                        print(rows[-1], flush=True)
+                        shutil.rmtree(work, ignore_errors=True)
+                        work.mkdir()
+                    r = run_esp32emu(n, interval, args, work, args.loop)
+                    rows.append(row(esp32emu_name(args, n, r), n, interval, r))
                     print(rows[-1], flush=True)
                     if meets_targets(r):
                         best[("esp32emu", interval)] = n
@@ -287,6 +380,16 @@ def main() -> int:
                 print(rows[-1], flush=True)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+    for n, interval, loop, busy in extras if "esp32emu" in args.systems else []:
+        work = Path(tempfile.mkdtemp(prefix="esp32emu-bench-"))
+        try:
+            r = run_esp32emu(n, interval, args, work, loop or args.loop, busy)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        rows.append(row(esp32emu_name(args, n, r, busy), n, interval, r))
+        print(rows[-1], flush=True)
+        if meets_targets(r) and not busy and (loop or args.loop) in (None, "uvloop"):
+            best[("esp32emu", interval)] = max(best.get(("esp32emu", interval), 0), n)
     print(f"\n{header}\n" + "\n".join(rows))
     print(f"\nLargest N that met the targets (all online <= {TARGET_ONLINE_S:.0f} s, nothing lost, lag p99 < {TARGET_LAG_MS:.0f} ms):")
     for interval in args.intervals:

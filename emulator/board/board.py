@@ -26,9 +26,6 @@ import greenlet
 
 from emulator.board.clock import BoardClock
 from emulator.board.environment import Environment
-from emulator.board.fakes.asynciofake import AsyncioModule
-from emulator.board.fakes.dhtfake import DhtModule
-from emulator.board.fakes.esp32fake import Esp32Module
 from emulator.rng import SmallRandom
 from emulator.board.fakes.machinefake import (
     DEEPSLEEP_RESET,
@@ -38,20 +35,12 @@ from emulator.board.fakes.machinefake import (
     BoardReset,
     MachineModule,
 )
-from emulator.board.fakes.misc import (
-    FlashFS,
-    GcModule,
-    MicropythonModule,
-    NtptimeModule,
-    OsModule,
-    RandomModule,
-    SysModule,
-)
-from emulator.board.fakes.networkfake import AccessPoint, NetworkModule, Radio
-from emulator.board.fakes.timefake import TimeModule
-from emulator.board.fakes.tlsfake import SslModule, TlsModule
+from emulator.board.fakes.misc import FlashFS
+from emulator.board.fakes.networkfake import AccessPoint, Radio
+from emulator.board.fakes.table import FakeTable
 from emulator.board.loader import BoardModules, FirmwareImage, format_micropython_exception
 from emulator.board.sensors import wire as wire_sensors
+from emulator.net.event import Event
 from emulator.net.link import Link
 
 log = logging.getLogger("esp32emu")
@@ -236,23 +225,8 @@ class Board:
 
     # -- the fakes table ----------------------------------------------------------------
 
-    def _fakes(self) -> dict[str, Callable[[], object]]:
-        return {
-            "machine": lambda: MachineModule(self),
-            "network": lambda: NetworkModule(self),
-            "esp32": lambda: Esp32Module(self),
-            "time": lambda: TimeModule(self),
-            "asyncio": lambda: AsyncioModule(self),
-            "gc": lambda: GcModule(self),
-            "micropython": lambda: MicropythonModule(self),
-            "ntptime": lambda: NtptimeModule(self),
-            "sys": lambda: SysModule(self),
-            "random": lambda: RandomModule(self),
-            "os": lambda: OsModule(self),
-            "tls": lambda: TlsModule(self),
-            "ssl": lambda: SslModule(self),
-            "dht": lambda: DhtModule(self),
-        }
+    def _fakes(self) -> FakeTable:
+        return FakeTable(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -287,7 +261,7 @@ class Board:
             if not sleep_ms and not forever:
                 break
             self._reset_request = None
-            self._reset_event = asyncio.Event()
+            self._reset_event = Event()
             self.log_event("power", "sleeping until reset" if forever else f"off for {sleep_ms} ms")
             try:
                 await asyncio.wait_for(self._reset_event.wait(), None if forever else sleep_ms / 1000)
@@ -313,7 +287,7 @@ class Board:
         self.halted = False
         self.clock.reboot()
         self._reset_request = None
-        self._reset_event = asyncio.Event()
+        self._reset_event = Event()
         self.pin_irqs.clear()
         self.hung = False
         self.fs.cwd = "/"
@@ -322,7 +296,7 @@ class Board:
         self.modules = BoardModules(self.image, self.flash_dir, self._fakes(), self._print, self.fs.open)
         self.log_event("boot", f"boot #{self.boots}, reset cause {cause}")
         runner = self.loop.create_task(self._run_scripts())
-        waiter = self.loop.create_task(self._reset_event.wait())
+        waiter = self._reset_event.future()  # no task per board for it
         try:
             await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if not waiter.done():
@@ -475,7 +449,10 @@ class Board:
         time.sleep(seconds)
 
     def create_task(self, coro) -> asyncio.Task:
-        t = self.loop.create_task(coro, context=self.modules.context.copy())
+        # Every task of a boot shares the board's context (only the emulator's
+        # context variable is in it; firmware has no contextvars): a copy per
+        # task would cost ~600 bytes a task, a few thousand a board.
+        t = self.loop.create_task(coro, context=self.modules.context)
         self.tasks.add(t)
         t.add_done_callback(self._task_done)
         return t

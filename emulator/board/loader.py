@@ -57,6 +57,18 @@ def current_modules() -> "BoardModules":
         raise RuntimeError("firmware code ran outside any emulated board") from None
 
 
+def _board_import(name, globals=None, locals=None, fromlist=(), level=0):
+    return current_modules()._import(name, globals, locals, fromlist, level)
+
+
+def _board_print(*args, **kwargs):
+    return current_modules().print_fn(*args, **kwargs)
+
+
+def _board_open(*args, **kwargs):
+    return current_modules().open_fn(*args, **kwargs)
+
+
 class ModuleProxy:
     """Stands for a board-specific module inside a shared module."""
 
@@ -66,7 +78,15 @@ class ModuleProxy:
         self._name = name
 
     def __getattr__(self, attr: str):
-        return getattr(current_modules().module(self._name), attr)
+        # current_modules().module(name), inlined: shared firmware code goes
+        # through here for every `time.ticks_ms()`, thousands of times a second
+        mods = _CURRENT.get(None)
+        if mods is None:
+            mods = current_modules()  # raises, saying why
+        mod = mods.modules.get(self._name)
+        if mod is None:
+            mod = mods.load(self._name)
+        return getattr(mod, attr)
 
     def __repr__(self) -> str:
         return f"<module '{self._name}' of the running board>"
@@ -92,8 +112,16 @@ class FirmwareImage:
         self._shared_builtins = dict(builtins.__dict__)
         self._shared_builtins.pop("input", None)
         self._shared_builtins["__import__"] = self._import_shared
-        self._shared_builtins["print"] = lambda *a, **k: current_modules().builtins["print"](*a, **k)
-        self._shared_builtins["open"] = lambda *a, **k: current_modules().builtins["open"](*a, **k)
+        self._shared_builtins["print"] = _board_print
+        self._shared_builtins["open"] = _board_open
+        # The builtins of every board's own modules (boot.py, main.py, a
+        # module a board carries in its flash): one table for all, whose
+        # `__import__`, `print` and `open` are the running board's.
+        self.board_builtins = dict(builtins.__dict__)
+        self.board_builtins.pop("input", None)
+        self.board_builtins["__import__"] = _board_import
+        self.board_builtins["print"] = _board_print
+        self.board_builtins["open"] = _board_open
 
     def files(self) -> dict[str, bytes]:
         return {f"{name}.py": src.encode() for name, src in self.sources.items()}
@@ -235,11 +263,11 @@ class BoardModules:
         self.flash_dir = flash_dir
         self.fakes = fakes
         self.modules: dict[str, object] = {}
-        self.builtins = dict(builtins.__dict__)
-        self.builtins["__import__"] = self._import
-        self.builtins["print"] = print_fn
-        self.builtins["open"] = open_fn
-        self.builtins.pop("input", None)
+        self.print_fn = print_fn
+        self.open_fn = open_fn
+        # Shared by every board; `__import__`, `print`, `open` go to the
+        # board whose code runs (the context variable this table sets).
+        self.builtins = image.board_builtins
         # A board whose flash carries its own copy of a module cannot share
         # anything that imports that module.
         self._own: set[str] = set()

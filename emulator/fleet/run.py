@@ -33,7 +33,7 @@ from emulator.broker.certs import provision_tls
 from emulator.broker.pick import broker_for, check_inputs
 from emulator.dashboard.server import beside
 from emulator.firmware.folder import pick_firmware
-from emulator.fleet.workers import GroupSpec, LocalBoards, WorkerError, WorkerPool, device_id, rss_kb, split
+from emulator.fleet.workers import GroupSpec, LocalBoards, WorkerError, WorkerPool, device_id, loop_name, rss_kb, run_loop, split
 from emulator.observe.counting import FleetObserver, percentile
 from emulator.observe.watch import Rate, rtt_text, worst_table
 from emulator.run import scenario as scenario_mod
@@ -185,6 +185,10 @@ def validate(opts: FleetOptions) -> None:
 def run_fleet(opts: FleetOptions) -> int:
     validate(opts)
     check_inputs(opts.broker, opts.state_dir, credentials=True)  # bad input fails before the first line
+    try:
+        loop = loop_name()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     firmware = pick_firmware(opts.firmware, board_modules(opts.vm))
     with broker_for(opts.broker, opts.state_dir, credentials=True) as url:
         observer = FleetObserver(url.host, url.port)
@@ -214,6 +218,7 @@ def run_fleet(opts: FleetOptions) -> int:
             username=url.username,
             password=url.password,
             firmware=firmware,
+            loop=loop,
         )
         if opts.workers == 1:
             boards = LocalBoards(replace(spec, indices=tuple(range(opts.devices))))
@@ -229,7 +234,8 @@ def run_fleet(opts: FleetOptions) -> int:
             return 1
         try:
             boards.build()
-            report = asyncio.run(_run(opts, url, observer, boards))
+            report = run_loop(_run(opts, url, observer, boards), loop)
+            report["loop"] = loop
         except WorkerError as e:
             print(f"esp32emu: {e}", file=sys.stderr)
             return 1
@@ -259,11 +265,19 @@ class _Meter:
         self.observer = observer
         self.started = started
         self.cpu0 = time.process_time()
-        self.steady_at: tuple[float, float, int, int] | None = None  # (t, cpu, telemetry, lag index)
+        self.steady_at: tuple[float, float, int, int, float | None] | None = None  # (t, cpu, telemetry, lag index, boards' cpu)
 
     def cpu_s(self) -> float:
         st = self.boards.stats()
         return time.process_time() - self.cpu0 + st["worker_cpu_s"] + st["vm_cpu_s"]
+
+    def boards_cpu_s(self) -> float | None:
+        """The worker processes' CPU alone (no observer, no live view); None
+        when the boards run in this process."""
+        if not isinstance(self.boards, WorkerPool):
+            return None
+        st = self.boards.stats()
+        return st["worker_cpu_s"] + st["vm_cpu_s"]
 
     def rss_kb(self) -> int:
         st = self.boards.stats()
@@ -276,14 +290,17 @@ class _Meter:
                 self.cpu_s(),
                 self.observer.summary()["telemetry_total"],
                 len(self.boards.stats()["lag_ms"]),
+                self.boards_cpu_s(),
             )
 
     def steady(self) -> dict | None:
         if self.steady_at is None:
             return None
-        t, cpu, telemetry, lag_i = self.steady_at
+        t, cpu, telemetry, lag_i, boards_cpu = self.steady_at
         msgs = self.observer.summary()["telemetry_total"] - telemetry
         cpu_s = self.cpu_s() - cpu
+        boards_now = self.boards_cpu_s()
+        boards_cpu_s = None if boards_cpu is None or boards_now is None else boards_now - boards_cpu
         lag = sorted(self.boards.stats()["lag_ms"][lag_i:])
         return {
             "s": round(time.monotonic() - t, 1),
@@ -291,6 +308,8 @@ class _Meter:
             "msgs_per_s": round(msgs / max(time.monotonic() - t, 1e-9), 1),
             "cpu_s": round(cpu_s, 2),
             "cpu_s_per_1000_msgs": round(cpu_s / msgs * 1000, 3) if msgs else None,
+            # the same without this process (observer, live view): the boards' own cost
+            "boards_cpu_s_per_1000_msgs": round(boards_cpu_s / msgs * 1000, 3) if msgs and boards_cpu_s is not None else None,
             "loop_lag_p99_ms": percentile(lag, 99),
             "loop_lag_max_ms": round(lag[-1], 1) if lag else None,
         }

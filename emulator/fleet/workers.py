@@ -56,6 +56,7 @@ class GroupSpec:
     username: str | None = None  # MQTT credentials from --broker mqtt://user:password@host
     password: str | None = None
     firmware: Path | None = None  # the firmware folder (default: the bundled one)
+    loop: str = "asyncio"  # the event loop: "uvloop" or "asyncio" (loop_name())
 
 
 def auto_workers(devices: int, cores: int | None = None) -> int:
@@ -66,13 +67,55 @@ def auto_workers(devices: int, cores: int | None = None) -> int:
     return max(1, min(cores, math.ceil(devices / BOARDS_PER_WORKER)))
 
 
+LOOPS = ("uvloop", "asyncio")
+
+
+def loop_name() -> str:
+    """The event loop the fleet's boards run on: $ESP32EMU_LOOP ("uvloop" or
+    "asyncio"), by default uvloop when it is installed (`pip install
+    esp32emu[fast]`), else the standard library's."""
+    want = os.environ.get("ESP32EMU_LOOP", "").strip().lower()
+    if want and want not in LOOPS:
+        raise ValueError(f"ESP32EMU_LOOP={want!r}: use one of {', '.join(LOOPS)}")
+    if want == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if want == "uvloop":
+            raise ValueError("ESP32EMU_LOOP=uvloop but uvloop is not installed (pip install uvloop)") from None
+        return "asyncio"
+    return "uvloop"
+
+
+def run_loop(main, name: str | None = None):
+    """asyncio.run(main) on the loop `loop_name()` picks (or `name`)."""
+    if (name or loop_name()) == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    else:
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
 def device_id(index: int) -> str:
     return f"dev-{index + 1:05d}"
 
 
-def raise_fd_limit() -> tuple[int, int]:
-    """Soft RLIMIT_NOFILE up to the hard limit; returns (soft, hard) after."""
+def raise_fd_limit(want: int | None = None) -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard limit, and with `want` above the
+    hard limit both up to `want` where the process may (root, or
+    CAP_SYS_RESOURCE: up to /proc/sys/fs/nr_open); children (workers, a
+    private Mosquitto) inherit it. Returns (soft, hard) after."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if want is not None and hard != resource.RLIM_INFINITY and want > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want, want
+        except (ValueError, OSError):
+            pass
     if soft != hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -315,7 +358,7 @@ def _worker_main(spec: GroupSpec, conn) -> None:
         msg = conn.recv()
         if msg[0] != "go":
             return
-        asyncio.run(_worker_loop(group, conn, msg[1]))
+        run_loop(_worker_loop(group, conn, msg[1]), spec.loop)
     except (EOFError, BrokenPipeError):
         return
     except Exception as e:  # reported to the parent, which exits with it

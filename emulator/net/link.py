@@ -32,9 +32,9 @@ import asyncio
 import ipaddress
 import socket
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping
 
+from emulator.net.event import Event
 from emulator.net.pipe import Pipe
 from emulator.net.faults import LinkFaults, abort_with_rst
 from emulator.net.profiles import PROFILES, Profile, make_profile, profile_names
@@ -76,7 +76,7 @@ class Link(LinkFaults):
             seed = board.rng.getrandbits(64)
         self.rng = SmallRandom(f"link:{seed}:{board.id}")
         self._abandoned: list[Connection] = []
-        self._path_change = asyncio.Event()
+        self._path_change = Event()
         # Between abandon_connections() and release_abandoned() the board is
         # powered off: code of the old boot that still runs (a task whose
         # cancel was lost) gets no network at all, it just waits forever.
@@ -88,7 +88,7 @@ class Link(LinkFaults):
 
     def _path_changed(self) -> None:
         self._path_change.set()
-        self._path_change = asyncio.Event()
+        self._path_change = Event()
 
     def abandon_connections(self) -> int:
         self._vanished = True  # until release_abandoned: a powered-off board gets no network
@@ -200,6 +200,9 @@ class Connection(asyncio.Protocol):
     """One TCP connection as the board sees it (an asyncio protocol on the
     real socket, with a shaped pipe each way)."""
 
+    __slots__ = ("link", "transport", "closed", "abandoned", "killed", "stalled", "tx", "rx", "_rx_buf", "_rx_size",
+                 "_rx_end", "_rx_event", "_tx_event", "_reading_paused", "_writing_paused", "_gone", "_eof_seen")
+
     def __init__(self, link: Link, seed: int):
         self.link = link
         self.transport: asyncio.Transport | None = None
@@ -209,11 +212,13 @@ class Connection(asyncio.Protocol):
         self.stalled = False  # WiFi lost under it
         self.tx = Pipe(self, "tx", SmallRandom(f"{seed}:tx"), self._send)
         self.rx = Pipe(self, "rx", SmallRandom(f"{seed}:rx"), self._receive)
-        self._rx_buf: deque = deque()  # (bytes, sliced) delivered, not yet read
+        # (bytes, sliced) delivered, not yet read: a list (a few items at most,
+        # RECEIVE_WINDOW bounds it) costs a tenth of an empty deque
+        self._rx_buf: list = []
         self._rx_size = 0
         self._rx_end: str | None = None  # _EOF or _RESET once delivered to the board
-        self._rx_event = asyncio.Event()
-        self._tx_event = asyncio.Event()
+        self._rx_event = Event()
+        self._tx_event = Event()
         self._reading_paused = False
         self._writing_paused = False
         self._gone = False  # the socket is closed
@@ -332,14 +337,14 @@ class Connection(asyncio.Protocol):
             buf[0] = (first[n:], sliced)
             self._rx_size -= n
             return first[:n]
-        buf.popleft()
+        del buf[0]
         out = [first]
         size = len(first)
         # A socket read returns everything that has arrived, but slices of a
         # cut chunk are returned one per read: that is what slicing is for.
         if not sliced:
             while buf and not buf[0][1] and size + len(buf[0][0]) <= n:
-                piece = buf.popleft()[0]
+                piece = buf.pop(0)[0]
                 out.append(piece)
                 size += len(piece)
         self._rx_size -= size

@@ -31,6 +31,9 @@ class Pipe:
     """One direction of one connection: items in, the same items out later,
     in order. Items are bytes or the FIN/RST markers."""
 
+    __slots__ = ("conn", "link", "direction", "rng", "_deliver", "loop", "held", "flight", "pending", "blocked",
+                 "_busy_until", "_last_at", "_timer")
+
     def __init__(self, conn: Connection, direction: str, rng: random.Random, deliver):
         self.conn = conn
         self.link = conn.link
@@ -38,8 +41,9 @@ class Pipe:
         self.rng = rng
         self._deliver = deliver
         self.loop = asyncio.get_running_loop()
-        self.held: deque = deque()  # waiting for the path to heal
-        self.flight: deque = deque()  # (deliver_at, item, sliced)
+        # Made on first use (most pipes never hold nor shape anything: the fast path)
+        self.held: deque | None = None  # waiting for the path to heal
+        self.flight: deque | None = None  # (deliver_at, item, sliced)
         self.pending = 0  # bytes held or in flight
         self.blocked = False
         self._busy_until = 0.0
@@ -53,7 +57,7 @@ class Pipe:
         if isinstance(item, bytes):
             self.pending += len(item)
         if self.blocked:
-            self.held.append(item)
+            self._hold(item)
             return
         prof = self.link.profile
         if not self.flight and not prof.shapes_bytes:
@@ -73,17 +77,20 @@ class Pipe:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            self.held.extendleft(item for _, item, _ in reversed(self.flight))
-            self.flight.clear()
+            if self.flight:
+                if self.held is None:
+                    self.held = deque()
+                self.held.extendleft(item for _, item, _ in reversed(self.flight))
+                self.flight.clear()
             self._busy_until = self._last_at = 0.0
             return
-        items, self.held = self.held, deque()
+        items, self.held = self.held or (), None
         if items:
             n = sum(len(i) for i in items if isinstance(i, bytes))
             self.link.log(f"{self.direction}: path healed, resending {n} held byte(s)")
         for item in items:
             if self.blocked:  # a delivery closed the path again
-                self.held.append(item)
+                self._hold(item)
                 continue
             prof = self.link.profile
             if not self.flight and not prof.shapes_bytes:
@@ -96,13 +103,18 @@ class Pipe:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.held.clear()
-        self.flight.clear()
+        self.held = self.flight = None
         self.pending = 0
 
     def drop_held(self) -> None:
-        self.pending -= sum(len(i) for i in self.held if isinstance(i, bytes))
-        self.held.clear()
+        if self.held:
+            self.pending -= sum(len(i) for i in self.held if isinstance(i, bytes))
+        self.held = None
+
+    def _hold(self, item) -> None:
+        if self.held is None:
+            self.held = deque()
+        self.held.append(item)
 
     def _schedule(self, item, prof: Profile, now: float) -> None:
         pieces = [item]
@@ -139,6 +151,8 @@ class Pipe:
                 self.link.log(f"{self.direction}: {size} B lost, retransmitted after {prof.rto_ms:g} ms")
             at = max(done + delay_ms / 1000, self._last_at + (SLICE_GAP_S if sliced else 0.0))
             self._last_at = at
+            if self.flight is None:
+                self.flight = deque()
             self.flight.append((at, piece, sliced))
             if self.link.log_delays:
                 self.link.log(f"{self.direction}: {size} B in {1000 * (at - now):.1f} ms")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio as _aio
 
+from emulator.net.event import Event
+
 
 async def _wait_for(aw, timeout):
     # MicroPython's wait_for: `aw` is cancelled when the time is up, and
@@ -25,7 +27,7 @@ async def _wait_for(aw, timeout):
 
 class ThreadSafeFlag:
     def __init__(self):
-        self._event = _aio.Event()
+        self._event = Event()
 
     def set(self) -> None:
         self._event.set()
@@ -73,7 +75,7 @@ class AsyncioModule:
     __name__ = "asyncio"
     CancelledError = _aio.CancelledError
     TimeoutError = _aio.TimeoutError
-    Event = _aio.Event
+    Event = Event  # asyncio.Event's API, a board's dozen of them in a fraction of the memory
     Lock = _aio.Lock
     Task = _aio.Task
     ThreadSafeFlag = ThreadSafeFlag

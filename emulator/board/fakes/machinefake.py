@@ -5,6 +5,8 @@ ADC/I2C. Resets never return: they raise `BoardReset`, which no firmware
 
 from __future__ import annotations
 
+from emulator.board.fakes import BoundClass
+
 PWRON_RESET = 1
 HARD_RESET = 2
 WDT_RESET = 3
@@ -48,24 +50,16 @@ class MachineModule:
         self._board = board
         self._freq = 160_000_000
 
-    # The peripheral classes are bound to this board and made on first use:
-    # a fleet of thousands only pays for the classes its firmware touches.
-    _CLASSES = {
-        "Pin": lambda b: _pin_class(b),
-        "WDT": lambda b: _wdt_class(b),
-        "RTC": lambda b: _rtc_class(b),
-        "ADC": lambda b: _adc_class(b),
-        "I2C": lambda b: _i2c_class(b),
-        "SoftI2C": lambda b: _i2c_class(b),
-    }
-
+    # The peripheral classes, shared by every board, bound to this board on
+    # first use (fakes.BoundClass): a fleet of thousands pays a few bytes a
+    # board for the classes its firmware touches.
     def __getattr__(self, name: str):
-        make = MachineModule._CLASSES.get(name)
-        if make is None:
+        cls = _CLASSES.get(name)
+        if cls is None:
             raise AttributeError(f"'module' object has no attribute '{name}'")
-        cls = make(self._board)
-        setattr(self, name, cls)
-        return cls
+        bound = BoundClass(cls, self._board)
+        setattr(self, name, bound)
+        return bound
 
     def unique_id(self) -> bytes:
         return self._board.mac
@@ -111,166 +105,158 @@ class MachineModule:
         return -2
 
 
-def _pin_class(board):
-    class Pin:
-        IN = 1
-        OUT = 3
-        OPEN_DRAIN = 7
-        PULL_UP = 2
-        PULL_DOWN = 1
-        IRQ_RISING = 1
-        IRQ_FALLING = 2
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_UP = 2
+    PULL_DOWN = 1
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
 
-        def __init__(self, id, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
-            if not isinstance(id, int) or not 0 <= id <= 39:
-                raise ValueError("invalid pin")
-            self._id = id
-            self._mode = mode
-            if value is not None:
-                self.value(value)
+    def __init__(self, board, id, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
+        self._board = board
+        if not isinstance(id, int) or not 0 <= id <= 39:
+            raise ValueError("invalid pin")
+        self._id = id
+        self._mode = mode
+        if value is not None:
+            self.value(value)
 
-        def init(self, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
-            self._mode = mode
-            if value is not None:
-                self.value(value)
+    def init(self, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
+        self._mode = mode
+        if value is not None:
+            self.value(value)
 
-        def value(self, v=None):
-            if v is None:
-                return board.pins.get(self._id, 0)
-            board.pins[self._id] = 1 if v else 0
-            board.pin_writes[self._id] = board.pin_writes.get(self._id, 0) + 1
-            return None
+    def value(self, v=None):
+        if v is None:
+            return self._board.pins.get(self._id, 0)
+        self._board.pins[self._id] = 1 if v else 0
+        self._board.pin_writes[self._id] = self._board.pin_writes.get(self._id, 0) + 1
+        return None
 
-        def __call__(self, v=None):
-            return self.value(v)
+    def __call__(self, v=None):
+        return self.value(v)
 
-        def on(self):
-            self.value(1)
+    def on(self):
+        self.value(1)
 
-        def off(self):
-            self.value(0)
+    def off(self):
+        self.value(0)
 
-        def irq(self, handler=None, trigger=3, **kw):
-            if handler is None:
-                board.pin_irqs.pop(self._id, None)
-            else:
-                board.pin_irqs[self._id] = handler
-            return None
+    def irq(self, handler=None, trigger=3, **kw):
+        if handler is None:
+            self._board.pin_irqs.pop(self._id, None)
+        else:
+            self._board.pin_irqs[self._id] = handler
+        return None
 
-        def __repr__(self):
-            return "Pin(%d)" % self._id
-
-    return Pin
+    def __repr__(self):
+        return "Pin(%d)" % self._id
 
 
-def _wdt_class(board):
-    class WDT:
-        def __init__(self, id=0, timeout=5000):
-            if timeout < 1:
-                raise ValueError("WDT timeout too short")
-            board.arm_watchdog(timeout)
+class WDT:
+    def __init__(self, board, id=0, timeout=5000):
+        if timeout < 1:
+            raise ValueError("WDT timeout too short")
+        self._board = board
+        self._board.arm_watchdog(timeout)
 
-        def feed(self):
-            board.feed_watchdog()
-
-    return WDT
+    def feed(self):
+        self._board.feed_watchdog()
 
 
-def _rtc_class(board):
-    class RTC:
-        def __init__(self, id=0):
-            pass
+class RTC:
+    def __init__(self, board, id=0):
+        self._board = board
 
-        def datetime(self, dt=None):
-            import calendar
+    def datetime(self, dt=None):
+        import calendar
 
-            from emulator.board.clock import UNIX_2000
+        from emulator.board.clock import UNIX_2000
 
-            if dt is None:
-                secs = board.clock.rtc_seconds()
-                whole = int(secs)
-                t = __import__("time").gmtime(whole + UNIX_2000)
-                return (t.tm_year, t.tm_mon, t.tm_mday, t.tm_wday, t.tm_hour, t.tm_min, t.tm_sec, int((secs - whole) * 1e6))
-            year, month, day, _wd, hour, minute, second = dt[:7]
-            us = dt[7] if len(dt) > 7 else 0
-            unix = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-            board.clock.set_rtc(unix - UNIX_2000 + us / 1e6)
+        if dt is None:
+            secs = self._board.clock.rtc_seconds()
+            whole = int(secs)
+            t = __import__("time").gmtime(whole + UNIX_2000)
+            return (t.tm_year, t.tm_mon, t.tm_mday, t.tm_wday, t.tm_hour, t.tm_min, t.tm_sec, int((secs - whole) * 1e6))
+        year, month, day, _wd, hour, minute, second = dt[:7]
+        us = dt[7] if len(dt) > 7 else 0
+        unix = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+        self._board.clock.set_rtc(unix - UNIX_2000 + us / 1e6)
 
-        def init(self, dt):
-            self.datetime(dt)
+    def init(self, dt):
+        self.datetime(dt)
 
-        def memory(self, data=None):
-            if data is None:
-                return bytes(board.rtc_memory)
-            data = bytes(data)
-            if len(data) > RTC_MEMORY_MAX:
-                raise ValueError("buffer too long")
-            board.rtc_memory = data
-            return None
-
-    return RTC
+    def memory(self, data=None):
+        if data is None:
+            return bytes(self._board.rtc_memory)
+        data = bytes(data)
+        if len(data) > RTC_MEMORY_MAX:
+            raise ValueError("buffer too long")
+        self._board.rtc_memory = data
+        return None
 
 
-def _adc_class(board):
-    class ADC:
-        ATTN_0DB = 0
-        ATTN_2_5DB = 1
-        ATTN_6DB = 2
-        ATTN_11DB = 3
-        WIDTH_12BIT = 3
+class ADC:
+    ATTN_0DB = 0
+    ATTN_2_5DB = 1
+    ATTN_6DB = 2
+    ATTN_11DB = 3
+    WIDTH_12BIT = 3
 
-        # The ESP32's 12-bit SAR converter: the input voltage at which the raw
-        # code saturates (4095) for each attenuation, and its noise. read_uv()
-        # is the calibrated voltage, so it stops rising at saturation too.
-        FULL_SCALE_V = (1.1, 1.5, 2.2, 3.3)
-        NOISE_V = 0.006
+    # The ESP32's 12-bit SAR converter: the input voltage at which the raw
+    # code saturates (4095) for each attenuation, and its noise. read_uv()
+    # is the calibrated voltage, so it stops rising at saturation too.
+    FULL_SCALE_V = (1.1, 1.5, 2.2, 3.3)
+    NOISE_V = 0.006
 
-        def __init__(self, pin, *, atten=None):
-            self._pin = pin._id if hasattr(pin, "_id") else int(pin)
-            self._atten = self.ATTN_0DB if atten is None else atten
-            if self._atten not in (0, 1, 2, 3):
-                raise ValueError("invalid attenuation")
+    def __init__(self, board, pin, *, atten=None):
+        self._board = board
+        self._pin = pin._id if hasattr(pin, "_id") else int(pin)
+        self._atten = self.ATTN_0DB if atten is None else atten
+        if self._atten not in (0, 1, 2, 3):
+            raise ValueError("invalid attenuation")
 
-        def atten(self, a):
-            if a not in (0, 1, 2, 3):
-                raise ValueError("invalid attenuation")
-            self._atten = a
+    def atten(self, a):
+        if a not in (0, 1, 2, 3):
+            raise ValueError("invalid attenuation")
+        self._atten = a
 
-        def width(self, w):
-            pass
+    def width(self, w):
+        pass
 
-        def _code(self) -> int:
-            full = self.FULL_SCALE_V[self._atten]
-            v = board.env.adc_volts(self._pin) + board.env.rng.gauss(0, self.NOISE_V)
-            return max(0, min(4095, round(v / full * 4095)))
+    def _code(self) -> int:
+        full = self.FULL_SCALE_V[self._atten]
+        v = self._board.env.adc_volts(self._pin) + self._board.env.rng.gauss(0, self.NOISE_V)
+        return max(0, min(4095, round(v / full * 4095)))
 
-        def read_uv(self) -> int:
-            return int(self._code() * self.FULL_SCALE_V[self._atten] / 4095 * 1_000_000)
+    def read_uv(self) -> int:
+        return int(self._code() * self.FULL_SCALE_V[self._atten] / 4095 * 1_000_000)
 
-        def read_u16(self) -> int:
-            return self._code() * 65535 // 4095
+    def read_u16(self) -> int:
+        return self._code() * 65535 // 4095
 
-        def read(self) -> int:
-            return self._code()
-
-    return ADC
+    def read(self) -> int:
+        return self._code()
 
 
-def _i2c_class(board):
-    class I2C:
-        def __init__(self, id=0, *, scl=None, sda=None, freq=400000, timeout=50000):
-            self._bus = board.i2c_bus(id)
+class I2C:
+    def __init__(self, board, id=0, *, scl=None, sda=None, freq=400000, timeout=50000):
+        self._bus = board.i2c_bus(id)
 
-        def scan(self) -> list:
-            return self._bus.scan()
+    def scan(self) -> list:
+        return self._bus.scan()
 
-        def readfrom_mem(self, addr, memaddr, nbytes, *, addrsize=8) -> bytes:
-            return self._bus.read(addr, memaddr, nbytes)
+    def readfrom_mem(self, addr, memaddr, nbytes, *, addrsize=8) -> bytes:
+        return self._bus.read(addr, memaddr, nbytes)
 
-        def readfrom_mem_into(self, addr, memaddr, buf, *, addrsize=8) -> None:
-            buf[:] = self._bus.read(addr, memaddr, len(buf))
+    def readfrom_mem_into(self, addr, memaddr, buf, *, addrsize=8) -> None:
+        buf[:] = self._bus.read(addr, memaddr, len(buf))
 
-        def writeto_mem(self, addr, memaddr, buf, *, addrsize=8) -> None:
-            self._bus.write(addr, memaddr, bytes(buf))
+    def writeto_mem(self, addr, memaddr, buf, *, addrsize=8) -> None:
+        self._bus.write(addr, memaddr, bytes(buf))
 
-    return I2C
+
+# What `machine.<name>` is on every board (bound to it by MachineModule).
+_CLASSES = {"Pin": Pin, "WDT": WDT, "RTC": RTC, "ADC": ADC, "I2C": I2C, "SoftI2C": I2C}

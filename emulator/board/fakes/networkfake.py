@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
+from emulator.board.fakes import BoundClass
+
 STA_IF = 0
 AP_IF = 1
 STAT_IDLE = 1000
@@ -120,7 +122,7 @@ class NetworkModule:
     def __init__(self, board):
         self._board = board
         self._hostname = board.id
-        self.WLAN = _wlan_class(board)
+        self.WLAN = BoundClass(WLAN, board)
 
     def hostname(self, name: str | None = None):
         if name is None:
@@ -132,74 +134,72 @@ class NetworkModule:
         return "XX" if code is None else None
 
 
-def _wlan_class(board):
-    class WLAN:
-        IF_STA = STA_IF
-        IF_AP = AP_IF
-        PM_NONE = 0
-        PM_PERFORMANCE = 1
-        PM_POWERSAVE = 2
+class WLAN:
+    IF_STA = STA_IF
+    IF_AP = AP_IF
+    PM_NONE = 0
+    PM_PERFORMANCE = 1
+    PM_POWERSAVE = 2
 
-        def __init__(self, interface: int = STA_IF):
-            if interface != STA_IF:
-                raise ValueError("only the STA interface is emulated")
-            self._radio = board.radio
+    def __init__(self, board, interface: int = STA_IF):
+        if interface != STA_IF:
+            raise ValueError("only the STA interface is emulated")
+        self._board = board
+        self._radio = self._board.radio
 
-        def active(self, is_active=None):
-            if is_active is None:
-                return self._radio.active
-            self._radio.active = bool(is_active)
-            if not is_active:
-                self._radio.disconnect()
-            return None
-
-        def connect(self, ssid=None, key=None, *, bssid=None):
-            if not self._radio.active:
-                raise OSError("Wifi Not Started")
-            self._radio.connect(ssid or "", key or "")
-
-        def disconnect(self):
+    def active(self, is_active=None):
+        if is_active is None:
+            return self._radio.active
+        self._radio.active = bool(is_active)
+        if not is_active:
             self._radio.disconnect()
+        return None
 
-        def isconnected(self) -> bool:
-            return self._radio.connected
+    def connect(self, ssid=None, key=None, *, bssid=None):
+        if not self._radio.active:
+            raise OSError("Wifi Not Started")
+        self._radio.connect(ssid or "", key or "")
 
-        def status(self, param=None):
-            if param is None:
-                return self._radio.status
-            if param == "rssi":
-                if not self._radio.connected:
-                    raise OSError("STA must be connected")
-                return board.rssi()
-            raise ValueError("unknown status param")
+    def disconnect(self):
+        self._radio.disconnect()
 
-        def ifconfig(self, cfg=None):
-            if cfg is not None:
-                return None
+    def isconnected(self) -> bool:
+        return self._radio.connected
+
+    def status(self, param=None):
+        if param is None:
+            return self._radio.status
+        if param == "rssi":
             if not self._radio.connected:
-                return ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
-            return (board.ip, "255.255.0.0", board.gateway, board.gateway)
+                raise OSError("STA must be connected")
+            return self._board.rssi()
+        raise ValueError("unknown status param")
 
-        def ipconfig(self, key):
-            if key == "addr4":
-                ip = self.ifconfig()[0]
-                return (ip, "255.255.0.0")
-            raise ValueError("unknown config param")
-
-        def config(self, *args, **kwargs):
-            if args:
-                if args[0] == "mac":
-                    return board.mac
-                if args[0] in ("hostname", "dhcp_hostname"):
-                    return board.id
-                if args[0] == "essid":
-                    return self._radio.target[0] if self._radio.target else ""
-                raise ValueError("unknown config param")
+    def ifconfig(self, cfg=None):
+        if cfg is not None:
             return None
+        if not self._radio.connected:
+            return ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
+        return (self._board.ip, "255.255.0.0", self._board.gateway, self._board.gateway)
 
-        def scan(self):
-            if not board.ap.up:
-                return []
-            return [(board.ap.ssid.encode(), b"\x24\x0a\xc4\x00\x00\x01", 6, board.rssi(), 3, False)]
+    def ipconfig(self, key):
+        if key == "addr4":
+            ip = self.ifconfig()[0]
+            return (ip, "255.255.0.0")
+        raise ValueError("unknown config param")
 
-    return WLAN
+    def config(self, *args, **kwargs):
+        if args:
+            if args[0] == "mac":
+                return self._board.mac
+            if args[0] in ("hostname", "dhcp_hostname"):
+                return self._board.id
+            if args[0] == "essid":
+                return self._radio.target[0] if self._radio.target else ""
+            raise ValueError("unknown config param")
+        return None
+
+    def scan(self):
+        if not self._board.ap.up:
+            return []
+        return [(self._board.ap.ssid.encode(), b"\x24\x0a\xc4\x00\x00\x01", 6, self._board.rssi(), 3, False)]

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import calendar
 import time as _host_time
+from time import monotonic as _monotonic
 
-from emulator.board.clock import UNIX_2000, ticks_add, ticks_diff
+from emulator.board.clock import TICKS_MASK, UNIX_2000, ticks_add, ticks_diff
 
 
 class TimeModule:
@@ -20,7 +21,9 @@ class TimeModule:
         self.ticks_diff = ticks_diff
 
     def ticks_ms(self) -> int:
-        return self._clock.ticks_ms()
+        # BoardClock.ticks_ms inlined: firmware asks several times a message
+        c = self._clock
+        return (int((_monotonic() - c._boot) * 1000) + c.ticks_offset_ms) & TICKS_MASK
 
     def ticks_us(self) -> int:
         return self._clock.ticks_us()
