@@ -1,6 +1,8 @@
 """The dashboard's streams (SPEC §6): SSE with one global event id,
 `retry:`, `snapshot` first, `Last-Event-ID` replay from the ring (no gap, no
-duplicate) and `resync` + `snapshot` past it or across a backend restart,
+duplicate) and `resync` + `snapshot` past it or across a backend restart
+without an event log, a plain replay across a restart with one (the log
+read back: a truncated line, an unreadable file, bounded on disk),
 the device filter, a stalled client dropped without delaying the others,
 1,000 SSE clients at once, and the WebSocket channel (subscribe, events,
 commands, the token). Real Mosquitto, real uvicorn on a loopback port."""
@@ -108,7 +110,8 @@ def test_resync_past_the_ring_and_after_a_backend_restart(broker, backends, obse
     (row,) = snap2["data"]["devices"]
     assert row["received"] == 30 and row["last"]["seq"] == 29
     again.close()
-    # the backend restarted: its ids are above every earlier one, and an earlier id gets resync
+    # the backend restarted without an event log (library use): its ids are
+    # above every earlier one, and an earlier id gets resync
     backend.close()
     second = backends(history=10)
     fresh = second.sse(last_event_id=snap2["id"])
@@ -117,6 +120,115 @@ def test_resync_past_the_ring_and_after_a_backend_restart(broker, backends, obse
     snap3 = fresh.next()
     assert snap3["event"] == "snapshot" and snap3["id"] > snap2["id"]
     fresh.close()
+
+
+def _log_lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().split("\n") if line]
+
+
+def _ids_follow(events: list[dict], after: int) -> None:
+    ids = [e["id"] for e in events]
+    assert ids == list(range(after + 1, after + 1 + len(ids))), ids
+
+
+def test_a_restart_with_an_event_log_replays_what_the_client_missed(broker, backends, observer, tmp_path):
+    """Stop and start with the same event log (what `esp32emu dashboard`
+    keeps in --state): a client back with its Last-Event-ID gets a plain
+    replay (no resync, no snapshot), and the ids go on from the last one:
+    no gap, no duplicate."""
+    log = tmp_path / "dashboard" / "events.log"
+    backend = backends(events_log=log)
+    obs = observer(broker)
+    sse = backend.sse()
+    sse.next()  # the snapshot
+    publish_telemetry(obs, "d1", range(6))
+    seen = sse.until(lambda e: e["event"] == "telemetry" and e["data"]["payload"]["seq"] == 5)
+    assert _telemetry_seqs(seen) == list(range(6))
+    mid = next(e["id"] for e in seen if e["event"] == "telemetry" and e["data"]["payload"]["seq"] == 2)
+    last = seen[-1]["id"]
+    sse.close()
+    backend.close()
+    assert [e["id"] for e in _log_lines(log)][-6:] == [e["id"] for e in seen][-6:]
+    second = backends(events_log=log)
+    assert second.hub.last_id == last  # one id sequence across the restart
+    again = second.sse(last_event_id=mid)
+    replayed = [again.next() for _ in range(3)]
+    assert [e["event"] for e in replayed] == ["telemetry"] * 3  # no resync, no snapshot
+    assert _telemetry_seqs(replayed) == [3, 4, 5]
+    _ids_follow(replayed, mid)
+    publish_telemetry(obs, "d1", range(100, 103))
+    fresh = again.until(lambda e: e["event"] == "telemetry" and e["data"]["payload"]["seq"] == 102)
+    assert _telemetry_seqs(fresh) == [100, 101, 102]
+    _ids_follow(fresh, last)
+    again.close()
+
+
+def test_a_truncated_last_line_of_the_event_log_is_skipped_with_one_warning(broker, backends, observer, tmp_path,
+                                                                             capsys):
+    log = tmp_path / "events.log"
+    backend = backends(events_log=log)
+    obs = observer(broker)
+    sse = backend.sse()
+    sse.next()
+    publish_telemetry(obs, "d1", range(4))
+    seen = sse.until(lambda e: e["event"] == "telemetry" and e["data"]["payload"]["seq"] == 3)
+    sse.close()
+    backend.close()
+    with log.open("a") as f:  # a crash in the middle of a write
+        f.write('{"type":"telemetry","id":%d,"device":"d1","payl' % (seen[-1]["id"] + 1))
+    capsys.readouterr()
+    second = backends(events_log=log)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "events.log" in line]
+    assert len(warnings) == 1 and "skipped 1 line" in warnings[0], warnings
+    assert second.hub.last_id == seen[-1]["id"]
+    again = second.sse(last_event_id=seen[0]["id"])
+    replayed = [again.next() for _ in range(len(seen) - 1)]
+    assert [e["id"] for e in replayed] == [e["id"] for e in seen[1:]]
+    publish_telemetry(obs, "d1", [10])
+    (after,) = again.until(lambda e: e["event"] == "telemetry")
+    assert after["id"] == seen[-1]["id"] + 1
+    again.close()
+    second.close()
+    assert [e["id"] for e in _log_lines(log)][-2:] == [seen[-1]["id"], seen[-1]["id"] + 1]  # every line is an event
+
+
+def test_an_unreadable_event_log_is_one_line_and_an_empty_ring(broker, backends, tmp_path, capsys):
+    log = tmp_path / "events.log"
+    log.write_bytes(b'{"type":"telemetry","id":5}\n\xff\xfe not text\n')
+    backend = backends(events_log=log)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "events.log" in line]
+    assert len(warnings) == 1 and "cannot be read" in warnings[0], warnings
+    assert len(backend.hub.ring) == 0 and backend.hub.last_id > 10**12  # today's ids: start time in ms x 1000
+    sse = backend.sse(last_event_id=5)
+    assert sse.next()["event"] == "resync"
+    sse.close()
+
+
+def test_the_event_log_stays_bounded_on_disk(broker, backends, observer, tmp_path):
+    """history=10: the log is compacted to the ring when it holds 20 lines;
+    the restarted backend's ring is the last 10 events, and an id older
+    than them gets resync."""
+    log = tmp_path / "events.log"
+    backend = backends(history=10, events_log=log)
+    obs = observer(broker)
+    sse = backend.sse()
+    sse.next()
+    seen: list[dict] = []
+    for k in range(5):
+        publish_telemetry(obs, "d1", range(10 * k, 10 * k + 10))
+        seen += sse.until(lambda e: e["event"] == "telemetry" and e["data"]["payload"]["seq"] == 10 * k + 9)
+        assert len(_log_lines(log)) <= 20  # written before any client had the batch
+    sse.close()
+    backend.close()
+    lines = _log_lines(log)
+    assert 10 <= len(lines) <= 20 and lines[-1]["id"] == seen[-1]["id"]
+    second = backends(history=10, events_log=log)
+    assert [ev.id for ev in second.hub.ring] == [e["id"] for e in seen[-10:]]
+    assert [e["id"] for e in _log_lines(log)] == [e["id"] for e in seen[-10:]]  # compacted at start
+    old = second.sse(last_event_id=seen[0]["id"])
+    resync = old.next()
+    assert resync["event"] == "resync" and "no longer in the replay buffer" in resync["data"]["reason"]
+    old.close()
 
 
 def test_a_snapshot_and_what_follows_it_cover_every_event_once(broker, backends, observer):

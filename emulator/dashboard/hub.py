@@ -16,20 +16,34 @@ cancelled if it is blocked writing): it reconnects with `Last-Event-ID` and
 gets the replay from the ring, or `resync` + `snapshot` when its id has
 left the ring (or belongs to an earlier run of the backend).
 
-Ids start at the backend's start time in milliseconds times 1000, so a
-restarted backend's ids are above every id of the one before: a client
-that comes back with an id the ring never held gets `resync`, never
-someone else's events.
+With an event log (`esp32emu dashboard` and `fleet --dashboard` keep one
+in the state folder, `<state>/dashboard/events.log`) the ring survives a
+restart: `_drain` appends each batch to it (one line of JSON an event,
+flushed once a batch, before any client is given the batch), it is
+compacted to the ring's events when it holds twice `history` lines, and a
+backend that starts reads it back and continues the id sequence from its
+last id. A client reconnecting with an id still in the ring then gets a
+plain replay (what happened while the backend was down was never
+numbered). A truncated or corrupt line is skipped (one warning line), an
+unreadable log is one line and an empty ring.
+
+Without a log (or with an empty one) ids start at the backend's start time
+in milliseconds times 1000, so a restarted backend's ids are above every id
+of the one before: a client that comes back with an id the ring never held
+gets `resync`, never someone else's events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import threading
 import time
 import uuid
 from collections import deque
+from pathlib import Path
 
 from emulator.observe.counting import DeviceView, FleetObserver
 
@@ -99,6 +113,104 @@ class Event:
         self.json = encode(obj)
         self.sse = f"id: {event_id}\nevent: {kind}\ndata: {self.json}\n\n".encode()
 
+    @classmethod
+    def from_json(cls, text: str) -> "Event":
+        """An event as the log holds it (its JSON line); ValueError if it is not one."""
+        obj = json.loads(text)
+        event_id, kind, device = (obj.get("id"), obj.get("type"), obj.get("device")) if isinstance(obj, dict) else (None,) * 3
+        if isinstance(event_id, bool) or not isinstance(event_id, int) or not isinstance(kind, str) \
+                or not (device is None or isinstance(device, str)):
+            raise ValueError("not an event")
+        ev = cls.__new__(cls)
+        ev.id, ev.type, ev.device, ev.json = event_id, kind, device, text
+        ev.sse = f"id: {event_id}\nevent: {kind}\ndata: {text}\n\n".encode()
+        return ev
+
+
+def _warn(text: str) -> None:
+    print(f"esp32emu: warning: {text}", file=sys.stderr, flush=True)
+
+
+class EventLog:
+    """The ring on disk: append-only, one event's JSON a line, compacted to
+    the ring when it holds `2 * history` lines. Written from the loop only."""
+
+    def __init__(self, path: Path, history: int):
+        self.path = Path(path)
+        self.history = history
+        self.file = None
+        self.lines = 0
+
+    def load(self) -> list[Event]:
+        """The last `history` events the log holds (ids increasing), and the
+        log rewritten to exactly them, open for appending."""
+        events: list[Event] = []
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = ""
+        except (OSError, UnicodeDecodeError) as e:
+            _warn(f"dashboard event log {self.path} cannot be read ({getattr(e, 'strerror', None) or e}): "
+                  "starting with an empty replay buffer")
+            self._rewrite([], quiet=True)  # replaced by an empty log if it can be
+            return events
+        bad = 0
+        for line in text.split("\n"):
+            if not line:
+                continue
+            try:
+                ev = Event.from_json(line)
+            except ValueError:
+                bad += 1
+                continue
+            if events and ev.id <= events[-1].id:
+                bad += 1
+                continue
+            events.append(ev)
+        if bad:
+            _warn(f"dashboard event log {self.path}: skipped {bad} line(s) that are not events (truncated?)")
+        events = events[-self.history:]
+        self._rewrite(events)
+        return events
+
+    def _rewrite(self, events, quiet: bool = False) -> None:
+        self.close()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(ev.json + "\n" for ev in events))
+            os.replace(tmp, self.path)
+            self.file = open(self.path, "a", encoding="utf-8")
+            self.lines = len(events)
+        except OSError as e:
+            if not quiet:
+                _warn(f"dashboard event log {self.path} cannot be written ({e.strerror or e}): "
+                      "the replay buffer will not survive a restart")
+            self.file = None
+
+    def append(self, batch: list[Event], ring) -> None:
+        if self.file is None:
+            return
+        if self.lines + len(batch) > 2 * self.history:
+            self._rewrite(ring)  # the ring already holds the batch
+            return
+        try:
+            self.file.write("".join([ev.json + "\n" for ev in batch]))
+            self.file.flush()
+            self.lines += len(batch)
+        except OSError as e:
+            _warn(f"dashboard event log {self.path} cannot be written ({e.strerror or e}): stopped writing it")
+            self.close()
+
+    def close(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+            self.file = None
+
 
 class Client:
     """One SSE or WebSocket client: what it wants, its bounded queue."""
@@ -146,19 +258,24 @@ class Client:
 
 
 class Hub:
-    def __init__(self, observer: FleetObserver, history: int = DEFAULT_HISTORY, client_queue: int = CLIENT_QUEUE):
+    def __init__(self, observer: FleetObserver, history: int = DEFAULT_HISTORY, client_queue: int = CLIENT_QUEUE,
+                 log: Path | None = None):
         self.observer = observer
         self.history = history
         self.client_queue = client_queue
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ring: deque[Event] = deque(maxlen=history)
+        self.log = None if log is None else EventLog(log, history)
+        if self.log is not None:
+            self.ring.extend(self.log.load())
         self.clients: set[Client] = set()
         self.waiters: dict[str, asyncio.Future] = {}
         self._pending: list[Event] = []
         self._snap: Event | None = None  # the last whole-fleet snapshot (loop)
         self._snap_at = 0.0
         self._plock = threading.Lock()
-        self.first_id = int(time.time() * 1000) * 1000  # above every id of an earlier run
+        # the log's last id (one sequence across restarts), or above every id of an earlier run
+        self.first_id = self.ring[-1].id if self.ring else int(time.time() * 1000) * 1000
         self.last_id = self.first_id  # the last id numbered (paho's thread, under the observer's lock)
         self.drained = self.first_id  # the last id in the ring (loop)
         # figures for /metrics
@@ -203,6 +320,8 @@ class Hub:
         if not batch:
             return
         self.ring.extend(batch)
+        if self.log is not None:  # on disk (flushed) before any client has it
+            self.log.append(batch, self.ring)
         self.drained = batch[-1].id
         self.events_total += len(batch)
         if self.waiters:
@@ -267,7 +386,8 @@ class Hub:
                 sid, obj = self.snapshot(devices)
                 first = [Event(sid, "snapshot", None, obj)]
             if last_event_id is not None:
-                why = "from an earlier run of the backend" if last_event_id < self.first_id or last_event_id > self.last_id \
+                why = "from an earlier run of the backend" if last_event_id > self.last_id \
+                    or (self.log is None and last_event_id < self.first_id) \
                     else "no longer in the replay buffer"
                 rid = first[0].id  # the snapshot's: ids never go backwards within a stream
                 first.insert(0, Event(rid, "resync", None, {"type": "resync", "id": rid, "last_event_id": last_event_id,
@@ -292,6 +412,8 @@ class Hub:
             if self._on_message in self.observer.listeners:
                 self.observer.listeners.remove(self._on_message)
         self._drain()
+        if self.log is not None:
+            self.log.close()
         for client in self.clients:
             client.closed = True
             client.wake.set()

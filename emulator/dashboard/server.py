@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from emulator.dashboard.hub import DEFAULT_HISTORY, Hub
+from emulator.dashboard.hub import CLIENT_QUEUE, DEFAULT_HISTORY, Hub
 from emulator.observe.counting import FleetObserver
 from emulator.validation import UsageError, parse_broker_url
 
@@ -25,12 +25,14 @@ class Dashboard:
     """The backend for one observer: `start()`, `.url` (with the token), `stop()`."""
 
     def __init__(self, observer: FleetObserver, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
-                 history: int = DEFAULT_HISTORY, client_queue: int | None = None):
+                 history: int = DEFAULT_HISTORY, client_queue: int | None = None, events_log: Path | None = None):
+        """`events_log`: the file that keeps the replay ring across restarts
+        (`events_log_in(state_dir)`); None: the ring lives in memory only."""
         from emulator.dashboard.app import build_app
 
         self.host, self.port = host, port
         self.token = token or secrets.token_urlsafe(16)
-        self.hub = Hub(observer, history) if client_queue is None else Hub(observer, history, client_queue)
+        self.hub = Hub(observer, history, CLIENT_QUEUE if client_queue is None else client_queue, events_log)
         self.app = build_app(self.hub, self.token)
         self.server = None
         self._thread: threading.Thread | None = None
@@ -99,6 +101,8 @@ class Dashboard:
         with self.hub.observer.lock:
             if self.hub._on_message in self.hub.observer.listeners:
                 self.hub.observer.listeners.remove(self.hub._on_message)
+        if self.hub.log is not None and (self._thread is None or not self._thread.is_alive()):
+            self.hub.log.close()  # the loop's shutdown closed it, unless the loop was gone
 
     def __enter__(self) -> "Dashboard":
         return self.start()
@@ -112,12 +116,18 @@ class _Nothing:
         pass
 
 
-def beside(observer: FleetObserver, port: int | None) -> "Dashboard | _Nothing":
+def events_log_in(state_dir: Path) -> Path:
+    """Where `esp32emu dashboard` and `fleet --dashboard` keep the replay ring."""
+    return Path(state_dir) / "dashboard" / "events.log"
+
+
+def beside(observer: FleetObserver, port: int | None, state_dir: Path | None = None) -> "Dashboard | _Nothing":
     """`fleet --dashboard PORT`: the backend on the fleet's own observer,
-    started and its URL said; without a port, something whose stop() does nothing."""
+    started and its URL said (its replay ring kept in `state_dir`); without
+    a port, something whose stop() does nothing."""
     if port is None:
         return _Nothing()
-    dashboard = Dashboard(observer, port=port).start()
+    dashboard = Dashboard(observer, port=port, events_log=None if state_dir is None else events_log_in(state_dir)).start()
     say_url(dashboard)
     return dashboard
 
@@ -156,7 +166,7 @@ def run_dashboard(broker: str | None, host: str = "127.0.0.1", port: int = 8080,
                 observer.use_tls(Path(certs_dir))
             except FileNotFoundError as e:
                 raise UsageError(f"mqtts:// connects as the backend identity: {e}") from None
-        dashboard = Dashboard(observer, host, port, token, history)
+        dashboard = Dashboard(observer, host, port, token, history, events_log=events_log_in(state_dir))
         try:
             observer.start()
         except ConnectionError as e:

@@ -225,7 +225,7 @@ def run_fleet(opts: FleetOptions) -> int:
         else:
             boards = WorkerPool([replace(spec, indices=s) for s in split(range(opts.devices), opts.workers)])
         observer.expect(opts.devices)
-        dashboard = beside(observer, opts.dashboard)  # the same observer: the page and the live view agree
+        dashboard = beside(observer, opts.dashboard, opts.state_dir)  # the same observer: the page and the live view agree
         try:
             observer.start()
         except ConnectionError as e:  # refused, unreachable, or it would not let the observer in
