@@ -9,6 +9,7 @@ NPM    ?= npm
 
 DEVICES  ?= 20
 DURATION ?= 30
+RUN_DURATION ?= 600
 FLEET_ARGS ?=
 DASHBOARD_PORT ?= 8080
 
@@ -19,7 +20,7 @@ NODE_INPUTS := $(wildcard package.json package-lock.json)
 help:
 	@echo "make setup   create $(VENV) (pip install -e '.[test]') and node_modules (npm ci)"
 	@echo "make test    run the tests: $(PY) -m pytest -q"
-	@echo "make run     setup, then: esp32emu fleet --devices $(DEVICES) --duration $(DURATION) --dashboard $(DASHBOARD_PORT) (prints the page's URL)"
+	@echo "make run     setup, then: esp32emu fleet --devices $(DEVICES) --duration $(RUN_DURATION) --dashboard $(DASHBOARD_PORT) (prints the page's URL; Ctrl-C ends it)"
 	@echo "make fleet   the same fleet without the setup step (DEVICES=, DURATION=, FLEET_ARGS=)"
 	@echo "make flash   PORT=/dev/ttyUSB0 ID=dev-00001 [BROKER=mqtt://host:port] [FLASH_ARGS=--mpy]: deploy to a real board"
 	@echo "make bench   fleet scale benchmark vs paho thread-per-client (BENCH_ARGS=--quick)"
@@ -54,7 +55,7 @@ test: setup
 
 # The fleet with the dashboard beside it: its URL (with the token) is printed next to the live view.
 run: setup
-	$(VENV)/bin/esp32emu fleet --devices $(DEVICES) --duration $(DURATION) --dashboard $(DASHBOARD_PORT) $(FLEET_ARGS)
+	$(VENV)/bin/esp32emu fleet --devices $(DEVICES) --duration $(RUN_DURATION) --dashboard $(DASHBOARD_PORT) $(FLEET_ARGS)
 
 fleet:
 	$(VENV)/bin/esp32emu fleet --devices $(DEVICES) --duration $(DURATION) $(FLEET_ARGS)
