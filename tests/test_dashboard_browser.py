@@ -355,7 +355,8 @@ def test_backend_restart_reconnects_with_no_gap_and_no_duplicate(page, backend, 
     stats = page.evaluate("window.esp32dash.stats")
     assert stats["resyncs"] == 0 and stats["dups"] == 0 and stats["gaps"] == 0, stats
     assert stats["snapshots"] == 1 and stats["opens"] >= 2, stats
-    assert len(seen_pairs(page)) == len(set(seen_pairs(page))), "a telemetry message was handled twice"
+    pairs = seen_pairs(page)  # once: telemetry keeps arriving between two reads
+    assert len(pairs) == len(set(pairs)), "a telemetry message was handled twice"
     assert page.inner_text("#count-online") == str(len(made))
     assert page.is_hidden("#banner")
     assert page.errors == []
