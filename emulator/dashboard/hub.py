@@ -45,7 +45,7 @@ import uuid
 from collections import deque
 from pathlib import Path
 
-from emulator.observe.counting import DeviceView, FleetObserver
+from emulator.observe.counting import DeviceView, FleetObserver, parse_payload
 
 DEFAULT_HISTORY = 10_000  # events kept for Last-Event-ID replay
 CLIENT_QUEUE = 5_000  # events a client may have waiting before it is dropped
@@ -76,13 +76,6 @@ def _no_nan(obj):
     return obj
 
 
-def _parse(raw: bytes):
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw.decode("utf-8", "replace").strip()
-
-
 def device_row(device_id: str, v: DeviceView, wall: float) -> dict:
     """A device as GET /api/devices lists it (SPEC §6). Call under the observer's lock."""
     return {
@@ -100,7 +93,7 @@ def device_row(device_id: str, v: DeviceView, wall: float) -> dict:
         "age_s": None if v.last_at is None else round(max(wall - v.last_at, 0.0), 3),
         "received": v.received,
         "lost": v.lost,
-        "reconnects": max(v.births - 1, 0),
+        "reconnects": v.reconnects,
         "wills": v.wills,
     }
 
@@ -404,16 +397,24 @@ class Hub:
             if client.dropped:
                 self.dropped_total[kind] += 1
 
+    def _unlisten(self) -> None:
+        with self.observer.lock:  # no more events are numbered
+            if self._on_message in self.observer.listeners:
+                self.observer.listeners.remove(self._on_message)
+
+    def detach(self) -> None:
+        """No more events are numbered; the event log is closed."""
+        self._unlisten()
+        if self.log is not None:
+            self.log.close()
+
     def shutdown(self) -> None:
         """The backend is stopping: no more events are numbered, what is numbered
         goes out, then every stream ends (its clients reconnect to the next one
         with their Last-Event-ID: nothing they were given an id for is lost)."""
-        with self.observer.lock:
-            if self._on_message in self.observer.listeners:
-                self.observer.listeners.remove(self._on_message)
+        self._unlisten()
         self._drain()
-        if self.log is not None:
-            self.log.close()
+        self.detach()
         for client in self.clients:
             client.closed = True
             client.wake.set()
@@ -466,5 +467,5 @@ class Hub:
             row = device_row(device_id, v, wall)
             recent = list(v.recent or ())
             row["presence"] = list(v.presence or ())
-        row["telemetry"] = [{"at": at, "payload": _parse(raw)} for at, raw in recent]
+        row["telemetry"] = [{"at": at, "payload": parse_payload(raw)} for at, raw in recent]
         return row

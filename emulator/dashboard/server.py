@@ -98,11 +98,8 @@ class Dashboard:
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
-        with self.hub.observer.lock:
-            if self.hub._on_message in self.hub.observer.listeners:
-                self.hub.observer.listeners.remove(self.hub._on_message)
-        if self.hub.log is not None and (self._thread is None or not self._thread.is_alive()):
-            self.hub.log.close()  # the loop's shutdown closed it, unless the loop was gone
+        if self._thread is None or not self._thread.is_alive():
+            self.hub.detach()  # the loop's shutdown did it, unless the loop was gone
 
     def __enter__(self) -> "Dashboard":
         return self.start()

@@ -35,6 +35,14 @@ _PLAIN_ONLINE = {"online", "true", "1", "connected"}
 _PLAIN_OFFLINE = {"offline", "false", "0", "disconnected"}
 
 
+def parse_payload(raw: bytes):
+    """A device's payload: its JSON, else its text (a foreign device's plain `online`)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace").strip()
+
+
 @dataclass(slots=True)
 class DeviceView:
     state: str | None = None  # "online" | "offline" (planned) | "will" (Last Will) | None: no status seen
@@ -66,6 +74,10 @@ class DeviceView:
     @property
     def lost(self) -> int:
         return max(self.inferred_sent - self.seq_received, 0)
+
+    @property
+    def reconnects(self) -> int:
+        return max(self.births - 1, 0)  # the first live birth is the connect
 
     @property
     def online(self) -> bool:
@@ -165,10 +177,7 @@ class FleetObserver:
             return
         device_id, kind = parts[1], parts[2]
         now, wall = time.monotonic(), time.time()
-        try:
-            body = json.loads(msg.payload)
-        except ValueError:
-            body = msg.payload.decode("utf-8", "replace").strip()
+        body = parse_payload(msg.payload)
         rtt = None
         with self.lock:
             view = None
@@ -332,7 +341,7 @@ class FleetObserver:
                 "telemetry_sent": received + lost,
                 "telemetry_received": received,
                 "telemetry_lost": lost,
-                "reconnects": sum(max(v.births - 1, 0) for v in views),
+                "reconnects": sum(v.reconnects for v in views),
                 "lwt_seen": sum(v.wills for v in views),
                 "commands_sent": self.commands_sent,
                 "commands_ok": self.commands_ok,
@@ -350,7 +359,7 @@ class FleetObserver:
         for d, v in heapq.nlargest(n, ((d, v) for d, v in items if v.lost), key=lambda dv: dv[1].lost):
             rows.append((d, f"lost {v.lost} of {v.inferred_sent}"))
         for d, v in heapq.nlargest(n, ((d, v) for d, v in items if v.births > 1), key=lambda dv: dv[1].births):
-            rows.append((d, f"{v.births - 1} reconnects"))
+            rows.append((d, f"{v.reconnects} reconnects"))
         offline = ((d, v) for d, v in items if v.state != "online" and v.offline_since is not None)
         for d, v in heapq.nsmallest(n, offline, key=lambda dv: dv[1].offline_since):
             rows.append((d, f"offline ({v.state}) {now - v.offline_since:.0f} s"))

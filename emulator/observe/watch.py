@@ -71,7 +71,7 @@ def device_rows(views: dict[str, DeviceView], now: float, limit: int | None = No
             age_text(v.last_telemetry_at, now),
             str(v.received),
             str(v.lost),
-            str(max(v.births - 1, 0)),
+            str(v.reconnects),
             str(v.wills),
         )
         for d, v in order
