@@ -184,3 +184,11 @@ def test_bad_id_is_bad_usage(capsys):
         cli.main(["flash", "--port", "/dev/null", "--id", "no spaces!", "--broker", "mqtt://h:1"])
     assert e.value.code == 2
     assert "--id" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device_id", ["no spaces!", "", "backend"])
+def test_flash_refuses_what_is_not_a_device_id_before_touching_the_port(device_id):
+    # The library entry point keeps the CLI's rule: "backend" is the PKI's
+    # backend identity, whose certificate must never go onto a board.
+    with pytest.raises(UsageError, match="device id"):
+        flash("/dev/nonexistent-port", device_id)

@@ -37,10 +37,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from emulator.firmware.folder import FIRMWARE_DIR, KEEP_PY, pick_firmware
-from emulator.validation import BrokerURL, UsageError, parse_broker_url
+from emulator.validation import BrokerURL, UsageError, check_device_id, parse_broker_url
 
 EMULATED = "(esp32emu)"  # in sys.implementation._machine of an emulated board
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _URL_PORT = re.compile(r"^[a-z0-9+]+://")  # pyserial URLs (socket://, rfc2217://)
 
 
@@ -298,8 +297,7 @@ def flash(
 ) -> dict[str, str]:
     """Deploy to the board on `port`; returns board path -> sha256 as verified.
     `firmware_dir`: the --firmware folder (emulator.firmware.folder.pick_firmware for the default)."""
-    if not _ID_RE.match(device_id):
-        raise UsageError(f"--id must be 1..64 characters of A-Z a-z 0-9 _ -, got {device_id!r}")
+    check_device_id(device_id)  # the rule the firmware and the PKI share (not the backend's name)
     url = parse_broker_url(broker) if broker else None
     check_port(port)
     # A real board has modules we do not know of: only the firmware's own imports are checked.
