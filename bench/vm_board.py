@@ -133,12 +133,12 @@ def stage(dest: Path, config: dict, *, firmware_dir: Path = FIRMWARE_DIR, mpy: b
     dest.mkdir(parents=True, exist_ok=True)
     work = dest.parent / (dest.name + "-build")
     work.mkdir(exist_ok=True)
-    for name, data in build_files(config, firmware_dir=firmware_dir, mpy=mpy, work_dir=work).items():
+    for name, data in build_files(config, firmware_dir=firmware_dir, mpy=mpy).items():
         (dest / name).write_bytes(data)
     for name, src in STUBS.items():
         (work / name).write_text(src)
         if mpy:
-            (dest / (name[:-3] + ".mpy")).write_bytes(compile_mpy(work / name, work))
+            (dest / (name[:-3] + ".mpy")).write_bytes(compile_mpy(work / name))
         else:
             (dest / name).write_text(src)
     return dest

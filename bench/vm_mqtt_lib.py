@@ -113,7 +113,7 @@ def stage_mqtt_lib(dest: Path, module: Path, host: str, port: int, device_id: st
         (work / name).write_text(text)
     for src in [work / n for n in STUBS] + [module]:
         if mpy:
-            (dest / (src.stem + ".mpy")).write_bytes(compile_mpy(src, work))
+            (dest / (src.stem + ".mpy")).write_bytes(compile_mpy(src))
         else:
             shutil.copy(src, dest / src.name)
     (dest / "boot.py").write_text("import gc\n\ngc.collect()\n")

