@@ -241,9 +241,11 @@ class Channel:
         try:
             events: list[Event] | None = first
             while True:
-                for ev in events or ():
+                if events:
                     client.sending = True
-                    await self._send(ev.json)
+                    async with self.lock:  # once per batch: command replies wait between batches, not events
+                        for ev in events:
+                            await self.ws.send_text(ev.json)
                     client.sending = False
                 if client.closed:
                     break
