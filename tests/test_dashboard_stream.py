@@ -163,6 +163,52 @@ def test_a_restart_with_an_event_log_replays_what_the_client_missed(broker, back
     again.close()
 
 
+def test_after_a_crash_that_lost_the_log_tail_no_id_names_two_events(broker, backends, observer, tmp_path, capsys):
+    """The log is synced only on a clean stop. A machine crash can lose its
+    tail: ids clients already saw. The next backend must not hand those ids
+    to new events: it starts from the clock, above them, and a client whose
+    id was in the lost tail gets what comes next (no resync)."""
+    log = tmp_path / "events.log"
+    backend = backends(events_log=log)
+    obs = observer(broker)
+    sse = backend.sse()
+    sse.next()
+    publish_telemetry(obs, "d1", range(5))
+    seen = sse.until(lambda e: e["event"] == "telemetry" and e["data"]["payload"]["seq"] == 4)
+    sse.close()
+    # the crash: no clean stop, and the disk kept all but the last two lines
+    crashed = tmp_path / "crashed" / "events.log"
+    crashed.parent.mkdir()
+    crashed.write_text("".join(line + "\n" for line in log.read_text().split("\n")[:-1][:-2]))
+    capsys.readouterr()
+    second = backends(events_log=crashed)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "events.log" in line]
+    assert len(warnings) == 1 and "not closed cleanly" in warnings[0], warnings
+    assert second.hub.first_id > seen[-1]["id"]
+    again = second.sse(last_event_id=seen[-1]["id"])  # an id the crashed log lost
+    publish_telemetry(obs, "d1", [50])
+    (after,) = again.until(lambda e: e["event"] == "telemetry")
+    assert after["data"]["payload"]["seq"] == 50 and after["id"] > seen[-1]["id"]
+    again.close()
+
+
+def test_a_clean_stop_marks_the_log_and_the_next_start_consumes_the_mark(broker, backends, observer, tmp_path):
+    log = tmp_path / "events.log"
+    backend = backends(events_log=log)
+    obs = observer(broker)
+    sse = backend.sse()
+    sse.next()
+    publish_telemetry(obs, "d1", range(2))
+    seen = sse.until(lambda e: e["event"] == "telemetry" and e["data"]["payload"]["seq"] == 1)
+    sse.close()
+    backend.close()
+    marker = log.with_name("events.log.closed")
+    assert int(marker.read_text()) == seen[-1]["id"]
+    second = backends(events_log=log)
+    assert not marker.exists()  # a crash of this run must not look clean
+    assert second.hub.first_id == seen[-1]["id"]
+
+
 def test_a_truncated_last_line_of_the_event_log_is_skipped_with_one_warning(broker, backends, observer, tmp_path,
                                                                              capsys):
     log = tmp_path / "events.log"

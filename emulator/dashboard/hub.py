@@ -27,6 +27,14 @@ plain replay (what happened while the backend was down was never
 numbered). A truncated or corrupt line is skipped (one warning line), an
 unreadable log is one line and an empty ring.
 
+The log is not synced to disk per batch (that would cost a disk flush per
+event batch), so a machine crash can lose its tail: ids a client already
+saw. A clean stop syncs the log and leaves `events.log.closed` holding its
+last id; a backend that starts without that marker (or with one that does
+not name the log's last id) takes its ids from the clock as below, above
+every id the lost tail could hold, so no id ever names two events. A client
+whose id was in the lost tail then gets what comes next, never a resync.
+
 Without a log (or with an empty one) ids start at the backend's start time
 in milliseconds times 1000, so a restarted backend's ids are above every id
 of the one before: a client that comes back with an id the ring never held
@@ -133,11 +141,19 @@ class EventLog:
         self.history = history
         self.file = None
         self.lines = 0
+        self.last_id: int | None = None  # the last id written
+        self.marker = self.path.with_name(self.path.name + ".closed")
+        self.clean = False  # load(): the log was closed cleanly (its marker names its last id)
 
     def load(self) -> list[Event]:
         """The last `history` events the log holds (ids increasing), and the
         log rewritten to exactly them, open for appending."""
         events: list[Event] = []
+        try:
+            closed_at = int(self.marker.read_text(encoding="ascii"))
+            self.marker.unlink()
+        except (OSError, ValueError):
+            closed_at = None
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -163,6 +179,10 @@ class EventLog:
         if bad:
             _warn(f"dashboard event log {self.path}: skipped {bad} line(s) that are not events (truncated?)")
         events = events[-self.history:]
+        self.clean = bool(events) and events[-1].id == closed_at
+        if events and not self.clean:
+            _warn(f"dashboard event log {self.path} was not closed cleanly (its tail may be lost): "
+                  "new event ids start from the clock, above any id it held")
         self._rewrite(events)
         return events
 
@@ -176,6 +196,7 @@ class EventLog:
             os.replace(tmp, self.path)
             self.file = open(self.path, "a", encoding="utf-8")
             self.lines = len(events)
+            self.last_id = events[-1].id if events else self.last_id
         except OSError as e:
             if not quiet:
                 _warn(f"dashboard event log {self.path} cannot be written ({e.strerror or e}): "
@@ -192,14 +213,20 @@ class EventLog:
             self.file.write("".join([ev.json + "\n" for ev in batch]))
             self.file.flush()
             self.lines += len(batch)
+            self.last_id = batch[-1].id
         except OSError as e:
             _warn(f"dashboard event log {self.path} cannot be written ({e.strerror or e}): stopped writing it")
             self.close()
 
     def close(self) -> None:
+        """Closed and synced; the marker says up to which id it is whole."""
         if self.file is not None:
             try:
+                self.file.flush()
+                os.fsync(self.file.fileno())
                 self.file.close()
+                if self.last_id is not None:
+                    self.marker.write_text(str(self.last_id), encoding="ascii")
             except OSError:
                 pass
             self.file = None
@@ -268,7 +295,9 @@ class Hub:
         self._snap_at = 0.0
         self._plock = threading.Lock()
         # the log's last id (one sequence across restarts), or above every id of an earlier run
-        self.first_id = self.ring[-1].id if self.ring else int(time.time() * 1000) * 1000
+        clock_id = int(time.time() * 1000) * 1000
+        self.first_id = self.ring[-1].id if self.log is not None and self.log.clean \
+            else max(clock_id, self.ring[-1].id if self.ring else 0)
         self.last_id = self.first_id  # the last id numbered (paho's thread, under the observer's lock)
         self.drained = self.first_id  # the last id in the ring (loop)
         # figures for /metrics
