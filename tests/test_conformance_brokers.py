@@ -1,0 +1,96 @@
+"""Issue 19: `esp32emu conformance` against three brokers from the package
+registries -- Mosquitto (apt), amqtt 0.12.1 (PyPI, its own venv) and aedes
+1.2.0 (npm) -- plus Mosquitto with mutual TLS and the client id bound to the
+certificate. The four runs go at once (subprocesses of the real command,
+KA=2 s: about 15 s), and each table is pinned here: which behaviours pass,
+which fail and why. A broker that changes behaviour changes its table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emulator.broker.mosquitto import Broker, TlsConfig
+from tests.other_brokers import REPO, start_aedes, start_amqtt
+
+pytestmark = [pytest.mark.integration, pytest.mark.mosquitto, pytest.mark.slow]
+
+KA = 2
+ALL_PASS = {
+    "connect_will": "pass",
+    "birth_retained": "pass",
+    "will_keepalive": "pass",
+    "will_reset": "pass",
+    "will_retained": "pass",
+    "no_will_disconnect": "pass",
+    "will_takeover": "pass",
+    "restart_retained": "n.a.",  # no --restart-cmd: tests/test_conformance.py runs it on Mosquitto
+    "qos1_session": "n.a.",  # the firmware's clean session
+    "keepalive_limits": "pass",
+    "command_1k": "pass",
+    "telemetry_64k": "pass",
+}
+# broker -> (its table, exit code, the failing rows' reasons as substrings of `detail`)
+PINNED = {
+    "mosquitto": (ALL_PASS, 0, {}),
+    "mosquitto-tls": (ALL_PASS, 0, {}),
+    "aedes": (ALL_PASS, 0, {}),
+    # amqtt 0.12.1 never enforces keepalive (a frozen device stays online for
+    # good) and drops a taken-over connection without its Will.
+    "amqtt": ({**ALL_PASS, "will_keepalive": "fail", "will_takeover": "fail"}, 1, {
+        "will_keepalive": "does not enforce keepalive",
+        "will_takeover": "no Will for the taken-over connection",
+    }),
+}
+
+
+@pytest.fixture
+def brokers(tmp_path: Path, esp32emu_pki: Path):
+    started: dict = {}
+    try:
+        started["mosquitto"] = Broker(tmp_path / "mosquitto").start()
+        started["mosquitto-tls"] = Broker(tmp_path / "mosquitto-tls", tls=TlsConfig.from_pki(esp32emu_pki)).start()
+        started["amqtt"] = start_amqtt(tmp_path)
+        started["aedes"] = start_aedes(tmp_path)
+        yield started
+    finally:
+        for broker in started.values():
+            broker.stop()
+
+
+def test_conformance_tables_of_three_brokers(brokers, tmp_path, esp32emu_pki):
+    runs = {}
+    for name, broker in brokers.items():
+        report = tmp_path / f"{name}.json"
+        argv = [sys.executable, "-m", "emulator", "conformance", "--broker", broker.url, "--keepalive", str(KA),
+                "--report", str(report), "--certs", str(esp32emu_pki)]
+        runs[name] = (report, subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                               text=True, env={**os.environ, "PYTHONPATH": str(REPO)}))
+    outputs = {}
+    for name, (report, proc) in runs.items():
+        out, err = proc.communicate(timeout=120)
+        outputs[name] = (proc.returncode, out, err, report)
+    for name, (rc, out, err, report) in outputs.items():
+        table, code, reasons = PINNED[name]
+        assert "Traceback" not in err, f"{name}:\n{err}"
+        data = json.loads(report.read_text())
+        got = {row["key"]: row["status"] for row in data["rows"]}
+        assert got == table, f"{name}:\n{out}"
+        assert rc == code, f"{name}: exit {rc}\n{out}\n{err}"
+        for key, reason in reasons.items():
+            row = next(r for r in data["rows"] if r["key"] == key)
+            assert reason in row["detail"], f"{name} {key}: {row}"
+        for row in data["rows"]:  # the table shows every row with its result
+            assert f"{row['behaviour']}" in out and row["status"] in out
+        assert data["keepalive"] == KA and data["passed"] is (code == 0)
+        assert data["duration_s"] < 60, f"{name}: {data['duration_s']} s"
+    # Measured against the bounds: Mosquitto's Will after floor(1.5*KA)+7 at the latest.
+    mosq = json.loads(outputs["mosquitto"][3].read_text())
+    will = next(r for r in mosq["rows"] if r["key"] == "will_keepalive")
+    assert 1.5 * KA - 0.5 <= will["seconds"] <= int(1.5 * KA) + 7
