@@ -72,8 +72,10 @@ def broker_url(text: str, tls: bool) -> BrokerURL:
 
 
 def run_conformance(broker: str, *, tls: bool = False, certs_dir: Path = Path("certs"), keepalive: int = 5,
-                    restart_cmd: str | None = None, report: Path | None = None, out: TextIO = sys.stdout) -> int:
+                    restart_cmd: str | None = None, report: Path | None = None, out: TextIO | None = None) -> int:
     url = broker_url(broker, tls)
+    if report is not None and not os.access(Path(report).parent.resolve(), os.W_OK):
+        raise UsageError(f"--report {report}: its folder does not exist or is not writable")
     pki: Path | None = None
     if url.tls:
         pki = Path(certs_dir)
@@ -81,7 +83,7 @@ def run_conformance(broker: str, *, tls: bool = False, certs_dir: Path = Path("c
     print(f"esp32emu: conformance of {url} (KA={keepalive} s): {len(BEHAVIOURS)} behaviours, "
           f"about {int(1.5 * keepalive) + 7 + GRACE_S + 5:g} s", file=sys.stderr, flush=True)
     result = conformance(url, keepalive, pki, restart_cmd)
-    print(table(result), file=out, flush=True)
+    print(table(result), file=out or sys.stdout, flush=True)
     if report is not None:
         report.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
     return 0 if result.ok else 1
