@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -223,6 +224,14 @@ def _s(seconds: float) -> str:
 # -- the checks ------------------------------------------------------------------------
 
 
+def _never_online(ctx: Context, dev: str, *keys: str, bound: str = "") -> list[Row] | None:
+    """Failing rows for `keys` when the device's birth never came (None when it did)."""
+    if ctx.online(dev) is not None:
+        return None
+    why = f"the device never came online: {ctx.why_offline(dev)}"
+    return [failed(key, why, bound=bound) for key in keys]
+
+
 def check_connect(ctx: Context) -> list[Row]:
     """cf-connect: CONNECT with a retained QoS 1 Will accepted (the birth comes);
     a new subscriber gets the birth retained; then the payload sizes a device meets."""
@@ -289,14 +298,13 @@ def check_keepalive(ctx: Context) -> list[Row]:
     """cf-keepalive: the board loses power (no FIN, no more bytes); the broker must
     publish its Will once 1.5*KA passed without a packet."""
     dev = "cf-keepalive"
-    board = ctx.boards[dev]
     bound = f"{ctx.spec_bound:g}..{ctx.will_bound} s"
-    if ctx.online(dev) is None:
-        return [failed("will_keepalive", f"the device never came online: {ctx.why_offline(dev)}", bound=bound)]
+    if rows := _never_online(ctx, dev, "will_keepalive", bound=bound):
+        return rows
     mark = ctx.obs.mark()
 
     def power_off() -> float:
-        board.power_cycle(OFF_S)  # on the loop: no byte can leave between these two lines
+        ctx.boards[dev].power_cycle(OFF_S)  # on the loop: no byte can leave between these two lines
         return ctx.last_tx[dev]
 
     t_last = ctx.emu.call(power_off)
@@ -323,9 +331,8 @@ def check_reset(ctx: Context) -> list[Row]:
     dev = "cf-reset"
     board = ctx.boards[dev]
     bound = f"≤ {RESET_BOUND_S:g} s"
-    if ctx.online(dev) is None:
-        why = f"the device never came online: {ctx.why_offline(dev)}"
-        return [failed("will_reset", why, bound=bound), failed("will_retained", why)]
+    if rows := _never_online(ctx, dev, "will_reset", "will_retained", bound=bound):
+        return rows
     mark = ctx.obs.mark()
 
     def reset_and_off() -> float:
@@ -356,13 +363,12 @@ def check_disconnect(ctx: Context) -> list[Row]:
     """cf-disconnect: a planned shutdown (offline status with a reason, then
     DISCONNECT); the broker must drop the Will."""
     dev = "cf-disconnect"
-    board = ctx.boards[dev]
     bound = f"none in {ctx.will_bound} s"
-    if ctx.online(dev) is None:
-        return [failed("no_will_disconnect", f"the device never came online: {ctx.why_offline(dev)}", bound=bound)]
+    if rows := _never_online(ctx, dev, "no_will_disconnect", bound=bound):
+        return rows
     mark = ctx.obs.mark()
     t0 = time.monotonic()
-    ctx.emu.run(shutdown_gracefully([board], 5.0), 15.0)
+    ctx.emu.run(shutdown_gracefully([ctx.boards[dev]], 5.0), 15.0)
     planned = ctx.wait(ctx.status(dev), is_planned_offline, 5.0, since=mark)
     if planned is None:
         return [failed("no_will_disconnect", "the device's planned offline status never arrived", bound=bound)]
@@ -382,10 +388,15 @@ def check_takeover(ctx: Context) -> list[Row]:
     dev = "cf-takeover"
     board = ctx.boards[dev]
     bound = "before the new birth"
-    if ctx.online(dev) is None:
-        return [failed("will_takeover", f"the device never came online: {ctx.why_offline(dev)}", bound=bound)]
+    if rows := _never_online(ctx, dev, "will_takeover", bound=bound):
+        return rows
     mark = ctx.obs.mark()
-    t0 = ctx.emu.call(lambda: (board.hard_reset(), time.monotonic())[1])
+
+    def reset() -> float:
+        board.hard_reset()  # the EN button: the old connection stays half-open
+        return time.monotonic()
+
+    t0 = ctx.emu.call(reset)
     birth = ctx.online(dev, BOOT_S, since=mark)
     if birth is None:
         return [failed("will_takeover", f"the device did not come back within {BOOT_S:g} s: {ctx.why_offline(dev)}",
@@ -443,13 +454,18 @@ def check_restart(ctx: Context, restart_cmd: str | None, timeout: float = 60.0) 
     mark = ctx.obs.mark()
     connects = ctx.obs.connects
     t0 = time.monotonic()
-    try:
-        done = subprocess.run(restart_cmd, shell=True, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return [failed(key, f"--restart-cmd did not finish within {timeout:g} s")]
+    # Its output goes to a file, not a pipe: a broker it leaves running in the
+    # background would hold a pipe open and the command would never seem done.
+    with tempfile.TemporaryFile("w+") as said:
+        try:
+            done = subprocess.run(restart_cmd, shell=True, stdin=subprocess.DEVNULL, stdout=said,
+                                  stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return [failed(key, f"--restart-cmd did not finish within {timeout:g} s")]
+        said.seek(0)
+        last = said.read()[-2000:].strip().splitlines()
     if done.returncode != 0:
-        said = (done.stderr or done.stdout).strip().splitlines()
-        return [failed(key, f"--restart-cmd exited {done.returncode}" + (f": {said[-1]}" if said else ""))]
+        return [failed(key, f"--restart-cmd exited {done.returncode}" + (f": {last[-1]}" if last else ""))]
     # The observer reconnects by itself and renews its subscriptions: a new
     # subscription, so the retained statuses come again with RETAIN=1.
     kept = ctx.wait(ctx.status("cf-reset"), lambda m: m.retain and is_will(m), t0 + timeout - time.monotonic(), since=mark)

@@ -137,6 +137,8 @@ def _observer(url: BrokerURL, certs_dir: Path | None) -> ObserverClient:
 
 
 def _clear_retained(obs: ObserverClient) -> None:
+    if not obs.connected:
+        return  # a broker that dropped us: nothing to clear, and no PUBACK to wait for
     for dev in DEVICES:
         try:
             obs.publish(f"devices/{dev}/status", b"", qos=1, retain=True, timeout=5.0)
