@@ -137,9 +137,15 @@ def test_conformance_tables_of_three_brokers_and_two_that_misbehave(brokers, tmp
         runs[name] = (report, subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                text=True, env={**os.environ, "PYTHONPATH": str(REPO)}))
     outputs = {}
-    for name, (report, proc) in runs.items():
-        out, err = proc.communicate(timeout=120)
-        outputs[name] = (proc.returncode, out, err, report)
+    try:
+        for name, (report, proc) in runs.items():
+            out, err = proc.communicate(timeout=120)  # a run has deadlines everywhere: ~15 s
+            outputs[name] = (proc.returncode, out, err, report)
+    finally:
+        for _, proc in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     for name, (rc, out, err, report) in outputs.items():
         table, code, reasons = PINNED[name]
         assert "Traceback" not in err, f"{name}:\n{err}"
