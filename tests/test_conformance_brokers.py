@@ -1,10 +1,10 @@
 """Issue 19: `esp32emu conformance` against three brokers from the package
 registries -- Mosquitto (apt; with persistence and a graceful `--restart-cmd`),
 amqtt 0.12.1 (PyPI, its own venv) and aedes 1.2.0 (npm) -- plus Mosquitto
-with mutual TLS and the client id bound to the certificate, and two brokers
+with mutual TLS and the client id bound to the certificate, and three brokers
 that misbehave: one that accepts TCP and never answers, one that refuses
-every CONNECT. The six runs go at once (subprocesses of the real command,
-KA=2 s: about 15 s), and each table is pinned here: which behaviours pass,
+every CONNECT, one that refuses the devices only. The seven runs go at once
+(subprocesses of the real command, KA=2 s: about 17 s), and each table is pinned here: which behaviours pass,
 which fail and why (the broker's own words when it refused). A broker that
 changes behaviour changes its table; a misbehaving one fails rows, never
 crashes or hangs the command.
@@ -56,6 +56,13 @@ PINNED = {
     }),
     "silent": (ALL_FAIL, 1, {"connect_will": "did not accept the observer within 10 s"}),
     "refusing": (ALL_FAIL, 1, {"connect_will": "refused the observer: Not authorized"}),
+    # Lets the observer in but refuses every device (client ids cf-*): the device's and a raw CONNECT's words.
+    "refusing-devices": ({**ALL_FAIL, "restart_retained": "n.a.", "qos1_session": "n.a."}, 1, {
+        "connect_will": "the device says: mqtt: broker refused CONNECT: not authorized (code 5); a raw CONNECT "
+                        "with the same Will got CONNACK 5 (not authorized)",
+        "will_keepalive": "the device never came online: mqtt: broker refused CONNECT: not authorized (code 5)",
+        "keepalive_limits": "KA=2: CONNACK 5 (not authorized)",
+    }),
 }
 
 
@@ -120,6 +127,8 @@ def brokers(tmp_path: Path, esp32emu_pki: Path):
         started["aedes"] = start_aedes(tmp_path)
         started["silent"] = Silent()
         started["refusing"] = Broker(tmp_path / "refusing", users={"someone": "secret"}).start()
+        started["refusing-devices"] = Broker(tmp_path / "refusing-devices",
+                                             extra_config=["clientid_prefixes backend-"]).start()
         yield started
     finally:
         for broker in started.values():
