@@ -135,7 +135,7 @@ def brokers(tmp_path: Path, esp32emu_pki: Path):
             broker.stop()
 
 
-def test_conformance_tables_of_three_brokers_and_two_that_misbehave(brokers, tmp_path, esp32emu_pki):
+def test_conformance_tables_of_three_brokers_and_three_that_misbehave(brokers, tmp_path, esp32emu_pki):
     runs = {}
     for name, broker in brokers.items():
         report = tmp_path / f"{name}.json"
