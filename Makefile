@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 NPM    ?= npm
+AMQTT_VENV    := .venv-amqtt
+AMQTT_VERSION := 0.12.1
 
 DEVICES  ?= 20
 DURATION ?= 30
@@ -18,7 +20,7 @@ NODE_INPUTS := $(wildcard package.json package-lock.json)
 .PHONY: setup test run fleet lint bench bench-dashboard clean help flash
 
 help:
-	@echo "make setup   create $(VENV) (pip install -e '.[test]') and node_modules (npm ci)"
+	@echo "make setup   create $(VENV) (pip install -e '.[test]'), node_modules (npm ci) and $(AMQTT_VENV) (amqtt, a broker the conformance tests check)"
 	@echo "make test    run the tests: $(PY) -m pytest -q"
 	@echo "make run     setup, then: esp32emu fleet --devices $(DEVICES) --duration $(RUN_DURATION) --dashboard $(DASHBOARD_PORT) (prints the page's URL; Ctrl-C ends it)"
 	@echo "make fleet   the same fleet without the setup step (DEVICES=, DURATION=, FLEET_ARGS=)"
@@ -28,7 +30,14 @@ help:
 	@echo "make lint    MicroPython gates on firmware/: mpy-cross, mypy vs ESP32 stubs, static checks"
 	@echo "make clean   remove the venv, node_modules and build leftovers"
 
-setup: $(VENV)/.setup-done node_modules/.setup-done
+setup: $(VENV)/.setup-done node_modules/.setup-done $(AMQTT_VENV)/.setup-done
+
+# amqtt (a second broker for `esp32emu conformance`'s pinned tables, tests/other_brokers.py)
+# in a venv of its own: its pins (websockets 15) clash with the dashboard's.
+$(AMQTT_VENV)/.setup-done:
+	test -x $(AMQTT_VENV)/bin/python || $(PYTHON) -m venv $(AMQTT_VENV)
+	$(AMQTT_VENV)/bin/python -m pip install --quiet amqtt==$(AMQTT_VERSION)
+	touch $@
 
 $(VENV)/.setup-done: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed, found " + sys.version.split()[0]'
@@ -77,6 +86,6 @@ bench-dashboard: setup
 	$(PY) bench/dashboard_bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .esp32emu
+	rm -rf $(VENV) $(AMQTT_VENV) node_modules build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .esp32emu
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find . -name '*.mpy' -delete

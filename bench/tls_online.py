@@ -95,8 +95,7 @@ def run_mode(mode: str, n: int, work: Path, pki: Path, image: FirmwareImage, boo
     try:
         observer = FleetObserver(broker.host, broker.port)
         if tls:
-            p = certs.Pki(pki)
-            observer.client.tls_set(ca_certs=str(p.ca_crt), certfile=str(p.backend_crt), keyfile=str(p.backend_key))
+            observer.use_tls(pki, "backend-observer")
         observer.start()
         try:
             t_prov = time.monotonic()

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     ce.add_argument("--devices", type=_value(v.CERT_DEVICES), default=1, help="client certificates dev-00001..N (default 1)")
     ce.add_argument("--dir", type=Path, default=CERTS_DIR, help="where to write them (default certs)")
     ce.add_argument("--force", action="store_true", help="replace existing files (a new CA: every old cert dies)")
+    ce.add_argument("--backend", action="append", default=[], metavar="NAME",
+                    help="also a backend client certificate backends/NAME.crt (NAME: backend-..., fleet-wide rights; "
+                    "the broker makes its CN the client id, so each backend client needs its own); repeatable")
 
     fw = sub.add_parser("flash", help="deploy firmware/ + this device's config (and certs) to a real board with mpremote")
     fw.add_argument("--port", required=True, help="serial port of the board (e.g. /dev/ttyUSB0, COM3)")
@@ -137,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--seed", type=_value(v.SEED), default=0, help="seed for the board's randomness")
     se.add_argument("--duration", type=_value(v.DURATION), help="stop after this many seconds (default: until Ctrl-C)")
     se.add_argument("--firmware", type=Path, metavar="DIR", help=FIRMWARE_HELP)
+
+    co = sub.add_parser("conformance", help="check a broker's device-visible behaviours (Will, retain, keepalive, "
+                        "takeover, limits) with emulated boards; prints a table")
+    co.add_argument("--broker", required=True, help="mqtt://[user:password@]host:port or mqtts://host:port")
+    co.add_argument("--tls", action="store_true", help="mutual TLS with the certificates in --certs (as mqtts://)")
+    co.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (default certs; device "
+                    "certificates cf-* and backends/backend-conformance are issued when missing)")
+    co.add_argument("--keepalive", type=_value(v.KEEPALIVE), default=5, help="the boards' MQTT keepalive in seconds "
+                    "(default 5; the run takes about floor(1.5*KA)+7 s plus boot)")
+    co.add_argument("--restart-cmd", metavar="CMD", help="a shell command that restarts the broker gracefully "
+                    "(then retained status across a restart is checked; n.a. without)")
+    co.add_argument("--report", type=Path, help="write the JSON report here")
 
     nw = sub.add_parser("new", help="start a firmware project: firmware/, config.json, tests/, pytest.ini, CI workflow")
     nw.add_argument("dir", type=Path, metavar="DIR", help="the project folder to make (absent or empty)")
@@ -264,6 +279,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "new":
         return _new(args.dir)
+    if args.command == "conformance":
+        from emulator.conformance.run import run_conformance
+
+        return run_conformance(args.broker, tls=args.tls, certs_dir=args.certs, keepalive=args.keepalive,
+                               restart_cmd=args.restart_cmd, report=args.report)
     raise UsageError(f"unknown command {args.command!r}")
 
 
@@ -271,7 +291,7 @@ def _certs(args: argparse.Namespace) -> int:
     from emulator.broker.certs import CertError, device_ids, make_pki
 
     try:
-        issued = make_pki(args.dir, device_ids(args.devices), force=args.force)
+        issued = make_pki(args.dir, device_ids(args.devices), force=args.force, backends=args.backend)
     except CertError as e:
         raise UsageError(str(e)) from None
     for item in issued:

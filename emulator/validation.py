@@ -137,8 +137,8 @@ def device_id_error(device_id: Any) -> str | None:
     PKI's reserved name; it also keeps an id a safe file and topic name."""
     if not isinstance(device_id, str) or not 1 <= len(device_id) <= ID_MAX or not set(device_id) <= ID_CHARS:
         return f"device id {device_id!r} must be {ID_RULE}"
-    if device_id in RESERVED_IDS:
-        return f"device id {device_id!r} is reserved for the backend identity"
+    if device_id in RESERVED_IDS or device_id.startswith(BACKEND_ID + "-"):
+        return f"device id {device_id!r} is reserved for the backend identity (backend, backend-*)"
     return None
 
 

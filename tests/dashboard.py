@@ -25,7 +25,7 @@ class Backend:
     def __init__(self, broker, token: str = TOKEN, certs=None, **options):
         self.observer = FleetObserver(broker.host, broker.port)
         if certs is not None:  # mqtts://: the backend identity, as `esp32emu dashboard` does
-            self.observer.use_tls(certs)
+            self.observer.use_tls(certs, "backend-dashboard")
         self.dashboard = Dashboard(self.observer, port=0, token=token, **options)
         self.observer.start()
         self.dashboard.start()

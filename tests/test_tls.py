@@ -33,12 +33,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
 
 KA = 3
 DEVICES = ("dev-a", "dev-b", "dev-p1", "dev-x")
+# The broker makes a certificate's CN the client id: each observer of a test holds its own.
+BACKENDS = tuple(f"backend-test-{n}" for n in range(1, 5))
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pki")
-    certs.make_pki(root, DEVICES)
+    certs.make_pki(root, DEVICES, backends=(*certs.BACKEND_IDENTITIES, *BACKENDS))
     return root
 
 
@@ -49,11 +51,13 @@ def tls_broker(broker_factory, pki):
 
 @pytest.fixture
 def tls_observer():
-    """`tls_observer(broker, pki, identity="backend")`: a connected paho client
-    holding that identity's certificate (closed at teardown)."""
+    """`tls_observer(broker, pki, identity=None)`: a connected paho client
+    holding that identity's certificate (default: a backend identity of its
+    own, `BACKENDS` in turn); closed at teardown."""
     made: list[Observer] = []
 
-    def make(broker, pki_dir: Path, identity: str = certs.BACKEND_CN, client_id: str | None = None) -> Observer:
+    def make(broker, pki_dir: Path, identity: str | None = None, client_id: str | None = None) -> Observer:
+        identity = identity or BACKENDS[len(made) % len(BACKENDS)]
         obs = Observer(broker.host, broker.port, client_id=client_id or f"{identity}-obs{len(made)}")
         crt, key = _identity_files(Path(pki_dir), identity)
         obs.client.tls_set(ca_certs=str(Path(pki_dir) / "ca.crt"), certfile=str(crt), keyfile=str(key))
@@ -67,8 +71,8 @@ def tls_observer():
 
 def _identity_files(pki_dir: Path, identity: str) -> tuple[Path, Path]:
     p = certs.Pki(pki_dir)
-    if identity == certs.BACKEND_CN:
-        return p.backend_crt, p.backend_key
+    if identity == certs.BACKEND_CN or identity.startswith(certs.BACKEND_CN + "-"):
+        return p.backend_crt_of(identity), p.backend_key_of(identity)
     return p.device_crt(identity), p.device_key(identity)
 
 
@@ -266,8 +270,9 @@ def test_device_certificate_cannot_touch_another_devices_topics(emu, tls_broker,
     intruder.publish("devices/dev-a/telemetry", b'{"seq": 0}', qos=1)  # its own: allowed (control)
 
     # A Will aimed at B's status: refused at CONNECT or never published.
+    # (dev-x's certificate: the client id is the CN, dev-a's would replace the intruder)
     will_sock, rc = _raw_tls_connect(
-        tls_broker, _client_context(pki, "dev-a"), "dev-a-will", will=("devices/dev-b/status", b'{"online":false}')
+        tls_broker, _client_context(pki, "dev-x"), "dev-x-will", will=("devices/dev-b/status", b'{"online":false}')
     )
     will_sock.close()  # no DISCONNECT: the Will would fire now
 

@@ -6,8 +6,16 @@ Layout of the PKI directory (SPEC §3), all PEM on the host:
 
     ca.crt  ca.key              the dev CA (ca.key never leaves the host)
     broker.crt  broker.key      server cert, SAN DNS:localhost + IP:127.0.0.1
-    backend.crt backend.key     client cert, CN "backend" (observer, watch, tests)
+    backend.crt backend.key     client cert, CN "backend" (your own backend tools)
+    backends/<name>.crt .key    one client cert per backend client, CN = name
+                                ("backend-watch", "backend-dashboard", ...)
     devices/<id>.crt <id>.key   client cert, CN = device id
+
+The broker binds the client id to the certificate (`use_username_as_clientid`):
+a certificate connects only as its own CN, so one device cannot take over
+another's session, and two backend clients never share a client id as long
+as each holds its own certificate (`backend_identity`, `esp32emu certs
+--backend NAME`).
 
 What goes onto a board (real or emulated) is *DER*, written under fixed names
 at the root of its filesystem: `ca.crt`, `client.crt`, `client.key` (the key
@@ -42,6 +50,10 @@ from emulator.validation import BACKEND_ID, UsageError, device_id_error
 
 __all__ = [
     "BACKEND_CN",
+    "BACKEND_IDENTITIES",
+    "backend_name_error",
+    "backend_names",
+    "ensure_backend",
     "BOARD_CA",
     "BOARD_CERT",
     "BOARD_KEY",
@@ -65,6 +77,17 @@ __all__ = [
 
 DEFAULT_DIR = Path("certs")
 BACKEND_CN = BACKEND_ID  # reserved: no device id can take it
+# Each backend client of esp32emu holds its own certificate (the client id is
+# the CN), issued from the CA the first time it connects (`ensure_backend`)
+# and always given fleet-wide rights in the ACL esp32emu writes.
+BACKEND_IDENTITIES = (
+    "backend-observer",  # observers of your own (bench/)
+    "backend-watch",  # esp32emu watch
+    "backend-dashboard",  # esp32emu dashboard
+    "backend-fleet",  # esp32emu fleet's observer (and its --dashboard)
+    "backend-rollout",  # esp32emu rollout
+    "backend-conformance",  # esp32emu conformance's observer
+)
 CA_CN = "esp32emu dev CA"
 BROKER_CN = "esp32emu broker"
 BROKER_SANS = ("localhost", "127.0.0.1")
@@ -92,6 +115,8 @@ key** (`*.key`), and never use these certificates outside a lab: anyone with
 | `broker.key` | its private key | **yes** |
 | `backend.crt` | a client certificate, CN `backend`, with fleet-wide rights (observers, `esp32emu watch`, tests) | no |
 | `backend.key` | its private key | **yes** |
+| `backends/<name>.crt` | one client certificate per backend client (CN `<name>`, e.g. `backend-watch`, `backend-dashboard`), fleet-wide rights; issued when an esp32emu backend client first connects, `esp32emu certs --backend NAME` adds one for a tool of yours | no |
+| `backends/<name>.key` | its private key | **yes** |
 | `devices/<id>.crt` | one client certificate per device; its CN is the device id | no |
 | `devices/<id>.key` | that device's private key (also copied to the board as `client.key`) | **yes** |
 
@@ -101,9 +126,13 @@ How they are used:
 
 - `esp32emu broker --tls` runs Mosquitto with mutual TLS: `require_certificate
   true`, `use_identity_as_username true` (the certificate CN becomes the MQTT
-  username) and an ACL `pattern readwrite devices/%u/#`, so a device can only
-  publish and subscribe under its own topics; `backend` may use `devices/#`
-  and read `$SYS/#`, nothing else.
+  username), `use_username_as_clientid true` (the CN is the client id too:
+  a certificate cannot connect as another device and take over its session)
+  and an ACL `pattern readwrite devices/%u/#`, so a device can only
+  publish and subscribe under its own topics; `backend` and every
+  `backends/<name>` may use `devices/#` and read `$SYS/#`, nothing else.
+  Two clients holding the same certificate share one client id and
+  disconnect each other: give each backend client its own.
 - `esp32emu flash --id ID` copies `ca.crt`, and that device's certificate and
   key as `client.crt` / `client.key`, to the root of the board's filesystem,
   where `config.json` with `"broker": {"tls": true}` makes the firmware use them.
@@ -185,6 +214,17 @@ class Pki:
     @property
     def backend_key(self) -> Path:
         return self.root / "backend.key"
+
+    @property
+    def backends_dir(self) -> Path:
+        return self.root / "backends"
+
+    def backend_crt_of(self, name: str) -> Path:
+        """A named backend identity's certificate ("backend" is the PKI's own backend.crt)."""
+        return self.backend_crt if name == BACKEND_CN else self.backends_dir / f"{name}.crt"
+
+    def backend_key_of(self, name: str) -> Path:
+        return self.backend_key if name == BACKEND_CN else self.backends_dir / f"{name}.key"
 
     @property
     def devices_dir(self) -> Path:
@@ -382,11 +422,27 @@ def _check_device_id(device_id: str) -> None:
         raise CertError(why)
 
 
+def backend_name_error(name: str) -> str | None:
+    """Why `name` cannot be a backend identity, or None: "backend-" then the
+    characters of a device id (validation.py reserves that prefix for backends)."""
+    if not isinstance(name, str) or not name.startswith(BACKEND_CN + "-") or len(name) <= len(BACKEND_CN) + 1:
+        return f"backend name {name!r} must start with 'backend-' (e.g. backend-dashboard)"
+    why = device_id_error(name.replace(BACKEND_CN + "-", "x-", 1))
+    return why.replace("device id", "backend name") if why else None
+
+
+def backend_names(directory: Path | str) -> list[str]:
+    """The named backend identities a PKI holds (`backends/*.crt`)."""
+    folder = Pki(Path(directory)).backends_dir
+    return sorted(p.stem for p in folder.glob("*.crt") if backend_name_error(p.stem) is None)
+
+
 def make_pki(
     directory: Path | str = DEFAULT_DIR,
     devices: Iterable[str] = (),
     *,
     force: bool = False,
+    backends: Iterable[str] = (),
 ) -> list[Issued]:
     """Create (or complete) the PKI in `directory`; return what it holds.
 
@@ -398,6 +454,10 @@ def make_pki(
     ids = list(devices)
     for device_id in ids:
         _check_device_id(device_id)
+    names = list(dict.fromkeys(backends))
+    for name in names:
+        if (why := backend_name_error(name)) is not None:
+            raise CertError(why)
     out: list[Issued] = []
     if force or not pki.ca_crt.exists():
         if not force and pki.ca_key.exists():
@@ -423,6 +483,8 @@ def make_pki(
 
     leaf(pki.broker_crt, pki.broker_key, BROKER_CN, server=True, sans=BROKER_SANS)
     leaf(pki.backend_crt, pki.backend_key, BACKEND_CN)
+    for name in names:
+        leaf(pki.backend_crt_of(name), pki.backend_key_of(name), name)
     for device_id in ids:
         leaf(pki.device_crt(device_id), pki.device_key(device_id), device_id)
     write_readme(pki.root, force=force)
@@ -445,6 +507,19 @@ def ensure_devices(directory: Path | str, devices: Iterable[str]) -> int:
         write_pair(*issue(ca, device_id), crt, key)
         made += 1
     return made
+
+
+def ensure_backend(directory: Path | str, name: str) -> bool:
+    """Issue the backend identity `name` from the CA when the PKI lacks it
+    (a PKI made before named identities); True when one was made."""
+    pki = Pki(Path(directory))
+    crt, key = pki.backend_crt_of(name), pki.backend_key_of(name)
+    if crt.exists() and key.exists():
+        return False
+    if name != BACKEND_CN and (why := backend_name_error(name)) is not None:
+        raise CertError(why)
+    write_pair(*issue(pki.load_ca(), name), crt, key)
+    return True
 
 
 def der_files(ca_cert: x509.Certificate, cert: x509.Certificate, key) -> dict[str, bytes]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Iterable
 
+from emulator.broker.certs import BACKEND_CN, BACKEND_IDENTITIES, backend_names
 from emulator.broker.probe import mqtt_connect_rc
 
 __all__ = [
@@ -61,11 +62,14 @@ class TlsConfig:
     the `backend_users` identities fleet-wide rights; `acl_prefix=None`
     means no ACL at all (every valid certificate may use every topic).
 
-    `bind_client_id` adds `use_username_as_clientid true`: the client id
-    becomes the certificate's CN, so one certificate cannot take over
-    another device's session by connecting with its client id. It is off by
-    default because every backend client then shares the client id
-    "backend" and would disconnect the others.
+    `bind_client_id` (on by default) adds `use_username_as_clientid true`:
+    the client id becomes the certificate's CN, so one certificate cannot
+    take over another device's session by connecting with its client id
+    (the broker renames it to its own). Each backend client therefore holds
+    its own certificate (`certs.BACKEND_IDENTITIES`, `esp32emu certs
+    --backend NAME`); `from_pki` gives every one the PKI holds fleet-wide
+    rights, and the well-known names always (a client may issue its own
+    identity on demand after the broker started).
     """
 
     cafile: str | os.PathLike[str]
@@ -75,8 +79,8 @@ class TlsConfig:
     use_identity_as_username: bool = True
     acl_file: str | os.PathLike[str] | None = None
     acl_prefix: str | None = "devices"
-    backend_users: tuple[str, ...] = ("backend",)
-    bind_client_id: bool = False
+    backend_users: tuple[str, ...] = (BACKEND_CN, *BACKEND_IDENTITIES)
+    bind_client_id: bool = True
 
     @classmethod
     def from_pki(cls, directory: str | os.PathLike[str], **options) -> "TlsConfig":
@@ -85,6 +89,7 @@ class TlsConfig:
         for name in ("ca.crt", "broker.crt", "broker.key"):
             if not (root / name).is_file():
                 raise BrokerError(f"{root / name} is missing: run `esp32emu certs` first")
+        options.setdefault("backend_users", tuple(dict.fromkeys((BACKEND_CN, *BACKEND_IDENTITIES, *backend_names(root)))))
         return cls(root / "ca.crt", root / "broker.crt", root / "broker.key", **options)
 
     def listener_lines(self) -> list[str]:
@@ -108,7 +113,7 @@ class TlsConfig:
         return acl_text(self.acl_prefix, self.backend_users)
 
 
-def acl_text(prefix: str = "devices", backend_users: Iterable[str] = ("backend",)) -> str:
+def acl_text(prefix: str = "devices", backend_users: Iterable[str] = (BACKEND_CN, *BACKEND_IDENTITIES)) -> str:
     """A Mosquitto ACL: each device (username = certificate CN) may read and
     write only `<prefix>/<its id>/#`; backend identities may use the whole
     fleet's topics and read `$SYS`. Anything not granted is denied."""

@@ -160,7 +160,7 @@ def run_dashboard(broker: str | None, host: str = "127.0.0.1", port: int = 8080,
         observer = FleetObserver(url.host, url.port, prefix=prefix.strip("/"))
         if url.tls:
             try:
-                observer.use_tls(Path(certs_dir))
+                observer.use_tls(Path(certs_dir), "backend-dashboard")
             except FileNotFoundError as e:
                 raise UsageError(f"mqtts:// connects as the backend identity: {e}") from None
         dashboard = Dashboard(observer, host, port, token, history, events_log=events_log_in(state_dir))

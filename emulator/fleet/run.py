@@ -197,7 +197,7 @@ def run_fleet(opts: FleetOptions) -> int:
         if url.tls:
             provision_tls(opts.certs_dir, [device_id(i) for i in range(opts.devices)])
             try:
-                observer.use_tls(opts.certs_dir)  # the backend identity: fleet-wide rights in the ACL
+                observer.use_tls(opts.certs_dir, "backend-fleet")  # its own backend identity: fleet-wide rights in the ACL
             except FileNotFoundError as e:
                 raise UsageError(str(e)) from None
         spec = GroupSpec(

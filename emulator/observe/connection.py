@@ -20,17 +20,28 @@ from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 
+from emulator.broker.certs import BACKEND_CN, CertError, Pki, ensure_backend
 
-def backend_tls(certs_dir: Path | str) -> dict:
-    """`tls_set` arguments for the PKI's backend identity (`certs/backend.crt`:
-    fleet-wide rights in the ACL of `esp32emu broker --tls`);
-    FileNotFoundError naming the first file that is missing."""
+
+def backend_tls(certs_dir: Path | str, identity: str = BACKEND_CN) -> dict:
+    """`tls_set` arguments for one backend identity of the PKI: `backend`
+    (`certs/backend.crt`) or a named one (`certs/backends/<identity>.crt`,
+    issued from the CA when missing). Each has fleet-wide rights in the ACL of
+    `esp32emu broker --tls`, and the broker makes its CN the client id: two
+    clients holding one identity disconnect each other, so every backend
+    client has its own. FileNotFoundError naming the first file missing."""
     certs_dir = Path(certs_dir)
-    for name in ("ca.crt", "backend.crt", "backend.key"):
-        if not (certs_dir / name).is_file():
-            raise FileNotFoundError(f"{certs_dir / name} is missing: run `esp32emu certs` first")
-    return {"ca_certs": str(certs_dir / "ca.crt"), "certfile": str(certs_dir / "backend.crt"),
-            "keyfile": str(certs_dir / "backend.key")}
+    pki = Pki(certs_dir)
+    if pki.ca_key.is_file() and pki.ca_crt.is_file():
+        try:
+            ensure_backend(certs_dir, identity)
+        except CertError as e:
+            raise FileNotFoundError(str(e)) from None
+    files = (pki.ca_crt, pki.backend_crt_of(identity), pki.backend_key_of(identity))
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run `esp32emu certs` first")
+    return {"ca_certs": str(files[0]), "certfile": str(files[1]), "keyfile": str(files[2])}
 
 
 class BrokerConnection:

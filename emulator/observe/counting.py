@@ -120,10 +120,12 @@ class FleetObserver:
         self.client.max_queued_messages_set(0)
         self.host, self.port = host, port
 
-    def use_tls(self, certs_dir: Path) -> None:
-        """Connect with the backend identity (`certs/backend.crt`): fleet-wide
-        rights in the ACL of `esp32emu broker --tls`."""
-        self.client.tls_set(**backend_tls(certs_dir))
+    def use_tls(self, certs_dir: Path, identity: str = "backend") -> None:
+        """Connect with a backend identity (`certs/backend.crt`, or
+        `certs/backends/<identity>.crt`): fleet-wide rights in the ACL of
+        `esp32emu broker --tls`; the broker makes its CN the client id, so
+        each backend client names its own."""
+        self.client.tls_set(**backend_tls(certs_dir, identity))
 
     def start(self, timeout: float = 10.0) -> "FleetObserver":
         """Connect, subscribe and see a marker come back (ConnectionError: one line saying why not)."""

@@ -203,7 +203,7 @@ def run_watch(
     observer = FleetObserver(url.host, url.port, prefix=prefix.strip("/"))
     if url.tls:
         try:
-            observer.use_tls(Path(certs_dir or "certs"))
+            observer.use_tls(Path(certs_dir or "certs"), "backend-watch")
         except FileNotFoundError as e:
             raise UsageError(f"mqtts:// watches as the backend identity: {e}") from None
     try:

@@ -59,6 +59,8 @@ from emulator.testing.harness import Emulator
 
 _REPORTABLE = pytest.StashKey[list]()
 _observer_ids = itertools.count(1)
+# The backend identities the observers of one test hold on a TLS broker, in turn.
+TEST_BACKENDS = tuple(f"backend-test-{n}" for n in range(1, 9))
 _test_prefixes = itertools.count(1)
 
 DEFAULTS = {"keepalive": 2, "interval": 1, "time_scale": 1.0, "vm": "cpython", "heap": None}
@@ -206,10 +208,11 @@ def esp32emu_prefix(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def esp32emu_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throwaway dev PKI (CA, broker, backend); device certificates are made on demand."""
+    """A throwaway dev PKI (CA, broker, backends: esp32emu's own and one per
+    observer a test makes, `TEST_BACKENDS`); device certificates are made on demand."""
     from emulator.broker import certs
     root = tmp_path_factory.mktemp("pki")
-    certs.make_pki(root)
+    certs.make_pki(root, backends=(*certs.BACKEND_IDENTITIES, *TEST_BACKENDS))
     return root
 
 
@@ -232,7 +235,8 @@ def observer_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., O
     """`observer_factory(broker, subscribe=...)`: connected observers, closed at teardown.
     `subscribe` defaults to everything of this test: "#", or "<esp32emu_prefix>/#"
     on the session's shared broker; None: no subscription.
-    On a TLS broker they hold the PKI's backend certificate."""
+    On a TLS broker each holds a backend certificate of its own (the broker
+    makes its CN the client id: two sharing one would disconnect each other)."""
     made: list[ObserverClient] = []
     scale = float(_setting(request, "time_scale"))
 
@@ -242,7 +246,7 @@ def observer_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., O
         tls = None
         pki = getattr(broker, "pki", None)
         if broker.tls is not None and pki is not None:
-            tls = backend_tls(pki)
+            tls = backend_tls(pki, TEST_BACKENDS[len(made) % len(TEST_BACKENDS)])
         obs = ObserverClient(broker.host, broker.port, client_id or f"esp32emu-observer-{os.getpid()}-{next(_observer_ids)}",
                              tls=tls, scale=scale)
         made.append(obs)
