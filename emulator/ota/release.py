@@ -231,3 +231,29 @@ def check_release(folder: Path, public_key_path: Path) -> dict:
             if len(data) != want.get("size") or hashlib.sha256(data).hexdigest() != want.get("sha256"):
                 raise ReleaseError(f"{FILES}/{name}: size or sha256 differs from the manifest")
     return m
+
+
+# What a broken release does at import (tests, the bench, rehearsals of a bad rollout).
+FAULTS = {
+    "raise": '\nraise RuntimeError("this release raises at import (esp32emu firmware_variant)")\n',
+    "hang": "\nimport time\nwhile True:  # this release hangs at import (esp32emu firmware_variant)\n    time.sleep(1)\n",
+}
+
+
+def firmware_variant(src: Path, dest: Path, version: str, fault: str | None = None) -> Path:
+    """A copy of the firmware folder `src` in `dest` whose FW_VERSION is
+    `version` and, with `fault` ("raise" or "hang"), whose device.py raises
+    or hangs when imported: the release a trial boot must roll back."""
+    import shutil
+
+    if fault is not None and fault not in FAULTS:
+        raise ValueError(f"fault must be one of {', '.join(FAULTS)}, got {fault!r}")
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    pattern = re.compile(r'^FW_VERSION = "[^"]*"', re.M)
+    for path in sorted(Path(dest).glob("*.py")):
+        text = path.read_text()
+        if pattern.search(text):
+            text = pattern.sub(f'FW_VERSION = "{version}"', text, count=1)
+            path.write_text(text + (FAULTS[fault] if fault else ""))
+            return Path(dest)
+    raise ReleaseError(f"{src}: no FW_VERSION to change")

@@ -25,6 +25,22 @@
                                      # dht22: spike | bus_errors | unplugged
     duration = 30                    # cleared after 30 s (without: until the run ends)
 
+    [[event]]                        # OTA faults (issue 18)
+    at = 0
+    select = "fraction:0.05"
+    action = "power_loss"            # armed now, cut at a flash write of the next update:
+    during = "download"              # download: after `after_bytes` staged bytes (default: drawn in 1..16384)
+                                     # install: at the `after_ops`-th flash operation once the
+                                     # journal ota.json exists (default: drawn in 1..8)
+
+    [[event]]
+    at = 0
+    target = "release"               # the release server beside the run (tests, bench/ota_rollout.py)
+    action = "drop"                  # drop | corrupt | rate | clear
+    files = "*.py"                   # fnmatch on the served path (default every file under files/)
+    after = 2000                     # drop: bytes of the file's body; corrupt: offset; rate: bytes/s
+    times = 3                        # how many responses (default 1; 0: every one)
+
 Parsing is strict: an unknown key, action or selector is an error that
 names the line. Running is separate (`Timeline.run`) and logs every event.
 """
@@ -48,6 +64,9 @@ from emulator.validation import UsageError
 log = logging.getLogger("esp32emu.scenario")
 
 BROKER_ACTIONS = {"kill", "stop", "start", "restart", "pause", "resume"}
+# The release server's fault hooks (emulator/ota/serve.py Faults): what a board's download meets.
+RELEASE_ACTIONS = {"drop", "corrupt", "rate", "clear"}
+RELEASE_KEYS = {"files", "after", "times"}
 
 # action -> (allowed keys besides at/select/action, whether `duration` undoes it)
 BOARD_ACTIONS: dict[str, set[str]] = {
@@ -63,7 +82,9 @@ BOARD_ACTIONS: dict[str, set[str]] = {
     "link": {"profile"},  # switch link profile (wifi-good, nb-iot, ...)
     "partition": {"duration"},  # the selected boards lose the broker together
     "sensor_fault": {"sensor", "fault", "duration"},  # telemetry shows it in "err"
+    "power_loss": {"during", "after_bytes", "after_ops"},  # power cut at a flash write of the next OTA update
 }
+OTA_PHASES = ("download", "install")
 COMMON_KEYS = {"at", "select", "action", "target"}
 MAX_SECONDS = 366 * 86400  # bound for at, duration and off_s: a year (asyncio cannot sleep 1e300 s)
 
@@ -96,6 +117,10 @@ class Scenario:
     @property
     def uses_broker(self) -> bool:
         return any(e.target == "broker" for e in self.events)
+
+    @property
+    def uses_release(self) -> bool:
+        return any(e.target == "release" for e in self.events)
 
 
 def _event_lines(text: str) -> list[int]:
@@ -185,8 +210,10 @@ def _parse_event(ev: dict, line: int, text: str, bad, groups: dict) -> Event:
         if extra:
             raise bad(where(sorted(extra)[0]), f"broker events take no {sorted(extra)[0]!r}")
         return Event(float(at), action, line, target="broker")
+    if target == "release":
+        return _parse_release_event(ev, float(at), action, line, where, bad)
     if target != "boards":
-        raise bad(where("target"), f"target must be 'broker' or 'boards', got {target!r}")
+        raise bad(where("target"), f"target must be 'broker', 'boards' or 'release', got {target!r}")
     allowed = BOARD_ACTIONS.get(action)
     if allowed is None:
         raise bad(where("action"), f"unknown board action {action!r} (known: {', '.join(sorted(BOARD_ACTIONS))})")
@@ -222,7 +249,32 @@ def _parse_event(ev: dict, line: int, text: str, bad, groups: dict) -> Event:
             raise bad(where("sensor") if "sensor" in ev else line, f"sensor_fault needs sensor = one of {', '.join(sorted(FAULTS))}")
         if fault not in FAULTS[sensor]:
             raise bad(where("fault") if "fault" in ev else line, f"{sensor} faults are {', '.join(FAULTS[sensor])}, got {fault!r}")
+    if action == "power_loss":
+        if params.get("during") not in OTA_PHASES:
+            raise bad(where("during") if "during" in ev else line, f"power_loss needs during = one of {', '.join(OTA_PHASES)}")
+        for key in ("after_bytes", "after_ops"):
+            if key in params and (not isinstance(params[key], int) or isinstance(params[key], bool) or params[key] < 1):
+                raise bad(where(key), f"{key!r} must be a positive integer, got {params[key]!r}")
     return Event(float(at), action, line, select=select, params=params)
+
+
+def _parse_release_event(ev: dict, at: float, action: str, line: int, where, bad) -> Event:
+    if action not in RELEASE_ACTIONS:
+        raise bad(where("action"), f"unknown release action {action!r} (known: {', '.join(sorted(RELEASE_ACTIONS))})")
+    extra = set(ev) - COMMON_KEYS - RELEASE_KEYS
+    if extra:
+        raise bad(where(sorted(extra)[0]), f"release events take no {sorted(extra)[0]!r} (take: files, after, times)")
+    params = {k: v for k, v in ev.items() if k in RELEASE_KEYS}
+    if not isinstance(params.setdefault("files", "files/*"), str):
+        raise bad(where("files"), "files must be a pattern string like \"*.py\"")
+    if action != "clear":
+        lo = 1 if action == "rate" else 0
+        if not isinstance(params.get("after"), int) or isinstance(params["after"], bool) or params["after"] < lo:
+            raise bad(where("after") if "after" in ev else line, f"release {action} needs after = an integer >= {lo}")
+    times = params.setdefault("times", 0 if action == "rate" else 1)
+    if not isinstance(times, int) or isinstance(times, bool) or times < 0:
+        raise bad(where("times"), "times must be an integer >= 0 (0: every response)")
+    return Event(at, action, line, target="release", params=params)
 
 
 def _is_seconds(value: Any, zero: bool) -> TypeGuard[float]:
@@ -300,9 +352,11 @@ def check_backend(scenario: Scenario, backend: str) -> None:
     from emulator.board.vm.proxy import unsupported_action
 
     for ev in scenario.events:
-        if ev.target == "broker":
+        if ev.target != "boards":
             continue
         why = unsupported_action(ev.action, ev.params)
+        if ev.action == "power_loss":
+            why = "the VM writes its files itself: no flash operation to cut power at (use power_cycle at a moment)"
         if why is not None:
             raise ScenarioError(f"{scenario.path}:{ev.line}: action {ev.action!r} is not supported on the {backend} backend: {why}")
 
@@ -331,12 +385,17 @@ def select_boards(select: str, boards: list, groups: dict, rng: random.Random) -
 class Timeline:
     """Runs a scenario's events against boards and (optionally) a Broker."""
 
-    def __init__(self, scenario: Scenario, boards: list, broker=None):
+    def __init__(self, scenario: Scenario, boards: list, broker=None, release=None):
+        """`release`: the release server beside the run (emulator/ota/serve.py ReleaseServer: its `faults`)."""
         if scenario.uses_broker and broker is None:
             raise ScenarioError(f"{scenario.path}: broker events need the private broker (omit --broker)")
+        if scenario.uses_release and release is None:
+            raise ScenarioError(f"{scenario.path}: release events need a release server run beside the boards "
+                                f"(bench/ota_rollout.py, tests; or `esp32emu release serve --drop-after/--corrupt-at/--rate`)")
         self.scenario = scenario
         self.boards = boards
         self.broker = broker
+        self.release = release
         self.rng = random.Random(scenario.seed)
         self.log: list[tuple[float, str]] = []
 
@@ -357,10 +416,15 @@ class Timeline:
                     with self._failing(ev):
                         await asyncio.to_thread(self._broker_action, ev.action)
                     continue
+                if ev.target == "release":
+                    self._note(t0, f"release {ev.action} {ev.params} (line {ev.line})")
+                    with self._failing(ev):
+                        release_action(self.release.faults, ev.action, ev.params)
+                    continue
                 with self._failing(ev):
                     chosen = select_boards(ev.select, self.boards, self.scenario.groups, self.rng)
                     self._note(t0, f"{ev.action} {ev.params or ''} on {len(chosen)} board(s) [{ev.select}] (line {ev.line})")
-                    undo_fn = apply_board_action(ev.action, ev.params, chosen)
+                    undo_fn = apply_board_action(ev.action, ev.params, chosen, self.rng)
                 if undo_fn is not None and "duration" in ev.params:
                     undo.append(asyncio.create_task(self._later(ev.params["duration"], undo_fn, t0, ev)))
             if undo:
@@ -401,8 +465,55 @@ class Timeline:
             b.resume()
 
 
-def apply_board_action(action: str, params: dict, boards: list):
+def release_action(faults, action: str, params: dict) -> None:
+    """A release server's fault (`faults`: emulator/ota/serve.py Faults)."""
+    if action == "clear":
+        faults.clear()
+    elif action == "drop":
+        faults.drop(params["files"], params["after"], params["times"])
+    elif action == "corrupt":
+        faults.corrupt(params["files"], params["after"], params["times"])
+    elif action == "rate":
+        faults.rate(params["files"], params["after"], params["times"])
+
+
+class _CutAtInstall:
+    """Arms a board's flash (`board.flash.cut_power_after`, the flash fake's
+    power-loss model) once the update's journal `ota.json` exists: the
+    `ops`-th flash operation after that one loses power."""
+
+    def __init__(self, flash, ops: int) -> None:
+        self.flash, self.ops, self.inner = flash, ops, flash.op
+        flash.op = self
+
+    def __call__(self, nbytes: int = 0) -> None:
+        if (self.flash.root / "ota.json").exists():
+            self.flash.op = self.inner  # once
+            self.flash.cut_power_after(ops=self.ops)
+        return self.inner(nbytes)
+
+
+def arm_power_loss(board, during: str, after_bytes: int | None = None, after_ops: int | None = None,
+                   rng: random.Random | None = None) -> None:
+    """Cut `board`'s power at a flash write of its next OTA update: `during`
+    "download" after `after_bytes` written (the staging folder is all the
+    firmware writes then), "install" at the `after_ops`-th flash operation
+    once the journal exists. CPython boards (the VM writes its files itself)."""
+    rng = rng or random.Random(0)
+    if during == "download":
+        board.flash.cut_power_after(n_bytes=after_bytes or rng.randint(1, 16384))
+    else:
+        if board.flash.board is None:  # say so now, not at the journal
+            board.flash.cut_power_after(ops=1)
+        _CutAtInstall(board.flash, after_ops or rng.randint(1, 8))
+
+
+def apply_board_action(action: str, params: dict, boards: list, rng: random.Random | None = None):
     """Do `action` to `boards`; return a function that undoes it (or None)."""
+    if action == "power_loss":
+        for b in boards:
+            arm_power_loss(b, params["during"], params.get("after_bytes"), params.get("after_ops"), rng)
+        return None
     if action == "power_cycle":
         for b in boards:
             b.power_cycle(params.get("off_s", 0.0))
@@ -471,7 +582,7 @@ def apply_board_action(action: str, params: dict, boards: list):
     raise ValueError(action)
 
 
-def load_scenario(path: Path, private_broker: bool, backend: str = "cpython") -> Scenario:
+def load_scenario(path: Path, private_broker: bool, backend: str = "cpython", release_server: bool = False) -> Scenario:
     """Parse a scenario file up front: a bad one, or one with a board action
     the board backend cannot do, is a usage error naming the line."""
     try:
@@ -481,4 +592,8 @@ def load_scenario(path: Path, private_broker: bool, backend: str = "cpython") ->
         raise UsageError(str(e)) from None
     if scenario.uses_broker and not private_broker:
         raise UsageError(f"{path}: broker events need the private broker (omit --broker)")
+    if scenario.uses_release and not release_server:
+        line = next(e.line for e in scenario.events if e.target == "release")
+        raise UsageError(f"{path}:{line}: release events need a release server run beside the boards (bench/ota_rollout.py, "
+                         f"tests); here use `esp32emu release serve --drop-after/--corrupt-at/--rate`")
     return scenario
