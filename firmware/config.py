@@ -23,6 +23,9 @@
 #               cannot feed it through a slow TLS handshake or DNS lookup)
 #   ntp         true (sync the clock with ntptime's default server), false
 #               (never; telemetry "ts" is null), or a server host name (<= 253)
+#   ota         trial_s: int 10..3600 (a new release must get its birth
+#               acknowledged within it), max_boots: int 1..10 (failed trial
+#               boots before the previous version comes back); see ota.py
 #   sensors     list of up to 16 objects, each {"type": ..., "prefix": "" (put before
 #               its reading names), plus per type}:
 #                 bme280  i2c: 0|1 (0), sda/scl: pins (21/22), addr: 118|119 (0x76)
@@ -77,6 +80,8 @@ dht22.pin        pin      0    48
 battery.pin      pin      0    48
 battery.atten    atten    0    0
 battery.divider  float    1    100     a divider ratio 1..100 (2 for a 1:2 divider)
+ota.trial_s      int      10   3600
+ota.max_boots    int      1    10
 """
 # Each sensor type: its keys with their defaults (null: required), then the
 # names of its readings.
@@ -109,6 +114,7 @@ def defaults():
         "wdt_ms": 0,
         "ntp": True,
         "sensors": [],
+        "ota": {"trial_s": 60, "max_boots": 3},
     }
 
 

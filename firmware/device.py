@@ -379,6 +379,12 @@ class Device:
                 if op is None:  # parse error; args holds the message
                     await self._send_result(commands.error_result(cmd_id, args))
                     continue
+                if op == "ota" and commands.cache_get(self.results, cmd_id) is None:
+                    import ota  # loaded only now; its task answers once the release is staged
+
+                    ota.start(self, cmd_id, args["url"])
+                    del ota
+                    continue
                 payload = commands.cache_get(self.results, cmd_id)
                 if payload is None:
                     try:

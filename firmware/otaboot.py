@@ -1,0 +1,188 @@
+# otaboot.py - the over-the-air update's journal: what main.py runs before
+# the app when `ota.json` exists (an update in flight, in trial, or an
+# outcome not yet published), and the install/rollback steps ota.py uses.
+# Imported only then: a board without a journal never loads it.
+#
+# Power loss at any point leaves the old or the new complete version
+# bootable. Every step is a rename (atomic on littlefs, the ESP32's
+# filesystem) or a whole-file write made atomic by writing `ota.tmp` and
+# renaming it over `ota.json`; every step is idempotent, so recover()
+# simply runs the step the journal names again:
+#   downloading  files go to ota_new/ (the running version is untouched);
+#                at boot: staging dropped, outcome `failed`
+#   install      for each name: root -> ota_old/ (if the board had it), then
+#                ota_new/ -> root; at boot: finished, then trial
+#   trial        each boot counts; over max_boots: rollback
+#   rollback     for each name: ota_old/ -> root, names the board did not
+#                have removed; then outcome `rolled_back`
+#   committed, rolled_back, failed: outcomes, published on
+#                <prefix>/<id>/ota once online (run()), then the journal goes.
+import json
+import os
+
+import machine
+
+JOURNAL = "ota.json"
+NEW = "ota_new"
+OLD = "ota_old"
+
+
+def exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def read():
+    try:
+        with open(JOURNAL) as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def write(j):
+    with open("ota.tmp", "w") as f:
+        f.write(json.dumps(j))
+    os.rename("ota.tmp", JOURNAL)
+
+
+def clear(folder):
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for n in names:
+        os.remove(folder + "/" + n)
+    os.rmdir(folder)
+
+
+def install(j):
+    had = j["had"]
+    for n in j["names"]:
+        if n in had and not exists(OLD + "/" + n):
+            os.rename(n, OLD + "/" + n)
+        if exists(NEW + "/" + n):
+            os.rename(NEW + "/" + n, n)
+
+
+def rollback(j):
+    had = j["had"]
+    for n in j["names"]:
+        if exists(OLD + "/" + n):
+            os.rename(OLD + "/" + n, n)
+        elif n not in had and exists(n):
+            os.remove(n)
+    clear(NEW)
+    clear(OLD)
+
+
+def recover():
+    """Bring the journal's update to a bootable state; the journal (None
+    when unreadable: then it is dropped)."""
+    j = read()
+    if j is None:
+        try:
+            os.remove(JOURNAL)
+        except OSError:
+            pass
+        return None
+    s = j["state"]
+    if s == "downloading":
+        clear(NEW)
+        j["state"] = "failed"
+        j["error"] = "power lost while downloading"
+        write(j)
+    elif s == "install":
+        install(j)
+        s = j["state"] = "trial"
+        j["boots"] = 0
+    if s == "trial":
+        j["boots"] += 1
+        if j["boots"] > j["max_boots"]:
+            s = j["state"] = "rollback"
+            j["error"] = "%d trial boots failed (last: %s)" % (j["max_boots"], j.get("error") or "no birth acknowledged")
+        write(j)
+        if s == "trial":
+            # A release that hangs: only the watchdog gets the board back.
+            j["wdt"] = machine.WDT(timeout=j["trial_s"] * 1000)
+    if s == "rollback":
+        rollback(j)
+        j["state"] = "rolled_back"
+        write(j)
+    if s == "committed":
+        clear(OLD)
+    return j
+
+
+def trial_failed(j, e):
+    """The release failed in trial (raised at import or while running):
+    note why and reset; False when not in trial (the caller raises)."""
+    if j is None or j["state"] != "trial":
+        return False
+    j["error"] = "%s: %s" % (type(e).__name__, e)
+    j.pop("wdt", None)
+    write(j)
+    machine.reset()
+    return True
+
+
+def _payload(j, state):
+    return json.dumps({"version": j["version"], "from": j["from"], "state": state,
+                       "progress": 100, "error": j.get("error")}, separators=(",", ":")).encode()
+
+
+async def run(dev, j):
+    """Run the device; meanwhile finish the update: in trial, commit once
+    the birth is acknowledged (else reset after trial_s); publish the
+    outcome on <prefix>/<id>/ota, then drop the journal."""
+    import asyncio
+    import time
+
+    asyncio.create_task(_finish(dev, j, asyncio, time))
+    try:
+        await dev.run()
+    except Exception as e:
+        if not trial_failed(j, e):
+            raise
+
+
+async def _finish(dev, j, asyncio, time):
+    wdt = j.pop("wdt", None)
+    start = time.ticks_ms()
+    topic = dev.t_status[:-6] + "ota"
+    trial = j["state"] == "trial"
+    said = False
+    while True:
+        if wdt is not None:
+            wdt.feed()
+        pid = dev._birth_pid
+        online = dev._online.is_set() and dev.client.connected
+        if online and trial and not said:
+            try:
+                await dev.client.publish(topic, _payload(j, "trial"), 1, True)
+                said = True
+            except Exception:
+                pass
+        if online and pid > 0 and not [1 for e in dev.client.session._inflight if e[0] == pid]:
+            break  # the birth is acknowledged
+        if trial and time.ticks_diff(time.ticks_ms(), start) > j["trial_s"] * 1000:
+            j["error"] = "no birth acknowledged within %d s" % j["trial_s"]
+            write(j)
+            machine.reset()
+        await asyncio.sleep_ms(200)
+    if trial:
+        j["state"] = "committed"
+        j["error"] = None
+        write(j)
+        clear(OLD)
+    try:
+        await dev.client.publish(topic, _payload(j, j["state"]), 1, True)
+        os.remove(JOURNAL)
+    except Exception as e:
+        dev.log("ota: outcome not published: %s" % e)
+    while wdt is not None:  # the watchdog cannot be stopped once started
+        wdt.feed()
+        await asyncio.sleep_ms(1000)
