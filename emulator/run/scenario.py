@@ -31,7 +31,7 @@
     action = "power_loss"            # armed now, cut at a flash write of the next update:
     during = "download"              # download: after `after_bytes` staged bytes (default: drawn in 1..16384)
                                      # install: at the `after_ops`-th flash operation once the
-                                     # journal ota.json exists (default: drawn in 1..8)
+                                     # journal ota.json says "install" (default: drawn in 1..8)
 
     [[event]]
     at = 0
@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import random
@@ -261,7 +262,7 @@ def _parse_event(ev: dict, line: int, text: str, bad, groups: dict) -> Event:
 def _parse_release_event(ev: dict, at: float, action: str, line: int, where, bad) -> Event:
     if action not in RELEASE_ACTIONS:
         raise bad(where("action"), f"unknown release action {action!r} (known: {', '.join(sorted(RELEASE_ACTIONS))})")
-    extra = set(ev) - COMMON_KEYS - RELEASE_KEYS
+    extra = set(ev) - {"at", "action", "target"} - RELEASE_KEYS  # no select: it is one server
     if extra:
         raise bad(where(sorted(extra)[0]), f"release events take no {sorted(extra)[0]!r} (take: files, after, times)")
     params = {k: v for k, v in ev.items() if k in RELEASE_KEYS}
@@ -479,15 +480,20 @@ def release_action(faults, action: str, params: dict) -> None:
 
 class _CutAtInstall:
     """Arms a board's flash (`board.flash.cut_power_after`, the flash fake's
-    power-loss model) once the update's journal `ota.json` exists: the
-    `ops`-th flash operation after that one loses power."""
+    power-loss model) once the update's journal `ota.json` says "install"
+    (firmware/otaboot.py: every file staged and verified): the `ops`-th flash
+    operation from then on loses power."""
 
     def __init__(self, flash, ops: int) -> None:
         self.flash, self.ops, self.inner = flash, ops, flash.op
         flash.op = self
 
     def __call__(self, nbytes: int = 0) -> None:
-        if (self.flash.root / "ota.json").exists():
+        try:
+            state = json.loads((self.flash.root / "ota.json").read_bytes()).get("state")
+        except (OSError, ValueError, AttributeError):
+            state = None
+        if state == "install":
             self.flash.op = self.inner  # once
             self.flash.cut_power_after(ops=self.ops)
         return self.inner(nbytes)
@@ -498,7 +504,7 @@ def arm_power_loss(board, during: str, after_bytes: int | None = None, after_ops
     """Cut `board`'s power at a flash write of its next OTA update: `during`
     "download" after `after_bytes` written (the staging folder is all the
     firmware writes then), "install" at the `after_ops`-th flash operation
-    once the journal exists. CPython boards (the VM writes its files itself)."""
+    once the journal says "install". CPython boards (the VM writes its files itself)."""
     rng = rng or random.Random(0)
     if during == "download":
         board.flash.cut_power_after(n_bytes=after_bytes or rng.randint(1, 16384))

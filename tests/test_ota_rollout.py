@@ -1,0 +1,172 @@
+"""`esp32emu rollout` over emulated fleets (issue 18): a real Mosquitto, the
+real release server (`emulator/ota/serve.py`), releases made by `release
+build`, and CPython boards running the firmware's `ota` op.
+
+- 200 boards in 4 waves end on the new version, the ones whose power is cut
+  mid-download among them (the rollout retries them);
+- a release that raises at import rolls back on its own and the rollout
+  halts after its first wave, the other boards never asked;
+- a badly signed release is refused by every board with nothing written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from emulator.broker import certs
+from emulator.ota.release import build, firmware_variant
+from emulator.ota.rollout import Options, run_rollout
+from emulator.ota.serve import ReleaseServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
+
+FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
+OLD, NEW = "0.1.0", "0.2.0"
+OTA_CONFIG = {"trial_s": 15, "max_boots": 2}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ota-pki")
+    certs.ensure_release_key(root)  # a plain mqtt:// fleet: the release key pair is all it needs
+    return root
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory, pki) -> Path:
+    """good/ (0.2.0), crash/ (0.3.0: raises at import), badsig/ (0.2.0 signed by another key)."""
+    root = tmp_path_factory.mktemp("releases")
+    build(firmware_variant(FIRMWARE, root / "src-good", NEW), NEW, pki / "release.key", root / "good")
+    build(firmware_variant(FIRMWARE, root / "src-crash", "0.3.0", "raise"), "0.3.0", pki / "release.key", root / "crash")
+    other = root / "other-key"
+    certs.ensure_release_key(other)
+    build(root / "src-good", NEW, other / "release.key", root / "badsig")
+    return root
+
+
+@pytest.fixture
+def server(releases):
+    with ReleaseServer(releases) as srv:
+        yield srv
+
+
+def fleet(boards, observer_factory, mosquitto, pki, n: int):
+    """n booted boards with the release key, all online (their births seen)."""
+    made = boards(n, ota=OTA_CONFIG)
+    obs = observer_factory(mosquitto, subscribe="devices/#")
+    for b in made:
+        b.flash["release.pub"] = (pki / "release.pub").read_bytes()
+        b.boot()
+    obs.collect("devices/+/status", lambda m: m.json().get("online") is True, count=n, timeout=60)
+    return made, obs
+
+
+def snapshot(flash: Path) -> dict[str, str]:
+    return {p.relative_to(flash).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(flash.rglob("*")) if p.is_file()}
+
+
+def rollout(mosquitto, url: str, pki: Path, tmp_path: Path, **kw) -> tuple[int, dict]:
+    report = tmp_path / "rollout.json"
+    opts = Options(broker=mosquitto.url, release=url, report=report, certs_dir=pki, timeout=90, plain=True,
+                   discover_s=5, **kw)
+    code = run_rollout(opts)
+    return code, json.loads(report.read_text())
+
+
+@pytest.mark.slow
+def test_200_boards_in_four_waves_all_end_on_the_new_version(boards, observer_factory, mosquitto, pki, server,
+                                                              tmp_path, capsys):
+    made, obs = fleet(boards, observer_factory, mosquitto, pki, 200)
+    cut = made[5:200:40]  # 5 boards (one in each later wave) lose power mid-download
+    for b in cut:
+        b.apply("power_loss", during="download", after_bytes=5000)
+    code, report = rollout(mosquitto, server.url("good/manifest.json"), pki, tmp_path)
+    assert code == 0, capsys.readouterr().out[-3000:]
+    assert [w["devices"] for w in report["waves"]] == [2, 18, 80, 100]
+    assert report["outcomes"] == {"committed": 200} and not report["halted"]
+    for b in made:
+        row = report["devices"][b.id]
+        assert (row["from"], row["to"], row["outcome"]) == (OLD, NEW, "committed"), (b.id, row)
+    for b in cut:
+        assert report["devices"][b.id]["retries"] >= 1, report["devices"][b.id]
+    # What the broker keeps says the same: every board's retained birth runs the new version.
+    seen = {}
+    for m in obs.messages:
+        if m.topic.endswith("/status") and m.json().get("online") is True:
+            seen[m.topic.split("/")[1]] = m.json()["fw"]
+    assert all(seen[b.id] == NEW for b in made)
+    assert server.stats.drops == 0 and server.stats.bytes_served > 200 * 30_000
+
+
+def test_a_release_that_raises_at_import_rolls_back_and_the_rollout_halts(boards, observer_factory, mosquitto, pki,
+                                                                           server, tmp_path):
+    made, obs = fleet(boards, observer_factory, mosquitto, pki, 20)
+    before = {b.id: snapshot(b.flash.path) for b in made[2:]}
+    code, report = rollout(mosquitto, server.url("crash/manifest.json"), pki, tmp_path, waves=[10.0, 100.0])
+    assert code == 1
+    assert report["halted"] and report["halt_reason"].startswith("wave 1: 2 of 2 failed")
+    assert len(report["waves"]) == 1
+    for b in made[:2]:
+        row = report["devices"][b.id]
+        assert (row["outcome"], row["to"]) == ("rolled_back", OLD), row
+        assert "RuntimeError" in row["error"] and "raises at import" in row["error"], row
+        assert set(b.flash) >= {"config.json", "release.pub"} and not any(
+            n.startswith(("ota_new", "ota_old", "ota.json")) for n in b.flash)
+    for b in made[2:]:  # never asked: untouched
+        assert report["devices"][b.id]["outcome"] == "not_started"
+        assert snapshot(b.flash.path) == before[b.id]
+    last = {}
+    for m in obs.messages:
+        if m.topic.endswith("/status") and m.json().get("online") is True:
+            last[m.topic.split("/")[1]] = m.json()["fw"]
+    assert all(last[b.id] == OLD for b in made)
+
+
+def test_a_badly_signed_release_is_refused_by_every_board_with_nothing_written(boards, observer_factory, mosquitto,
+                                                                               pki, server, tmp_path, capsys):
+    made, obs = fleet(boards, observer_factory, mosquitto, pki, 10)
+    before = {b.id: snapshot(b.flash.path) for b in made}
+    code, report = rollout(mosquitto, server.url("badsig/manifest.json"), pki, tmp_path, waves=[100.0])
+    assert code == 1
+    assert "signature does not verify" in capsys.readouterr().err  # the host's warning, before any board judged
+    assert report["outcomes"] == {"refused": 10}
+    for b in made:
+        assert report["devices"][b.id]["error"] == "manifest signature does not verify"
+        assert snapshot(b.flash.path) == before[b.id]  # nothing written
+    assert server.stats.by_path.get("badsig/files/device.py") is None  # no board downloaded a file
+
+
+# -- bad input: one line, exit 2, nothing sent -------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--waves", "10%,5%"], "shares must increase"),
+    (["--waves", "ten"], "not a percentage"),
+    (["--max-failures", "150%"], "within 0..100%"),
+    (["--release", "ftp://x/manifest.json"], "expected http(s)://"),
+    (["--broker", "http://127.0.0.1:1"], "the scheme must be mqtt or mqtts"),
+    (["--devices", "dev 1"], "--devices"),
+])
+def test_rollout_bad_input_is_one_line_and_exit_2(argv, expect, capsys):
+    from emulator.cli import main
+
+    base = {"--broker": "mqtt://127.0.0.1:1", "--release": "http://127.0.0.1:1/r/manifest.json"}
+    args = dict(base)
+    args.update(dict(zip(argv[::2], argv[1::2])))
+    code = main(["rollout", *[x for kv in args.items() for x in kv]])
+    err = capsys.readouterr().err
+    assert code == 2 and expect in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_rollout_with_no_device_on_the_broker_says_so(mosquitto, server, pki, tmp_path, capsys):
+    from emulator.cli import main
+
+    code = main(["rollout", "--broker", mosquitto.url, "--release", server.url("good/manifest.json"),
+                 "--certs", str(pki), "--prefix", "nobody-here", "--plain"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no devices under nobody-here/+/status" in err, err
