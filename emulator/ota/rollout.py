@@ -10,7 +10,9 @@
    not already run the target (an offline one gets it when its birth comes),
    then watch `<prefix>/<id>/ota`, `cmd/result` and the births until every
    device of the wave has an outcome:
-   - `committed`: the new version came up and confirmed itself;
+   - `committed`: the new version came up and confirmed itself (its trial
+     birth's `fw` must be the target: a board that says committed but runs
+     another version has `failed`);
    - `current`: it already ran the target;
    - `rolled_back`: the new version failed its trial boot; the board runs the old one (final);
    - `failed`: the update failed on the board (a `failed` state, an `ok: false`
@@ -151,12 +153,14 @@ class Device:
     resend: bool = False  # send (again) when it is online
     progressed: bool = False  # this attempt's first ota state came (an earlier attempt's `failed` is not ours)
     rebooted_at: float | None = None  # a birth on the old version mid-update: its `failed` is due
+    errors: list = field(default_factory=list)  # every failure on the way (each retry's reason)
+    resets: list = field(default_factory=list)  # the reset cause of each birth during its update
 
     def report(self, target: str) -> dict:
         return {"wave": self.wave, "from": self.start_fw, "to": self.fw, "target": target,
                 "outcome": self.outcome or "not_started", "state": self.state,
                 "duration_s": round(self.ended - self.started, 2) if self.started and self.ended else None,
-                "retries": self.retries, "error": self.error}
+                "retries": self.retries, "error": self.error, "errors": self.errors, "resets": self.resets}
 
 
 @dataclass
@@ -226,6 +230,7 @@ class Rollout:
             return
         if d.state == "waiting" or d.cmd_id is None:
             return  # an offline device came up: the driver sends now
+        d.resets.append(p.get("reset"))
         if d.fw != self.target and d.state in ("sent", "downloading", "verifying", "installing"):
             # Power lost (or a reset) mid-update: the journal makes the board say `failed`
             # once online; the driver retries after REBOOT_GRACE_S when nothing came.
@@ -244,7 +249,9 @@ class Rollout:
         d.state = state
         if isinstance(p.get("progress"), int):
             d.progress = p["progress"]
-        if state == "committed":
+        if state == "committed" and d.fw != self.target:  # its trial birth said otherwise
+            self._end(d, "failed", f"says committed but its birth says fw {d.fw}")
+        elif state == "committed":
             self._end(d, "committed")
         elif state == "rolled_back":
             self._end(d, "rolled_back", str(p.get("error")))
@@ -266,6 +273,7 @@ class Rollout:
 
     def _failed(self, d: Device, error: str) -> None:
         """A failure that may pass: sent again (when online) while retries last."""
+        d.errors.append(error)
         if d.retries < self.opts.retries:
             d.retries += 1
             d.error = error
@@ -279,8 +287,8 @@ class Rollout:
     def _end(self, d: Device, outcome: str, error: str | None = None) -> None:
         d.outcome, d.state, d.ended = outcome, outcome, time.monotonic()
         d.error = error if outcome not in OK else None
-        if outcome == "committed":
-            d.fw = self.target
+        if error is not None and (not d.errors or d.errors[-1] != error):  # _failed may have noted it
+            d.errors.append(error)
 
     # -- the driver (main thread) -------------------------------------------------------
 

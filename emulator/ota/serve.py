@@ -47,9 +47,11 @@ class Rule:
     times: int = 1
     used: int = 0
 
-    def take(self, path: str) -> bool:
+    def take(self, path: str, start: int, length: int) -> bool:
         if not fnmatch.fnmatch(path, self.pattern) and not fnmatch.fnmatch(path, "*/" + self.pattern):
             return False
+        if (self.kind == "drop" and self.at >= length) or (self.kind == "corrupt" and not start <= self.at < start + length):
+            return False  # this response is too short for the fault: the next one gets it
         if self.times and self.used >= self.times:
             return False
         self.used += 1
@@ -83,12 +85,13 @@ class Faults:
             self.rules.append(rule)
         return rule
 
-    def for_response(self, path: str) -> dict[str, int]:
-        """The faults this response gets: {"drop": n, "corrupt": offset, "rate": bps}."""
+    def for_response(self, path: str, start: int, length: int) -> dict[str, int]:
+        """The faults a response of `length` bytes of `path` from `start` gets:
+        {"drop": n, "corrupt": offset, "rate": bps}."""
         out: dict[str, int] = {}
         with self._lock:
             for rule in self.rules:
-                if rule.kind not in out and rule.take(path):
+                if rule.kind not in out and rule.take(path, start, length):
                     out[rule.kind] = rule.at
         return out
 
@@ -175,7 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_body(target, rel, start, length)
 
     def _send_body(self, target: Path, rel: str, start: int, length: int) -> None:
-        faults = self.server.faults.for_response(rel)
+        faults = self.server.faults.for_response(rel, start, length)
         drop, corrupt, rate = faults.get("drop"), faults.get("corrupt"), faults.get("rate")
         sent = 0
         t0 = time.monotonic()
