@@ -270,3 +270,18 @@ def test_https_with_the_pki(release, pki):
 def test_serve_cli_rejects_a_missing_folder(tmp_path, capsys):
     code, err = _cli(["release", "serve", str(tmp_path / "nope"), "--port", "0", "--duration", "1"], capsys)
     assert code == 2 and "is not a folder" in err and err.count("\n") == 1
+
+
+def test_every_fleet_board_gets_the_release_pub_on_its_flash(tmp_path):
+    from emulator.board.loader import FirmwareImage
+    from emulator.fleet.workers import GroupSpec, make_board
+
+    files, key = certs.release_files(tmp_path / "certs", tmp_path / "state")  # no PKI: the state folder's pair
+    spec = GroupSpec(indices=(0, 1), devices=2, host="127.0.0.1", port=1883, tls=False, keepalive=30, interval=10,
+                     seed=0, state_dir=tmp_path / "state", certs_dir=tmp_path / "certs", boot_rate=100,
+                     release_pub=files["release.pub"])
+    image = FirmwareImage(FIRMWARE)
+    for i in (0, 1):
+        board = make_board(spec, i, image)
+        assert (board.flash_dir / "release.pub").read_bytes() == (key.parent / "release.pub").read_bytes()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600

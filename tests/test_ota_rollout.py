@@ -170,3 +170,24 @@ def test_rollout_with_no_device_on_the_broker_says_so(mosquitto, server, pki, tm
                  "--certs", str(pki), "--prefix", "nobody-here", "--plain"])
     err = capsys.readouterr().err
     assert code == 2 and "no devices under nobody-here/+/status" in err, err
+
+
+def test_the_live_table_shows_each_wave_and_the_latest_problems():
+    from rich.console import Console
+
+    from emulator.ota.rollout import Device, Release, Rollout, View, wave_sizes
+
+    assert wave_sizes(1000, [1, 10, 50, 100]) == [10, 90, 400, 500]
+    assert wave_sizes(3, [1, 10, 50, 100]) == [1, 1, 1]  # at least one a wave while any are left
+    r = Rollout(Options(broker="mqtt://127.0.0.1:1", release="http://x/manifest.json"),
+                Release("http://x/manifest.json", NEW, 12))
+    r.devices = {"dev-00001": Device("dev-00001", wave=1, outcome="committed"),
+                 "dev-00002": Device("dev-00002", wave=2, outcome="rolled_back", state="rolled_back",
+                                     error="2 trial boots failed (last: RuntimeError: boom)", started=1.0, ended=2.0),
+                 "dev-00003": Device("dev-00003", wave=2, state="downloading", retries=1)}
+    console = Console(width=160, record=True)
+    console.print(View(plain=False)._table(r))
+    text = console.export_text()
+    assert "rollout 0.2.0" in text and "RuntimeError: boom" in text and "dev-00002" in text
+    rows = [line.replace("│", " ").split() for line in text.splitlines() if line.startswith("│")]
+    assert rows[:2] == [["1", "1", "1", "0", "0", "0", "0", "0", "0"], ["2", "2", "0", "0", "1", "1", "1", "0", "0"]]

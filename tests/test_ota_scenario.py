@@ -21,27 +21,6 @@ from emulator.validation import UsageError
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
 NEW = "0.2.0"
 
-BAD = [
-    ('[[event]]\nat = 0\naction = "power_loss"\n', 1, "power_loss needs during"),
-    ('[[event]]\nat = 0\naction = "power_loss"\nduring = "boot"\n', 4, "power_loss needs during"),
-    ('[[event]]\nat = 0\naction = "power_loss"\nduring = "download"\nafter_bytes = 0\n', 5, "'after_bytes' must be a positive"),
-    ('[[event]]\nat = 0\ntarget = "release"\naction = "melt"\n', 4, "unknown release action 'melt'"),
-    ('[[event]]\nat = 0\ntarget = "release"\naction = "drop"\n', 1, "release drop needs after"),
-    ('[[event]]\nat = 0\ntarget = "release"\naction = "rate"\nafter = 0\n', 5, "release rate needs after = an integer >= 1"),
-    ('[[event]]\nat = 0\ntarget = "release"\naction = "drop"\nafter = 5\ntimes = -1\n', 6, "times must be"),
-    ('[[event]]\nat = 0\ntarget = "release"\naction = "drop"\nafter = 5\nselect = "all"\n', 6, "release events take no 'select'"),
-]
-
-
-@pytest.mark.parametrize("text,line,needle", BAD, ids=[b[2] for b in BAD])
-def test_bad_ota_events_name_the_line(tmp_path, text, line, needle):
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    with pytest.raises(scenario.ScenarioError) as e:
-        scenario.load(path)
-    assert str(e.value).startswith(f"{path}:{line}: ") and needle in str(e.value), str(e.value)
-
-
 def test_release_events_need_a_release_server_and_power_loss_a_cpython_board(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('[[event]]\nat = 0\naction = "power_loss"\nduring = "install"\n\n'
