@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import random
@@ -60,14 +59,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from emulator.run.otafaults import arm_power_loss, check_power_loss, parse_release_event, release_action
 from emulator.validation import UsageError
 
 log = logging.getLogger("esp32emu.scenario")
 
 BROKER_ACTIONS = {"kill", "stop", "start", "restart", "pause", "resume"}
-# The release server's fault hooks (emulator/ota/serve.py Faults): what a board's download meets.
-RELEASE_ACTIONS = {"drop", "corrupt", "rate", "clear"}
-RELEASE_KEYS = {"files", "after", "times"}
 
 # action -> (allowed keys besides at/select/action, whether `duration` undoes it)
 BOARD_ACTIONS: dict[str, set[str]] = {
@@ -85,7 +82,6 @@ BOARD_ACTIONS: dict[str, set[str]] = {
     "sensor_fault": {"sensor", "fault", "duration"},  # telemetry shows it in "err"
     "power_loss": {"during", "after_bytes", "after_ops"},  # power cut at a flash write of the next OTA update
 }
-OTA_PHASES = ("download", "install")
 COMMON_KEYS = {"at", "select", "action", "target"}
 MAX_SECONDS = 366 * 86400  # bound for at, duration and off_s: a year (asyncio cannot sleep 1e300 s)
 
@@ -212,7 +208,8 @@ def _parse_event(ev: dict, line: int, text: str, bad, groups: dict) -> Event:
             raise bad(where(sorted(extra)[0]), f"broker events take no {sorted(extra)[0]!r}")
         return Event(float(at), action, line, target="broker")
     if target == "release":
-        return _parse_release_event(ev, float(at), action, line, where, bad)
+        params = parse_release_event(ev, action, line, where, bad, COMMON_KEYS)
+        return Event(float(at), action, line, target="release", params=params)
     if target != "boards":
         raise bad(where("target"), f"target must be 'broker', 'boards' or 'release', got {target!r}")
     allowed = BOARD_ACTIONS.get(action)
@@ -251,31 +248,8 @@ def _parse_event(ev: dict, line: int, text: str, bad, groups: dict) -> Event:
         if fault not in FAULTS[sensor]:
             raise bad(where("fault") if "fault" in ev else line, f"{sensor} faults are {', '.join(FAULTS[sensor])}, got {fault!r}")
     if action == "power_loss":
-        if params.get("during") not in OTA_PHASES:
-            raise bad(where("during") if "during" in ev else line, f"power_loss needs during = one of {', '.join(OTA_PHASES)}")
-        for key in ("after_bytes", "after_ops"):
-            if key in params and (not isinstance(params[key], int) or isinstance(params[key], bool) or params[key] < 1):
-                raise bad(where(key), f"{key!r} must be a positive integer, got {params[key]!r}")
+        check_power_loss(params, ev, line, where, bad)
     return Event(float(at), action, line, select=select, params=params)
-
-
-def _parse_release_event(ev: dict, at: float, action: str, line: int, where, bad) -> Event:
-    if action not in RELEASE_ACTIONS:
-        raise bad(where("action"), f"unknown release action {action!r} (known: {', '.join(sorted(RELEASE_ACTIONS))})")
-    extra = set(ev) - {"at", "action", "target"} - RELEASE_KEYS  # no select: it is one server
-    if extra:
-        raise bad(where(sorted(extra)[0]), f"release events take no {sorted(extra)[0]!r} (take: files, after, times)")
-    params = {k: v for k, v in ev.items() if k in RELEASE_KEYS}
-    if not isinstance(params.setdefault("files", "files/*"), str):
-        raise bad(where("files"), "files must be a pattern string like \"*.py\"")
-    if action != "clear":
-        lo = 1 if action == "rate" else 0
-        if not isinstance(params.get("after"), int) or isinstance(params["after"], bool) or params["after"] < lo:
-            raise bad(where("after") if "after" in ev else line, f"release {action} needs after = an integer >= {lo}")
-    times = params.setdefault("times", 0 if action == "rate" else 1)
-    if not isinstance(times, int) or isinstance(times, bool) or times < 0:
-        raise bad(where("times"), "times must be an integer >= 0 (0: every response)")
-    return Event(at, action, line, target="release", params=params)
 
 
 def _is_seconds(value: Any, zero: bool) -> TypeGuard[float]:
@@ -464,54 +438,6 @@ class Timeline:
             b.pause()
         elif action == "resume":
             b.resume()
-
-
-def release_action(faults, action: str, params: dict) -> None:
-    """A release server's fault (`faults`: emulator/ota/serve.py Faults)."""
-    if action == "clear":
-        faults.clear()
-    elif action == "drop":
-        faults.drop(params["files"], params["after"], params["times"])
-    elif action == "corrupt":
-        faults.corrupt(params["files"], params["after"], params["times"])
-    elif action == "rate":
-        faults.rate(params["files"], params["after"], params["times"])
-
-
-class _CutAtInstall:
-    """Arms a board's flash (`board.flash.cut_power_after`, the flash fake's
-    power-loss model) once the update's journal `ota.json` says "install"
-    (firmware/otaboot.py: every file staged and verified): the `ops`-th flash
-    operation from then on loses power."""
-
-    def __init__(self, flash, ops: int) -> None:
-        self.flash, self.ops, self.inner = flash, ops, flash.op
-        flash.op = self
-
-    def __call__(self, nbytes: int = 0) -> None:
-        try:
-            state = json.loads((self.flash.root / "ota.json").read_bytes()).get("state")
-        except (OSError, ValueError, AttributeError):
-            state = None
-        if state == "install":
-            self.flash.op = self.inner  # once
-            self.flash.cut_power_after(ops=self.ops)
-        return self.inner(nbytes)
-
-
-def arm_power_loss(board, during: str, after_bytes: int | None = None, after_ops: int | None = None,
-                   rng: random.Random | None = None) -> None:
-    """Cut `board`'s power at a flash write of its next OTA update: `during`
-    "download" after `after_bytes` written (the staging folder is all the
-    firmware writes then), "install" at the `after_ops`-th flash operation
-    once the journal says "install". CPython boards (the VM writes its files itself)."""
-    rng = rng or random.Random(0)
-    if during == "download":
-        board.flash.cut_power_after(n_bytes=after_bytes or rng.randint(1, 16384))
-    else:
-        if board.flash.board is None:  # say so now, not at the journal
-            board.flash.cut_power_after(ops=1)
-        _CutAtInstall(board.flash, after_ops or rng.randint(1, 8))
 
 
 def apply_board_action(action: str, params: dict, boards: list, rng: random.Random | None = None):
