@@ -201,3 +201,45 @@ def test_the_live_table_shows_each_wave_and_the_latest_problems():
     assert "rollout 0.2.0" in text and "RuntimeError: boom" in text and "dev-00002" in text
     rows = [line.replace("│", " ").split() for line in text.splitlines() if line.startswith("│")]
     assert rows[:2] == [["1", "1", "1", "0", "0", "0", "0", "0", "0"], ["2", "2", "0", "0", "1", "1", "1", "0", "0"]]
+
+
+def test_a_plain_static_server_serves_releases_as_well(boards, observer_factory, mosquitto, pki, releases, tmp_path):
+    """Python's own http.server (HTTP/1.0, no Range) in place of `release serve`."""
+    import functools
+    import http.server
+    import threading
+
+    made, _ = fleet(boards, observer_factory, mosquitto, pki, 1)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(releases))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    handler.log_message = lambda *a: None
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/small/manifest.json"
+        code, report = rollout(mosquitto, url, pki, tmp_path, waves=[100.0])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert code == 0 and report["devices"][made[0].id]["outcome"] == "committed", report["devices"]
+
+
+def test_release_serve_cli_answers_ranges(releases, tmp_path):
+    import subprocess
+    import sys
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "emulator", "release", "serve", str(releases), "--port", "0",
+                             "--duration", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(FIRMWARE.parent)})
+    try:
+        first = proc.stdout.readline()  # "esp32emu: serving DIR at http://127.0.0.1:PORT/"
+        assert first.startswith("esp32emu: serving ") and " at http://127.0.0.1:" in first, first
+        base = first.rsplit(" at ", 1)[1].strip()
+        want = (releases / "good" / "files" / "device.py").read_bytes()
+        req = urllib.request.Request(base + "good/files/device.py", headers={"Range": "bytes=10-19"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert (r.status, r.read()) == (206, want[10:20])
+    finally:
+        proc.terminate()
+        proc.wait(10)
