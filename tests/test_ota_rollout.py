@@ -243,3 +243,36 @@ def test_release_serve_cli_answers_ranges(releases, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.slow
+def test_a_board_booted_by_esp32emu_serial_takes_the_update(mosquitto, observer_factory, tmp_path, releases):
+    """The pty board mpremote drives, started as a user does (no PKI: the state folder's release key)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    obs = observer_factory(mosquitto, subscribe="devices/#")
+    proc = subprocess.Popen([sys.executable, "-m", "emulator", "serial", "--broker", mosquitto.url, "--id", "dev-00007",
+                             "--state", str(state), "--duration", "120"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(FIRMWARE.parent)})
+    try:
+        obs.expect("devices/dev-00007/status", {"online": True, "fw": OLD}, timeout=30)
+        src = firmware_variant(FIRMWARE, tmp_path / "src", NEW)
+        build(src, NEW, state / "release" / "release.key", tmp_path / "rel" / "r")
+        with ReleaseServer(tmp_path / "rel") as srv:
+            code, report = rollout(mosquitto, srv.url("r/manifest.json"), tmp_path / "no-pki", tmp_path,
+                                   waves=[100.0], devices=["dev-00007"])
+        assert code == 0 and report["devices"]["dev-00007"]["outcome"] == "committed", report
+        obs.expect("devices/dev-00007/status", {"online": True, "fw": NEW}, timeout=10, since=0)
+        flash = state / "serial" / "dev-00007" / "flash"
+        assert f'FW_VERSION = "{NEW}"' in (flash / "device.py").read_text()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
