@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _ota_commands(sub) -> None:
     """`release build`, `release serve`, `rollout` (issue 18: signed OTA updates)."""
     rel = sub.add_parser("release", help="signed OTA releases: build one, serve them over HTTP(S)")
-    rs = rel.add_subparsers(dest="release_command", required=True, parser_class=_Parser)
+    rs = rel.add_subparsers(dest="release_command", required=True, metavar="{build,serve}", parser_class=_Parser)
     rb = rs.add_parser("build", help="manifest.json + its signature + files/ from a firmware folder")
     rb.add_argument("--firmware", type=Path, required=True, metavar="DIR", help="the firmware folder to release")
     rb.add_argument("--version", required=True, help="the release's version: must equal the firmware's FW_VERSION")
