@@ -8,15 +8,18 @@
 # filesystem) or a whole-file write made atomic by writing `ota.tmp` and
 # renaming it over `ota.json`; every step is idempotent, so recover()
 # simply runs the step the journal names again:
+#   requested    written by ota.py (the `ota` command): at boot, otaupd.py
+#                verifies the release, then
 #   downloading  files go to ota_new/ (the running version is untouched);
-#                at boot: staging dropped, outcome `failed`
+#                a boot that finds it starts again (3 tries), else the
+#                outcome is `refused` (nothing written) or `failed`
 #   install      for each name: root -> ota_old/ (if the board had it), then
 #                ota_new/ -> root; at boot: finished, then trial
 #   trial        each boot counts; over max_boots: rollback
 #   rollback     for each name: ota_old/ -> root, names the board did not
 #                have removed; then outcome `rolled_back`
-#   committed, rolled_back, failed: outcomes, published on
-#                <prefix>/<id>/ota once online (run()), then the journal goes.
+#   committed, rolled_back, failed, refused: outcomes, published on
+#                <prefix>/<id>/ota once online (otarun.py), then the journal goes.
 import json
 import os
 
@@ -90,11 +93,17 @@ def recover():
             pass
         return None
     s = j["state"]
-    if s == "downloading":
-        clear(NEW)
-        j["state"] = "failed"
-        j["error"] = "power lost while downloading"
-        write(j)
+    if s == "requested" or s == "downloading":
+        import gc
+        import sys
+
+        import otaupd
+
+        j = otaupd.run(j)  # resets into the trial boot, or returns why not
+        for name in ("otaupd", "otachk", "otahttp", "p256"):
+            sys.modules.pop(name, None)
+        gc.collect()
+        s = j["state"]
     elif s == "install":
         install(j)
         s = j["state"] = "trial"
@@ -114,6 +123,7 @@ def recover():
         write(j)
     if s == "committed":
         clear(OLD)
+        clear(NEW)
     return j
 
 
@@ -129,60 +139,8 @@ def trial_failed(j, e):
     return True
 
 
-def _payload(j, state):
-    return json.dumps({"version": j["version"], "from": j["from"], "state": state,
-                       "progress": 100, "error": j.get("error")}, separators=(",", ":")).encode()
+def run(dev, j):
+    """The device's run() while a journal exists (main.py): otarun.py."""
+    import otarun
 
-
-async def run(dev, j):
-    """Run the device; meanwhile finish the update: in trial, commit once
-    the birth is acknowledged (else reset after trial_s); publish the
-    outcome on <prefix>/<id>/ota, then drop the journal."""
-    import asyncio
-    import time
-
-    asyncio.create_task(_finish(dev, j, asyncio, time))
-    try:
-        await dev.run()
-    except Exception as e:
-        if not trial_failed(j, e):
-            raise
-
-
-async def _finish(dev, j, asyncio, time):
-    wdt = j.pop("wdt", None)
-    start = time.ticks_ms()
-    topic = dev.t_status[:-6] + "ota"
-    trial = j["state"] == "trial"
-    said = False
-    while True:
-        if wdt is not None:
-            wdt.feed()
-        pid = dev._birth_pid
-        online = dev._online.is_set() and dev.client.connected
-        if online and trial and not said:
-            try:
-                await dev.client.publish(topic, _payload(j, "trial"), 1, True)
-                said = True
-            except Exception:
-                pass
-        if online and pid > 0 and not [1 for e in dev.client.session._inflight if e[0] == pid]:
-            break  # the birth is acknowledged
-        if trial and time.ticks_diff(time.ticks_ms(), start) > j["trial_s"] * 1000:
-            j["error"] = "no birth acknowledged within %d s" % j["trial_s"]
-            write(j)
-            machine.reset()
-        await asyncio.sleep_ms(200)
-    if trial:
-        j["state"] = "committed"
-        j["error"] = None
-        write(j)
-        clear(OLD)
-    try:
-        await dev.client.publish(topic, _payload(j, j["state"]), 1, True)
-        os.remove(JOURNAL)
-    except Exception as e:
-        dev.log("ota: outcome not published: %s" % e)
-    while wdt is not None:  # the watchdog cannot be stopped once started
-        wdt.feed()
-        await asyncio.sleep_ms(1000)
+    return otarun.run(dev, j)

@@ -113,13 +113,23 @@ def verify(point, digest, sig):
     s = int.from_bytes(sig[32:], "big")
     if not (0 < r < N and 0 < s < N):
         return False
-    e = int.from_bytes(digest, "big")
     w = _inv(s, N)
-    u1 = e * w % N
-    u2 = r * w % N
+    x, z = _mul2(int.from_bytes(digest, "big") * w % N, r * w % N, point)
+    if not z:
+        return False
+    # x(R) mod N == r, without leaving Jacobian coordinates: x(R) = X/Z^2
+    # lies in [0, P), so it is r or (when r + N < P) r + N.
+    zz = z * z % P
+    if (r * zz - x) % P == 0:
+        return True
+    return r + N < P and ((r + N) * zz - x) % P == 0
+
+
+def _mul2(u1, u2, point):
+    # u1*G + u2*Q (Jacobian X and Z): one double-and-add pass over both
+    # scalars with G, Q and G + Q as the addends (Shamir's trick).
     qx = int.from_bytes(point[1:33], "big")
     qy = int.from_bytes(point[33:], "big")
-    # G, Q and G + Q; then one double-and-add pass over both scalars.
     gq = _add(GX, GY, 1, qx, qy, 1)
     x, y, z = 0, 1, 0
     i = 255
@@ -133,11 +143,4 @@ def verify(point, digest, sig):
         elif k == 3:
             x, y, z = _add(x, y, z, gq[0], gq[1], gq[2])
         i -= 1
-    if not z:
-        return False
-    # x(R) mod N == r, without leaving Jacobian coordinates: x(R) = X/Z^2
-    # lies in [0, P), so it is r or (when r + N < P) r + N.
-    zz = z * z % P
-    if (r * zz - x) % P == 0:
-        return True
-    return r + N < P and ((r + N) * zz - x) % P == 0
+    return x, z

@@ -61,7 +61,7 @@ def build_release(out: Path, files: dict[str, bytes], version: str, key, *, mpy_
             entry["mpy"] = {"size": len(mdata), "sha256": hashlib.sha256(mdata).hexdigest(), "abi": abi}
         entries.append(entry)
     body = manifest if manifest is not None else {"version": version, "created": int(time.time()), "files": entries}
-    raw = json.dumps(body, indent=1).encode()
+    raw = json.dumps(body, separators=(",", ":")).encode()
     (out / "manifest.json").write_bytes(raw)
     (out / "manifest.json.sig").write_bytes(sign(key, raw))
     return out / "manifest.json"

@@ -232,12 +232,15 @@ class FlashFS:
         self._cut_ops: int | None = None
         self._cut_bytes: int | None = None
         self._dead_boot: int | None = None  # the boot in which power was cut
+        self._then: list[int] = []
+        self.cuts = 0  # power cuts fired since the last cut_power_after()
 
     # -- faults
 
-    def cut_power_after(self, ops: int | None = None, n_bytes: int | None = None) -> None:
+    def cut_power_after(self, ops: int | None = None, n_bytes: int | None = None, then: tuple = ()) -> None:
         """Arm a power cut at the `ops`-th flash operation from now, or at
-        the write that crosses `n_bytes` more bytes (see the class doc)."""
+        the write that crosses `n_bytes` more bytes (see the class doc);
+        `then`: more cuts, each `ops` after the one before fired."""
         if ops is None and n_bytes is None:
             raise ValueError("cut_power_after needs ops or n_bytes")
         if self.board is None:
@@ -245,9 +248,12 @@ class FlashFS:
                              "itself): use power_cycle() at a moment instead")
         self._cut_ops = None if ops is None else self.ops_done + max(int(ops), 1)
         self._cut_bytes = None if n_bytes is None else self.bytes_written + max(int(n_bytes), 0)
+        self._then = [max(int(k), 1) for k in then]
+        self.cuts = 0
 
     def disarm(self) -> None:
         self._cut_ops = self._cut_bytes = None
+        self._then = []
 
     @property
     def dead(self) -> bool:
@@ -262,6 +268,9 @@ class FlashFS:
         if (self._cut_ops is not None and self.ops_done >= self._cut_ops) or (
                 self._cut_bytes is not None and self.bytes_written > self._cut_bytes):
             self._cut_ops = self._cut_bytes = None
+            if self._then:
+                self._cut_ops = self.ops_done + self._then.pop(0)
+            self.cuts += 1
             self._dead_boot = self.board.boots
             self.board.log_event("power", f"power cut during a flash write (operation {self.ops_done})")
             self.board.power_cycle()
