@@ -74,4 +74,4 @@ def test_a_board_through_a_dropped_link_a_flipped_byte_and_a_power_cut_mid_insta
     assert stats["drops"] == 1 and stats["corruptions"] == 1 and stats["partial"] >= 1  # resumed with Range
     assert any("power cut during a flash write" in msg for _, kind, msg in board.events() if kind == "power")
     assert json.loads(board.flash["device.py"].decode().split("FW_VERSION = ", 1)[1].split("\n")[0]) == NEW
-    assert not [n for n in board.flash if n.startswith(("ota_new", "ota_old", "ota.json"))]
+    assert not [n for n in board.flash if n.startswith(("ota_new/", "ota_old/"))]  # staging and backup gone

@@ -139,6 +139,8 @@ def fetch_release(url: str, certs_dir: Path | None) -> Release:
 class Device:
     id: str
     fw: str | None = None  # what it runs (last birth)
+    boot: int | None = None  # its boot counter (last birth)
+    start_boot: int | None = None
     online: bool = False
     wave: int | None = None
     start_fw: str | None = None
@@ -157,10 +159,12 @@ class Device:
     resets: list = field(default_factory=list)  # the reset cause of each birth during its update
 
     def report(self, target: str) -> dict:
+        boots = self.boot - self.start_boot if self.boot is not None and self.start_boot is not None else None
         return {"wave": self.wave, "from": self.start_fw, "to": self.fw, "target": target,
                 "outcome": self.outcome or "not_started", "state": self.state,
                 "duration_s": round(self.ended - self.started, 2) if self.started and self.ended else None,
-                "retries": self.retries, "error": self.error, "errors": self.errors, "resets": self.resets}
+                "retries": self.retries, "error": self.error, "errors": self.errors, "resets": self.resets,
+                "boots": boots}
 
 
 @dataclass
@@ -223,15 +227,19 @@ class Rollout:
     def _status(self, d: Device, p: dict, retained: bool) -> None:
         d.online = p.get("online") is True
         if not d.online:
+            if p.get("reason") == "ota" and d.outcome is None and d.state == "sent":
+                d.state = "updating"  # offline into the update (it runs before the app, without MQTT)
             return
         if isinstance(p.get("fw"), str):
             d.fw = p["fw"]
+        if isinstance(p.get("boot"), int):
+            d.boot = p["boot"]
         if retained or d.outcome is not None or d.started is None:
             return
         if d.state == "waiting" or d.cmd_id is None:
             return  # an offline device came up: the driver sends now
         d.resets.append(p.get("reset"))
-        if d.fw != self.target and d.state in ("sent", "downloading", "verifying", "installing"):
+        if d.fw != self.target and d.state in ("sent", "updating", "downloading", "verifying", "installing"):
             # Power lost (or a reset) mid-update: the journal makes the board say `failed`
             # once online; the driver retries after REBOOT_GRACE_S when nothing came.
             d.rebooted_at = time.monotonic()
@@ -360,7 +368,7 @@ class Rollout:
         t0 = time.monotonic()
         with self.cond:
             for d in members:
-                d.wave, d.started, d.start_fw = w, t0, d.fw
+                d.wave, d.started, d.start_fw, d.start_boot = w, t0, d.fw, d.boot
                 if d.fw == self.target:
                     self._end(d, "current")
                 else:
