@@ -16,8 +16,9 @@
    - `current`: it already ran the target;
    - `rolled_back`: the new version failed its trial boot; the board runs the old one (final);
    - `failed`: the update failed on the board (a `failed` state, an `ok: false`
-     result, or a reboot before the trial: power lost mid-download or mid-install);
-     retried up to `--retries` times when the cause can pass (power, link, download);
+     result naming a download, or a birth on the old version with no result:
+     the request lost to a power cut); resent up to `--retries` times. (A
+     power cut during the boot-time update the board gets over by itself.)
    - `refused`: `ok: false` for a reason a retry cannot change (bad signature, no key, too big);
    - `timeout`: no outcome within `--timeout`; `offline`: never online during its wave.
 4. After a wave: when more than `--max-failures` of its devices failed
