@@ -281,3 +281,21 @@ def test_a_board_booted_by_esp32emu_serial_takes_the_update(mosquitto, observer_
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.mark.slow
+def test_a_board_on_the_real_interpreter_takes_the_mpy_variants(boards, observer_factory, mosquitto, pki, tmp_path):
+    """`release build --mpy` on a VM board (100 KiB heap): its `_mpy & 0x3ff` is the manifest's abi, so it
+    downloads the .mpy of each module (boot.py and main.py stay sources) and commits."""
+    build(firmware_variant(FIRMWARE, tmp_path / "src", NEW), NEW, pki / "release.key", tmp_path / "rel" / "r", mpy=True)
+    (b,) = boards(1, vm="micropython", ota=OTA_CONFIG)
+    b.flash["release.pub"] = (pki / "release.pub").read_bytes()
+    obs = observer_factory(mosquitto, subscribe="devices/#")
+    b.boot()
+    obs.expect(b.topic("status"), {"online": True, "fw": OLD}, timeout=30)
+    with ReleaseServer(tmp_path / "rel") as srv:
+        code, report = rollout(mosquitto, srv.url("r/manifest.json"), pki, tmp_path, waves=[100.0])
+        got = srv.stats.as_dict()["by_path"]
+    assert code == 0 and report["devices"][b.id]["outcome"] == "committed", report["devices"]
+    assert got.get("r/files/device.py.mpy") == 1 and "r/files/device.py" not in got, got
+    assert got.get("r/files/main.py") == 1 and "r/files/main.py.mpy" not in got, got
