@@ -38,7 +38,7 @@ def public_key(pem):
         elif inside and line:
             body.append(line)
     try:
-        der = binascii.a2b_base64("".join(body))
+        der = binascii.a2b_base64("".join(body).encode())
     except Exception:
         raise ValueError("release key is not valid PEM")
     if len(der) != 91 or der[:26] != SPKI_PREFIX or der[26] != 4:

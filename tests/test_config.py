@@ -50,6 +50,7 @@ def test_empty_config_is_the_defaults():
         "wdt_ms": 0,
         "ntp": True,
         "sensors": [],
+        "ota": {"trial_s": 60, "max_boots": 3},
     }
 
 
@@ -179,6 +180,9 @@ BAD = [
     ({"wdt_ms": False}, '"wdt_ms"', "got false"),
     ({"wdt_ms": 0.0}, '"wdt_ms"', "got 0.0"),
     ({"wdt_ms": None}, '"wdt_ms"', "got null"),
+    ({"ota": {"trial_s": 9}}, '"ota.trial_s"', "10..3600"),
+    ({"ota": {"max_boots": 0}}, '"ota.max_boots"', "1..10"),
+    ({"ota": 3}, '"ota"', "an object"),
     ({"ntp": ""}, '"ntp"', "true, false or an NTP server"),
     ({"ntp": 1}, '"ntp"', "got 1"),
     ({"ntp": "n" * 254}, '"ntp"', "at most 253 bytes"),
