@@ -97,7 +97,7 @@ def test_200_boards_in_four_waves_all_end_on_the_new_version(boards, observer_fa
     made, obs = fleet(boards, observer_factory, mosquitto, pki, 200)
     cut = made[5:200:40]  # 5 boards (one in each later wave) lose power mid-download
     for b in cut:
-        b.apply("power_loss", during="download", after_bytes=5000)
+        b.power_loss(during="download", after_bytes=5000)
     assert all(b.flash.get("device.py") is None for b in made)  # they run the image's 0.1.0
     code, report = rollout(mosquitto, server.url("small/manifest.json"), pki, tmp_path)
     assert code == 0, capsys.readouterr().out[-3000:]
