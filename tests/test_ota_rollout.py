@@ -299,3 +299,19 @@ def test_a_board_on_the_real_interpreter_takes_the_mpy_variants(boards, observer
     assert code == 0 and report["devices"][b.id]["outcome"] == "committed", report["devices"]
     assert got.get("r/files/device.py.mpy") == 1 and "r/files/device.py" not in got, got
     assert got.get("r/files/main.py") == 1 and "r/files/main.py.mpy" not in got, got
+
+
+def test_rollout_over_mutual_tls_with_the_backend_certificate(boards, observer_factory, mosquitto_tls, esp32emu_pki,
+                                                              releases, tmp_path):
+    """mqtts://: the rollout logs in as the PKI's `backend` (fleet-wide rights in the ACL)."""
+    certs.ensure_release_key(esp32emu_pki)
+    build(firmware_variant(FIRMWARE, tmp_path / "src", NEW), NEW, esp32emu_pki / "release.key", tmp_path / "rel" / "r")
+    (b,) = boards(1, broker=mosquitto_tls, ota=OTA_CONFIG)
+    b.flash["release.pub"] = (esp32emu_pki / "release.pub").read_bytes()
+    obs = observer_factory(mosquitto_tls, subscribe="devices/#")
+    b.boot()
+    obs.expect(b.topic("status"), {"online": True}, timeout=30)
+    with ReleaseServer(tmp_path / "rel") as srv:
+        code, report = rollout(mosquitto_tls, srv.url("r/manifest.json"), esp32emu_pki, tmp_path, waves=[100.0])
+    assert report["broker"].startswith("mqtts://")
+    assert code == 0 and report["devices"][b.id]["outcome"] == "committed", report["devices"]
