@@ -139,8 +139,26 @@ def trial_failed(j, e):
     return True
 
 
-def run(dev, j):
-    """The device's run() while a journal exists (main.py): otarun.py."""
-    import otarun
+def main():
+    """main.py's boot when a journal exists: the update brought to a
+    bootable state before the app is imported, then the app (a release
+    that fails in trial resets), run by otarun.py until the outcome is out."""
+    import asyncio
+    import sys
 
-    return otarun.run(dev, j)
+    j = recover()
+    try:
+        import app
+
+        dev = app.main()
+    except Exception as e:
+        if not trial_failed(j, e):
+            raise
+    del app
+    sys.modules.pop("app", None)
+    if dev is not None and j is None:
+        asyncio.run(dev.run())
+    elif dev is not None:
+        import otarun
+
+        asyncio.run(otarun.run(dev, j))

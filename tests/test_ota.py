@@ -173,11 +173,10 @@ def test_bad_input_is_refused_at_once(emu, broker, observer, key):
     ota = Ota(emu, broker, observer, key)
     boot = ota.start().json()["boot"]
     before = snapshot(ota.flash)
-    for n, url in enumerate(("ftp://x/manifest.json", "http://", "http://a b/manifest.json")):
+    for n, url in enumerate(("ftp://x/manifest.json", "http://", "http://a b/manifest.json", 5, None,
+                             "http://" + "x" * 506)):
         assert ota.command(f"u{n}", {"url": url}) == {
-            "id": f"u{n}", "ok": False, "error": "url must be an http:// URL of a manifest.json"}
-    res = ota.command("u9", {"url": "x" * 513})
-    assert res["ok"] is False and res["error"].startswith('"url" must be a string of 1..512 characters')
+            "id": f"u{n}", "ok": False, "error": "url must be an http:// URL of a manifest.json (at most 512 characters)"}
     (ota.flash / "release.pub").rename(ota.flash / "release.pub.away")
     assert ota.command("k1", {"url": "http://127.0.0.1:9/manifest.json"})["error"] == "no release key on this board"
     (ota.flash / "release.pub.away").rename(ota.flash / "release.pub")
