@@ -14,10 +14,10 @@
 #                a boot that finds it starts again (3 tries), else the
 #                outcome is `refused` (nothing written) or `failed`
 #   install      for each name: root -> ota_old/ (if the board had it), then
-#                ota_new/ -> root; at boot: finished, then trial
+#                ota_new/ -> root; at boot: finished, then reset into trial
 #   trial        each boot counts; over max_boots: rollback
 #   rollback     for each name: ota_old/ -> root, names the board did not
-#                have removed; then outcome `rolled_back`
+#                have removed; then outcome `rolled_back` and a reset
 #   committed, rolled_back, failed, refused: outcomes, published on
 #                <prefix>/<id>/ota once online (otarun.py), then the journal goes.
 import json
@@ -106,8 +106,10 @@ def recover():
         s = j["state"]
     elif s == "install":
         install(j)
-        s = j["state"] = "trial"
+        j["state"] = "trial"
         j["boots"] = 0
+        write(j)
+        machine.reset()  # the trial boot starts afresh, as after any install
     if s == "trial":
         j["boots"] += 1
         if j["boots"] > j["max_boots"]:
@@ -121,6 +123,7 @@ def recover():
         rollback(j)
         j["state"] = "rolled_back"
         write(j)
+        machine.reset()  # the previous version boots afresh
     if s == "committed":
         clear(OLD)
         clear(NEW)
