@@ -3,18 +3,12 @@
 # and hands back the Device (None: boot stopped); app.py is dropped before
 # the device runs, so its code does not stay in the heap.
 import asyncio
-import os
 import sys
 
-if "ota.json" in os.listdir():  # an over-the-air update in flight, or its outcome
-    import otaboot  # finishes the update before the app is imported, then boots it
+import app
 
-    otaboot.main()
-else:
-    import app
-
-    dev = app.main()
-    del app
-    sys.modules.pop("app", None)
-    if dev is not None:
-        asyncio.run(dev.run())
+dev = app.main()
+del app
+sys.modules.pop("app", None)
+if dev is not None:
+    asyncio.run(dev.run())

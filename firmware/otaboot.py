@@ -142,26 +142,18 @@ def trial_failed(j, e):
     return True
 
 
-def main():
-    """main.py's boot when a journal exists: the update brought to a
-    bootable state before the app is imported, then the app (a release
-    that fails in trial resets), run by otarun.py until the outcome is out."""
-    import asyncio
-    import sys
-
+def boot(app_main):
+    """app.main() when a journal exists: the update brought to a bootable
+    state first, then the app (a release that fails in trial resets); the
+    Device wrapped so that otarun.py finishes the update while it runs."""
     j = recover()
     try:
-        import app
-
-        dev = app.main()
+        dev = app_main(False)
     except Exception as e:
         if not trial_failed(j, e):
             raise
-    del app
-    sys.modules.pop("app", None)
-    if dev is not None and j is None:
-        asyncio.run(dev.run())
-    elif dev is not None:
-        import otarun
+    if dev is None or j is None:
+        return dev
+    import otarun
 
-        asyncio.run(otarun.run(dev, j))
+    return otarun.Run(dev, j)

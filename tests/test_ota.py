@@ -232,8 +232,10 @@ def test_a_file_that_never_matches_its_hash_fails(emu, broker, observer, key, tm
 
 
 def test_a_release_that_raises_at_import_rolls_back(emu, broker, observer, key, tmp_path):
+    # the app's sensors module raises when device.py imports it (main.py, app.py
+    # and otaboot.py are the update's own boot path: a release must keep them working)
     broken = b"raise RuntimeError('release 0.2.0 is broken')\n"
-    manifest = _release(tmp_path, key, changes={"app_dot_py": broken})
+    manifest = _release(tmp_path, key, changes={"sensors_dot_py": broken})
     with ReleaseServer(manifest.parent) as srv:
         ota = Ota(emu, broker, observer, key)
         ota.start()
