@@ -77,9 +77,9 @@ OPS = ("ping", "read", "set_interval", "get_config", "reboot", "sleep", "led", "
 
 # Each op's argument spec, in the order of OPS: ((name, kind, lo, hi), ...);
 # every listed arg is required. kind "int" = JSON integer lo..hi, "bool" =
-# true/false, "str" = a string of lo..hi characters.
+# true/false, "" = any value (ota.py checks its url: loaded only then).
 _SECONDS = (("seconds", "int", 1, _MAX_SECONDS),)
-_ARG_SPECS = ((), (), _SECONDS, (), (), _SECONDS, (("on", "bool", 0, 0),), (), (("url", "str", 1, 512),))
+_ARG_SPECS = ((), (), _SECONDS, (), (), _SECONDS, (("on", "bool", 0, 0),), (), (("url", "", 0, 0),))
 
 
 class CommandError(ValueError):
@@ -191,9 +191,6 @@ def parse(payload, size=None, max_payload=MAX_PAYLOAD):
         elif kind == "bool":
             if v is not True and v is not False:
                 raise CommandError('"%s" must be true or false, got %s' % (name, show(v)), cmd_id)
-        elif kind == "str":
-            if not isinstance(v, str) or not lo <= len(v) <= hi:
-                raise CommandError('"%s" must be a string of %d..%d characters, got %s' % (name, lo, hi, show(v)), cmd_id)
         out[name] = v
     return cmd_id, op, out
 

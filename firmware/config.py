@@ -25,7 +25,8 @@
 #               (never; telemetry "ts" is null), or a server host name (<= 253)
 #   ota         trial_s: int 10..3600 (a new release must get its birth
 #               acknowledged within it), max_boots: int 1..10 (failed trial
-#               boots before the previous version comes back); see ota.py
+#               boots before the previous version comes back); checked but
+#               not kept in the returned config: ota.py reads config.json
 #   sensors     list of up to 16 objects, each {"type": ..., "prefix": "" (put before
 #               its reading names), plus per type}:
 #                 bme280  i2c: 0|1 (0), sda/scl: pins (21/22), addr: 118|119 (0x76)
@@ -114,7 +115,6 @@ def defaults():
         "wdt_ms": 0,
         "ntp": True,
         "sensors": [],
-        "ota": {"trial_s": 60, "max_boots": 3},
     }
 
 
@@ -194,8 +194,11 @@ def validate(raw, warn):
     if not isinstance(raw, dict):
         raise ConfigError("config.json: must be a JSON object (got %s)" % show(raw))
     cfg = defaults()
+    # Checked here, kept out of the config the device holds: only an
+    # update reads them (ota.py, from config.json).
+    checked_only = {"ota": {"trial_s": 60, "max_boots": 3}}
     for k in raw:
-        if k not in cfg:
+        if k not in cfg and k not in checked_only:
             warn('config.json: unknown key "%s" ignored' % (k,))
 
     v = raw.get("id")
@@ -213,7 +216,7 @@ def validate(raw, warn):
         if len(path) == 1:
             cfg[path[0]] = _check(path[0], raw.get(path[0], cfg[path[0]]), spec, cfg)
             continue
-        into = cfg[path[0]]
+        into = cfg[path[0]] if path[0] in cfg else checked_only[path[0]]
         if path[0] not in merged:
             merged.append(path[0])
             if path[0] in raw:

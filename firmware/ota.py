@@ -18,8 +18,8 @@ import machine
 
 async def request(dev, cmd_id, url):
     """Reset into the update; the reason (a str) when it cannot be."""
-    if not isinstance(url, str) or not url.startswith("http://") or len(url) < 9 or " " in url:
-        return "url must be an http:// URL of a manifest.json"
+    if not isinstance(url, str) or not url.startswith("http://") or not 9 <= len(url) <= 512 or " " in url:
+        return "url must be an http:// URL of a manifest.json (at most 512 characters)"
     for name, err in (("ota.json", "update in progress"), ("release.pub", None)):
         try:
             os.stat(name)
@@ -30,7 +30,11 @@ async def request(dev, cmd_id, url):
                 return "no release key on this board"
     from device import FW_VERSION
 
-    o = dev.cfg.get("ota") or {}
+    try:  # checked by config.py at boot, not kept in dev.cfg (heap)
+        with open("config.json") as f:
+            o = json.loads(f.read()).get("ota") or {}
+    except (OSError, ValueError):
+        o = {}
     j = {"state": "requested", "url": url, "cmd": cmd_id, "from": FW_VERSION, "version": None,
          "trial_s": o.get("trial_s", 60), "max_boots": o.get("max_boots", 3), "tries": 0}
     with open("ota.tmp", "w") as f:

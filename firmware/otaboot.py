@@ -14,10 +14,10 @@
 #                a boot that finds it starts again (3 tries), else the
 #                outcome is `refused` (nothing written) or `failed`
 #   install      for each name: root -> ota_old/ (if the board had it), then
-#                ota_new/ -> root; at boot: finished, then trial
+#                ota_new/ -> root; at boot: finished, then reset into trial
 #   trial        each boot counts; over max_boots: rollback
 #   rollback     for each name: ota_old/ -> root, names the board did not
-#                have removed; then outcome `rolled_back`
+#                have removed; then outcome `rolled_back` and a reset
 #   committed, rolled_back, failed, refused: outcomes, published on
 #                <prefix>/<id>/ota once online (otarun.py), then the journal goes.
 import json
@@ -106,8 +106,10 @@ def recover():
         s = j["state"]
     elif s == "install":
         install(j)
-        s = j["state"] = "trial"
+        j["state"] = "trial"
         j["boots"] = 0
+        write(j)
+        machine.reset()  # the trial boot starts afresh, as after any install
     if s == "trial":
         j["boots"] += 1
         if j["boots"] > j["max_boots"]:
@@ -121,6 +123,7 @@ def recover():
         rollback(j)
         j["state"] = "rolled_back"
         write(j)
+        machine.reset()  # the previous version boots afresh
     if s == "committed":
         clear(OLD)
         clear(NEW)
@@ -139,8 +142,18 @@ def trial_failed(j, e):
     return True
 
 
-def run(dev, j):
-    """The device's run() while a journal exists (main.py): otarun.py."""
+def boot(app_main):
+    """app.main() when a journal exists: the update brought to a bootable
+    state first, then the app (a release that fails in trial resets); the
+    Device wrapped so that otarun.py finishes the update while it runs."""
+    j = recover()
+    try:
+        dev = app_main(False)
+    except Exception as e:
+        if not trial_failed(j, e):
+            raise
+    if dev is None or j is None:
+        return dev
     import otarun
 
-    return otarun.run(dev, j)
+    return otarun.Run(dev, j)

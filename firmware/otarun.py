@@ -1,4 +1,4 @@
-# otarun.py - the device's run() on a boot with an update journal (main.py,
+# otarun.py - the device's run() on a boot with an update journal (app.py,
 # otaboot.py): once online, answer the `ota` command that asked for the
 # update (ok once the release was staged and installed, else the reason),
 # and in trial commit once the birth is acknowledged (else reset after
@@ -14,14 +14,21 @@ import commands
 import otaboot
 
 
-async def run(dev, j):
-    """Run the device; meanwhile finish the update."""
-    asyncio.create_task(_finish(dev, j))
-    try:
-        await dev.run()
-    except Exception as e:
-        if not otaboot.trial_failed(j, e):
-            raise
+class Run:
+    """What main.py runs instead of the Device: the Device, and meanwhile
+    the update finished."""
+
+    def __init__(self, dev, j):
+        self.dev = dev
+        self.j = j
+
+    async def run(self):
+        asyncio.create_task(_finish(self.dev, self.j))
+        try:
+            await self.dev.run()
+        except Exception as e:
+            if not otaboot.trial_failed(self.j, e):
+                raise
 
 
 def _say(dev, j, state):

@@ -137,10 +137,9 @@ def test_args_may_be_omitted_for_argless_ops():
         assert parse(_cmd(id="x", op=op)) == ("x", op, {})
 
 
-def test_ota_url_is_a_bounded_string():
-    for bad in (None, 5, "", "x" * 513, ["http://a/"]):
-        with pytest.raises(CommandError, match='"url" must be a string of 1..512 characters'):
-            parse(_cmd(id="x", op="ota", args={"url": bad}))
+def test_ota_needs_a_url():
+    # its value is checked by ota.py (loaded only for an update): any JSON value passes here
+    assert parse(_cmd(id="x", op="ota", args={"url": 5})) == ("x", "ota", {"url": 5})
     with pytest.raises(CommandError, match='op "ota" needs arg "url"'):
         parse(_cmd(id="x", op="ota"))
 

@@ -50,7 +50,6 @@ def test_empty_config_is_the_defaults():
         "wdt_ms": 0,
         "ntp": True,
         "sensors": [],
-        "ota": {"trial_s": 60, "max_boots": 3},
     }
 
 
@@ -275,7 +274,15 @@ def test_good_values(raw, key, value):
 def test_every_key_is_checked():
     # each top-level key of defaults() has at least one bad-value case
     named = {key.strip('"').split(".")[0].split("[")[0] for _, key, _ in BAD}
-    assert named == set(defaults())
+    assert named == set(defaults()) | {"ota"}  # "ota" is checked, not kept (ota.py reads config.json)
+
+
+def test_ota_section_is_checked_not_kept():
+    warns = Warnings()
+    cfg = validate({"ota": {"trial_s": 30, "max_boots": 1}}, warns)
+    assert "ota" not in cfg and warns == []
+    validate({"ota": {"trial": 30}}, warns)
+    assert warns == ['config.json: unknown key "ota.trial" ignored']
 
 
 class FakeFile(io.BytesIO):

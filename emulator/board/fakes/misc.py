@@ -194,14 +194,20 @@ class FlashFS:
     """The board's flash filesystem: paths ('/x', 'x', '/lib/y') map into
     its flash directory on the host, with littlefs's behaviour on power loss.
 
-    The model (littlefs v2, the ESP32 port's default filesystem since
-    MicroPython 1.12; see littlefs's DESIGN.md/SPEC.md: "power-loss
-    resilience", copy-on-write metadata pairs): a file opened for writing
-    is written copy-on-write; what was written becomes the file's content
-    only at `close()` (or `flush()`, littlefs's sync), atomically. Power
-    lost before that leaves the file exactly as it was (absent, or its old
-    content), never cut short or holding partial data. `rename` (replacing
-    an existing target) and `remove` are atomic metadata commits.
+    The model is littlefs v2's, the ESP32 port's filesystem (MicroPython
+    >= 1.12): "All file operations have strong copy-on-write guarantees and
+    if power is lost the filesystem will fall back to the last known good
+    state" (littlefs README, github.com/littlefs-project/littlefs; DESIGN.md
+    explains the metadata pairs and copy-on-write file data behind it), and
+    lfs_file_close() is lfs_file_sync() then the release of the handle. So
+    here: what is written to an open file becomes its content only at
+    `close()` (or `flush()`, littlefs's sync), atomically; power lost before
+    that leaves the file exactly as it was (absent, or its old content),
+    never cut short or holding partial data. `rename` (replacing an existing
+    target) and `remove` are atomic metadata commits. (A harsher FAT-like
+    model, where a cut leaves a file short, is what the micropython VM
+    boards get: their process writes with plain POSIX calls; see
+    emulator/board/vm/board.py.)
 
     The faults, for tests and scenario actions (the board's `flash` is this
     object):
