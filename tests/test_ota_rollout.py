@@ -315,3 +315,22 @@ def test_rollout_over_mutual_tls_with_the_backend_certificate(boards, observer_f
         code, report = rollout(mosquitto_tls, srv.url("r/manifest.json"), esp32emu_pki, tmp_path, waves=[100.0])
     assert report["broker"].startswith("mqtts://")
     assert code == 0 and report["devices"][b.id]["outcome"] == "committed", report["devices"]
+
+
+@pytest.mark.slow
+def test_a_release_that_hangs_at_import_is_rolled_back_by_the_watchdog(boards, observer_factory, mosquitto, pki,
+                                                                       tmp_path):
+    """The trial boot's watchdog (ota.trial_s, at least 10 s) resets a release that never comes up."""
+    build(firmware_variant(FIRMWARE, tmp_path / "src", "0.4.0", "hang"), "0.4.0", pki / "release.key",
+          tmp_path / "rel" / "hang")
+    (b,) = boards(1, ota={"trial_s": 10, "max_boots": 1})
+    b.flash["release.pub"] = (pki / "release.pub").read_bytes()
+    obs = observer_factory(mosquitto, subscribe="devices/#")
+    b.boot()
+    obs.expect(b.topic("status"), {"online": True}, timeout=30)
+    with ReleaseServer(tmp_path / "rel") as srv:
+        code, report = rollout(mosquitto, srv.url("hang/manifest.json"), pki, tmp_path, waves=[100.0])
+    row = report["devices"][b.id]
+    assert code == 1 and (row["outcome"], row["to"]) == ("rolled_back", OLD), row
+    assert row["error"].startswith("1 trial boots failed"), row
+    assert ("reset", "cause 3") in [(k, m) for _, k, m in b.events()], b.report()  # 3: WDT_RESET, the hung trial
