@@ -75,6 +75,16 @@ def fleet(boards, observer_factory, mosquitto, pki, n: int):
     return made, obs
 
 
+def one_board(boards, observer_factory, broker, pki: Path, **config):
+    """One booted board with the release key in `pki`, online (its birth seen)."""
+    (b,) = boards(1, broker=broker, **config)
+    b.flash["release.pub"] = (pki / "release.pub").read_bytes()
+    obs = observer_factory(broker, subscribe="devices/#")
+    b.boot()
+    obs.expect(b.topic("status"), {"online": True, "fw": OLD}, timeout=30)
+    return b
+
+
 def snapshot(flash: Path) -> dict[str, str]:
     """Every file on a board's flash but the update's request (`ota.json`: the `ota` command
     writes it before its reset; the board drops it once its result is published, a moment
@@ -288,11 +298,7 @@ def test_a_board_on_the_real_interpreter_takes_the_mpy_variants(boards, observer
     """`release build --mpy` on a VM board (100 KiB heap): its `_mpy & 0x3ff` is the manifest's abi, so it
     downloads the .mpy of each module (boot.py and main.py stay sources) and commits."""
     build(firmware_variant(FIRMWARE, tmp_path / "src", NEW), NEW, pki / "release.key", tmp_path / "rel" / "r", mpy=True)
-    (b,) = boards(1, vm="micropython", ota=OTA_CONFIG)
-    b.flash["release.pub"] = (pki / "release.pub").read_bytes()
-    obs = observer_factory(mosquitto, subscribe="devices/#")
-    b.boot()
-    obs.expect(b.topic("status"), {"online": True, "fw": OLD}, timeout=30)
+    b = one_board(boards, observer_factory, mosquitto, pki, vm="micropython", ota=OTA_CONFIG)
     with ReleaseServer(tmp_path / "rel") as srv:
         code, report = rollout(mosquitto, srv.url("r/manifest.json"), pki, tmp_path, waves=[100.0])
         got = srv.stats.as_dict()["by_path"]
@@ -306,11 +312,7 @@ def test_rollout_over_mutual_tls_with_the_backend_certificate(boards, observer_f
     """mqtts://: the rollout logs in as the PKI's `backend` (fleet-wide rights in the ACL)."""
     certs.ensure_release_key(esp32emu_pki)
     build(firmware_variant(FIRMWARE, tmp_path / "src", NEW), NEW, esp32emu_pki / "release.key", tmp_path / "rel" / "r")
-    (b,) = boards(1, broker=mosquitto_tls, ota=OTA_CONFIG)
-    b.flash["release.pub"] = (esp32emu_pki / "release.pub").read_bytes()
-    obs = observer_factory(mosquitto_tls, subscribe="devices/#")
-    b.boot()
-    obs.expect(b.topic("status"), {"online": True}, timeout=30)
+    b = one_board(boards, observer_factory, mosquitto_tls, esp32emu_pki, ota=OTA_CONFIG)
     with ReleaseServer(tmp_path / "rel") as srv:
         code, report = rollout(mosquitto_tls, srv.url("r/manifest.json"), esp32emu_pki, tmp_path, waves=[100.0])
     assert report["broker"].startswith("mqtts://")
@@ -323,11 +325,7 @@ def test_a_release_that_hangs_at_import_is_rolled_back_by_the_watchdog(boards, o
     """The trial boot's watchdog (ota.trial_s, at least 10 s) resets a release that never comes up."""
     build(firmware_variant(FIRMWARE, tmp_path / "src", "0.4.0", "hang"), "0.4.0", pki / "release.key",
           tmp_path / "rel" / "hang")
-    (b,) = boards(1, ota={"trial_s": 10, "max_boots": 1})
-    b.flash["release.pub"] = (pki / "release.pub").read_bytes()
-    obs = observer_factory(mosquitto, subscribe="devices/#")
-    b.boot()
-    obs.expect(b.topic("status"), {"online": True}, timeout=30)
+    b = one_board(boards, observer_factory, mosquitto, pki, ota={"trial_s": 10, "max_boots": 1})
     with ReleaseServer(tmp_path / "rel") as srv:
         code, report = rollout(mosquitto, srv.url("hang/manifest.json"), pki, tmp_path, waves=[100.0])
     row = report["devices"][b.id]
