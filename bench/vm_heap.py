@@ -48,6 +48,8 @@ from vm_mqtt_lib import fetch_mqtt_lib, stage_mqtt_lib  # noqa: E402
 NOTES = {"config": "boot only: unloaded after config.json is read", "bme280": "only with a BME280 configured",
          "tlsctx": "only with TLS", "app": "boot only: main.py drops it before the device runs",
          "ntptime": "only with ntp set"}
+NOTES.update({m: "only during an over-the-air update" for m in ("ota", "otaboot", "otaupd", "otachk", "otahttp",
+                                                                 "otarun", "p256")})
 
 
 def main() -> int:

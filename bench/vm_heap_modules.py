@@ -110,7 +110,7 @@ def resident_modules(firmware_dir: Path) -> list[str]:
     """The firmware modules still loaded once a board without BME280 or TLS
     is online: all but the lazy ones, config unless app.py drops it, and
     app unless main.py drops it."""
-    drop = {"bme280", "tlsctx"}
+    drop = {"bme280", "tlsctx", "ota", "otaboot", "otaupd", "otachk", "otahttp", "otarun", "p256"}  # lazy
     if 'sys.modules.pop("config"' in (firmware_dir / "app.py").read_text():
         drop.add("config")
     if 'sys.modules.pop("app"' in (firmware_dir / "main.py").read_text():

@@ -20,6 +20,9 @@ STATE_DIR = Path(".esp32emu")
 CERTS_DIR = Path("certs")
 LISTEN_PORT = v.Number(int, 0, 65535)  # the dashboard's: 0 picks a free one
 HISTORY = v.Number(int, 1, 10_000_000, unit="events")
+BYTES = v.Number(int, 0, 2**31, unit="bytes")
+RATE = v.Number(int, 1, 2**31, unit="bytes/s")
+RETRIES = v.Number(int, 0, 100, unit="retries")
 FIRMWARE_HELP = "the firmware folder to boot (default: ./firmware when it has a main.py, else the one bundled with esp32emu)"
 
 
@@ -90,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--once", action="store_true", help="print the device table once and exit: after --duration, "
                     "else once the retained statuses and one telemetry round from every online device are in (at most 30 s)")
     wa.add_argument("--plain", action="store_true", help="plain lines instead of the live table (automatic when not a terminal)")
-    wa.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (backend.crt; default certs)")
+    wa.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (backends/backend-watch.crt, made when "
+                    "missing; default certs)")
 
     da = sub.add_parser("dashboard", help="the web dashboard: MQTT to SSE, REST and WebSocket, and the page (SPEC §6)")
     da.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default: start a private Mosquitto)")
@@ -100,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     da.add_argument("--token", help="the token every API call needs (default: a new one, printed with the URL)")
     da.add_argument("--history", type=_value(HISTORY), default=10_000, help="events kept for Last-Event-ID replay (default 10000)")
     da.add_argument("--duration", type=_value(v.DURATION), help="stop after this many seconds (default: until Ctrl-C)")
-    da.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (backend.crt; default certs)")
+    da.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (backends/backend-dashboard.crt, made "
+                    "when missing; default certs)")
 
     br = sub.add_parser("broker", help="run a private Mosquitto with the project's config")
     br.add_argument("--port", type=_value(v.PORT), help="listen port (default 1883, or 8883 with --tls)")
@@ -155,9 +160,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     nw = sub.add_parser("new", help="start a firmware project: firmware/, config.json, tests/, pytest.ini, CI workflow")
     nw.add_argument("dir", type=Path, metavar="DIR", help="the project folder to make (absent or empty)")
+    _ota_commands(sub)
     for command in sub.choices.values():  # global options work after the subcommand too
         _global_options(command, argparse.SUPPRESS)
     return p
+
+
+def _ota_commands(sub) -> None:
+    """`release build`, `release serve`, `rollout` (issue 18: signed OTA updates)."""
+    rel = sub.add_parser("release", help="signed OTA releases: build one, serve them over HTTP(S)")
+    rs = rel.add_subparsers(dest="release_command", required=True, metavar="{build,serve}", parser_class=_Parser)
+    rb = rs.add_parser("build", help="manifest.json + its signature + files/ from a firmware folder")
+    rb.add_argument("--firmware", type=Path, required=True, metavar="DIR", help="the firmware folder to release")
+    rb.add_argument("--version", required=True, help="the release's version: must equal the firmware's FW_VERSION")
+    rb.add_argument("--key", type=Path, default=CERTS_DIR / "release.key", help="the release signing key (default certs/release.key)")
+    rb.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the release goes (absent or empty)")
+    rb.add_argument("--mpy", action="store_true", help="add a .mpy of each module (mpy-cross) for boards that take them")
+    rv = rs.add_parser("serve", help="serve a folder of releases over HTTP (HTTPS with --tls), with Range")
+    rv.add_argument("dir", type=Path, metavar="DIR", help="the folder to serve (a release, or a folder of them)")
+    rv.add_argument("--port", type=_value(LISTEN_PORT), default=8070, help="listen port (default 8070; 0 picks a free one)")
+    rv.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1: this machine only)")
+    rv.add_argument("--tls", action="store_true", help="HTTPS with the PKI's broker.crt (boards verify it with ca.crt)")
+    rv.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for --tls (default certs)")
+    rv.add_argument("--duration", type=_value(v.DURATION), help="stop after this many seconds (default: until Ctrl-C)")
+    rv.add_argument("--drop-after", type=_value(BYTES), metavar="N", help="fault: drop the connection after N bytes of a file")
+    rv.add_argument("--corrupt-at", type=_value(BYTES), metavar="N", help="fault: flip the byte at offset N of a file in transit")
+    rv.add_argument("--fault-times", type=_value(BYTES), default=1, metavar="K",
+                    help="how many responses get --drop-after/--corrupt-at (default 1; 0: every one)")
+    rv.add_argument("--rate", type=_value(RATE), metavar="BPS", help="fault: serve at most BPS bytes/s per connection")
+    for command in rs.choices.values():
+        _global_options(command, argparse.SUPPRESS)
+
+    ro = sub.add_parser("rollout", help="update a fleet over the broker in waves; halts when a wave fails too often")
+    ro.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port of the fleet")
+    ro.add_argument("--release", required=True, metavar="URL", help="the release's manifest URL (http(s)://.../manifest.json)")
+    ro.add_argument("--waves", default="1%,10%,50%,100%", help="cumulative shares of the devices (default 1%%,10%%,50%%,100%%)")
+    ro.add_argument("--max-failures", default="5%", help="halt after a wave with more failed than this (default 5%%)")
+    who = ro.add_mutually_exclusive_group()
+    who.add_argument("--devices", metavar="ID,...", help="only these devices (default: every device with a retained status)")
+    who.add_argument("--all", action="store_true", help="every device with a retained status (the default)")
+    ro.add_argument("--report", type=Path, help="write the JSON report here")
+    ro.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI: backends/backend-rollout.crt for mqtts://, ca.crt for https://, "
+                    "release.pub to check the signature (default certs)")
+    ro.add_argument("--prefix", default="devices", help="topic prefix (default devices)")
+    ro.add_argument("--timeout", type=_value(v.DURATION), default=300, help="seconds a device has for its update (default 300)")
+    ro.add_argument("--retries", type=_value(RETRIES), default=2, help="resend after a failure that can pass: power, link (default 2)")
+    ro.add_argument("--plain", action="store_true", help="plain lines instead of the live table (automatic when not a terminal)")
 
 
 def _global_options(parser: argparse.ArgumentParser, default) -> None:
@@ -284,22 +332,50 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_conformance(args.broker, tls=args.tls, certs_dir=args.certs, keepalive=args.keepalive,
                                restart_cmd=args.restart_cmd, report=args.report)
+    if args.command in ("release", "rollout"):
+        return _ota(args)
     raise UsageError(f"unknown command {args.command!r}")
 
 
 def _certs(args: argparse.Namespace) -> int:
     from emulator.broker.certs import CertError, device_ids, make_pki
 
+    had_release_key = (args.dir / "release.key").exists()
     try:
         issued = make_pki(args.dir, device_ids(args.devices), force=args.force, backends=args.backend)
     except CertError as e:
         raise UsageError(str(e)) from None
     for item in issued:
         print(item.line(args.dir))
+    if (args.dir / "release.key").exists():
+        print(f"{'kept' if had_release_key else 'new '} release.key + release.pub  ECDSA P-256  the release signing key"
+              " (never replaced, not even with --force)")
     made = sum(not item.kept for item in issued)
     print(f"esp32emu: {made} new, {len(issued) - made} kept in {args.dir} (private keys 0600; never commit them;"
           f" {args.dir / 'README.md'} says what each file is)")
     return 0
+
+
+def _ota(args: argparse.Namespace) -> int:
+    if args.command == "rollout":
+        from emulator.ota.rollout import Options, parse_percent, parse_waves, run_rollout
+
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+        return run_rollout(Options(broker=args.broker, release=args.release, waves=parse_waves(args.waves),
+                                   max_failures=parse_percent(args.max_failures), devices=devices, report=args.report,
+                                   certs_dir=args.certs, prefix=args.prefix, timeout=args.timeout, retries=args.retries,
+                                   plain=True if args.plain else None))
+    if args.release_command == "build":
+        from emulator.ota.release import build
+
+        made = build(args.firmware, args.version, args.key, args.out, mpy=args.mpy)
+        print(f"esp32emu: release {made.version} in {made.out}: {made.files} files, {made.bytes} bytes to download, "
+              f"manifest {made.manifest_bytes} bytes, signed with {args.key}")
+        return 0
+    from emulator.ota.serve import run_serve
+
+    return run_serve(args.dir, args.port, args.bind, tls_dir=args.certs if args.tls else None, duration=args.duration,
+                     drop_after=args.drop_after, corrupt_at=args.corrupt_at, rate=args.rate, fault_times=args.fault_times)
 
 
 def _new(dest: Path) -> int:

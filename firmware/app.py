@@ -16,8 +16,15 @@ import esp32
 import machine
 
 
-def main():
+def main(ota=True):
     """Boot; the Device to run, or None when boot stopped."""
+    if ota:
+        import os
+
+        if "ota.json" in os.listdir():  # an over-the-air update in flight, or its outcome
+            import otaboot  # brings it to a bootable state before the rest of the app is imported
+
+            return otaboot.boot(main)
     import config
 
     try:

@@ -73,13 +73,13 @@ MAX_PAYLOAD = const(1024)  # bytes; bigger commands are refused unread
 MAX_ID_LEN = const(64)  # characters
 _MAX_SECONDS = const(86400)
 
-OPS = ("ping", "read", "set_interval", "get_config", "reboot", "sleep", "led", "stats")
+OPS = ("ping", "read", "set_interval", "get_config", "reboot", "sleep", "led", "stats", "ota")
 
 # Each op's argument spec, in the order of OPS: ((name, kind, lo, hi), ...);
 # every listed arg is required. kind "int" = JSON integer lo..hi, "bool" =
-# true/false.
+# true/false, "" = any value (ota.py checks its url: loaded only then).
 _SECONDS = (("seconds", "int", 1, _MAX_SECONDS),)
-_ARG_SPECS = ((), (), _SECONDS, (), (), _SECONDS, (("on", "bool", 0, 0),), ())
+_ARG_SPECS = ((), (), _SECONDS, (), (), _SECONDS, (("on", "bool", 0, 0),), (), (("url", "", 0, 0),))
 
 
 class CommandError(ValueError):

@@ -23,6 +23,10 @@
 #               cannot feed it through a slow TLS handshake or DNS lookup)
 #   ntp         true (sync the clock with ntptime's default server), false
 #               (never; telemetry "ts" is null), or a server host name (<= 253)
+#   ota         trial_s: int 10..3600 (a new release must get its birth
+#               acknowledged within it), max_boots: int 1..10 (failed trial
+#               boots before the previous version comes back); checked but
+#               not kept in the returned config: ota.py reads config.json
 #   sensors     list of up to 16 objects, each {"type": ..., "prefix": "" (put before
 #               its reading names), plus per type}:
 #                 bme280  i2c: 0|1 (0), sda/scl: pins (21/22), addr: 118|119 (0x76)
@@ -77,6 +81,8 @@ dht22.pin        pin      0    48
 battery.pin      pin      0    48
 battery.atten    atten    0    0
 battery.divider  float    1    100     a divider ratio 1..100 (2 for a 1:2 divider)
+ota.trial_s      int      10   3600
+ota.max_boots    int      1    10
 """
 # Each sensor type: its keys with their defaults (null: required), then the
 # names of its readings.
@@ -188,8 +194,11 @@ def validate(raw, warn):
     if not isinstance(raw, dict):
         raise ConfigError("config.json: must be a JSON object (got %s)" % show(raw))
     cfg = defaults()
+    # Checked here, kept out of the config the device holds: only an
+    # update reads them (ota.py, from config.json).
+    checked_only = {"ota": {"trial_s": 60, "max_boots": 3}}
     for k in raw:
-        if k not in cfg:
+        if k not in cfg and k not in checked_only:
             warn('config.json: unknown key "%s" ignored' % (k,))
 
     v = raw.get("id")
@@ -207,7 +216,7 @@ def validate(raw, warn):
         if len(path) == 1:
             cfg[path[0]] = _check(path[0], raw.get(path[0], cfg[path[0]]), spec, cfg)
             continue
-        into = cfg[path[0]]
+        into = cfg[path[0]] if path[0] in cfg else checked_only[path[0]]
         if path[0] not in merged:
             merged.append(path[0])
             if path[0] in raw:

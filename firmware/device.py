@@ -379,6 +379,14 @@ class Device:
                 if op is None:  # parse error; args holds the message
                     await self._send_result(commands.error_result(cmd_id, args))
                     continue
+                if op == "ota":  # loaded only now: ota.py resets into the update, or says why not
+                    import ota
+
+                    args = await ota.request(self, cmd_id, args["url"])
+                    del ota
+                    self._busy.pop(cmd_id, None)
+                    await self._send_result(commands.error_result(cmd_id, args))
+                    continue
                 payload = commands.cache_get(self.results, cmd_id)
                 if payload is None:
                     try:

@@ -50,7 +50,9 @@ def test_make_pki_layout_names_and_chain(tmp_path):
 def test_private_keys_are_0600_and_match_their_certificates(tmp_path):
     certs.make_pki(tmp_path, ["dev-00001"])
     keys = sorted(tmp_path.rglob("*.key"))
-    assert [k.name for k in keys] == ["backend.key", "broker.key", "ca.key", "dev-00001.key"]
+    assert [k.name for k in keys] == ["backend.key", "broker.key", "ca.key", "dev-00001.key", "release.key"]
+    keys.pop()  # the release signing key has a .pub, not a certificate (tests/test_ota_release.py)
+    assert stat.S_IMODE((tmp_path / "release.key").stat().st_mode) == 0o600
     for key_path in keys:
         assert stat.S_IMODE(key_path.stat().st_mode) == 0o600, key_path
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)

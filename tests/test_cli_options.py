@@ -21,8 +21,13 @@ GLOBAL_OPTIONS = {"--state"}
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """command -> its parser; a command with commands of its own (`release build`) by its full name."""
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(sub.choices)
+    out = {}
+    for name, p in sub.choices.items():
+        inner = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        out.update({f"{name} {n}": q for n, q in inner[0].choices.items()} if inner else {name: p})
+    return out
 
 
 def _options(parser: argparse.ArgumentParser) -> set[str]:
@@ -35,7 +40,7 @@ def _readme_table() -> dict[str, set[str]]:
     section = text.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
     rows: dict[str, set[str]] = {}
     for line in section.splitlines():
-        m = re.match(r"\| `esp32emu (\w[\w-]*)([^`]*)` \|", line)
+        m = re.match(r"\| `esp32emu ([a-z][\w-]*(?: [a-z][\w-]*)*)([^`]*)` \|", line)
         if m:
             rows[m.group(1)] = set(re.findall(r"--[a-z][a-z0-9-]*", m.group(2)))
     return rows

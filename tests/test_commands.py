@@ -125,6 +125,7 @@ def test_valid_command_for_every_op():
         "sleep": {"seconds": 86400},
         "led": {"on": False},
         "stats": {},
+        "ota": {"url": "http://10.0.0.1:8000/releases/1.3.0/manifest.json"},
     }
     assert set(expected) == set(OPS)
     for op, args in expected.items():
@@ -134,6 +135,13 @@ def test_valid_command_for_every_op():
 def test_args_may_be_omitted_for_argless_ops():
     for op in ("ping", "read", "get_config", "reboot", "stats"):
         assert parse(_cmd(id="x", op=op)) == ("x", op, {})
+
+
+def test_ota_needs_a_url():
+    # its value is checked by ota.py (loaded only for an update): any JSON value passes here
+    assert parse(_cmd(id="x", op="ota", args={"url": 5})) == ("x", "ota", {"url": 5})
+    with pytest.raises(CommandError, match='op "ota" needs arg "url"'):
+        parse(_cmd(id="x", op="ota"))
 
 
 def test_range_edges():

@@ -179,6 +179,9 @@ BAD = [
     ({"wdt_ms": False}, '"wdt_ms"', "got false"),
     ({"wdt_ms": 0.0}, '"wdt_ms"', "got 0.0"),
     ({"wdt_ms": None}, '"wdt_ms"', "got null"),
+    ({"ota": {"trial_s": 9}}, '"ota.trial_s"', "10..3600"),
+    ({"ota": {"max_boots": 0}}, '"ota.max_boots"', "1..10"),
+    ({"ota": 3}, '"ota"', "an object"),
     ({"ntp": ""}, '"ntp"', "true, false or an NTP server"),
     ({"ntp": 1}, '"ntp"', "got 1"),
     ({"ntp": "n" * 254}, '"ntp"', "at most 253 bytes"),
@@ -271,7 +274,15 @@ def test_good_values(raw, key, value):
 def test_every_key_is_checked():
     # each top-level key of defaults() has at least one bad-value case
     named = {key.strip('"').split(".")[0].split("[")[0] for _, key, _ in BAD}
-    assert named == set(defaults())
+    assert named == set(defaults()) | {"ota"}  # "ota" is checked, not kept (ota.py reads config.json)
+
+
+def test_ota_section_is_checked_not_kept():
+    warns = Warnings()
+    cfg = validate({"ota": {"trial_s": 30, "max_boots": 1}}, warns)
+    assert "ota" not in cfg and warns == []
+    validate({"ota": {"trial": 30}}, warns)
+    assert warns == ['config.json: unknown key "ota.trial" ignored']
 
 
 class FakeFile(io.BytesIO):

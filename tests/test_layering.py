@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"validation", "rng"},  # base: what users type; seeded randomness
     {"net", "firmware", "broker"},  # the link model; the firmware folder; Mosquitto and the PKI
     {"board", "observe"},  # one emulated board (both backends); paho observers
-    {"run", "dashboard"},  # `esp32emu run` and `broker`, scenarios, stopping; the web backend on an observer
+    {"run", "dashboard", "ota"},  # `esp32emu run` and `broker`, scenarios, stopping; the web backend on an observer; OTA releases and rollouts
     {"fleet", "testing", "realboard"},  # thousands of boards; the pytest plugin; real boards
     {"conformance"},  # `esp32emu conformance`: boards on the testing harness against any broker
     {"cli"},  # the command line: thin, argparse only

@@ -28,7 +28,7 @@ EXAMPLES = REPO / "examples" / "tests"
 
 def test_every_scenario_board_action_has_a_helper_of_the_same_name():
     """A scenario event can be promoted into a test (and back) name for name."""
-    on_board = {"power_cycle", "reset", "shutdown", "hang", "sensor_fault"}
+    on_board = {"power_cycle", "reset", "shutdown", "hang", "sensor_fault", "power_loss"}
     on_link = set(BOARD_ACTIONS) - on_board - {"link"}
     assert on_board | on_link | {"link"} == set(BOARD_ACTIONS)
     for name in on_board:

@@ -36,6 +36,15 @@ BAD = [
     ("colour = 3\n[[event]]\nat = 1\naction = \"reset\"\n", 1, "unknown top-level key 'colour'"),
     ("seed = 1\n", 1, "no [[event]]"),
     ("[[event]\nat = 1\n", 1, "not valid TOML"),
+    # OTA faults (issue 18; tests/test_ota_scenario.py runs them against a board)
+    ('[[event]]\nat = 0\naction = "power_loss"\n', 1, "power_loss needs during"),
+    ('[[event]]\nat = 0\naction = "power_loss"\nduring = "boot"\n', 4, "power_loss needs during"),
+    ('[[event]]\nat = 0\naction = "power_loss"\nduring = "download"\nafter_bytes = 0\n', 5, "'after_bytes' must be a positive"),
+    ('[[event]]\nat = 0\ntarget = "release"\naction = "melt"\n', 4, "unknown release action 'melt'"),
+    ('[[event]]\nat = 0\ntarget = "release"\naction = "drop"\n', 1, "release drop needs after"),
+    ('[[event]]\nat = 0\ntarget = "release"\naction = "rate"\nafter = 0\n', 5, "release rate needs after = an integer >= 1"),
+    ('[[event]]\nat = 0\ntarget = "release"\naction = "drop"\nafter = 5\ntimes = -1\n', 6, "times must be"),
+    ('[[event]]\nat = 0\ntarget = "release"\naction = "drop"\nafter = 5\nselect = "all"\n', 6, "release events take no 'select'"),
 ]
 
 

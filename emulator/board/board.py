@@ -88,7 +88,8 @@ class Board:
         self.link = Link(self)
         # Every byte the radio sends draws current: the battery sags meanwhile.
         self.link.taps.append(lambda direction, data, t: direction == "tx" and self.env.radio_transmit(len(data)))
-        self.fs = FlashFS(self.flash_dir)
+        self.fs = FlashFS(self.flash_dir, self)
+        self.flash = self.fs  # power cuts, size and write time of the flash (fakes/misc.py FlashFS)
         self._console = console or (lambda line: None)
         self._partial = ""  # firmware output not yet ended by a newline
         self.console_tail: list[str] = []

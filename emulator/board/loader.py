@@ -268,16 +268,19 @@ class BoardModules:
         # Shared by every board; `__import__`, `print`, `open` go to the
         # board whose code runs (the context variable this table sets).
         self.builtins = image.board_builtins
-        # A board whose flash carries its own copy of a module cannot share
-        # anything that imports that module.
-        self._own: set[str] = set()
-        for name in image.code:
-            if _read(self.flash_dir / f"{name}.py") not in (None, image.sources[name]):
-                self._own.add(name)
-                self._own.update(n for n in image.shareable if name in image.depends_on(n))
         # The context every task and greenlet of this board runs in.
         self.context = contextvars.copy_context()
         self.context.run(_CURRENT.set, self)
+
+    def _owns(self, name: str) -> bool:
+        """Does the flash carry its own copy of `name`, or of a module it
+        imports? (Then `name` cannot be the shared one.) Read at the import,
+        not at boot: an OTA update installed by main.py before `import app`
+        (firmware/otaboot.py recover) counts."""
+        for m in (name, *self.image.depends_on(name)):
+            if _read(self.flash_dir / f"{m}.py") not in (None, self.image.sources[m]):
+                return True
+        return False
 
     def module(self, name: str) -> object:
         """The board's module `name`, loading it if needed (for ModuleProxy)."""
@@ -317,7 +320,7 @@ class BoardModules:
             # Called from outside the board's tasks (a test driving the
             # module table directly): this thread now runs this board's code.
             _CURRENT.set(self)
-        if name in self.image.shareable and name not in self._own:
+        if name in self.image.shareable and not self._owns(name):
             mod = self.image.shared_module(name)
             self.modules[name] = mod
             return mod

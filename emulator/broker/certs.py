@@ -10,6 +10,8 @@ Layout of the PKI directory (SPEC §3), all PEM on the host:
     backends/<name>.crt .key    one client cert per backend client, CN = name
                                 ("backend-watch", "backend-dashboard", ...)
     devices/<id>.crt <id>.key   client cert, CN = device id
+    release.key release.pub     the fleet's release signing key (OTA, issue 18):
+                                PKCS#8 PEM (0600) and its SubjectPublicKeyInfo PEM
 
 The broker binds the client id to the certificate (`use_username_as_clientid`):
 a certificate connects only as its own CN, so one device cannot take over
@@ -73,6 +75,11 @@ __all__ = [
     "README_TEXT",
     "write_readme",
     "write_pair",
+    "RELEASE_KEY",
+    "RELEASE_PUB",
+    "ensure_release_key",
+    "release_files",
+    "install_release_key",
 ]
 
 DEFAULT_DIR = Path("certs")
@@ -98,6 +105,12 @@ LEAF_DAYS = 825  # the longest validity browsers still accept; plenty for a dev 
 BOARD_CA = "ca.crt"
 BOARD_CERT = "client.crt"
 BOARD_KEY = "client.key"
+BOARD_RELEASE_PUB = "release.pub"  # PEM SubjectPublicKeyInfo, read by the firmware's ota op
+
+# The release signing key pair (issue 18): in the PKI folder, or, for a run
+# without a PKI, in `<state>/release/` (made on first use; see release_files).
+RELEASE_KEY = "release.key"
+RELEASE_PUB = "release.pub"
 
 
 README_TEXT = """\
@@ -119,6 +132,8 @@ key** (`*.key`), and never use these certificates outside a lab: anyone with
 | `backends/<name>.key` | its private key | **yes** |
 | `devices/<id>.crt` | one client certificate per device; its CN is the device id | no |
 | `devices/<id>.key` | that device's private key (also copied to the board as `client.key`) | **yes** |
+| `release.key` | the fleet's release signing key (PKCS#8): `esp32emu release build --key` signs manifests with it | **yes** |
+| `release.pub` | its public key (SubjectPublicKeyInfo): copied to every board, which verifies OTA manifests with it | no |
 
 All PEM; keys are ECDSA P-256, private keys written with mode `0600`.
 
@@ -150,6 +165,9 @@ Regenerate:
 - A leaked device key: delete `devices/<id>.crt` and `devices/<id>.key`, run
   `esp32emu certs` again and re-flash that board (a dev PKI has no revocation
   list; `--force` is the only way to retire the old certificate).
+- The release key is never replaced, not even with `--force`: boards in the
+  field trust only its public half. To rotate it, delete both `release.*`
+  files, run `esp32emu certs`, and re-flash every board's `release.pub`.
 """
 
 
@@ -487,8 +505,47 @@ def make_pki(
         leaf(pki.backend_crt_of(name), pki.backend_key_of(name), name)
     for device_id in ids:
         leaf(pki.device_crt(device_id), pki.device_key(device_id), device_id)
+    ensure_release_key(pki.root)
     write_readme(pki.root, force=force)
     return out
+
+
+def ensure_release_key(directory: Path | str) -> bool:
+    """Make `release.key` (PKCS#8 PEM, 0600) and `release.pub` (SPKI PEM) in
+    `directory` when the key is missing; never replaces a key (not even with
+    --force: boards trust only its public half). A key without its .pub gets
+    the .pub back; a .pub alone is kept (boards can verify, nothing can sign).
+    True when a new key was made."""
+    root = Path(directory)
+    key_path, pub_path = root / RELEASE_KEY, root / RELEASE_PUB
+    made = False
+    if key_path.exists():
+        if pub_path.exists():
+            return False
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except ValueError as e:
+            raise CertError(f"{key_path}: not a PEM private key ({e})") from None
+    elif pub_path.exists():
+        return False
+    else:
+        key = _new_key()
+        _write_new(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()), 0o600, force=False)
+        made = True
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    _write_new(pub_path, pub, 0o644, force=False)
+    return made
+
+
+def release_files(certs_dir: Path | str, state_dir: Path | str) -> tuple[dict[str, bytes], Path]:
+    """The `release.pub` an emulated board gets on its flash, and the key that
+    signs for it: the PKI's (`certs_dir/release.pub`) when there is one, else
+    the state folder's own pair in `<state>/release/` (made when missing, so
+    that `esp32emu rollout` works on the default fleet without `esp32emu certs`)."""
+    root = Path(certs_dir) if (Path(certs_dir) / RELEASE_PUB).is_file() else Path(state_dir) / "release"
+    ensure_release_key(root)  # quietly, like the boards' flash folders beside it (README: Releases and rollouts)
+    return {BOARD_RELEASE_PUB: (root / RELEASE_PUB).read_bytes()}, root / RELEASE_KEY
 
 
 def ensure_devices(directory: Path | str, devices: Iterable[str]) -> int:
@@ -558,6 +615,11 @@ def provision_tls(certs_dir: Path, device_ids: list[str]) -> None:
         raise UsageError(f"mqtts:// needs the dev PKI: {e}") from None
     if made:
         print(f"esp32emu: issued {made} device certificate(s) in {certs_dir}", file=sys.stderr, flush=True)
+
+
+def install_release_key(board, files: dict[str, bytes]) -> None:
+    """Put `release.pub` (from `release_files`) on a board's flash (either backend)."""
+    board.install_files(files)
 
 
 def install_tls(board, certs_dir: Path) -> None:

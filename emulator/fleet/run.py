@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from emulator.board.backends import board_modules
-from emulator.broker.certs import provision_tls
+from emulator.broker.certs import provision_tls, release_files
 from emulator.broker.pick import broker_for, check_inputs
 from emulator.dashboard.server import beside
 from emulator.firmware.folder import pick_firmware
@@ -219,6 +219,7 @@ def run_fleet(opts: FleetOptions) -> int:
             password=url.password,
             firmware=firmware,
             loop=loop,
+            release_pub=release_files(opts.certs_dir, opts.state_dir)[0]["release.pub"],  # made once, here
         )
         if opts.workers == 1:
             boards = LocalBoards(replace(spec, indices=tuple(range(opts.devices))))

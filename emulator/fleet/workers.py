@@ -57,6 +57,7 @@ class GroupSpec:
     password: str | None = None
     firmware: Path | None = None  # the firmware folder (default: the bundled one)
     loop: str = "asyncio"  # the event loop: "uvloop" or "asyncio" (loop_name())
+    release_pub: bytes | None = None  # every board's release.pub (OTA manifests verify against it)
 
 
 def auto_workers(devices: int, cores: int | None = None) -> int:
@@ -310,6 +311,8 @@ def make_board(spec: GroupSpec, index: int, image):
         board = Board(did, image, spec.state_dir / "boards" / did, config=cfg, seed=spec.seed, index=index)
     if spec.tls:
         install_tls(board, spec.certs_dir)
+    if spec.release_pub is not None:
+        board.install_files({"release.pub": spec.release_pub})
     return board
 
 

@@ -10,7 +10,7 @@ Steps, each with an error that says what to do:
    compiler run on the board), except `boot.py`/`main.py`, which MicroPython
    runs only as source; or the `.py` sources with `mpy=False` (`--py`) and
    by default on an emulated board (`esp32emu serial`: CPython runs sources,
-   not .mpy); the TLS files, then `config.json` -- the current config's other keys kept,
+   not .mpy); the TLS files and `release.pub`, then `config.json` -- the current config's other keys kept,
    `id`, `broker` and `wifi` set;
 4. check it fits, remove stale `.py`/`.mpy` twins, `mpremote fs cp` (which
    skips files whose sha256 already matches), then hash every file on the
@@ -318,6 +318,11 @@ def flash(
             tls_files = board_files(certs_dir, device_id)
         except CertError as e:
             raise UsageError(str(e)) from None
+    release_pub = Path(certs_dir) / "release.pub"  # OTA manifests verify against it (issue 18)
+    if release_pub.is_file():
+        tls_files["release.pub"] = release_pub.read_bytes()
+    else:
+        say(f"esp32emu: note: no {release_pub}: the board will refuse OTA updates (`esp32emu certs` makes one)")
     if mpy is None:
         # .mpy unless the board is an emulated one (`esp32emu serial`): it
         # runs the .py sources with CPython and cannot execute .mpy files.

@@ -392,6 +392,7 @@ def run_serial(
     duration: float | None = None,
     out: Callable[[str], None] = lambda line: print(line, flush=True),
     firmware_dir: Path | str | None = None,
+    certs_dir: Path = Path("certs"),
 ) -> int:
     """`esp32emu serial`: print the pty path, keep the board running until Ctrl-C.
     `firmware_dir`: the --firmware folder put on the board's flash (emulator.firmware.folder.pick_firmware)."""
@@ -422,6 +423,11 @@ def run_serial(
             seed=seed,
             firmware_dir=folder,
         )
+
+        if firmware:
+            from emulator.broker.certs import install_release_key, release_files
+
+            install_release_key(serial.board, release_files(certs_dir, state_dir)[0])  # OTA manifests verify against it
 
         async def main() -> None:
             serial.start()

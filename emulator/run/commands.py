@@ -13,7 +13,7 @@ from pathlib import Path
 from emulator.board.backends import board_modules
 from emulator.board.board import Board
 from emulator.board.loader import FirmwareImage
-from emulator.broker.certs import install_tls, provision_tls
+from emulator.broker.certs import install_release_key, install_tls, provision_tls, release_files
 from emulator.broker.mosquitto import Broker, TlsConfig
 from emulator.broker.pick import broker_for, check_inputs, say_if_refused
 from emulator.firmware.config import board_broker, default_config
@@ -86,6 +86,7 @@ def run_single(
             board = Board(device_id, image, state_dir / "boards" / device_id, config=cfg, seed=seed, console=console)
         if url.tls:
             install_tls(board, certs_dir)
+        install_release_key(board, release_files(certs_dir, state_dir)[0])  # OTA manifests verify against it
 
         board.link.set_profile(link)
 

@@ -25,6 +25,22 @@
                                      # dht22: spike | bus_errors | unplugged
     duration = 30                    # cleared after 30 s (without: until the run ends)
 
+    [[event]]                        # OTA faults (issue 18)
+    at = 0
+    select = "fraction:0.05"
+    action = "power_loss"            # armed now, cut at a flash write of the next update:
+    during = "download"              # download: after `after_bytes` staged bytes (default: drawn in 1..16384)
+                                     # install: at the `after_ops`-th flash operation once the
+                                     # journal ota.json says "install" (default: drawn in 1..8)
+
+    [[event]]
+    at = 0
+    target = "release"               # the release server beside the run (tests, bench/ota_rollout.py)
+    action = "drop"                  # drop | corrupt | rate | clear
+    files = "*.py"                   # fnmatch on the served path (default every file under files/)
+    after = 2000                     # drop: bytes of the file's body; corrupt: offset; rate: bytes/s
+    times = 3                        # how many responses (default 1; 0: every one)
+
 Parsing is strict: an unknown key, action or selector is an error that
 names the line. Running is separate (`Timeline.run`) and logs every event.
 """
@@ -43,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from emulator.run.otafaults import arm_power_loss, check_power_loss, parse_release_event, release_action
 from emulator.validation import UsageError
 
 log = logging.getLogger("esp32emu.scenario")
@@ -63,6 +80,7 @@ BOARD_ACTIONS: dict[str, set[str]] = {
     "link": {"profile"},  # switch link profile (wifi-good, nb-iot, ...)
     "partition": {"duration"},  # the selected boards lose the broker together
     "sensor_fault": {"sensor", "fault", "duration"},  # telemetry shows it in "err"
+    "power_loss": {"during", "after_bytes", "after_ops"},  # power cut at a flash write of the next OTA update
 }
 COMMON_KEYS = {"at", "select", "action", "target"}
 MAX_SECONDS = 366 * 86400  # bound for at, duration and off_s: a year (asyncio cannot sleep 1e300 s)
@@ -96,6 +114,10 @@ class Scenario:
     @property
     def uses_broker(self) -> bool:
         return any(e.target == "broker" for e in self.events)
+
+    @property
+    def uses_release(self) -> bool:
+        return any(e.target == "release" for e in self.events)
 
 
 def _event_lines(text: str) -> list[int]:
@@ -185,8 +207,11 @@ def _parse_event(ev: dict, line: int, text: str, bad, groups: dict) -> Event:
         if extra:
             raise bad(where(sorted(extra)[0]), f"broker events take no {sorted(extra)[0]!r}")
         return Event(float(at), action, line, target="broker")
+    if target == "release":
+        params = parse_release_event(ev, action, line, where, bad, COMMON_KEYS)
+        return Event(float(at), action, line, target="release", params=params)
     if target != "boards":
-        raise bad(where("target"), f"target must be 'broker' or 'boards', got {target!r}")
+        raise bad(where("target"), f"target must be 'broker', 'boards' or 'release', got {target!r}")
     allowed = BOARD_ACTIONS.get(action)
     if allowed is None:
         raise bad(where("action"), f"unknown board action {action!r} (known: {', '.join(sorted(BOARD_ACTIONS))})")
@@ -222,6 +247,8 @@ def _parse_event(ev: dict, line: int, text: str, bad, groups: dict) -> Event:
             raise bad(where("sensor") if "sensor" in ev else line, f"sensor_fault needs sensor = one of {', '.join(sorted(FAULTS))}")
         if fault not in FAULTS[sensor]:
             raise bad(where("fault") if "fault" in ev else line, f"{sensor} faults are {', '.join(FAULTS[sensor])}, got {fault!r}")
+    if action == "power_loss":
+        check_power_loss(params, ev, line, where, bad)
     return Event(float(at), action, line, select=select, params=params)
 
 
@@ -300,9 +327,11 @@ def check_backend(scenario: Scenario, backend: str) -> None:
     from emulator.board.vm.proxy import unsupported_action
 
     for ev in scenario.events:
-        if ev.target == "broker":
+        if ev.target != "boards":
             continue
         why = unsupported_action(ev.action, ev.params)
+        if ev.action == "power_loss":
+            why = "the VM writes its files itself: no flash operation to cut power at (use power_cycle at a moment)"
         if why is not None:
             raise ScenarioError(f"{scenario.path}:{ev.line}: action {ev.action!r} is not supported on the {backend} backend: {why}")
 
@@ -331,12 +360,17 @@ def select_boards(select: str, boards: list, groups: dict, rng: random.Random) -
 class Timeline:
     """Runs a scenario's events against boards and (optionally) a Broker."""
 
-    def __init__(self, scenario: Scenario, boards: list, broker=None):
+    def __init__(self, scenario: Scenario, boards: list, broker=None, release=None):
+        """`release`: the release server beside the run (emulator/ota/serve.py ReleaseServer: its `faults`)."""
         if scenario.uses_broker and broker is None:
             raise ScenarioError(f"{scenario.path}: broker events need the private broker (omit --broker)")
+        if scenario.uses_release and release is None:
+            raise ScenarioError(f"{scenario.path}: release events need a release server run beside the boards "
+                                f"(bench/ota_rollout.py, tests; or `esp32emu release serve --drop-after/--corrupt-at/--rate`)")
         self.scenario = scenario
         self.boards = boards
         self.broker = broker
+        self.release = release
         self.rng = random.Random(scenario.seed)
         self.log: list[tuple[float, str]] = []
 
@@ -357,10 +391,15 @@ class Timeline:
                     with self._failing(ev):
                         await asyncio.to_thread(self._broker_action, ev.action)
                     continue
+                if ev.target == "release":
+                    self._note(t0, f"release {ev.action} {ev.params} (line {ev.line})")
+                    with self._failing(ev):
+                        release_action(self.release.faults, ev.action, ev.params)
+                    continue
                 with self._failing(ev):
                     chosen = select_boards(ev.select, self.boards, self.scenario.groups, self.rng)
                     self._note(t0, f"{ev.action} {ev.params or ''} on {len(chosen)} board(s) [{ev.select}] (line {ev.line})")
-                    undo_fn = apply_board_action(ev.action, ev.params, chosen)
+                    undo_fn = apply_board_action(ev.action, ev.params, chosen, self.rng)
                 if undo_fn is not None and "duration" in ev.params:
                     undo.append(asyncio.create_task(self._later(ev.params["duration"], undo_fn, t0, ev)))
             if undo:
@@ -401,8 +440,12 @@ class Timeline:
             b.resume()
 
 
-def apply_board_action(action: str, params: dict, boards: list):
+def apply_board_action(action: str, params: dict, boards: list, rng: random.Random | None = None):
     """Do `action` to `boards`; return a function that undoes it (or None)."""
+    if action == "power_loss":
+        for b in boards:
+            arm_power_loss(b, params["during"], params.get("after_bytes"), params.get("after_ops"), rng)
+        return None
     if action == "power_cycle":
         for b in boards:
             b.power_cycle(params.get("off_s", 0.0))
@@ -471,7 +514,7 @@ def apply_board_action(action: str, params: dict, boards: list):
     raise ValueError(action)
 
 
-def load_scenario(path: Path, private_broker: bool, backend: str = "cpython") -> Scenario:
+def load_scenario(path: Path, private_broker: bool, backend: str = "cpython", release_server: bool = False) -> Scenario:
     """Parse a scenario file up front: a bad one, or one with a board action
     the board backend cannot do, is a usage error naming the line."""
     try:
@@ -481,4 +524,8 @@ def load_scenario(path: Path, private_broker: bool, backend: str = "cpython") ->
         raise UsageError(str(e)) from None
     if scenario.uses_broker and not private_broker:
         raise UsageError(f"{path}: broker events need the private broker (omit --broker)")
+    if scenario.uses_release and not release_server:
+        line = next(e.line for e in scenario.events if e.target == "release")
+        raise UsageError(f"{path}:{line}: release events need a release server run beside the boards (bench/ota_rollout.py, "
+                         f"tests); here use `esp32emu release serve --drop-after/--corrupt-at/--rate`")
     return scenario

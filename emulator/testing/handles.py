@@ -260,9 +260,17 @@ class BoardHandle:
         self._write_config()
         self.apply("reset")
 
-    def power_loss(self, off_s: float | None = None) -> None:
+    def power_loss(self, off_s: float | None = None, *, during: str | None = None, after_bytes: int | None = None,
+                   after_ops: int | None = None) -> None:
         """Power gone without warning: no FIN, no DISCONNECT, RTC memory lost.
-        Stays off for `off_s` seconds, or until `power_on()` when omitted."""
+        Stays off for `off_s` seconds, or until `power_on()` when omitted.
+        With `during` ("download" or "install", the scenario action
+        `power_loss`): not now but at a flash write of the board's next OTA
+        update (after `after_bytes`, or the `after_ops`-th operation of the
+        install), back on at once."""
+        if during is not None:
+            self.apply("power_loss", during=during, after_bytes=after_bytes, after_ops=after_ops)
+            return
         self.apply("power_cycle", off_s=_OFF_FOR_GOOD_S if off_s is None else off_s)
 
     def power_on(self) -> None:

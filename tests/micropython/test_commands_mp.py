@@ -35,7 +35,7 @@ BAD = (
     (_cmd({"id": "x" * 65, "op": "ping"}), '"id" is too long (65 chars, max 64)', None),
     (b'{"id": "c1"}', 'missing "op"', "c1"),
     (b'{"id": "c1", "op": 3}', '"op" must be a string, got 3', "c1"),
-    (b'{"id": "c1", "op": "explode"}', 'unknown op "explode" (known: ping, read, set_interval, get_config, reboot, sleep, led, stats)', "c1"),
+    (b'{"id": "c1", "op": "explode"}', 'unknown op "explode" (known: ping, read, set_interval, get_config, reboot, sleep, led, stats, ota)', "c1"),
     (b'{"id": "c1", "op": "ping", "args": []}', '"args" must be an object, got a list', "c1"),
     (b'{"id": "c1", "op": "ping", "args": null}', '"args" must be an object, got null', "c1"),
     (b'{"id": "c1", "op": "ping", "args": {"x": 1}}', 'unexpected arg "x" for op "ping" (takes no args)', "c1"),
@@ -91,6 +91,7 @@ def test_every_op():
         ("sleep", {"seconds": 86400}),
         ("led", {"on": False}),
         ("stats", {}),
+        ("ota", {"url": "http://10.0.0.1/r/manifest.json"}),
     )
     assert tuple(op for op, _ in cases) == OPS
     for op, args in cases:

@@ -191,11 +191,116 @@ class RandomModule:
 
 
 class FlashFS:
-    """Maps the board's paths ('/x', 'x', '/lib/y') into its flash directory."""
+    """The board's flash filesystem: paths ('/x', 'x', '/lib/y') map into
+    its flash directory on the host, with littlefs's behaviour on power loss.
 
-    def __init__(self, root: Path):
+    The model is littlefs v2's, the ESP32 port's filesystem (MicroPython
+    >= 1.12): "All file operations have strong copy-on-write guarantees and
+    if power is lost the filesystem will fall back to the last known good
+    state" (littlefs README, github.com/littlefs-project/littlefs; DESIGN.md
+    explains the metadata pairs and copy-on-write file data behind it), and
+    lfs_file_close() is lfs_file_sync() then the release of the handle. So
+    here: what is written to an open file becomes its content only at
+    `close()` (or `flush()`, littlefs's sync), atomically; power lost before
+    that leaves the file exactly as it was (absent, or its old content),
+    never cut short or holding partial data. `rename` (replacing an existing
+    target) and `remove` are atomic metadata commits. (A harsher FAT-like
+    model, where a cut leaves a file short, is what the micropython VM
+    boards get: their process writes with plain POSIX calls; see
+    emulator/board/vm/board.py.)
+
+    The faults, for tests and scenario actions (the board's `flash` is this
+    object):
+      cut_power_after(ops=k | n_bytes=n): the k-th flash operation from now
+        (a write() call, a commit at close/flush, rename, remove, mkdir,
+        rmdir), or the write that crosses n more bytes, does not happen: the
+        board loses power there (reset cause power_on), and the flash refuses
+        everything until it boots again. `ops_done`/`bytes_written` count
+        since the board was made (a dry run tells a test how many there are).
+      blocks / block_size: the partition's size; a commit that would not
+        fit raises OSError(ENOSPC) as littlefs does (statvfs agrees).
+      write_kib_s: when set, writes take time at that rate: the board's
+        ticks jump by the write's duration (a flash write stalls the whole
+        MicroPython VM on a real board, so nothing else of the board runs
+        meanwhile); `write_time_s` adds them up.
+    """
+
+    def __init__(self, root: Path, board=None):
         self.root = root
         self.cwd = "/"
+        self.board = board
+        self.blocks = 512  # a 2 MiB partition of 4 KiB blocks
+        self.block_size = 4096
+        self.write_kib_s: float | None = None
+        self.write_time_s = 0.0
+        self.ops_done = 0
+        self.bytes_written = 0
+        self._cut_ops: int | None = None
+        self._cut_bytes: int | None = None
+        self._dead_boot: int | None = None  # the boot in which power was cut
+        self._then: list[int] = []
+        self.cuts = 0  # power cuts fired since the last cut_power_after()
+
+    # -- faults
+
+    def cut_power_after(self, ops: int | None = None, n_bytes: int | None = None, then: tuple = ()) -> None:
+        """Arm a power cut at the `ops`-th flash operation from now, or at
+        the write that crosses `n_bytes` more bytes (see the class doc);
+        `then`: more cuts, each `ops` after the one before fired."""
+        if ops is None and n_bytes is None:
+            raise ValueError("cut_power_after needs ops or n_bytes")
+        if self.board is None:
+            raise ValueError("power cuts at a flash operation need a CPython board (the VM writes its files "
+                             "itself): use power_cycle() at a moment instead")
+        self._cut_ops = None if ops is None else self.ops_done + max(int(ops), 1)
+        self._cut_bytes = None if n_bytes is None else self.bytes_written + max(int(n_bytes), 0)
+        self._then = [max(int(k), 1) for k in then]
+        self.cuts = 0
+
+    def disarm(self) -> None:
+        self._cut_ops = self._cut_bytes = None
+        self._then = []
+
+    @property
+    def dead(self) -> bool:
+        return self._dead_boot is not None and self.board is not None and self._dead_boot == self.board.boots
+
+    def op(self, nbytes: int = 0) -> None:
+        """One flash operation is about to happen (the fakes call this)."""
+        if self.dead:
+            raise self._reset()
+        self.ops_done += 1
+        self.bytes_written += nbytes
+        if (self._cut_ops is not None and self.ops_done >= self._cut_ops) or (
+                self._cut_bytes is not None and self.bytes_written > self._cut_bytes):
+            self._cut_ops = self._cut_bytes = None
+            if self._then:
+                self._cut_ops = self.ops_done + self._then.pop(0)
+            self.cuts += 1
+            self._dead_boot = self.board.boots
+            self.board.log_event("power", f"power cut during a flash write (operation {self.ops_done})")
+            self.board.power_cycle()
+            raise self._reset()
+        if nbytes and self.write_kib_s and self.board is not None:
+            ms = nbytes / 1024 / self.write_kib_s * 1000
+            self.write_time_s += ms / 1000
+            self.board.clock.ticks_offset_ms += int(ms)
+
+    @staticmethod
+    def _reset() -> BaseException:
+        from emulator.board.fakes.machinefake import PWRON_RESET, BoardReset
+
+        return BoardReset(PWRON_RESET)
+
+    def used_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+
+    def free_blocks(self, extra_bytes: int = 0) -> int:
+        """Free blocks (after `extra_bytes` more were written): all files' bytes rounded up to blocks."""
+        used = self.used_bytes() + extra_bytes
+        return max(self.blocks - -(-used // self.block_size), 0) if used >= 0 else self.blocks
+
+    # -- paths and files
 
     def host_path(self, path) -> Path:
         path = str(path)
@@ -214,12 +319,99 @@ class FlashFS:
     def open(self, file, mode="r", *args, **kwargs):
         if isinstance(file, int):
             raise mp_oserror(errno.EBADF)
+        host = self.host_path(file)
+        if any(c in mode for c in "wax+"):
+            if self.dead:
+                raise self._reset()
+            if host.is_dir():
+                raise mp_oserror(errno.EISDIR)
+            if not host.parent.is_dir():
+                raise mp_oserror(errno.ENOENT)
+            if "x" in mode and host.exists():
+                raise mp_oserror(errno.EEXIST)
+            return _FlashFile(self, host, mode)
         try:
-            return open(self.host_path(file), mode, *args, **kwargs)
+            return open(host, mode, *args, **kwargs)
         except FileNotFoundError:
             raise mp_oserror(errno.ENOENT) from None
         except IsADirectoryError:
             raise mp_oserror(errno.EISDIR) from None
+
+
+class _FlashFile:
+    """A file open for writing: copy-on-write, committed whole at close()
+    or flush() (littlefs's lfs_file_sync), dropped by a power cut."""
+
+    def __init__(self, fs: FlashFS, host: Path, mode: str):
+        import io
+
+        self._fs = fs
+        self._host = host
+        self._text = "b" not in mode
+        self._buf = io.BytesIO()
+        if ("a" in mode or "+" in mode) and "w" not in mode:
+            try:
+                self._buf.write(host.read_bytes())
+            except FileNotFoundError:
+                if "r" in mode:
+                    raise mp_oserror(errno.ENOENT) from None
+            if "a" not in mode:
+                self._buf.seek(0)
+        self._dirty = "w" in mode or "x" in mode  # a new or truncated file exists once committed
+        self.closed = False
+
+    def write(self, data) -> int:
+        if self.closed:
+            raise mp_oserror(errno.EBADF)
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        self._fs.op(len(raw))
+        self._buf.write(raw)
+        self._dirty = True
+        return len(data)
+
+    def read(self, n=-1):
+        data = self._buf.read(n)
+        return data.decode() if self._text else data
+
+    def readinto(self, buf) -> int:
+        return self._buf.readinto(buf)
+
+    def seek(self, pos, whence=0) -> int:
+        return self._buf.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._buf.tell()
+
+    def flush(self) -> None:
+        if self.closed or not self._dirty:
+            return
+        data = self._buf.getvalue()
+        fs = self._fs
+        old = self._host.stat().st_size if self._host.exists() else 0
+        if fs.used_bytes() + len(data) - old > fs.blocks * fs.block_size:
+            raise mp_oserror(errno.ENOSPC)
+        fs.op()  # the commit: atomic, or (power cut) not at all
+        tmp = self._host.with_name(self._host.name + ".esp32emu-commit")
+        tmp.write_bytes(data)
+        _os.replace(tmp, self._host)
+        self._dirty = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.closed = True  # never committed by the garbage collector: as a board that lost the handle
 
 
 class OsModule:
@@ -256,16 +448,26 @@ class OsModule:
             yield (name, 0x4000 if (base / name).is_dir() else 0x8000, 0, st.st_size)
 
     def mkdir(self, path) -> None:
+        self._fs.op()
         self._wrap(_os.mkdir, self._p(path))
 
     def rmdir(self, path) -> None:
+        self._fs.op()
         self._wrap(_os.rmdir, self._p(path))
 
     def remove(self, path) -> None:
+        if self._p(path).is_dir():
+            raise mp_oserror(errno.EISDIR)
+        self._fs.op()
         self._wrap(_os.remove, self._p(path))
 
     def rename(self, old, new) -> None:
-        self._wrap(_os.replace, self._p(old), self._p(new))
+        # littlefs replaces an existing target (of the same type) atomically
+        src, dst = self._p(old), self._p(new)
+        if not src.exists():
+            raise mp_oserror(errno.ENOENT)
+        self._fs.op()
+        self._wrap(_os.replace, src, dst)
 
     def stat(self, path) -> tuple:
         st = self._wrap(_os.stat, self._p(path))
@@ -274,11 +476,10 @@ class OsModule:
         return (mode, 0, 0, 0, 0, 0, st.st_size, t, t, t)
 
     def statvfs(self, path="/") -> tuple:
-        # A 2 MiB littlefs partition of 4 KiB blocks.
-        used = sum(f.stat().st_size for f in self._fs.root.rglob("*") if f.is_file())
-        blocks = getattr(self._fs, "blocks", 512)  # serial_board.py may make it smaller
-        free = max(blocks - (used + 4095) // 4096, 0)
-        return (4096, 4096, blocks, free, free, 0, 0, 0, 0, 255)
+        # A littlefs partition (2 MiB of 4 KiB blocks unless the flash says otherwise).
+        fs = self._fs
+        free = fs.free_blocks()
+        return (fs.block_size, fs.block_size, fs.blocks, free, free, 0, 0, 0, 0, 255)
 
     def getcwd(self) -> str:
         return self._fs.cwd

@@ -92,6 +92,7 @@ class VmBoard:
         self.env = Environment(SmallRandom(f"env:{seed}:{device_id}"))
         self.ap = AccessPoint()
         self.fs = FlashFS(self.flash_dir)
+        self.flash = self.fs  # no power cuts at a flash operation here: the VM writes its files itself
         self.link = LinkProxy(device_id, seed, self.log_event)
         self.link.taps.append(lambda direction, data, t: direction == "tx" and self.env.radio_transmit(len(data)))
         self._console = console or (lambda line: None)
@@ -228,6 +229,37 @@ class VmBoard:
         except Exception:  # noqa: BLE001 - the firmware's validation reports a bad config
             wire_sensors(self.env, [])
 
+    def _keep_writes(self) -> None:
+        """What the process wrote in its root (its copy of the flash) is the
+        flash's content from now on, config.json (the proxy's copy) excepted.
+        The process writes with plain POSIX calls, so a power loss (SIGKILL)
+        can leave a file cut short: harsher than littlefs, whose writes only
+        count at close (the CPython boards' FlashFS models that)."""
+        run, flash = self.run_dir, self.flash_dir
+        if not run.is_dir():
+            return
+        for p in sorted(flash.rglob("*"), reverse=True):  # children before their folders
+            rel = p.relative_to(flash)
+            if rel.as_posix() in _NOT_COPIED or (run / rel).exists():
+                continue
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        for p in sorted(run.rglob("*")):
+            rel = p.relative_to(run)
+            dst = flash / rel
+            if rel.as_posix() in _NOT_COPIED:
+                continue
+            if p.is_dir():
+                if dst.exists() and not dst.is_dir():
+                    dst.unlink()
+                dst.mkdir(exist_ok=True)
+            elif not dst.is_file() or dst.read_bytes() != p.read_bytes():
+                if dst.is_dir():
+                    shutil.rmtree(dst)
+                shutil.copy2(p, dst)
+
     async def _boot_once(self, cause: int) -> tuple[int, int | None, bool]:
         self.boots += 1
         self.reset_cause = cause
@@ -272,6 +304,7 @@ class VmBoard:
             waiter.cancel()
             self.link.abandon_connections()
             await self._kill()
+            self._keep_writes()
             exited.cancel()
             try:
                 await asyncio.wait_for(reader, 2)
