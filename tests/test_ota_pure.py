@@ -123,6 +123,19 @@ def test_chained_cuts_and_byte_counted_cuts(tmp_path):
     assert (tmp_path / "f").read_bytes() == b"0123456789" and not (tmp_path / "g").exists()
 
 
+def test_an_unclosed_file_commits_when_collected_but_not_after_a_cut(tmp_path):
+    fs, board, os_ = _flash(tmp_path)
+    fs.open("a", "w").write("x")  # MicroPython's finaliser closes it (CPython: at once)
+    assert (tmp_path / "a").read_text() == "x"
+    fs.open("b", "a").close()  # touch
+    assert (tmp_path / "b").read_bytes() == b""
+    f = fs.open("c", "w")
+    f.write("partial")
+    board.boots += 1  # the board reset meanwhile
+    del f
+    assert not (tmp_path / "c").exists(), "a handle from an earlier boot never commits"
+
+
 def test_free_space_and_write_time(tmp_path):
     fs, board, os_ = _flash(tmp_path)
     fs.blocks = 4

@@ -357,7 +357,9 @@ class _FlashFile:
                     raise mp_oserror(errno.ENOENT) from None
             if "a" not in mode:
                 self._buf.seek(0)
-        self._dirty = "w" in mode or "x" in mode  # a new or truncated file exists once committed
+        # a new, truncated or appended-to new file exists once committed
+        self._dirty = "w" in mode or "x" in mode or not host.exists()
+        self._boot = fs.board.boots if fs.board is not None else None
         self.closed = False
 
     def write(self, data) -> int:
@@ -385,6 +387,8 @@ class _FlashFile:
     def flush(self) -> None:
         if self.closed or not self._dirty:
             return
+        if self._fs.board is not None and self._fs.board.boots != self._boot:
+            return  # a handle from before a reset: its power went away with that boot
         data = self._buf.getvalue()
         fs = self._fs
         old = self._host.stat().st_size if self._host.exists() else 0
@@ -411,7 +415,14 @@ class _FlashFile:
         self.close()
 
     def __del__(self) -> None:
-        self.closed = True  # never committed by the garbage collector: as a board that lost the handle
+        # MicroPython's file finaliser closes (and so commits) a file nobody
+        # closed, at some garbage collection; CPython's refcounting does it
+        # at once. Never after a power cut, nor from an earlier boot.
+        if not self.closed:
+            try:
+                self.close()
+            except BaseException:  # noqa: BLE001 - a finaliser must not raise
+                self.closed = True
 
 
 class OsModule:
