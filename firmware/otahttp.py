@@ -39,7 +39,7 @@ async def get(url, offset, buf, sink, timeout_ms):
     host, port, path = split_url(url)
     r, w = await asyncio.wait_for_ms(asyncio.open_connection(host, port), timeout_ms)
     try:
-        req = "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n" % (path, host)
+        req = "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n" % (path, host if port == 80 else "%s:%d" % (host, port))
         if offset:
             req += "Range: bytes=%d-\r\n" % offset
         w.write((req + "\r\n").encode())

@@ -76,6 +76,7 @@ class ReleaseServer:
         self.root = Path(root)
         self.bytes_served = 0
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.hosts: set[str] = set()  # Host headers seen
         self.drop_after: dict[str, int] = {}
         self.corrupt: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -93,6 +94,7 @@ class ReleaseServer:
                 rng = self.headers.get("Range")
                 with server._lock:
                     server.requests.append((rel, rng))
+                    server.hosts.add(self.headers.get("Host", ""))
                 if server.root.resolve() not in path.parents or not path.is_file():
                     self.send_error(404)
                     return

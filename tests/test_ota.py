@@ -121,6 +121,7 @@ def test_update_installs_and_commits(emu, broker, observer, key, tmp_path):
         states = [m.json()["state"] for m in ota.obs.messages if m.topic.endswith("/ota")]
         assert states == ["trial", "committed"]
         assert ota.births()[-1]["fw"] == NEW
+        assert srv.hosts == {f"127.0.0.1:{srv.port}"}
     on_flash = firmware_on(ota.flash)
     assert on_flash == firmware_files(NEW), "the flash holds exactly the new release"
     assert sorted(p.name for p in ota.flash.iterdir() if not p.is_file()) == []

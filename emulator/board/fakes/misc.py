@@ -202,9 +202,12 @@ class FlashFS:
     lfs_file_close() is lfs_file_sync() then the release of the handle. So
     here: what is written to an open file becomes its content only at
     `close()` (or `flush()`, littlefs's sync), atomically; power lost before
-    that leaves the file exactly as it was (absent, or its old content),
-    never cut short or holding partial data. `rename` (replacing an existing
-    target) and `remove` are atomic metadata commits. (A harsher FAT-like
+    that leaves the file exactly as it was (its old content, or empty when
+    it was made by this open: lfs_file_opencfg() commits a new file's entry
+    at once, "allocate entry for file if it doesn't exist", while O_TRUNC
+    only marks the open file dirty until the sync), never cut short or
+    holding partial data. `rename` (replacing an existing target) and
+    `remove` are atomic metadata commits. (A harsher FAT-like
     model, where a cut leaves a file short, is what the micropython VM
     boards get: their process writes with plain POSIX calls; see
     emulator/board/vm/board.py.)
@@ -212,8 +215,8 @@ class FlashFS:
     The faults, for tests and scenario actions (the board's `flash` is this
     object):
       cut_power_after(ops=k | n_bytes=n): the k-th flash operation from now
-        (a write() call, a commit at close/flush, rename, remove, mkdir,
-        rmdir), or the write that crosses n more bytes, does not happen: the
+        (creating a file at open, a write() call, a commit at close/flush,
+        rename, remove, mkdir, rmdir), or the write that crosses n more bytes, does not happen: the
         board loses power there (reset cause power_on), and the flash refuses
         everything until it boots again. `ops_done`/`bytes_written` count
         since the board was made (a dry run tells a test how many there are).
@@ -329,6 +332,11 @@ class FlashFS:
                 raise mp_oserror(errno.ENOENT)
             if "x" in mode and host.exists():
                 raise mp_oserror(errno.EEXIST)
+            if not host.exists() and "r" not in mode:
+                # littlefs commits a new file's (empty) entry at open: a cut
+                # before the close leaves it empty
+                self.op()
+                host.write_bytes(b"")
             return _FlashFile(self, host, mode)
         try:
             return open(host, mode, *args, **kwargs)
@@ -357,7 +365,8 @@ class _FlashFile:
                     raise mp_oserror(errno.ENOENT) from None
             if "a" not in mode:
                 self._buf.seek(0)
-        self._dirty = "w" in mode or "x" in mode  # a new or truncated file exists once committed
+        self._dirty = "w" in mode  # truncated: committed at close even without a write
+        self._boot = fs.board.boots if fs.board is not None else None
         self.closed = False
 
     def write(self, data) -> int:
@@ -385,6 +394,8 @@ class _FlashFile:
     def flush(self) -> None:
         if self.closed or not self._dirty:
             return
+        if self._fs.board is not None and self._fs.board.boots != self._boot:
+            return  # a handle from before a reset: its power went away with that boot
         data = self._buf.getvalue()
         fs = self._fs
         old = self._host.stat().st_size if self._host.exists() else 0
@@ -411,7 +422,14 @@ class _FlashFile:
         self.close()
 
     def __del__(self) -> None:
-        self.closed = True  # never committed by the garbage collector: as a board that lost the handle
+        # MicroPython's file finaliser closes (and so commits) a file nobody
+        # closed, at some garbage collection; CPython's refcounting does it
+        # at once. Never after a power cut, nor from an earlier boot.
+        if not self.closed:
+            try:
+                self.close()
+            except BaseException:  # noqa: BLE001 - a finaliser must not raise
+                self.closed = True
 
 
 class OsModule:

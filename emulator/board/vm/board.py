@@ -128,6 +128,7 @@ class VmBoard:
         self._ntptime = NtptimeModule(self)
         self._dht = DhtModule(self)
         self._wlan = None
+        self._at_boot: dict[str, tuple[int, int]] = {}
 
     # What is not about running code is the CPython board's own logic, used
     # on this object (same attribute names): NVS kept in state_dir/nvs.json,
@@ -229,36 +230,42 @@ class VmBoard:
         except Exception:  # noqa: BLE001 - the firmware's validation reports a bad config
             wire_sensors(self.env, [])
 
+    def _snapshot(self) -> dict[str, tuple[int, int]]:
+        """Size and mtime of every file and folder in the process's root."""
+        out = {}
+        for p in self.run_dir.rglob("*"):
+            st = p.stat()
+            out[p.relative_to(self.run_dir).as_posix()] = (-1, 0) if p.is_dir() else (st.st_size, st.st_mtime_ns)
+        return out
+
     def _keep_writes(self) -> None:
-        """What the process wrote in its root (its copy of the flash) is the
-        flash's content from now on, config.json (the proxy's copy) excepted.
-        The process writes with plain POSIX calls, so a power loss (SIGKILL)
-        can leave a file cut short: harsher than littlefs, whose writes only
-        count at close (the CPython boards' FlashFS models that)."""
-        run, flash = self.run_dir, self.flash_dir
+        """What the process changed in its root (its copy of the flash) goes
+        to the flash: files it wrote or made, files and folders it removed;
+        config.json (the proxy's copy) and what the host changed in the
+        flash meanwhile stay. The process writes with plain POSIX calls, so
+        a power loss (SIGKILL) can leave a file cut short: harsher than
+        littlefs, whose writes only count at close (the CPython boards'
+        FlashFS models that)."""
+        run, flash, before = self.run_dir, self.flash_dir, self._at_boot
         if not run.is_dir():
             return
-        for p in sorted(flash.rglob("*"), reverse=True):  # children before their folders
-            rel = p.relative_to(flash)
-            if rel.as_posix() in _NOT_COPIED or (run / rel).exists():
+        now = self._snapshot()
+        for rel in sorted(before, reverse=True):  # children before their folders
+            if rel not in now and rel not in _NOT_COPIED:
+                target = flash / rel
+                if target.is_dir():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
+        for rel in sorted(now):
+            if rel in _NOT_COPIED or before.get(rel) == now[rel]:
                 continue
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
+            src, dst = run / rel, flash / rel
+            if now[rel][0] < 0:
+                dst.mkdir(parents=True, exist_ok=True)
             else:
-                p.unlink(missing_ok=True)
-        for p in sorted(run.rglob("*")):
-            rel = p.relative_to(run)
-            dst = flash / rel
-            if rel.as_posix() in _NOT_COPIED:
-                continue
-            if p.is_dir():
-                if dst.exists() and not dst.is_dir():
-                    dst.unlink()
-                dst.mkdir(exist_ok=True)
-            elif not dst.is_file() or dst.read_bytes() != p.read_bytes():
-                if dst.is_dir():
-                    shutil.rmtree(dst)
-                shutil.copy2(p, dst)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
 
     async def _boot_once(self, cause: int) -> tuple[int, int | None, bool]:
         self.boots += 1
@@ -272,6 +279,7 @@ class VmBoard:
         self.radio = Radio(self)
         self._wlan = self._network.WLAN(STA_IF)
         self._prepare_root()
+        self._at_boot = self._snapshot()  # what the process's writes are told apart from
         shims = compiled_shims()
         # The firmware gets `heap`; the shims (C in flash on a board) get theirs on top.
         heapsize = self.heap_limit + shim_overhead(shims)
