@@ -50,6 +50,18 @@ BUTTON_PIN = 0  # the BOOT button of ESP32 dev kits
 
 
 class Board:
+    # Slots: a board has more attributes than CPython shares the keys of
+    # (30), so without them each board carried a 1.5 KiB dict of its own.
+    # `__dict__` stays for attributes a test or tool hangs on a board.
+    __slots__ = (
+        "id", "index", "image", "state_dir", "flash_dir", "seed", "rng", "mac", "ip", "gateway", "clock", "env",
+        "ap", "link", "fs", "_console", "_partial", "console_tail", "events", "nvs", "rtc_memory", "pins",
+        "pin_writes", "pin_irqs", "reset_cause", "boots", "halted", "hung", "running", "loop", "modules", "radio",
+        "tasks", "task_exception_handler", "_main_task", "_greenlet", "_reset_request", "_reset_event",
+        "_wdt_timeout_ms", "_wdt_fed", "_wdt_task", "_run_task", "repl", "_interrupted", "_interrupt_waiter",
+        "__dict__", "__weakref__",
+    )
+
     def __init__(
         self,
         device_id: str,
@@ -296,11 +308,13 @@ class Board:
         self.modules = BoardModules(self.image, self.flash_dir, self._fakes(), self._print, self.fs.open)
         self.log_event("boot", f"boot #{self.boots}, reset cause {cause}")
         runner = self.loop.create_task(self._run_scripts())
-        waiter = self._reset_event.future()  # no task per board for it
+        # Only a reset (WDT, button, power, a deep sleep) ends a boot: the
+        # scripts ending (halted at the REPL) does not. So the boot waits for
+        # the reset alone; no task (nor asyncio.wait's set, callbacks and
+        # coroutines, ~1.4 KiB a board) waits on the runner.
+        waiter = self._reset_event.future()
         try:
-            await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if not waiter.done():
-                await waiter  # halted at the REPL: only a reset (WDT, button, power) moves on
+            await waiter
         finally:
             runner.cancel()
             waiter.cancel()
