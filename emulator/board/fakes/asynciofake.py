@@ -10,8 +10,11 @@ MicroPython-only helpers (`sleep_ms`, `wait_for_ms`, `ThreadSafeFlag`) exist.
 from __future__ import annotations
 
 import asyncio as _aio
+import types as _types
 
 from emulator.net.event import Event
+
+_CoroutineType = _types.CoroutineType
 
 
 async def _wait_for(aw, timeout):
@@ -21,8 +24,41 @@ async def _wait_for(aw, timeout):
     # a fleet makes thousands of these calls a second.
     if timeout is None:
         return await aw
+    if type(aw) is not _CoroutineType:
+        async with _aio.timeout(timeout):
+            return await aw
+    # Most calls (a publish: write, drain) finish without ever waiting: run
+    # the coroutine's first step now, and only if it has to wait arm the
+    # deadline (a timer, a Timeout, a reschedule and a cancel saved per
+    # message). No loop time passes in between, so the deadline is the same.
+    try:
+        first = aw.send(None)
+    except StopIteration as e:
+        return e.value
     async with _aio.timeout(timeout):
-        return await aw
+        return await _resume(aw, first)
+
+
+@_types.coroutine
+def _resume(coro, yielded):
+    """The rest of `coro`, whose first step (which yielded `yielded`) ran
+    already: what `yield from coro` would have done from there on."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as e:  # thrown in (a cancel): into the coroutine
+            try:
+                yielded = coro.throw(e)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 class ThreadSafeFlag:
@@ -83,6 +119,11 @@ class AsyncioModule:
     wait_for = staticmethod(_wait_for)
     gather = staticmethod(_aio.gather)
     current_task = staticmethod(_aio.current_task)
+
+    # The same on every board (a shared firmware module's proxy keeps them:
+    # emulator/board/loader.py ModuleProxy).
+    SHARED = frozenset({"CancelledError", "TimeoutError", "Event", "Lock", "Task", "ThreadSafeFlag", "sleep", "wait_for",
+                        "gather", "current_task", "sleep_ms", "wait_for_ms"})
 
     def __init__(self, board):
         self._board = board
