@@ -59,7 +59,7 @@ class Board:
         "pin_writes", "pin_irqs", "reset_cause", "boots", "halted", "hung", "running", "loop", "modules", "radio",
         "tasks", "task_exception_handler", "_main_task", "_greenlet", "_reset_request", "_reset_event",
         "_wdt_timeout_ms", "_wdt_fed", "_wdt_task", "_run_task", "repl", "_interrupted", "_interrupt_waiter",
-        "__dict__", "__weakref__",
+        "_on_task_done", "__dict__", "__weakref__",
     )
 
     def __init__(
@@ -133,6 +133,7 @@ class Board:
         self.repl = None
         self._interrupted = False  # Ctrl-C: KeyboardInterrupt instead of CancelledError
         self._interrupt_waiter: asyncio.Future | None = None
+        self._on_task_done = self._task_done  # one bound method for every task, not one each
 
     # -- console and logging ---------------------------------------------------
 
@@ -466,9 +467,11 @@ class Board:
         # Every task of a boot shares the board's context (only the emulator's
         # context variable is in it; firmware has no contextvars): a copy per
         # task would cost ~600 bytes a task, a few thousand a board.
-        t = self.loop.create_task(coro, context=self.modules.context)
+        context = self.modules.context
+        t = self.loop.create_task(coro, context=context)
         self.tasks.add(t)
-        t.add_done_callback(self._task_done)
+        # the board's context, not a copy of it per task (and its bound method)
+        t.add_done_callback(self._on_task_done, context=context)
         return t
 
     def _task_done(self, t: asyncio.Task) -> None:

@@ -10,11 +10,38 @@ MicroPython-only helpers (`sleep_ms`, `wait_for_ms`, `ThreadSafeFlag`) exist.
 from __future__ import annotations
 
 import asyncio as _aio
+import contextvars as _contextvars
 import types as _types
 
 from emulator.net.event import Event
 
 _CoroutineType = _types.CoroutineType
+
+
+# The context of a sleep's timer: its callback only sets a future and reads no
+# context variable, so it needs no copy of the running one (asyncio.sleep makes
+# one per sleep; a fleet's boards are mostly asleep, three timers each).
+_NO_CONTEXT = _contextvars.Context()
+_set_result_unless_cancelled = _aio.futures._set_result_unless_cancelled
+
+
+@_types.coroutine
+def _sleep0():
+    yield  # a bare yield: the task runs again at the next loop step
+
+
+async def _sleep(delay, result=None):
+    # asyncio.sleep, without the context copy
+    if delay <= 0:
+        await _sleep0()
+        return result
+    loop = _aio.get_running_loop()
+    future = loop.create_future()
+    h = loop.call_later(delay, _set_result_unless_cancelled, future, result, context=_NO_CONTEXT)
+    try:
+        return await future
+    finally:
+        h.cancel()
 
 
 async def _wait_for(aw, timeout):
@@ -115,7 +142,7 @@ class AsyncioModule:
     Lock = _aio.Lock
     Task = _aio.Task
     ThreadSafeFlag = ThreadSafeFlag
-    sleep = staticmethod(_aio.sleep)
+    sleep = staticmethod(_sleep)
     wait_for = staticmethod(_wait_for)
     gather = staticmethod(_aio.gather)
     current_task = staticmethod(_aio.current_task)
@@ -130,7 +157,7 @@ class AsyncioModule:
 
     @staticmethod
     def sleep_ms(ms: int):
-        return _aio.sleep(ms / 1000)
+        return _sleep(ms / 1000)
 
     @staticmethod
     def wait_for_ms(aw, timeout_ms: int):
