@@ -156,3 +156,141 @@ def test_a_shared_fake_class_is_bound_to_each_board():
         ma.Pin(40)
     with pytest.raises(AttributeError):
         ma.NoSuchPeripheral  # noqa: B018
+
+
+# -- round 2: what a board keeps and what a message costs ------------------------------
+
+
+def test_a_board_keeps_its_attributes_in_slots_and_still_takes_new_ones(tmp_path):
+    from emulator.board.board import Board
+    from emulator.board.loader import FirmwareImage
+
+    board = Board("dev-00001", FirmwareImage(), tmp_path)
+    assert board.__dict__ == {}, f"attributes outside Board.__slots__ (each board pays a dict): {sorted(board.__dict__)}"
+    board.console_lines = []  # a test or tool may still hang its own things on a board
+    assert board.__dict__ == {"console_lines": []}
+
+
+def test_a_shared_module_keeps_what_is_the_same_on_every_board_and_asks_for_the_rest(tmp_path):
+    from emulator.board.loader import BoardModules, FirmwareImage, ModuleProxy
+
+    fw = tmp_path / "fw"
+    fw.mkdir()
+    (fw / "dev.py").write_text("import machine\n\ndef where():\n    return machine.label, machine.same(), machine.shape\n")
+    img = FirmwareImage(fw)
+    assert "dev" in img.shareable
+
+    class Hw:
+        SHARED = frozenset({"same"})
+        shape = "per board"  # not named in SHARED: looked up on each board, even though equal
+
+        def __init__(self, label):
+            self.label = label
+
+        @staticmethod
+        def same():
+            return "shared"
+
+    boards = []
+    for label in "AB":
+        (tmp_path / label).mkdir()
+        boards.append(BoardModules(img, tmp_path / label, {"machine": lambda label=label: Hw(label)}, print, open))
+    a, b = boards
+    dev = a.context.run(a.load, "dev")
+    assert b.context.run(b.load, "dev") is dev
+    assert a.context.run(dev.where) == ("A", "shared", "per board")
+    assert b.context.run(dev.where) == ("B", "shared", "per board")
+    proxy = dev.machine
+    assert isinstance(proxy, ModuleProxy)
+    assert set(vars(proxy)) == {"_name", "same"}, "only SHARED names are kept on the proxy"
+    b.modules["machine"].label = "B2"  # a per-board value is read afresh each time
+    assert b.context.run(dev.where)[0] == "B2"
+
+
+def test_the_real_fakes_only_call_shared_what_is_one_object_on_every_board():
+    from emulator.board.fakes.asynciofake import AsyncioModule
+    from emulator.board.fakes.timefake import TimeModule
+
+    a, b = _Board(), _Board()
+    a.clock = b.clock = None
+    for cls in (AsyncioModule, TimeModule):
+        ma, mb = cls(a), cls(b)
+        for name in cls.SHARED:
+            assert getattr(ma, name) is getattr(mb, name), f"{cls.__name__}.{name} differs between boards"
+    assert "create_task" not in AsyncioModule.SHARED and "ticks_ms" not in TimeModule.SHARED
+
+
+def test_wait_for_ms_arms_no_timer_for_work_that_never_waits_and_keeps_its_deadline_otherwise():
+    from emulator.board.fakes.asynciofake import AsyncioModule
+
+    wait_for_ms = AsyncioModule.wait_for_ms
+    trail: list[str] = []
+
+    async def at_once(x):
+        return x * 2
+
+    async def later(x):
+        await asyncio.sleep(0.01)
+        return x + 1
+
+    async def forever():
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            trail.append("forever cleaned up")
+
+    async def fails_later():
+        await asyncio.sleep(0)
+        raise KeyError("inner")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        assert await wait_for_ms(at_once(21), 1000) == 42
+        assert not loop._scheduled, "no deadline timer for a call that never waited"
+        assert await wait_for_ms(later(1), 1000) == 2
+        t0 = loop.time()
+        with pytest.raises(asyncio.TimeoutError):
+            await wait_for_ms(forever(), 50)
+        assert 0.04 <= loop.time() - t0 < 2 and trail == ["forever cleaned up"]
+        with pytest.raises(KeyError, match="inner"):
+            await wait_for_ms(fails_later(), 1000)
+        # cancelling the waiting task cancels the awaited coroutine (not a timeout)
+        task = asyncio.ensure_future(wait_for_ms(forever(), 10_000))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert trail == ["forever cleaned up"] * 2
+        # an Event's wait (the client's serve loop) times out and is woken the same
+        ev = Event()
+        with pytest.raises(asyncio.TimeoutError):
+            await wait_for_ms(ev.wait(), 20)
+        loop.call_later(0.01, ev.set)
+        assert await wait_for_ms(ev.wait(), 1000) is True
+        assert ev._waiters is None, "no waiter left behind"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_bme280_raw_words_solved_in_closed_form_are_the_bisections(seed):
+    from emulator.board import sensors as S
+    from emulator.rng import SmallRandom
+
+    rng = SmallRandom(seed)
+    for i in range(150):
+        cal_t = tuple(v + rng.randint(-d, d) for v, d in zip(S._CAL_T, (300, 300, 50)))
+        cal_p = tuple(v + rng.randint(-d, d) for v, d in zip(S._CAL_P, (400, 200, 100, 300, 20, 1, 100, 200, 100)))
+        cal_h = tuple(v + rng.randint(-d, d) for v, d in zip(S._CAL_H, (5, 20, 0, 20, 5, 3)))
+        t, p = rng.uniform(-40, 85), rng.uniform(300, 1100)
+        h = (0.0, 100.0)[i % 2] if i % 7 == 0 else rng.uniform(0, 100)
+        adc_t = S._invert_by_bisection(lambda a: S.float_t(a, cal_t)[0], t, 20, True)
+        t_fine = S.float_t(adc_t, cal_t)[1]
+        adc_p = S._invert_by_bisection(lambda a: S.float_p(a, t_fine, cal_p), p * 100, 20, False)
+        adc_h = S._invert_by_bisection(lambda a: S.float_h(a, t_fine, cal_h), h, 16, True)
+        assert S.raw_words(t, p, h, cal_t, cal_p, cal_h) == (adc_t, adc_p, adc_h)
+        # the closed form alone lands on the answer or next to it (the search then costs ~4 evaluations)
+        assert abs(S._guess_t(t, cal_t, None) - adc_t) <= 1
+        assert abs(S._guess_p(p * 100, t_fine, cal_p, None) - adc_p) <= 1
+        if 0 < h < 100:
+            assert abs(S._guess_h(h, t_fine, cal_h, None) - adc_h) <= 1

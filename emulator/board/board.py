@@ -50,6 +50,18 @@ BUTTON_PIN = 0  # the BOOT button of ESP32 dev kits
 
 
 class Board:
+    # Slots: a board has more attributes than CPython shares the keys of
+    # (30), so without them each board carried a 1.5 KiB dict of its own.
+    # `__dict__` stays for attributes a test or tool hangs on a board.
+    __slots__ = (
+        "id", "index", "image", "state_dir", "flash_dir", "seed", "rng", "mac", "ip", "gateway", "clock", "env",
+        "ap", "link", "fs", "flash", "_console", "_partial", "console_tail", "events", "nvs", "rtc_memory", "pins",
+        "pin_writes", "pin_irqs", "reset_cause", "boots", "halted", "hung", "running", "loop", "modules", "radio",
+        "tasks", "task_exception_handler", "_main_task", "_greenlet", "_reset_request", "_reset_event",
+        "_wdt_timeout_ms", "_wdt_fed", "_wdt_task", "_run_task", "repl", "_interrupted", "_interrupt_waiter",
+        "_on_task_done", "__dict__", "__weakref__",
+    )
+
     def __init__(
         self,
         device_id: str,
@@ -122,6 +134,7 @@ class Board:
         self.repl = None
         self._interrupted = False  # Ctrl-C: KeyboardInterrupt instead of CancelledError
         self._interrupt_waiter: asyncio.Future | None = None
+        self._on_task_done = self._task_done  # one bound method for every task, not one each
 
     # -- console and logging ---------------------------------------------------
 
@@ -297,11 +310,13 @@ class Board:
         self.modules = BoardModules(self.image, self.flash_dir, self._fakes(), self._print, self.fs.open)
         self.log_event("boot", f"boot #{self.boots}, reset cause {cause}")
         runner = self.loop.create_task(self._run_scripts())
-        waiter = self._reset_event.future()  # no task per board for it
+        # Only a reset (WDT, button, power, a deep sleep) ends a boot: the
+        # scripts ending (halted at the REPL) does not. So the boot waits for
+        # the reset alone; no task (nor asyncio.wait's set, callbacks and
+        # coroutines, ~1.4 KiB a board) waits on the runner.
+        waiter = self._reset_event.future()
         try:
-            await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if not waiter.done():
-                await waiter  # halted at the REPL: only a reset (WDT, button, power) moves on
+            await waiter
         finally:
             runner.cancel()
             waiter.cancel()
@@ -453,9 +468,11 @@ class Board:
         # Every task of a boot shares the board's context (only the emulator's
         # context variable is in it; firmware has no contextvars): a copy per
         # task would cost ~600 bytes a task, a few thousand a board.
-        t = self.loop.create_task(coro, context=self.modules.context)
+        context = self.modules.context
+        t = self.loop.create_task(coro, context=context)
         self.tasks.add(t)
-        t.add_done_callback(self._task_done)
+        # the board's context, not a copy of it per task (and its bound method)
+        t.add_done_callback(self._on_task_done, context=context)
         return t
 
     def _task_done(self, t: asyncio.Task) -> None:

@@ -70,9 +70,14 @@ def _board_open(*args, **kwargs):
 
 
 class ModuleProxy:
-    """Stands for a board-specific module inside a shared module."""
+    """Stands for a board-specific module inside a shared module.
 
-    __slots__ = ("_name",)
+    A fake module's class may name, in `SHARED`, attributes that are the same
+    object on every board (`time.ticks_diff`, `asyncio.sleep_ms`): the first
+    lookup of one keeps it on the proxy, so shared firmware code reaches it
+    at plain attribute speed instead of through `__getattr__` (the board's
+    module looked up by context variable), a good part of a board's idle
+    cost at 10,000 boards."""
 
     def __init__(self, name: str):
         self._name = name
@@ -86,7 +91,10 @@ class ModuleProxy:
         mod = mods.modules.get(self._name)
         if mod is None:
             mod = mods.load(self._name)
-        return getattr(mod, attr)
+        value = getattr(mod, attr)
+        if attr in getattr(type(mod), "SHARED", ()):
+            self.__dict__[attr] = value
+        return value
 
     def __repr__(self) -> str:
         return f"<module '{self._name}' of the running board>"
@@ -277,8 +285,12 @@ class BoardModules:
         imports? (Then `name` cannot be the shared one.) Read at the import,
         not at boot: an OTA update installed by main.py before `import app`
         (firmware/otaboot.py recover) counts."""
+        try:  # one listing, then only the files that are there are read (a boot of 10,000 boards)
+            present = set(os.listdir(self.flash_dir))
+        except OSError:
+            return False
         for m in (name, *self.image.depends_on(name)):
-            if _read(self.flash_dir / f"{m}.py") not in (None, self.image.sources[m]):
+            if f"{m}.py" in present and _read(self.flash_dir / f"{m}.py") not in (None, self.image.sources[m]):
                 return True
         return False
 

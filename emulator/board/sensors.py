@@ -137,17 +137,66 @@ def _invert_by_bisection(fn, target: float, bits: int, rising: bool) -> int:
     return lo
 
 
+def _root(a: float, b: float, c: float) -> float | None:
+    """The root of a*x*x + b*x + c near -c/b (the one that stays finite as
+    a -> 0), computed without cancellation; None if there is none."""
+    d = b * b - 4 * a * c
+    if d < 0:
+        return None
+    q = b + (d**0.5 if b >= 0 else -(d**0.5))
+    return -2 * c / q if q else None
+
+
+def _word(x: float | None, bits: int, fallback: int | None) -> int | None:
+    if x is None or x != x or abs(x) > 1 << (bits + 1):
+        return fallback
+    return min(max(round(x), 0), (1 << bits) - 1)
+
+
+def _guess_t(t_c: float, cal_t, fallback: int | None) -> int | None:
+    # t_fine = 8*t2*x + t3*x*x with x = adc/131072 - t1/8192 (float_t)
+    t1, t2, t3 = cal_t
+    x = _root(t3, 8.0 * t2, -t_c * 5120.0)
+    return _word(None if x is None else (x + t1 / 8192.0) * 131072.0, 20, fallback)
+
+
+def _guess_p(p_pa: float, t_fine: float, cal_p, fallback: int | None) -> int | None:
+    # float_p: out = P + (p9*P*P/2**31 + P*p8/32768 + p7)/16, P linear in adc
+    p1, p2, p3, p4, p5, p6, p7, p8, p9 = cal_p
+    var1 = t_fine / 2.0 - 64000.0
+    var2 = (var1 * var1 * p6 / 32768.0 + var1 * p5 * 2.0) / 4.0 + p4 * 65536.0
+    var1 = (1.0 + ((p3 * var1 * var1 / 524288.0 + p2 * var1) / 524288.0) / 32768.0) * p1
+    if var1 == 0:
+        return fallback
+    big_p = _root(p9 / 2147483648.0 / 16.0, 1.0 + p8 / 32768.0 / 16.0, p7 / 16.0 - p_pa)
+    return _word(None if big_p is None else 1048576.0 - var2 / 4096.0 - big_p * var1 / 6250.0, 20, fallback)
+
+
+def _guess_h(h_pct: float, t_fine: float, cal_h, fallback: int | None) -> int | None:
+    # float_h: out = v*(1 - h1*v/524288) with v = (adc - k)*m (before the clamp)
+    h1, h2, h3, h4, h5, h6 = cal_h
+    v0 = t_fine - 76800.0
+    k = h4 * 64.0 + h5 / 16384.0 * v0
+    m = h2 / 65536.0 * (1.0 + h6 / 67108864.0 * v0 * (1.0 + h3 / 67108864.0 * v0))
+    v = _root(-h1 / 524288.0, 1.0, -h_pct)
+    return _word(None if v is None or not m else v / m + k, 16, fallback)
+
+
 def raw_words(
     t_c: float, p_hpa: float, h_pct: float, cal_t, cal_p, cal_h, hint: tuple[int, int, int] | None = None
 ) -> tuple[int, int, int]:
     """(adc_T, adc_P, adc_H) that a chip with this calibration reports for
-    this air: the inverse of the compensation. `hint` is the chip's previous
-    answer (it only makes the search shorter)."""
+    this air: the inverse of the compensation. The search starts from the
+    compensation solved for the word (a quadratic each: the answer or its
+    neighbour, ~4 evaluations instead of ~12 from the chip's previous answer,
+    `hint`, which is the fallback); the search makes the answer exact, the
+    same as plain bisection's."""
     h_t, h_p, h_h = hint or (None, None, None)
-    adc_t = _invert(lambda a: float_t(a, cal_t)[0], t_c, 20, True, h_t)
+    adc_t = _invert(lambda a: float_t(a, cal_t)[0], t_c, 20, True, _guess_t(t_c, cal_t, h_t))
     t_fine = float_t(adc_t, cal_t)[1]
-    adc_p = _invert(lambda a: float_p(a, t_fine, cal_p), p_hpa * 100, 20, False, h_p)
-    adc_h = _invert(lambda a: float_h(a, t_fine, cal_h), h_pct, 16, True, h_h)
+    p_pa = p_hpa * 100
+    adc_p = _invert(lambda a: float_p(a, t_fine, cal_p), p_pa, 20, False, _guess_p(p_pa, t_fine, cal_p, h_p))
+    adc_h = _invert(lambda a: float_h(a, t_fine, cal_h), h_pct, 16, True, _guess_h(h_pct, t_fine, cal_h, h_h))
     return adc_t, adc_p, adc_h
 
 

@@ -81,7 +81,6 @@ class Link(LinkFaults):
         # powered off: code of the old boot that still runs (a task whose
         # cancel was lost) gets no network at all, it just waits forever.
         self._vanished = False
-        self._limbo: set[asyncio.Future] = set()
 
     def log(self, message: str) -> None:
         self.board.log_event("link", message)
@@ -169,12 +168,7 @@ class Link(LinkFaults):
 
     async def limbo(self) -> None:
         """Wait forever (until cancelled): what a powered-off board's code sees."""
-        fut = asyncio.get_running_loop().create_future()
-        self._limbo.add(fut)
-        try:
-            await fut
-        finally:
-            self._limbo.discard(fut)
+        await asyncio.get_running_loop().create_future()  # never set: the awaiting task holds it
 
     async def _round_trip(self) -> None:
         prof = self.profile

@@ -13,6 +13,7 @@ from emulator.board.clock import TICKS_MASK, UNIX_2000, ticks_add, ticks_diff
 
 class TimeModule:
     __name__ = "time"
+    SHARED = frozenset({"ticks_add", "ticks_diff"})  # the same functions on every board (loader.ModuleProxy)
 
     def __init__(self, board):
         self._board = board
