@@ -159,7 +159,7 @@ def test_build_files_order_mpy_and_space():
     cfg = {"id": "dev-1"}
     files = build_files(cfg, tls_files={"ca.crt": b"der"})
     assert list(files)[-1] == "config.json" and json.loads(files["config.json"]) == cfg
-    assert files["ca.crt"] == b"der" and files["app.py"] == (FIRMWARE / "app.py").read_bytes()
+    assert files["ca.crt"] == b"der" and files["app.py"] == deployed(FIRMWARE)["app.py"]
     mpy = build_files(cfg, mpy=True)
     assert "boot.py" in mpy and "main.py" in mpy and "app.mpy" in mpy and "app.py" not in mpy
 

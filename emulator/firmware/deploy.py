@@ -44,7 +44,7 @@ import tokenize
 from pathlib import Path
 
 # Names every MicroPython build has interned (methods of the core types,
-# builtins, exception types): present in the unix port and in an ESP32
+# builtins, exception types, the names of the built-in modules an ESP32 build has): present in the unix port and in an ESP32
 # build alike (tests/test_deploy.py checks the unix port). Not here: names
 # the runtime or asyncio calls on objects by name (read, write, readinto,
 # readline, close, flush, send, throw, cancel, done, keys, items, values,
@@ -76,6 +76,12 @@ BUILT_IN_NAMES = (
     "EAGAIN", "ETIMEDOUT", "ECONNRESET", "EINPROGRESS", "ENOMEM", "EEXIST", "ENOENT", "EBADF", "EIO", "EINVAL",
     "EPERM", "ECONNABORTED", "ECONNREFUSED", "EHOSTUNREACH", "EALREADY", "ENOBUFS", "ENODEV", "EOPNOTSUPP",
     "EISDIR", "EACCES", "errorcode", "POLLIN", "POLLOUT", "POLLERR", "POLLHUP", "sep", "end", "file",
+    # math, binascii, collections, heapq, hashlib, socket
+    "sqrt", "sin", "cos", "pi", "ceil", "floor", "exp", "fabs", "fmod", "frexp", "ldexp", "modf", "isnan",
+    "isinf", "isfinite", "trunc", "atan2", "tan", "asin", "acos", "atan", "degrees", "radians", "copysign",
+    "hexlify", "unhexlify", "a2b_base64", "b2a_base64", "crc32", "deque", "namedtuple", "OrderedDict",
+    "popleft", "appendleft", "heapify", "heappush", "heappop", "sha256", "sha1", "digest", "getaddrinfo",
+    "AF_INET", "AF_INET6", "SOCK_STREAM", "SOCK_DGRAM", "SOL_SOCKET", "SO_REUSEADDR",
 )
 
 _PRIVATE = re.compile(r"_[A-Za-z0-9]\w*\Z")
@@ -96,7 +102,8 @@ def shorten(sources: dict[str, str], keep: frozenset[str] = frozenset()) -> dict
 
 
 def rename_map(sources: dict[str, str], keep: frozenset[str] = frozenset()) -> dict[str, str]:
-    """Private name -> the built-in name it gets, the same in every file ({} when a file does not parse)."""
+    """Private name (and argument name) -> the built-in name it gets, the same
+    in every file ({} when a file does not parse)."""
     try:
         trees = {name: ast.parse(text, name) for name, text in sources.items()}
     except SyntaxError:
@@ -116,8 +123,66 @@ def rename_map(sources: dict[str, str], keep: frozenset[str] = frozenset()) -> d
                 unsafe.add(node.arg)
     private = sorted(n for n in bound if _PRIVATE.match(n) and not n.startswith("__") and n not in unsafe)
     words |= unsafe
+    local = set(params)
+    for tree in trees.values():
+        local -= _not_only_local(tree)
+    arguments = sorted(n for n in local - unsafe - set(private) if not n.startswith("__") and n not in ("self", "cls"))
     targets = [t for t in BUILT_IN_NAMES if t not in words]
-    return dict(zip(private, targets))
+    return dict(zip(private + arguments, targets))
+
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+
+
+def _not_only_local(tree: ast.Module) -> set[str]:
+    """Names that are somewhere more than a function's own argument or local
+    (or a closure's): a global or builtin, an attribute, a keyword, a
+    function or class name, declared global. An argument name outside this
+    set is reached only inside the functions that bind it."""
+    out: set[str] = set()
+
+    def visit(node: ast.AST, scopes: list[set[str]]) -> None:
+        if isinstance(node, _SCOPES):
+            a = node.args
+            names = {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs} | {x.arg for x in (a.vararg, a.kwarg) if x}
+            body = node.body if isinstance(node.body, list) else [node.body]
+            for sub in body:
+                for n in ast.walk(sub):
+                    if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
+                        names.add(n.id)
+                    elif isinstance(n, ast.ExceptHandler) and n.name:
+                        names.add(n.name)
+            for d in a.defaults + [d for d in a.kw_defaults if d is not None]:
+                visit(d, scopes)
+            if not isinstance(node, ast.Lambda):
+                out.add(node.name)
+                for d in node.decorator_list:
+                    visit(d, scopes)
+            for sub in body:
+                visit(sub, scopes + [names])
+            return
+        if isinstance(node, ast.ClassDef):
+            out.add(node.name)
+            for sub in node.body:  # the class body is not a function scope
+                visit(sub, [])
+            return
+        if isinstance(node, (ast.Global, ast.Nonlocal)):
+            out.update(node.names)
+        elif isinstance(node, ast.Name) and not any(node.id in s for s in scopes):
+            out.add(node.id)
+        elif isinstance(node, ast.ExceptHandler) and node.name and not scopes:
+            out.add(node.name)
+        elif isinstance(node, ast.Attribute):
+            out.add(node.attr)
+        elif isinstance(node, ast.keyword) and node.arg:
+            out.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.update(n for alias in node.names for n in (alias.asname or alias.name).split("."))
+        for child in ast.iter_child_nodes(node):
+            visit(child, scopes)
+
+    visit(tree, [])
+    return out
 
 
 def _scan(tree: ast.Module, modules: set[str], bound: set[str], params: set[str], unsafe: set[str]) -> None:
