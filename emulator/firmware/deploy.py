@@ -38,6 +38,7 @@ board or runs an interpreter.
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import re
 import tokenize
@@ -90,9 +91,14 @@ _STRING_TOKENS = {tokenize.STRING} | ({tokenize.FSTRING_MIDDLE} if hasattr(token
 
 
 def deployed(folder: Path, keep: frozenset[str] = frozenset()) -> dict[str, bytes]:
-    """file name -> the text to put on the board, for every `*.py` of `folder`."""
-    sources = {p.name: p.read_text() for p in sorted(Path(folder).glob("*.py"))}
-    return {name: text.encode() for name, text in shorten(sources, keep).items()}
+    """file name -> the text to put on the board, for every `*.py` of `folder`
+    (the same sources again: from a cache, as every VM board's boot asks)."""
+    return dict(_deployed(tuple((p.name, p.read_text()) for p in sorted(Path(folder).glob("*.py"))), keep))
+
+
+@functools.lru_cache(maxsize=8)
+def _deployed(sources: tuple[tuple[str, str], ...], keep: frozenset[str]) -> tuple[tuple[str, bytes], ...]:
+    return tuple((name, text.encode()) for name, text in shorten(dict(sources), keep).items())
 
 
 def shorten(sources: dict[str, str], keep: frozenset[str] = frozenset()) -> dict[str, str]:
