@@ -19,7 +19,7 @@ import network
 
 import commands
 import mqtt_session
-from mqtt_client import LinkError, MqttClient
+from mqtt_client import LinkError, MqttClient, wait_for_ms
 from sensors import Sensors
 
 try:
@@ -423,7 +423,7 @@ class Device:
             client.hold(False)
             self._acked.clear()
             try:
-                await asyncio.wait_for_ms(self._acked.wait(), left)
+                await wait_for_ms(self._acked.wait(), left)
             except asyncio.TimeoutError:
                 pass
         try:

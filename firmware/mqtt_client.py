@@ -46,6 +46,27 @@ except ImportError:
 _WRITE_TIMEOUT_MS = const(10000)
 
 
+async def wait_for_ms(aw, timeout_ms):
+    # asyncio.wait_for_ms(aw, timeout_ms) without loading asyncio.funcs (0.8
+    # KiB of heap for good) and with one task instead of two and a closure:
+    # aw runs in this task; an alarm task cancels it at the deadline, which
+    # raises asyncio.TimeoutError here.
+    alarm = asyncio.create_task(_cancel_in(asyncio.current_task(), timeout_ms))
+    try:
+        return await aw
+    except asyncio.CancelledError:
+        if alarm.done():
+            raise asyncio.TimeoutError
+        raise
+    finally:
+        alarm.cancel()
+
+
+async def _cancel_in(task, ms):
+    await asyncio.sleep_ms(ms)
+    task.cancel()
+
+
 class LinkError(Exception):
     # The link to the broker failed or the broker refused us; `str()` says why.
     pass
@@ -87,7 +108,7 @@ class MqttClient:
                 coro = asyncio.open_connection(host, port)
             else:
                 coro = asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname)
-            self._reader, self._writer = await asyncio.wait_for_ms(coro, timeout_ms)
+            self._reader, self._writer = await wait_for_ms(coro, timeout_ms)
         except asyncio.TimeoutError:
             raise LinkError("connect to %s:%d timed out after %d ms" % (host, port, timeout_ms))
         except OSError as e:
@@ -126,7 +147,7 @@ class MqttClient:
         if w is not None:
             try:
                 w.close()
-                await asyncio.wait_for_ms(w.wait_closed(), 1000)
+                await wait_for_ms(w.wait_closed(), 1000)
             except Exception:
                 pass
 
@@ -223,10 +244,18 @@ class MqttClient:
                 continue
             left = max(left, 1)
             self._due = time.ticks_add(now, left)
+            # Sleep until the reader's news or the deadline (the alarm sets
+            # wake then): one task, where asyncio.wait_for_ms on the Event
+            # kept two and a closure alive the whole time.
+            alarm = asyncio.create_task(self._alarm(left))
             try:
-                await asyncio.wait_for_ms(wake.wait(), left)
-            except asyncio.TimeoutError:
-                pass
+                await wake.wait()
+            finally:
+                alarm.cancel()
+
+    async def _alarm(self, ms):
+        await asyncio.sleep_ms(ms)
+        self._wake.set()
 
     def _dispatch(self):
         while self._failure is None:
@@ -273,7 +302,7 @@ class MqttClient:
         if self._writer is None or not self.session.has_data_to_send():
             return
         try:
-            await asyncio.wait_for_ms(self._send(), _WRITE_TIMEOUT_MS)
+            await wait_for_ms(self._send(), _WRITE_TIMEOUT_MS)
         except asyncio.TimeoutError:
             raise LinkError("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from emulator import cli
+from emulator.firmware.deploy import deployed
 from emulator.realboard.flash import (
     FlashError,
     blocks_needed,
@@ -68,8 +69,9 @@ def test_flash_provisions_an_emulated_board_that_comes_online_and_answers_ping(b
 
     flash_dir = sb.board.flash_dir
     assert "an emulated board runs the .py sources" in out  # .mpy is the default on real boards
+    deployed_files = deployed(FIRMWARE)  # the source with its private names shortened
     for src in FIRMWARE.glob("*.py"):
-        assert (flash_dir / src.name).read_bytes() == src.read_bytes()
+        assert (flash_dir / src.name).read_bytes() == deployed_files[src.name]
     cfg = json.loads((flash_dir / "config.json").read_text())
     assert cfg["id"] == "dev-flashed" and cfg["broker"] == {"host": broker.host, "port": broker.port, "tls": False}
 
@@ -157,7 +159,7 @@ def test_build_files_order_mpy_and_space():
     cfg = {"id": "dev-1"}
     files = build_files(cfg, tls_files={"ca.crt": b"der"})
     assert list(files)[-1] == "config.json" and json.loads(files["config.json"]) == cfg
-    assert files["ca.crt"] == b"der" and files["app.py"] == (FIRMWARE / "app.py").read_bytes()
+    assert files["ca.crt"] == b"der" and files["app.py"] == deployed(FIRMWARE)["app.py"]
     mpy = build_files(cfg, mpy=True)
     assert "boot.py" in mpy and "main.py" in mpy and "app.mpy" in mpy and "app.py" not in mpy
 

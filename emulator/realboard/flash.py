@@ -36,7 +36,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from emulator.board.vm.interpreter import VmError, compiled
+from emulator.board.vm.interpreter import VmError, compile_source
+from emulator.firmware.deploy import deployed
 from emulator.firmware.folder import FIRMWARE_DIR, KEEP_PY, pick_firmware
 from emulator.validation import BrokerURL, UsageError, check_device_id, parse_broker_url
 
@@ -110,8 +111,13 @@ def board_config(
 def compile_mpy(source: Path) -> bytes:
     """`source` as mpy-cross compiles it for a board (the VM backend's
     compiler and its content-keyed cache: the same bytes either way)."""
+    return compile_text(source.name, source.read_bytes())
+
+
+def compile_text(name: str, text: bytes) -> bytes:
+    """The file `name` with content `text`, compiled as `compile_mpy` does."""
     try:
-        return compiled(source)
+        return compile_source(name, text)
     except VmError as e:
         raise FlashError(str(e)) from None
 
@@ -126,11 +132,11 @@ def build_files(
     """Board path -> content, in copy order (config.json last, so a board
     interrupted mid-deploy never boots a new config with old firmware)."""
     files: dict[str, bytes] = {}
-    for src in sorted(Path(firmware_dir).glob("*.py")):
-        if mpy and src.name not in KEEP_PY:
-            files[src.stem + ".mpy"] = compile_mpy(src)
+    for name, text in deployed(Path(firmware_dir)).items():  # private names shortened (emulator/firmware/deploy.py)
+        if mpy and name not in KEEP_PY:
+            files[name[:-3] + ".mpy"] = compile_text(name, text)
         else:
-            files[src.name] = src.read_bytes()
+            files[name] = text
     files.update(tls_files or {})
     files["config.json"] = (json.dumps(config, indent=2) + "\n").encode()
     return files

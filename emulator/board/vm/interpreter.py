@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from emulator.firmware.deploy import deployed
 from emulator.firmware.folder import KEEP_PY
 from emulator.validation import BadValue, UsageError, check_heap
 
@@ -92,20 +93,34 @@ def _cache_dir() -> Path:
     return d
 
 
+# -O3: no line numbers in the bytecode, 1.7 KiB less heap for the firmware's
+# resident modules; a board's traceback names the module and the function
+# (emulator.firmware.deploy.rename_map turns a shortened name back), not the line.
+MPY_CROSS_OPT = "-O3"
+
+
 def compiled(source: Path) -> bytes:
-    """`source` compiled by mpy-cross, from the cache when its content was seen before."""
-    data = source.read_bytes()
-    key = hashlib.sha256(data + b"\0" + source.name.encode()).hexdigest()[:24]
-    hit = _cache_dir() / f"{source.stem}-{key}.mpy"
+    """`source` (a shim: not firmware) compiled by mpy-cross with its line
+    numbers, from the cache when its content was seen before."""
+    return compile_source(source.name, source.read_bytes(), opt="-O0")
+
+
+def compile_source(name: str, data: bytes, opt: str = MPY_CROSS_OPT) -> bytes:
+    """The text `data` of the file `name` compiled by mpy-cross (content-cached)."""
+    stem = name.rsplit(".", 1)[0]
+    key = hashlib.sha256(data + b"\0" + name.encode() + b"\0-s module " + opt.encode()).hexdigest()[:24]
+    hit = _cache_dir() / f"{stem}-{key}.mpy"
     if hit.is_file():
         return hit.read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
-        out_path = Path(tmp) / (source.stem + ".mpy")
-        # -s: tracebacks name the file as on the board ("app.py"), not the host path.
-        cmd = [sys.executable, "-m", "mpy_cross", "-s", source.name, "-o", str(out_path), str(source)]
+        src_path, out_path = Path(tmp) / name, Path(tmp) / (stem + ".mpy")
+        src_path.write_bytes(data)
+        # -s: tracebacks name the module ("app"), not the host path: a name
+        # the board interns anyway (a file name would be one more string in its heap).
+        cmd = [sys.executable, "-m", "mpy_cross", opt, "-s", stem, "-o", str(out_path), str(src_path)]
         r = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if r.returncode != 0:
-            raise VmError(f"mpy-cross failed on {source.name}: {(r.stderr or r.stdout).strip()}")
+            raise VmError(f"mpy-cross failed on {name}: {(r.stderr or r.stdout).strip()}")
         out = out_path.read_bytes()
     tmp_hit = hit.with_suffix(f".{id(out)}.tmp")
     tmp_hit.write_bytes(out)
@@ -114,14 +129,15 @@ def compiled(source: Path) -> bytes:
 
 
 def deploy_firmware(firmware_dir: Path, flash_dir: Path, mpy: bool = True) -> list[str]:
-    """Put the firmware onto the board's flash (config.json and certificates
-    are left alone); stale `.py`/`.mpy` twins are removed, as flash does."""
+    """Put the firmware onto the board's flash as `deployed()` makes it (config.json and
+    certificates are left alone); stale `.py`/`.mpy` twins are removed, as flash does."""
     names = []
-    for src in sorted(Path(firmware_dir).glob("*.py")):
-        if mpy and src.name not in KEEP_PY:
-            name, data, twin = src.stem + ".mpy", compiled(src), src.name
+    for src, text in deployed(Path(firmware_dir)).items():
+        stem = src.rsplit(".", 1)[0]
+        if mpy and src not in KEEP_PY:
+            name, data, twin = stem + ".mpy", compile_source(src, text), src
         else:
-            name, data, twin = src.name, src.read_bytes(), src.stem + ".mpy"
+            name, data, twin = src, text, stem + ".mpy"
         (flash_dir / name).write_bytes(data)
         (flash_dir / twin).unlink(missing_ok=True)
         names.append(name)
