@@ -172,6 +172,18 @@ def test_build_files_order_mpy_and_space():
     assert blocks_needed(small, {"a.py": 9000, "a.mpy": 4096}, ["a.mpy"], 4096) == -1
 
 
+def test_as_written_deploys_the_sources_unchanged_with_line_numbers():
+    """`--as-written` (debugging a real board): the firmware's own names and
+    line numbers, where the default deploys shortened names without lines."""
+    cfg = {"id": "dev-1"}
+    plain = build_files(cfg, as_written=True)
+    assert plain["device.py"] == (FIRMWARE / "device.py").read_bytes() != build_files(cfg)["device.py"]
+    lean, debug = build_files(cfg, mpy=True)["device.mpy"], build_files(cfg, mpy=True, as_written=True)["device.mpy"]
+    assert b"_connect_once" in debug and b"_connect_once" not in lean  # a private name, as the traceback shows it
+    assert len(debug) > len(lean)  # + the line-number tables
+    assert cli.build_parser().parse_args(["flash", "--port", "/dev/null", "--id", "dev-1", "--as-written"]).as_written
+
+
 def test_flash_deploys_mpy_unless_told_py():
     parse = cli.build_parser().parse_args
     base = ["flash", "--port", "/dev/null", "--id", "dev-1"]

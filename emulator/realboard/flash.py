@@ -114,10 +114,11 @@ def compile_mpy(source: Path) -> bytes:
     return compile_text(source.name, source.read_bytes())
 
 
-def compile_text(name: str, text: bytes) -> bytes:
-    """The file `name` with content `text`, compiled as `compile_mpy` does."""
+def compile_text(name: str, text: bytes, opt: str | None = None) -> bytes:
+    """The file `name` with content `text`, compiled as `compile_mpy` does
+    (`opt`: an mpy-cross optimisation level instead of the deployed one)."""
     try:
-        return compile_source(name, text)
+        return compile_source(name, text) if opt is None else compile_source(name, text, opt=opt)
     except VmError as e:
         raise FlashError(str(e)) from None
 
@@ -128,13 +129,19 @@ def build_files(
     firmware_dir: Path = FIRMWARE_DIR,
     tls_files: dict[str, bytes] | None = None,
     mpy: bool = False,
+    as_written: bool = False,
 ) -> dict[str, bytes]:
     """Board path -> content, in copy order (config.json last, so a board
-    interrupted mid-deploy never boots a new config with old firmware)."""
+    interrupted mid-deploy never boots a new config with old firmware).
+    `as_written`: the sources unchanged and .mpy with line numbers (tracebacks
+    name the source's functions and lines; about 7 KiB more heap), instead of
+    the deployed copy (private names shortened, emulator/firmware/deploy.py)."""
     files: dict[str, bytes] = {}
-    for name, text in deployed(Path(firmware_dir)).items():  # private names shortened (emulator/firmware/deploy.py)
+    sources = {p.name: p.read_bytes() for p in sorted(Path(firmware_dir).glob("*.py"))} if as_written \
+        else deployed(Path(firmware_dir))
+    for name, text in sources.items():
         if mpy and name not in KEEP_PY:
-            files[name[:-3] + ".mpy"] = compile_text(name, text)
+            files[name[:-3] + ".mpy"] = compile_text(name, text, opt="-O0" if as_written else None)
         else:
             files[name] = text
     files.update(tls_files or {})
@@ -294,6 +301,7 @@ def flash(
     wifi_ssid: str | None = None,
     wifi_password: str | None = None,
     mpy: bool | None = None,
+    as_written: bool = False,
     certs_dir: Path | str = "certs",
     firmware_dir: Path | str | None = None,
     reset: bool = True,
@@ -341,7 +349,7 @@ def flash(
     with tempfile.TemporaryDirectory(prefix="esp32emu-flash-") as tmp:
         stage = Path(tmp) / "stage"
         stage.mkdir()
-        files = build_files(cfg, firmware_dir=firmware_dir, tls_files=tls_files, mpy=mpy)
+        files = build_files(cfg, firmware_dir=firmware_dir, tls_files=tls_files, mpy=mpy, as_written=as_written)
         stale = stale_files(files, on_board)
         block = survey["block"] or 4096
         extra = blocks_needed(files, on_board, stale, block)
