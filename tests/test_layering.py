@@ -33,6 +33,7 @@ LAYERS: list[set[str]] = [
     {"board", "observe"},  # one emulated board (both backends); paho observers
     {"run", "dashboard"},  # `esp32emu run` and `broker`, scenarios, stopping; the web backend on an observer
     {"fleet", "testing", "realboard"},  # thousands of boards; the pytest plugin; real boards
+    {"cluster"},  # a fleet's board groups as Ray actors (fleets beyond one machine)
     {"cli"},  # the command line: thin, argparse only
     {"__main__"},  # `python -m emulator`
 ]
