@@ -3,11 +3,15 @@
 (`ray.cluster_utils.Cluster`), each started once per test session and
 joined by the fleets, which run as `esp32emu` subprocesses.
 
-One xdist worker starts Ray: every test that needs it is in the xdist group
-"ray" (pyproject's addopts use `--dist loadgroup`), so the session fixtures
-below run in one process, once, and are torn down (`ray.shutdown()`,
-`Cluster.shutdown()`) when that worker ends. Without Ray (`esp32emu[ray]`
-not installed) those tests skip; the exit-2 test runs anyway.
+One xdist worker starts Ray: everything that needs Ray is one test
+(`test_ray_fleets`), so the session fixture below runs in one process, once,
+and is torn down (`ray.shutdown()`, the cluster's `Cluster.shutdown()`) when
+that worker ends. (xdist's `--dist loadgroup` would spread tests over
+workers by group, but with pytest 9.2 and xdist 3.8 it groups nothing: the
+group suffix it writes to `item._nodeid` is no longer read.) The three
+fleets run at the same time, so the test costs Ray's start-up plus the
+longest fleet. Without Ray (`esp32emu[ray]` not installed) it skips; the
+exit-2 test runs anyway.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -37,68 +40,28 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def needs_ray(test):
-    """One xdist worker runs these (and so starts Ray): the group "ray"."""
-    for mark in (pytest.mark.xdist_group("ray"), pytest.mark.slow, pytest.mark.integration):
-        test = mark(test)
-    return test
-
-
 def _ray():
     return pytest.importorskip("ray", reason="Ray is not installed (pip install 'esp32emu[ray]')")
 
 
-# The two-node cluster lives in a child process (it starts while this process
-# starts its local instance: Ray's start-up is most of these tests' time);
-# it shuts the cluster down when its stdin closes, also if we die.
-_CLUSTER = """
-import sys
-from ray.cluster_utils import Cluster
-cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False})
-try:
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    print(cluster.address, flush=True)
-    sys.stdin.read()
-finally:
-    cluster.shutdown()
-"""
-
-
 @pytest.fixture(scope="session")
 def ray_instances():
-    """(local instance's address, two-node cluster's address), each started once."""
+    """((address, environment) of a local instance, the same of a two-node cluster), started once:
+    `ray.init(num_cpus=2)` with this process as its driver, and two one-core nodes on this
+    machine (`ray.cluster_utils.Cluster`); a fleet joins either with that environment."""
     ray = _ray()
-    cluster_env = _env()  # a driver joins with the environment its cluster was started with (auth mode)
-    cluster = subprocess.Popen([sys.executable, "-c", _CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True, env=cluster_env)
+    from emulator.cluster.local import LocalCluster
+
+    # Started first, in a child process: it comes up while ray.init() starts the local instance.
+    cluster = LocalCluster(nodes=2, cpus=1, env=_env())  # a driver joins with the environment it was started with
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            address = cluster.stdout.readline().strip()
-            assert address, "the two-node cluster did not start"
-            yield (ray.get_runtime_context().gcs_address, _env()), (address, cluster_env)
+            yield (ray.get_runtime_context().gcs_address, _env()), (cluster.address(), cluster.env)
         finally:
             ray.shutdown()
     finally:
-        cluster.stdin.close()
-        try:
-            cluster.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            cluster.kill()
-            cluster.wait()
-
-
-@pytest.fixture
-def ray_local(ray_instances):
-    """A local Ray instance (`ray.init(num_cpus=2)`, this process its driver): (address, environment) for fleets to join."""
-    return ray_instances[0]
-
-
-@pytest.fixture
-def ray_two_nodes(ray_instances):
-    """Two Ray nodes on this machine (one core each, `ray.cluster_utils.Cluster`): (head's address, environment)."""
-    return ray_instances[1]
+        cluster.close()
 
 
 def _fleet(tmp: Path, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
@@ -113,14 +76,19 @@ def _connected_ids(state: Path) -> set[str]:
     return set(re.findall(r"New client connected from \S+ as (dev-\d{5})", log))
 
 
-@needs_ray
-def test_ray_and_workers_run_the_same_fleet(tmp_path, ray_local):
-    devices = 12
-    common = ["--devices", str(devices), "--interval", "1", "--keepalive", "5", "--duration", "4", "--seed", "3"]
-    address, env = ray_local
-    ray_run = _fleet(tmp_path, "ray", *common, "--ray", address, "--groups", "2", env=env)
-    local_run = _fleet(tmp_path, "workers", *common, "--workers", "2")
-    for proc in (ray_run, local_run):
+SAME = 12  # boards of the fleet run both ways
+
+
+def _start_same_fleet(tmp_path: Path, local: tuple[str, dict]) -> list[subprocess.Popen]:
+    common = ["--devices", str(SAME), "--interval", "1", "--keepalive", "5", "--duration", "4", "--seed", "3"]
+    return [_fleet(tmp_path, "ray", *common, "--ray", local[0], "--groups", "2", env=local[1]),
+            _fleet(tmp_path, "workers", *common, "--workers", "2")]
+
+
+def _check_same_fleet(tmp_path: Path, procs: list[subprocess.Popen]) -> None:
+    """`--ray --groups 2` and `--workers 2`: the same ids, nothing lost, both reports alike."""
+    devices = SAME
+    for proc in procs:
         _, err = proc.communicate(timeout=90)
         assert proc.returncode == 0, err
     ray_report = json.loads((tmp_path / "ray.json").read_text())
@@ -138,14 +106,16 @@ def test_ray_and_workers_run_the_same_fleet(tmp_path, ray_local):
     assert all(g["state"] == "running" and g["rss_mb"] > 0 and g["loop_lag_p99_ms"] is not None for g in ray_report["groups"])
 
 
-@needs_ray
-def test_a_killed_group_and_a_group_that_died_are_reported_and_the_fleet_goes_on(tmp_path, ray_two_nodes):
+KA, KILLED = 2, 12  # the second fleet: keepalive, boards
+
+
+def _start_kill(tmp_path: Path, cluster: tuple[str, dict]) -> tuple[subprocess.Popen, threading.Thread, threading.Event, list]:
     """Group 1's node dies on cue (--kill-group: no FIN, so the broker gives its
     boards up on their keepalive); group 2's actor process is SIGKILLed from
-    outside (the kernel closes its sockets); group 0 runs to the end."""
-    ka, devices = 2, 12
-    proc = _fleet(tmp_path, "kill", "--devices", str(devices), "--interval", "1", "--keepalive", str(ka),
-                  "--duration", "5", "--ray", ray_two_nodes[0], "--groups", "3", "--kill-group", "1@2", env=ray_two_nodes[1])
+    outside as soon as that happens (the kernel closes its sockets); group 0
+    runs to the end."""
+    proc = _fleet(tmp_path, "kill", "--devices", str(KILLED), "--interval", "1", "--keepalive", str(KA),
+                  "--duration", "5", "--ray", cluster[0], "--groups", "3", "--kill-group", "1@2", env=cluster[1])
     pids: dict[int, int] = {}
     killed_2 = threading.Event()
     lines: list[str] = []
@@ -162,6 +132,11 @@ def test_a_killed_group_and_a_group_that_died_are_reported_and_the_fleet_goes_on
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    return proc, reader, killed_2, lines
+
+
+def _check_kill(tmp_path: Path, proc: subprocess.Popen, reader: threading.Thread, killed_2: threading.Event, lines: list) -> None:
+    ka, devices = KA, KILLED
     try:
         proc.wait(timeout=90)
     finally:
@@ -188,6 +163,19 @@ def test_a_killed_group_and_a_group_that_died_are_reported_and_the_fleet_goes_on
     # The fleet went on: group 0's boards online to the end, nothing lost.
     assert report["online_at_end"] == len(groups[0])
     assert report["telemetry_lost"] == 0 and report["lwt_seen"] == len(groups[1]) + len(groups[2])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_ray_fleets(tmp_path, ray_instances):
+    """On real Ray, three fleets at once: the same fleet with --ray (local
+    instance) and --workers; on the two-node cluster, a group killed on cue
+    and one that dies by itself, while the third goes on."""
+    local, cluster = ray_instances
+    kill = _start_kill(tmp_path, cluster)
+    same = _start_same_fleet(tmp_path, local)
+    _check_same_fleet(tmp_path, same)
+    _check_kill(tmp_path, *kill)
 
 
 def test_a_group_refuses_when_its_node_cannot_hold_its_boards(tmp_path):
