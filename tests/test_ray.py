@@ -198,3 +198,37 @@ def test_ray_flag_without_ray_exits_2_with_the_install_command(tmp_path):
     assert r.stderr.strip() == "esp32emu: --ray needs Ray, which is not installed here: pip install 'esp32emu[ray]'"
     assert not (tmp_path / "broker").exists()  # nothing started
 
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--kill-group", "one@2", "--workers", "2"], "want G@S"),
+    (["--kill-group", "1@2"], "--kill-group needs the boards in groups"),
+    (["--kill-group", "2@1", "--workers", "2"], "there is no group 2"),
+    (["--groups", "2"], "--groups needs --ray"),
+])
+def test_group_options_bad_input_exits_2(tmp_path, capsys, argv, message):
+    from emulator.cli import main
+
+    try:
+        code = main(["--state", str(tmp_path), "fleet", "--devices", "4", *argv])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_kill_group_works_on_local_worker_processes_too(tmp_path):
+    """The same --kill-group on --workers (groups.GroupHost is both hosts' parent side)."""
+    proc = _fleet(tmp_path, "w", "--devices", "6", "--interval", "1", "--keepalive", str(KA), "--duration", "3",
+                  "--workers", "2", "--kill-group", "1@1")
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    report = json.loads((tmp_path / "w.json").read_text())
+    assert report["engine"] == "processes" and [g["state"] for g in report["groups"]] == ["running", "killed"]
+    (lost,) = report["groups_lost"]
+    assert lost["boards"] == ["dev-00002", "dev-00004", "dev-00006"]
+    assert lost["wills_seen"] == lost["wills_within_bound"] == 3 and lost["will_after_s"]["min"] >= 1.5 * KA - 1 - 0.2
+    assert report["online_at_end"] == 3 and report["telemetry_lost"] == 0 and report["rss_per_board_kb"] > 0

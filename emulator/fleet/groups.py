@@ -149,8 +149,10 @@ class GroupHost:
         g.lost = LostGroup(w, g.indices, time.monotonic() if g.killing_at is None else g.killing_at, how,
                            "" if how == "killed" else reason)
         self.lost.append(g.lost)
-        # its boards are gone: nothing booted, no memory; the CPU it used stays counted
+        # its boards are gone: nothing booted, no memory (nor the base its process had
+        # before them); the CPU it used stays counted
         g.latest = {**g.latest, "booted": 0, "halted": 0, "rss_kb": 0, "vm_rss_kb": 0, "vm_anon_kb": 0, "vm_procs": 0}
+        self.rss_base_kb -= g.ready.get("rss_base_kb", 0)
         fut.set_result(g.latest)
 
     def kill_group(self, w: int, keepalive: float) -> None:
