@@ -17,6 +17,10 @@ command (so with Ray's own daemons: GCS, raylet, agents):
   tree RSS/board   tree RSS in the steady state / N, KiB
   tree CPU/1k      tree CPU seconds per 1000 telemetry messages over the
                    same steady window (from the live view's lines)
+  broker RSS/board Mosquitto's RSS in the steady state / N, KiB, and
+  broker CPU/1k    its CPU seconds per 1000 telemetry messages in the window
+                   (each message in once, out once to the observer): for
+                   sizing a broker
 The overhead row: (ray - workers) / workers for each figure.
 
     .venv/bin/python bench/ray_fleet_bench.py                          # 10,000 at 10 s both ways, then the cluster
@@ -100,6 +104,7 @@ def run_fleet(n: int, interval: float, engine: list[str], work: Path, window: fl
            "--duration", f"{duration:.0f}", "--boot-rate", f"{rate:g}", "--report", str(report), *engine]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     marks: list[tuple[float, float, int, int]] = []  # (t, tree cpu, tree rss, telemetry)
+    broker_use: list[tuple[float, int]] = []  # (cpu, rss) at each mark
     tail: list[str] = []
 
     def read() -> None:
@@ -115,6 +120,7 @@ def run_fleet(n: int, interval: float, engine: list[str], work: Path, window: fl
             if (not marks and t - all_online_at >= SETTLE_S) or (marks and t - marks[0][0] >= window):
                 cpu, rss = tree_usage(tree(proc.pid))
                 marks.append((t, cpu, rss, int(m.group(3))))
+                broker_use.append(tree_usage([broker.pid]))
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -141,7 +147,11 @@ def run_fleet(n: int, interval: float, engine: list[str], work: Path, window: fl
         "load": round(os.getloadavg()[0], 1),
         "tree_rss_kb": None,
         "tree_cpu_per_1k": None,
+        "broker_kb": round(broker_use[-1][1] / n, 1) if broker_use else None,
+        "broker_cpu_per_1k": None,
     }
+    if len(marks) == 2 and marks[1][3] > marks[0][3]:
+        out["broker_cpu_per_1k"] = round((broker_use[1][0] - broker_use[0][0]) / (marks[1][3] - marks[0][3]) * 1000, 3)
     if len(marks) == 2 and tree_figures:
         (t0, c0, _, m0), (t1, c1, rss1, m1) = marks
         out["tree_rss_kb"] = round(rss1 / n, 1)
@@ -163,10 +173,10 @@ def fmt(v, spec: str = "") -> str:
 
 def row(name: str, n: int, r: dict) -> str:
     if "error" in r:
-        return f"| {name} | {n} | {r['error']} | | | | | | | |"
+        return f"| {name} | {n} | {r['error']} | | | | | | | | | |"
     return (f"| {name} | {n} | {fmt(r['all_online_s'], '.1f')} s | {fmt(r['rss_kb'], '.1f')} | {fmt(r['cpu_per_1k'], '.2f')} | "
             f"{fmt(r['lag_p99'], '.0f')} ms | {fmt(r['tree_rss_kb'], '.1f')} | {fmt(r['tree_cpu_per_1k'], '.2f')} | "
-            f"{r['lost']}/{r['sent']} | {r['load']} |")
+            f"{fmt(r['broker_kb'], '.1f')} | {fmt(r['broker_cpu_per_1k'], '.2f')} | {r['lost']}/{r['sent']} | {r['load']} |")
 
 
 def overhead(a: dict, b: dict) -> str:
@@ -174,7 +184,7 @@ def overhead(a: dict, b: dict) -> str:
     for k in FIGURES:
         x, y = a.get(k), b.get(k)
         cells.append("-" if not x or y is None else f"{(y - x) / x * 100:+.0f} %")
-    return f"| ray vs workers | | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {cells[4]} | {cells[5]} | | |"
+    return f"| ray vs workers | | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {cells[4]} | {cells[5]} | | | | |"
 
 
 def main() -> int:
@@ -190,8 +200,8 @@ def main() -> int:
     raise_fd_limit(max(args.cluster_sizes + [args.devices]) * 2 + 1000)
     print(f"# {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the start; interval {args.interval:g} s, keepalive {KEEPALIVE} s",
           flush=True)
-    head = ("| fleet | boards | all online | RSS/board KiB | CPU/1k msgs s | lag p99 | tree RSS/board KiB | tree CPU/1k s | lost | load |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| fleet | boards | all online | RSS/board KiB | CPU/1k msgs s | lag p99 | tree RSS/board KiB | tree CPU/1k s "
+            "| broker RSS/board KiB | broker CPU/1k s | lost | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [head]
     if not args.skip_compare:
         with tempfile.TemporaryDirectory(prefix="ray-bench-") as tmp:

@@ -485,7 +485,7 @@ class WorkerPool(GroupHost):
             kind, body = conn.recv()
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(conn.fileno())
-            self.procs[w].join(timeout=1)
+            self.procs[w].join(timeout=0.5)  # for its exit code
             self._gone(w, f"worker {w} exited (code {self.procs[w].exitcode})")
             return
         if kind == "done":
