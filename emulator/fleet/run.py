@@ -523,7 +523,8 @@ class LiveView:
         bars = Table.grid(padding=(0, 1))
         bars.add_row("booted", ProgressBar(total=n, completed=s["booted"], width=40), f"{s['booted']}/{n}")
         bars.add_row("online", ProgressBar(total=n, completed=s["online"], width=40), f"{s['online']}/{n}")
-        t = Table(title=f"esp32emu fleet — {n} boards, {self.opts.workers} process(es), {s['elapsed']:.0f} s", title_justify="left")
+        where = "process(es)" if self.opts.host is None else f"group(s) on {self.boards.engine}"
+        t = Table(title=f"esp32emu fleet — {n} boards, {self.opts.workers} {where}, {s['elapsed']:.0f} s", title_justify="left")
         cols = ("msg/s", "telemetry", "lost", "reconnects", "Wills", "cmd ok", "RTT p50/p99", "loop lag p99", "halted")
         for col in cols:
             t.add_column(col, justify="right")
