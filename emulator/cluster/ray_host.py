@@ -40,7 +40,7 @@ from dataclasses import replace
 
 from emulator.fleet.groups import GroupHost, WorkerError
 from emulator.fleet.run import FD_RESERVE, FDS_PER_BOARD, FDS_PER_VM_BOARD
-from emulator.fleet.workers import BOARDS_PER_WORKER, STATS_EVERY_S, _worker_main, raise_fd_limit
+from emulator.fleet.workers import BOARDS_PER_WORKER, STATS_EVERY_S, _worker_main, raise_fd_limit, rss_kb
 from emulator.validation import UsageError
 
 INSTALL = "pip install 'esp32emu[ray]'"
@@ -206,6 +206,7 @@ class RayPool(GroupHost):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self._connect()
+        self.rss_base_kb = rss_kb()  # this process: the observer, the view and Ray's driver side, no boards
         k = len(self.specs)
         node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
         share = bundle_cpu(node_cpus, k)
