@@ -70,6 +70,21 @@ def _fleet(tmp: Path, name: str, *args: str, env: dict | None = None) -> subproc
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env or _env())
 
 
+def _finish(proc: subprocess.Popen, timeout: float = 90) -> str:
+    """Wait for a fleet; one that overruns gets SIGTERM (it stops its boards and its
+    private Mosquitto), then SIGKILL. Its stderr (when nobody else reads it)."""
+    try:
+        return proc.communicate(timeout=timeout)[1] or ""
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
 def _connected_ids(state: Path) -> set[str]:
     """The client ids the fleet's private Mosquitto let in (its own log: a witness the fleet does not write)."""
     log = (state / "broker" / "mosquitto.log").read_text()
@@ -89,7 +104,7 @@ def _check_same_fleet(tmp_path: Path, procs: list[subprocess.Popen]) -> None:
     """`--ray --groups 2` and `--workers 2`: the same ids, nothing lost, both reports alike."""
     devices = SAME
     for proc in procs:
-        _, err = proc.communicate(timeout=90)
+        err = _finish(proc)
         assert proc.returncode == 0, err
     ray_report = json.loads((tmp_path / "ray.json").read_text())
     local_report = json.loads((tmp_path / "workers.json").read_text())
@@ -137,12 +152,8 @@ def _start_kill(tmp_path: Path, cluster: tuple[str, dict]) -> tuple[subprocess.P
 
 def _check_kill(tmp_path: Path, proc: subprocess.Popen, reader: threading.Thread, killed_2: threading.Event, lines: list) -> None:
     ka, devices = KA, KILLED
-    try:
-        proc.wait(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(5)
+    reader.join(90)  # until the fleet closes its stderr
+    _finish(proc, timeout=30)
     assert proc.returncode == 0, "".join(lines)
     assert killed_2.is_set(), "".join(lines)
     report = json.loads((tmp_path / "kill.json").read_text())
@@ -224,7 +235,7 @@ def test_kill_group_works_on_local_worker_processes_too(tmp_path):
     """The same --kill-group on --workers (groups.GroupHost is both hosts' parent side)."""
     proc = _fleet(tmp_path, "w", "--devices", "6", "--interval", "1", "--keepalive", str(KA), "--duration", "3",
                   "--workers", "2", "--kill-group", "1@1")
-    _, err = proc.communicate(timeout=90)
+    err = _finish(proc)
     assert proc.returncode == 0, err
     report = json.loads((tmp_path / "w.json").read_text())
     assert report["engine"] == "processes" and [g["state"] for g in report["groups"]] == ["running", "killed"]
