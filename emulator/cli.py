@@ -39,6 +39,18 @@ def _value(parse):
     return convert
 
 
+def _kill_group(text: str) -> tuple[int, float]:
+    """--kill-group G@S: a group number and the seconds into the run."""
+    group, sep, at = text.partition("@")
+    try:
+        g, s = int(group), float(at)
+    except ValueError:
+        g, s = -1, -1.0
+    if not sep or g < 0 or not 0 <= s < 10**7:
+        raise argparse.ArgumentTypeError(f"want G@S (a group number, @, seconds into the run), got {text!r}")
+    return g, s
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2
         self.exit(2, f"esp32emu: {message}\n")
@@ -85,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--firmware", type=Path, metavar="DIR", help=FIRMWARE_HELP)
     fl.add_argument("--dashboard", type=_value(LISTEN_PORT), nargs="?", const=8080, metavar="PORT",
                     help="serve the dashboard beside the fleet on 127.0.0.1:PORT (default 8080); its URL and token are printed")
+    fl.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                    help="run the board groups as Ray actors (pip install 'esp32emu[ray]'): no ADDRESS starts a local "
+                    "Ray instance; auto, HOST:PORT or ray://HOST:PORT joins a cluster (README: Fleets on a Ray cluster)")
+    fl.add_argument("--groups", type=_value(v.WORKERS), help="with --ray: board groups, one actor each (default: one per 2,500 boards)")
+    fl.add_argument("--kill-group", type=_kill_group, metavar="G@S",
+                    help="group G's node dies S seconds into the run (its sockets go silent, no FIN); needs --ray or --workers 2+")
 
     wa = sub.add_parser("watch", help="live table of every device seen on a broker (ours or not)")
     wa.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883)")
@@ -255,6 +273,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from emulator.fleet.run import FleetOptions, run_fleet
         from emulator.fleet.workers import auto_workers
 
+        workers, host = args.workers, None
+        if args.groups is not None and args.ray is None:
+            raise UsageError("--groups needs --ray (local processes: --workers)")
+        if args.ray is not None:
+            from emulator.cluster.ray_host import default_groups, ray_host
+
+            if args.workers is not None:
+                raise UsageError("--ray runs the groups as Ray actors: use --groups, not --workers")
+            host = ray_host(args.ray)
+            workers = default_groups(args.devices) if args.groups is None else args.groups
         return run_fleet(
             FleetOptions(
                 devices=args.devices,
@@ -269,11 +297,13 @@ def _dispatch(args: argparse.Namespace) -> int:
                 quiet=args.quiet,
                 scenario=args.scenario,
                 certs_dir=args.certs,
-                workers=auto_workers(args.devices) if args.workers is None else args.workers,
+                workers=auto_workers(args.devices) if workers is None else workers,
                 vm=args.vm,
                 heap=args.heap,
                 firmware=args.firmware,
                 dashboard=args.dashboard,
+                host=host,
+                kill_group=args.kill_group,
             )
         )
     if args.command == "dashboard":

@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     {"board", "observe"},  # one emulated board (both backends); paho observers
     {"run", "dashboard", "ota"},  # `esp32emu run` and `broker`, scenarios, stopping; the web backend on an observer; OTA releases and rollouts
     {"fleet", "testing", "realboard"},  # thousands of boards; the pytest plugin; real boards
-    {"conformance"},  # `esp32emu conformance`: boards on the testing harness against any broker
+    {"conformance", "cluster"},  # `esp32emu conformance` (boards on the testing harness against any broker); a fleet's groups as Ray actors
     {"cli"},  # the command line: thin, argparse only
     {"__main__"},  # `python -m emulator`
 ]

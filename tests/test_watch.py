@@ -134,3 +134,25 @@ def test_watch_once_with_a_device_that_never_sends_telemetry_says_so(broker, obs
     out, err = capsys.readouterr()
     assert _row(out, "quiet-1")[1:4] == ["online", "-", "0"]
     assert "no telemetry within 1 s from 1 online device(s) (quiet-1); --duration S waits longer" in err
+
+
+def test_a_birth_that_comes_after_its_first_telemetry_is_no_loss():
+    """The observer gets a QoS 1 birth later than the QoS 0 telemetry behind it
+    when its in-flight window is full (a busy observer at boot time): the
+    count must not see a gap, while a real gap still counts."""
+    from emulator.observe.counting import FleetObserver
+
+    obs = FleetObserver("127.0.0.1", 1)
+
+    def lost(events) -> int:
+        view = DeviceView()
+        for kind, value in events:
+            if kind == "seq":
+                obs._telemetry(view, {"seq": value}, 1.0, 1.0)
+            else:
+                obs._status(view, {"online": True, "boot": value}, False, 1.0, 1.0)
+        return view.lost
+
+    assert lost([("seq", 0), ("birth", 3), ("seq", 1), ("seq", 2)]) == 0
+    assert lost([("birth", 3), ("seq", 0), ("seq", 1), ("seq", 0), ("birth", 4), ("seq", 1)]) == 0  # after a reboot
+    assert lost([("seq", 0), ("birth", 3), ("seq", 2)]) == 1

@@ -25,6 +25,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from emulator.broker.certs import provision_tls, release_files
 from emulator.broker.pick import broker_for, check_inputs
 from emulator.dashboard.server import beside
 from emulator.firmware.folder import pick_firmware
+from emulator.fleet.groups import will_bound_s
 from emulator.fleet.workers import GroupSpec, LocalBoards, WorkerError, WorkerPool, device_id, loop_name, rss_kb, run_loop, split
 from emulator.observe.counting import FleetObserver, percentile
 from emulator.observe.watch import Rate, rtt_text, worst_table
@@ -87,6 +89,10 @@ class FleetOptions:
     heap: str | None = None  # their heap (default emulator.board.vm.interpreter.DEFAULT_HEAP)
     firmware: Path | None = None  # --firmware (firmware.folder.pick_firmware: else ./firmware, else the bundled one)
     dashboard: int | None = None  # --dashboard PORT: the web backend on this fleet's observer (emulator/dashboard/)
+    # Another host for the `workers` groups than local processes: called with their
+    # GroupSpecs, returns a groups.GroupHost (emulator/cluster/: Ray actors, --ray)
+    host: Callable[[list[GroupSpec]], object] | None = None
+    kill_group: tuple[int, float] | None = None  # --kill-group G@S: group G's node dies S s into the run
 
 
 def check_fd_limit(devices: int, workers: int = 1, private_broker: bool = True, per_board: int = FDS_PER_BOARD) -> None:
@@ -154,7 +160,7 @@ def check_vm_capacity(devices: int, heap: str, interval: float) -> None:
 def validate(opts: FleetOptions) -> None:
     DEVICES.check("--devices", opts.devices)
     WORKERS.check("--workers", opts.workers)
-    if opts.workers > max(64, os.cpu_count() or 1):
+    if opts.host is None and opts.workers > max(64, os.cpu_count() or 1):
         raise UsageError(f"--workers must be 1..{max(64, os.cpu_count() or 1)}, got {opts.workers}")
     if opts.workers > opts.devices:
         raise UsageError(f"--workers ({opts.workers}) cannot exceed --devices ({opts.devices})")
@@ -180,6 +186,11 @@ def validate(opts: FleetOptions) -> None:
         load_scenario(opts.scenario, private_broker=opts.broker is None, backend=opts.vm or "cpython")
     if opts.report is not None:
         writable_file("--report", opts.report)  # not a folder, not read-only: found now, not after the run
+    if opts.kill_group is not None:
+        if opts.workers < 2 and opts.host is None:
+            raise UsageError("--kill-group needs the boards in groups: --workers 2 or more, or --ray")
+        if opts.kill_group[0] >= opts.workers:
+            raise UsageError(f"--kill-group: there is no group {opts.kill_group[0]} (groups 0..{opts.workers - 1})")
 
 
 def run_fleet(opts: FleetOptions) -> int:
@@ -221,10 +232,13 @@ def run_fleet(opts: FleetOptions) -> int:
             loop=loop,
             release_pub=release_files(opts.certs_dir, opts.state_dir)[0]["release.pub"],  # made once, here
         )
-        if opts.workers == 1:
-            boards = LocalBoards(replace(spec, indices=tuple(range(opts.devices))))
+        specs = [replace(spec, indices=s) for s in split(range(opts.devices), opts.workers)]
+        if opts.host is not None:
+            boards = opts.host(specs)
+        elif opts.workers == 1:
+            boards = LocalBoards(specs[0])
         else:
-            boards = WorkerPool([replace(spec, indices=s) for s in split(range(opts.devices), opts.workers)])
+            boards = WorkerPool(specs)
         observer.expect(opts.devices)
         dashboard = beside(observer, opts.dashboard, opts.state_dir)  # the same observer: the page and the live view agree
         try:
@@ -243,8 +257,7 @@ def run_fleet(opts: FleetOptions) -> int:
         finally:
             dashboard.stop()
             observer.stop()
-            if isinstance(boards, WorkerPool):
-                boards.kill()
+            boards.kill()
     print(json.dumps(report), flush=True)  # first: a report that cannot be written is not lost
     if opts.report is not None:
         try:
@@ -275,7 +288,7 @@ class _Meter:
     def boards_cpu_s(self) -> float | None:
         """The worker processes' CPU alone (no observer, no live view); None
         when the boards run in this process."""
-        if not isinstance(self.boards, WorkerPool):
+        if self.boards.in_process:
             return None
         st = self.boards.stats()
         return st["worker_cpu_s"] + st["vm_cpu_s"]
@@ -326,7 +339,9 @@ async def _run(opts: FleetOptions, url, observer: FleetObserver, boards) -> dict
         asyncio.create_task(view.run()),
     ]
     broker_events = None
-    if opts.scenario is not None and isinstance(boards, WorkerPool):
+    if opts.kill_group is not None:
+        tasks.append(asyncio.create_task(_kill_group_later(boards, opts, t0)))
+    if opts.scenario is not None and not boards.in_process:
         # Board events run in the workers; the broker's run here.
         sc = load_scenario(opts.scenario, url.broker is not None)
         broker_only = replace(sc, events=[e for e in sc.events if e.target == "broker"])
@@ -344,6 +359,8 @@ async def _run(opts: FleetOptions, url, observer: FleetObserver, boards) -> dict
                 failed = str(broker_events.exception())
             if failed:
                 break
+        if not failed and boards.describe().get("groups"):
+            await _wait_for_wills(observer, boards, opts.keepalive)
         at_end = boards.stats()
         end = {
             "online_at_end": observer.online_count,
@@ -399,7 +416,64 @@ async def _run(opts: FleetOptions, url, observer: FleetObserver, boards) -> dict
         "cpu_s": round(end["cpu_s"], 1),
         "steady": end["steady"],
         "broker": str(url),
+        **boards.describe(),
+        **_lost_groups(observer, boards, opts.keepalive, t0),
     }
+
+
+async def _kill_group_later(boards, opts: FleetOptions, t0: float) -> None:
+    group, at = opts.kill_group
+    await asyncio.sleep(max(t0 + at - time.monotonic(), 0.0))
+    print(f"esp32emu: group {group}'s node dies ({len(boards.groups[group].indices)} boards, no FIN)", file=sys.stderr, flush=True)
+    boards.kill_group(group, opts.keepalive)
+
+
+def _lost_ids(boards) -> list[tuple[object, list[str]]]:
+    return [(lost, [device_id(i) for i in lost.indices]) for lost in getattr(boards, "lost", [])]
+
+
+async def _wait_for_wills(observer: FleetObserver, boards, keepalive: float) -> None:
+    """At the end of a run that lost groups: wait (at most until the SPEC §4
+    bound after each loss) for their boards' Wills, so the report says
+    whether they came."""
+    lost = _lost_ids(boards)
+    if not lost:
+        return
+    deadline = max(g.at for g, _ in lost) + will_bound_s(keepalive)
+    ids = [d for _, group_ids in lost for d in group_ids]
+
+    def all_wills(devices: dict) -> bool:
+        return all((v := devices.get(d)) is not None and v.state == "will" for d in ids)
+
+    left = deadline - time.monotonic()
+    if left > 0 and not await asyncio.to_thread(observer.wait_until, all_wills, left):
+        print(f"esp32emu: not every lost board's Will came within {will_bound_s(keepalive):.0f} s", file=sys.stderr, flush=True)
+
+
+def _lost_groups(observer: FleetObserver, boards, keepalive: float, t0: float) -> dict:
+    """The report's `groups_lost`: each lost group's boards and when their
+    Wills came (seconds after the loss; SPEC §4: within `will_bound_s`)."""
+    lost = _lost_ids(boards)
+    if not lost and not boards.describe().get("groups"):
+        return {}
+    snap = observer.snapshot()
+    bound = will_bound_s(keepalive)
+    rows = []
+    for g, ids in lost:
+        after = sorted(v.offline_since - g.at for d in ids if (v := snap.get(d)) is not None and v.state == "will"
+                       and v.offline_since is not None)
+        rows.append({
+            "group": g.group,
+            "how": g.how,
+            "reason": g.reason,
+            "at_s": round(g.at - t0, 1),
+            "boards": ids,
+            "wills_seen": len(after),
+            "wills_within_bound": sum(1 for a in after if a <= bound),
+            "will_bound_s": bound,
+            "will_after_s": {"min": round(after[0], 1), "max": round(after[-1], 1)} if after else None,
+        })
+    return {"groups_lost": rows}
 
 
 async def _ping_sample(observer: FleetObserver, opts: FleetOptions) -> None:
@@ -450,7 +524,8 @@ class LiveView:
         bars = Table.grid(padding=(0, 1))
         bars.add_row("booted", ProgressBar(total=n, completed=s["booted"], width=40), f"{s['booted']}/{n}")
         bars.add_row("online", ProgressBar(total=n, completed=s["online"], width=40), f"{s['online']}/{n}")
-        t = Table(title=f"esp32emu fleet — {n} boards, {self.opts.workers} process(es), {s['elapsed']:.0f} s", title_justify="left")
+        where = "process(es)" if self.opts.host is None else f"group(s) on {self.boards.engine}"
+        t = Table(title=f"esp32emu fleet — {n} boards, {self.opts.workers} {where}, {s['elapsed']:.0f} s", title_justify="left")
         cols = ("msg/s", "telemetry", "lost", "reconnects", "Wills", "cmd ok", "RTT p50/p99", "loop lag p99", "halted")
         for col in cols:
             t.add_column(col, justify="right")

@@ -10,7 +10,9 @@ boot order across workers is the fleet's boot order.
 
 No MQTT observing here and no report: fleet.py does those in the parent.
 Workers talk to the parent over a multiprocessing Pipe: ("ready", n),
-("stats", {...}) every half second, ("done", {...}) or ("error", "reason").
+("stats", {...}) every half second, ("done", {...}) or ("error", "reason");
+the parent's side is groups.GroupHost, shared with the Ray actors'
+host (emulator/cluster/), whose actors run this same `_worker_main`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import multiprocessing
 import os
 import resource
 import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from emulator.fleet.gcpolicy import Collector
+from emulator.fleet.groups import GroupHost, WorkerError, hold_sockets
 from emulator.run.scenario import ScenarioRunError
 
 LAG_PROBE_S = 0.05  # the probe sleeps this long and records how late it wakes
@@ -276,6 +280,23 @@ class BoardGroup:
             "vm_cpu_s": children_cpu_s() - self._vm_cpu0 + sum(cpu_s(pid) for pid in pids),
         }
 
+    def blackout(self) -> list[int]:
+        """The group's node dies: every board's link abandoned (no FIN, no
+        more bytes); returns the file descriptors of the sockets still open,
+        for a holder process to keep after this one is gone (groups.py)."""
+        fds = []
+        for board in self.boards:
+            link = getattr(board, "link", None)
+            if link is None:
+                continue
+            link.abandon_connections()
+            for conn in list(link._live):  # whose socket still lives (emulator/net/faults.py)
+                transport = getattr(conn, "transport", None)
+                sock = transport.get_extra_info("socket") if transport is not None else None
+                if sock is not None and sock.fileno() >= 0:
+                    fds.append(sock.fileno())
+        return fds
+
     async def stop(self) -> None:
         """Cancel the group's own tasks, then shut the boards down the way
         Ctrl-C does (planned offline, then power off)."""
@@ -319,6 +340,9 @@ def make_board(spec: GroupSpec, index: int, image):
 class LocalBoards:
     """The whole fleet in this process (--workers 1)."""
 
+    engine = "local"
+    in_process = True
+
     def __init__(self, spec: GroupSpec):
         self.group = BoardGroup(spec)
         self.devices = len(spec.indices)
@@ -344,6 +368,12 @@ class LocalBoards:
     async def stop(self) -> None:
         await self.group.stop()
 
+    def kill(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"engine": self.engine, "nodes": 1}
+
 
 # -- worker processes ------------------------------------------------------------------
 
@@ -351,7 +381,8 @@ class LocalBoards:
 def _worker_main(spec: GroupSpec, conn) -> None:
     """A spawned worker: build, report ready, run from the parent's t0 until
     the parent says stop (or goes away), shut down, report done."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us in order
+    if threading.current_thread() is threading.main_thread():  # (a Ray actor runs this in a thread)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us in order
     raise_fd_limit()
     try:
         group = BoardGroup(spec)
@@ -383,6 +414,9 @@ async def _worker_loop(group: BoardGroup, conn, t0: float) -> None:
         if msg[0] == "stop":
             loop.remove_reader(conn.fileno())
             stop.set()
+        elif msg[0] == "blackout":  # the node dies: sockets held open elsewhere, then this process ends
+            hold_sockets(group.blackout(), msg[1])
+            os._exit(0)
 
     loop.add_reader(conn.fileno(), on_message)
     group.start(t0, broker=None, board_events_only=True)
@@ -409,17 +443,12 @@ async def _worker_loop(group: BoardGroup, conn, t0: float) -> None:
     conn.send(("done", stats()))
 
 
-class WorkerError(RuntimeError):
-    """The boards' side of a run failed (a worker process, or a scenario
-    event in one); the message says why."""
-
-
-class WorkerPool:
-    """K spawned processes, each running a BoardGroup; stats aggregated."""
+class WorkerPool(GroupHost):
+    """K spawned processes, each running a BoardGroup; stats aggregated (groups.py)."""
 
     def __init__(self, specs: list[GroupSpec]):
+        super().__init__(specs)
         ctx = multiprocessing.get_context("spawn")
-        self.devices = sum(len(s.indices) for s in specs)
         self.conns = []
         self.procs = []
         for spec in specs:
@@ -427,11 +456,6 @@ class WorkerPool:
             proc = ctx.Process(target=_worker_main, args=(spec, child), daemon=True, name=f"esp32emu-worker-{len(self.procs)}")
             self.conns.append(parent)
             self.procs.append(proc)
-        self.latest: list[dict] = [{} for _ in specs]
-        self.lag_ms: list[float] = []
-        self.rss_base_kb = 0
-        self.cpu_base_s = 0.0  # what building the boards cost: not part of the run
-        self._done: list[asyncio.Future] = []
 
     def build(self, timeout: float = 120.0) -> None:
         """Start the processes and wait until every one has built its boards."""
@@ -448,8 +472,7 @@ class WorkerPool:
                 raise WorkerError(f"worker {w} died while building its boards (exit {self.procs[w].exitcode})") from None
             if kind == "error":
                 raise WorkerError(body)
-            self.rss_base_kb += body["rss_base_kb"]
-            self.cpu_base_s += body["cpu_s"]
+            self._ready(w, body)
 
     def start(self, t0: float, broker=None) -> None:
         loop = asyncio.get_running_loop()
@@ -465,39 +488,18 @@ class WorkerPool:
             kind, body = conn.recv()
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(conn.fileno())
-            if not fut.done():
-                fut.set_exception(WorkerError(f"worker {w} exited (code {self.procs[w].exitcode})"))
+            self.procs[w].join(timeout=0.5)  # for its exit code
+            self._gone(w, f"worker {w} exited (code {self.procs[w].exitcode})")
             return
-        if kind in ("stats", "done"):
-            self.lag_ms.extend(body.pop("lag_ms"))
-            self.latest[w] = body
-            if kind == "done":
-                asyncio.get_running_loop().remove_reader(conn.fileno())
-                if not fut.done():
-                    fut.set_result(body)
-        elif kind == "error" and not fut.done():
-            fut.set_exception(WorkerError(body))
+        if kind == "done":
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+        self._handle(w, kind, body)
 
-    def failed(self) -> str | None:
-        """Why a worker stopped early, if one did."""
-        for fut in self._done:
-            if fut.done() and fut.exception() is not None:
-                return str(fut.exception())
-        return None
-
-    def stats(self) -> dict:
-        return {
-            "booted": sum(s.get("booted", 0) for s in self.latest),
-            "halted": sum(s.get("halted", 0) for s in self.latest),
-            "lag_ms": self.lag_ms,
-            "rss_base_kb": self.rss_base_kb,
-            "vm_rss_kb": sum(s.get("vm_rss_kb", 0) for s in self.latest),
-            "vm_anon_kb": sum(s.get("vm_anon_kb", 0) for s in self.latest),
-            "vm_procs": sum(s.get("vm_procs", 0) for s in self.latest),
-            "vm_cpu_s": sum(s.get("vm_cpu_s", 0.0) for s in self.latest),
-            "worker_rss_kb": sum(s.get("rss_kb", 0) for s in self.latest),
-            "worker_cpu_s": max(sum(s.get("cpu_s", 0.0) for s in self.latest) - self.cpu_base_s, 0.0),
-        }
+    def _send_blackout(self, w: int, hold_s: float) -> None:
+        try:
+            self.conns[w].send(("blackout", hold_s))
+        except OSError:
+            pass
 
     async def stop(self, timeout: float = 30.0) -> None:
         for conn in self.conns:

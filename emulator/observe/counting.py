@@ -57,6 +57,9 @@ class DeviceView:
     boot_base: int = 0
     seq_origin: int = 0  # the first seq this boot's count starts from
     saw_boot_start: bool = False  # a live birth of the current boot arrived: count from seq 0
+    # This boot's telemetry came before its birth (the QoS 1 birth queued behind our
+    # in-flight window, the QoS 0 telemetry not): the birth then names the boot, no reset.
+    boot_by_seq: bool = False
     last_seen: float = 0.0  # time.monotonic() of the last message about this device
     last_telemetry_at: float | None = None
     offline_since: float | None = None
@@ -239,12 +242,15 @@ class FleetObserver:
             if isinstance(body, dict):
                 view.fw, view.reset, view.ip = (_text(body.get(k)) for k in ("fw", "reset", "ip"))
             boot = body.get("boot") if isinstance(body, dict) else None
-            if isinstance(boot, int) and boot != view.boot:
+            if isinstance(boot, int) and boot != view.boot and view.boot_by_seq:
+                view.boot = boot  # its telemetry is already being counted
+            elif isinstance(boot, int) and boot != view.boot:
                 view.boot = boot
                 view.boot_base = view.inferred_sent
                 view.last_seq = None
                 # Joined mid-boot (a retained birth): count from the first seq we see.
                 view.saw_boot_start = not retained
+            view.boot_by_seq = False
         elif online is False:
             # Our Will is exactly {"online": false}; a planned offline names its reason.
             will = isinstance(body, dict) and set(body) == {"online"}
@@ -274,10 +280,12 @@ class FleetObserver:
             return
         if view.last_seq is None:
             view.seq_origin = 0 if view.saw_boot_start else seq
+            view.boot_by_seq = view.boot is None  # no birth yet: the one that comes names this boot
         elif seq <= view.last_seq:
             # seq restarted without a birth we saw: a new boot, counted from 0
             view.boot_base = view.inferred_sent
             view.seq_origin = 0
+            view.boot_by_seq = True
         view.last_seq = seq
         view.seq_received += 1
         view.inferred_sent = max(view.inferred_sent, view.boot_base + seq + 1 - view.seq_origin)
