@@ -55,7 +55,7 @@ def ray_instances():
     # Started first, in a child process: it comes up while ray.init() starts the local instance.
     cluster = LocalCluster(nodes=2, cpus=1, env=_env())  # a driver joins with the environment it was started with
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # not the cluster above
         try:
             yield (ray.get_runtime_context().gcs_address, _env()), (cluster.address(), cluster.env)
         finally:

@@ -192,8 +192,8 @@ class RayPool(GroupHost):
             return
         quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
         try:
-            if self.address is None:
-                ray.init(**quiet)
+            if self.address is None:  # "local": a new instance, never one found in /tmp/ray or RAY_ADDRESS
+                ray.init(address="local", **quiet)
             else:
                 ray.init(address=self.address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as e:
