@@ -18,8 +18,8 @@ import machine
 
 async def request(dev, cmd_id, url):
     """Reset into the update; the reason (a str) when it cannot be."""
-    if not isinstance(url, str) or not url.startswith("http://") or not 9 <= len(url) <= 512 or " " in url:
-        return "url must be an http:// URL of a manifest.json (at most 512 characters)"
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or not 9 <= len(url) <= 512 or " " in url:
+        return "url must be an http:// or https:// URL of a manifest.json (at most 512 characters)"
     for name, err in (("ota.json", "update in progress"), ("release.pub", None)):
         try:
             os.stat(name)

@@ -44,7 +44,7 @@ def run(j):
     otaboot.write(j)  # this boot's try counts before anything can fail
     otaboot.clear(otaboot.NEW)
     try:
-        _wifi()
+        _wifi(j["url"])
         j["state"] = "requested"
         j = asyncio.run(_update(j))
     except Exception as e:
@@ -65,9 +65,10 @@ def _outcome(j, state, error):
     return j
 
 
-def _wifi():
+def _wifi(url):
     with open("config.json") as f:
-        w = json.loads(f.read()).get("wifi") or {}
+        c = json.loads(f.read())
+    w = c.get("wifi") or {}
     sta = network.WLAN(network.STA_IF)
     sta.active(True)
     if not sta.isconnected():
@@ -77,6 +78,22 @@ def _wifi():
         if time.ticks_diff(time.ticks_ms(), t) > _WIFI_MS:
             raise ValueError("wifi: not connected within %d s" % (_WIFI_MS // 1000))
         time.sleep_ms(100)
+    ntp = c.get("ntp", True)
+    if not (url.startswith("https://") and ntp):
+        return
+    import tlsctx
+
+    if not tlsctx.clock_ok():
+        # https: mbedTLS checks the certificates' dates against the RTC
+        # (otahttp.py refuses with a clear reason if it is still unset)
+        try:
+            import ntptime
+
+            if isinstance(ntp, str):
+                ntptime.host = ntp
+            ntptime.settime()
+        except Exception:
+            pass
 
 
 async def _update(j):

@@ -70,18 +70,22 @@ def _read(open_, name):
     return data
 
 
-def client_context(open_=open):
+def client_context(open_=open, own=True):
     # A tls.SSLContext for the broker connection; raises TlsSetupError.
+    # own=False: verify the server only, no certificate of this device (the
+    # HTTPS release server of an update asks for none: otahttp.py).
     mod = _tls_module()
     ca = _read(open_, CA_FILE)
-    cert = _read(open_, CERT_FILE)
-    key = _read(open_, KEY_FILE)
     ctx = mod.SSLContext(mod.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = mod.CERT_REQUIRED
     try:
         ctx.load_verify_locations(ca)
     except (OSError, ValueError) as e:
         raise TlsSetupError("tls: %s is not a certificate mbedTLS accepts: %r" % (CA_FILE, e))
+    if not own:
+        return ctx
+    cert = _read(open_, CERT_FILE)
+    key = _read(open_, KEY_FILE)
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ValueError) as e:

@@ -178,7 +178,7 @@ def test_bad_input_is_refused_at_once(emu, broker, observer, key):
     for n, url in enumerate(("ftp://x/manifest.json", "http://", "http://a b/manifest.json", 5, None,
                              "http://" + "x" * 506)):
         assert ota.command(f"u{n}", {"url": url}) == {
-            "id": f"u{n}", "ok": False, "error": "url must be an http:// URL of a manifest.json (at most 512 characters)"}
+            "id": f"u{n}", "ok": False, "error": "url must be an http:// or https:// URL of a manifest.json (at most 512 characters)"}
     (ota.flash / "release.pub").rename(ota.flash / "release.pub.away")
     assert ota.command("k1", {"url": "http://127.0.0.1:9/manifest.json"})["error"] == "no release key on this board"
     (ota.flash / "release.pub.away").rename(ota.flash / "release.pub")

@@ -157,6 +157,42 @@ def test_free_space_and_write_time(tmp_path):
     assert board.clock.ticks_offset_ms == 62
 
 
+def _scanned(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def test_used_bytes_are_kept_by_the_operations_not_rescanned(tmp_path):
+    """The free-space count is scanned once a boot, then kept by commits,
+    removes and renames (a flush no longer walks the folder); it always
+    equals a scan, and statvfs agrees with it."""
+    fs, board, os_ = _flash(tmp_path)
+    (tmp_path / "pre").write_bytes(b"p" * 100)
+    assert fs.used_bytes() == 100
+    os_.mkdir("d")
+    for name, data in (("a", b"x" * 5000), ("d/b", b"y" * 300), ("a", b"z" * 10)):
+        with fs.open(name, "wb") as f:
+            f.write(data)
+    with fs.open("d/b", "ab") as f:
+        f.write(b"+")
+    os_.rename("a", "d/b")  # replaces d/b (301 bytes) with a (10)
+    os_.rename("d/b", "d/b")
+    os_.remove("pre")
+    os_.rename("d", "e")
+    assert fs.used_bytes() == _scanned(tmp_path) == 10
+    fs.blocks = 3
+    assert os_.statvfs("/")[3] == 2
+    (tmp_path / "outside").write_bytes(b"o" * 5000)  # behind the board's back, while it runs
+    assert fs.used_bytes() == 10, "counted, not rescanned"
+    fs.recount()
+    assert fs.used_bytes() == 5010 and os_.statvfs("/")[3] == 1
+    (tmp_path / "outside").unlink()
+    board.boots += 1  # a new boot scans again
+    assert fs.used_bytes() == 10
+    with pytest.raises(OSError) as e, fs.open("big", "wb") as f:
+        f.write(b"b" * (3 * 4096 - 9))
+    assert e.value.errno == errno.ENOSPC and fs.used_bytes() == _scanned(tmp_path) == 10
+
+
 def test_cut_power_needs_a_board(tmp_path):
     with pytest.raises(ValueError, match="need a CPython board"):
         FlashFS(tmp_path).cut_power_after(ops=1)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl as ssl_mod
 import time
 from collections.abc import Iterable, Mapping
 
@@ -48,6 +49,19 @@ ETIMEDOUT = 116
 EHOSTUNREACH = 118
 ENOTCONN = 128
 EAI_FAIL = -202  # getaddrinfo failure as lwIP reports it
+
+# OpenSSL's verify messages -> mbedTLS's (mbedtls_x509_crt_verify_info)
+_MBEDTLS_VERIFY = (
+    ("unable to get local issuer", "The certificate is not correctly signed by the trusted CA"),
+    ("self-signed", "The certificate is not correctly signed by the trusted CA"),
+    ("expired", "The certificate validity has expired"),
+    ("not yet valid", "The certificate validity starts in the future"),
+    ("mismatch", "The certificate Common Name (CN) does not match with the expected CN"),
+)
+
+
+def _mbedtls_reason(openssl: str) -> str:
+    return next((m for o, m in _MBEDTLS_VERIFY if o in openssl), openssl)
 
 # ESP-IDF defaults: CONFIG_LWIP_TCP_SND_BUF_DEFAULT and _WND_DEFAULT (4 MSS).
 SEND_BUFFER = 5744
@@ -155,6 +169,9 @@ class Link(LinkFaults):
             _, conn = await loop.create_connection(lambda: Connection(self, conn_seed), ip, port, **kwargs)
         except ConnectionRefusedError:
             raise OSError(ECONNRESET) from None
+        except ssl_mod.SSLCertVerificationError as e:
+            # MicroPython's mbedTLS: ValueError with mbedtls_x509_crt_verify_info's reason
+            raise ValueError(_mbedtls_reason(e.verify_message or str(e))) from None
         except TimeoutError:
             raise OSError(ETIMEDOUT) from None
         except OSError as e:

@@ -221,7 +221,11 @@ class FlashFS:
         everything until it boots again. `ops_done`/`bytes_written` count
         since the board was made (a dry run tells a test how many there are).
       blocks / block_size: the partition's size; a commit that would not
-        fit raises OSError(ENOSPC) as littlefs does (statvfs agrees).
+        fit raises OSError(ENOSPC) as littlefs does (statvfs agrees). The
+        bytes in use are counted once per boot (a scan of the folder) and
+        then kept up to date by the flash operations themselves; files put
+        into the folder from outside while the board runs count from its
+        next boot, or at once after `recount()`.
       write_kib_s: when set, writes take time at that rate: the board's
         ticks jump by the write's duration (a flash write stalls the whole
         MicroPython VM on a real board, so nothing else of the board runs
@@ -243,6 +247,8 @@ class FlashFS:
         self._dead_boot: int | None = None  # the boot in which power was cut
         self._then: list[int] = []
         self.cuts = 0  # power cuts fired since the last cut_power_after()
+        self._used: int | None = None  # bytes in files, counted in the boot _used_boot
+        self._used_boot: int | None = None
 
     # -- faults
 
@@ -296,7 +302,29 @@ class FlashFS:
         return BoardReset(PWRON_RESET)
 
     def used_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+        """Bytes in all files: scanned at the first call of a boot, then
+        kept by `_count` (a flush no longer walks the whole folder)."""
+        boot = self.board.boots if self.board is not None else None
+        if self._used is None or boot is None or boot != self._used_boot:
+            self._used = sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+            self._used_boot = boot
+        return self._used
+
+    def recount(self) -> None:
+        """Scan the folder again at the next `used_bytes()` (after files were
+        put into it from outside while the board runs)."""
+        self._used = None
+
+    def _count(self, delta: int) -> None:
+        if self._used is not None:
+            self._used += delta
+
+    @staticmethod
+    def _size(host: Path) -> int:
+        try:
+            return host.stat().st_size if host.is_file() else 0
+        except OSError:
+            return 0
 
     def free_blocks(self, extra_bytes: int = 0) -> int:
         """Free blocks (after `extra_bytes` more were written): all files' bytes rounded up to blocks."""
@@ -398,13 +426,14 @@ class _FlashFile:
             return  # a handle from before a reset: its power went away with that boot
         data = self._buf.getvalue()
         fs = self._fs
-        old = self._host.stat().st_size if self._host.exists() else 0
+        old = fs._size(self._host)
         if fs.used_bytes() + len(data) - old > fs.blocks * fs.block_size:
             raise mp_oserror(errno.ENOSPC)
         fs.op()  # the commit: atomic, or (power cut) not at all
         tmp = self._host.with_name(self._host.name + ".esp32emu-commit")
         tmp.write_bytes(data)
         _os.replace(tmp, self._host)
+        fs._count(len(data) - old)
         self._dirty = False
 
     def close(self) -> None:
@@ -477,7 +506,9 @@ class OsModule:
         if self._p(path).is_dir():
             raise mp_oserror(errno.EISDIR)
         self._fs.op()
+        size = self._fs._size(self._p(path))
         self._wrap(_os.remove, self._p(path))
+        self._fs._count(-size)
 
     def rename(self, old, new) -> None:
         # littlefs replaces an existing target (of the same type) atomically
@@ -485,7 +516,9 @@ class OsModule:
         if not src.exists():
             raise mp_oserror(errno.ENOENT)
         self._fs.op()
+        replaced = self._fs._size(dst) if src.is_file() and src != dst else 0  # a folder replaces an empty one
         self._wrap(_os.replace, src, dst)
+        self._fs._count(-replaced)
 
     def stat(self, path) -> tuple:
         st = self._wrap(_os.stat, self._p(path))
