@@ -222,7 +222,11 @@ def test_flood_of_commands_is_answered_busy_beyond_the_queue_and_telemetry_flows
     ok = [r[0] for r in results.values() if r[0]["ok"]]
     busy = [r[0] for r in results.values() if not r[0]["ok"]]
     assert all(r["error"] == f"busy: {QUEUE_CAP} commands queued" for r in busy), busy[:3]
-    assert ok and busy, (len(ok), len(busy))
+    # At QoS 0 the flood arrives at wire speed and overruns the queue. At QoS 1
+    # Mosquitto's inflight window (20) and the reader's hold at 8 queued pace
+    # it, so a board that keeps up answers every one ok: "busy" there depends
+    # on the machine's speed and is not asserted (the cap is, below).
+    assert ok and (busy or qos == 1), (len(ok), len(busy))
     assert all(set(r["result"]) == {"pong"} for r in ok)
     assert queue.peak <= QUEUE_CAP, queue.peak
     # Exactly one result each: wait for the next telemetry after the last
