@@ -14,7 +14,11 @@ Per row, from the fleet's own report (emulator/fleet/run.py):
   lag p99      the boards' event loops, steady state
 and, measured here from /proc over the whole process tree of the fleet
 command (so with Ray's own daemons: GCS, raylet, agents):
-  tree RSS/board   tree RSS in the steady state / N, KiB
+  tree RSS/board   tree RSS in the steady state, less Ray's fixed daemons, / N,
+                   KiB (with the groups' actors: Ray's runtime in each, ~80 MB)
+  Ray fixed MB     RSS of Ray's daemons on the node, whatever the fleet's size
+                   (GCS, raylet, monitor, log monitor, API server, agents,
+                   idle workers: `ray_daemons_kb`)
   tree CPU/1k      tree CPU seconds per 1000 telemetry messages over the
                    same steady window (from the live view's lines)
   broker RSS/board Mosquitto's RSS in the steady state / N, KiB, and
@@ -74,6 +78,24 @@ def tree(pid: int) -> list[int]:
     return out
 
 
+def ray_daemons_kb(pids: list[int]) -> int:
+    """RSS (KiB) of the Ray processes among pids that a node runs whatever the
+    fleet's size (GCS, raylet, the monitor, log monitor, API server, agents,
+    idle workers): everything Ray but the groups' actors and the driver."""
+    kb = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if p == pids[0] or "GroupActor" in cmd:
+            continue
+        if "/ray/" in cmd or cmd.startswith("ray::"):
+            kb += tree_usage([p])[1]
+    return kb
+
+
 def tree_usage(pids: list[int]) -> tuple[float, int]:
     """(CPU seconds, RSS KiB) summed over live processes."""
     cpu, rss = 0.0, 0
@@ -103,7 +125,7 @@ def run_fleet(n: int, interval: float, engine: list[str], work: Path, window: fl
            "--broker", broker.url, "--interval", str(interval), "--keepalive", str(KEEPALIVE),
            "--duration", f"{duration:.0f}", "--boot-rate", f"{rate:g}", "--report", str(report), *engine]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    marks: list[tuple[float, float, int, int]] = []  # (t, tree cpu, tree rss, telemetry)
+    marks: list[tuple[float, float, int, int, int]] = []  # (t, tree cpu, tree rss, telemetry, Ray daemons' rss)
     broker_use: list[tuple[float, int]] = []  # (cpu, rss) at each mark
     tail: list[str] = []
 
@@ -118,8 +140,9 @@ def run_fleet(n: int, interval: float, engine: list[str], work: Path, window: fl
             t = time.monotonic()
             all_online_at = all_online_at or t
             if (not marks and t - all_online_at >= SETTLE_S) or (marks and t - marks[0][0] >= window):
-                cpu, rss = tree_usage(tree(proc.pid))
-                marks.append((t, cpu, rss, int(m.group(3))))
+                pids = tree(proc.pid)
+                cpu, rss = tree_usage(pids)
+                marks.append((t, cpu, rss, int(m.group(3)), ray_daemons_kb(pids)))
                 broker_use.append(tree_usage([broker.pid]))
 
     reader = threading.Thread(target=read, daemon=True)
@@ -146,6 +169,7 @@ def run_fleet(n: int, interval: float, engine: list[str], work: Path, window: fl
         "groups": len(data.get("groups") or []) or 1,
         "load": round(os.getloadavg()[0], 1),
         "tree_rss_kb": None,
+        "fixed_mb": None,
         "tree_cpu_per_1k": None,
         "broker_kb": round(broker_use[-1][1] / n, 1) if broker_use else None,
         "broker_cpu_per_1k": None,
@@ -153,8 +177,9 @@ def run_fleet(n: int, interval: float, engine: list[str], work: Path, window: fl
     if len(marks) == 2 and marks[1][3] > marks[0][3]:
         out["broker_cpu_per_1k"] = round((broker_use[1][0] - broker_use[0][0]) / (marks[1][3] - marks[0][3]) * 1000, 3)
     if len(marks) == 2 and tree_figures:
-        (t0, c0, _, m0), (t1, c1, rss1, m1) = marks
-        out["tree_rss_kb"] = round(rss1 / n, 1)
+        (t0, c0, _, m0, _), (t1, c1, rss1, m1, fixed1) = marks
+        out["fixed_mb"] = round(fixed1 / 1024)
+        out["tree_rss_kb"] = round((rss1 - fixed1) / n, 1)
         out["tree_cpu_per_1k"] = round((c1 - c0) / (m1 - m0) * 1000, 3) if m1 > m0 else None
     return out
 
@@ -164,7 +189,7 @@ def meets_targets(r: dict) -> bool:
             and r["lost"] == 0 and r["lag_p99"] is not None and r["lag_p99"] < TARGET_LAG_MS)
 
 
-FIGURES = ("all_online_s", "rss_kb", "cpu_per_1k", "lag_p99", "tree_rss_kb", "tree_cpu_per_1k")
+FIGURES = ("all_online_s", "rss_kb", "cpu_per_1k", "lag_p99", "tree_rss_kb", "fixed_mb", "tree_cpu_per_1k")
 
 
 def fmt(v, spec: str = "") -> str:
@@ -173,9 +198,9 @@ def fmt(v, spec: str = "") -> str:
 
 def row(name: str, n: int, r: dict) -> str:
     if "error" in r:
-        return f"| {name} | {n} | {r['error']} | | | | | | | | | |"
+        return f"| {name} | {n} | {r['error']} | | | | | | | | | | |"
     return (f"| {name} | {n} | {fmt(r['all_online_s'], '.1f')} s | {fmt(r['rss_kb'], '.1f')} | {fmt(r['cpu_per_1k'], '.2f')} | "
-            f"{fmt(r['lag_p99'], '.0f')} ms | {fmt(r['tree_rss_kb'], '.1f')} | {fmt(r['tree_cpu_per_1k'], '.2f')} | "
+            f"{fmt(r['lag_p99'], '.0f')} ms | {fmt(r['tree_rss_kb'], '.1f')} | {fmt(r['fixed_mb'])} | {fmt(r['tree_cpu_per_1k'], '.2f')} | "
             f"{fmt(r['broker_kb'], '.1f')} | {fmt(r['broker_cpu_per_1k'], '.2f')} | {r['lost']}/{r['sent']} | {r['load']} |")
 
 
@@ -183,8 +208,11 @@ def overhead(a: dict, b: dict) -> str:
     cells = []
     for k in FIGURES:
         x, y = a.get(k), b.get(k)
-        cells.append("-" if not x or y is None else f"{(y - x) / x * 100:+.0f} %")
-    return f"| ray vs workers | | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {cells[4]} | {cells[5]} | | | | |"
+        if k == "fixed_mb":
+            cells.append("-" if y is None else f"+{y - (x or 0)} MB")
+        else:
+            cells.append("-" if not x or y is None else f"{(y - x) / x * 100:+.0f} %")
+    return "| ray vs workers | | " + " | ".join(cells) + " | | | | |"
 
 
 def main() -> int:
@@ -200,8 +228,8 @@ def main() -> int:
     raise_fd_limit(max(args.cluster_sizes + [args.devices]) * 2 + 1000)
     print(f"# {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the start; interval {args.interval:g} s, keepalive {KEEPALIVE} s",
           flush=True)
-    head = ("| fleet | boards | all online | RSS/board KiB | CPU/1k msgs s | lag p99 | tree RSS/board KiB | tree CPU/1k s "
-            "| broker RSS/board KiB | broker CPU/1k s | lost | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| fleet | boards | all online | RSS/board KiB | CPU/1k msgs s | lag p99 | tree RSS/board KiB | Ray fixed MB "
+            "| tree CPU/1k s | broker RSS/board KiB | broker CPU/1k s | lost | load |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [head]
     if not args.skip_compare:
         with tempfile.TemporaryDirectory(prefix="ray-bench-") as tmp:

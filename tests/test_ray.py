@@ -47,7 +47,8 @@ def _ray():
 @pytest.fixture(scope="session")
 def ray_instances():
     """((address, environment) of a local instance, the same of a two-node cluster), started once:
-    `ray.init(num_cpus=2)` with this process as its driver, and two one-core nodes on this
+    `ray.init(address="local", num_cpus=2)` with this process as its driver (Ray's default
+    worker niceness, 15), and two one-core nodes on this
     machine (`ray.cluster_utils.Cluster`); a fleet joins either with that environment."""
     ray = _ray()
     from emulator.cluster.local import LocalCluster
@@ -55,7 +56,7 @@ def ray_instances():
     # Started first, in a child process: it comes up while ray.init() starts the local instance.
     cluster = LocalCluster(nodes=2, cpus=1, env=_env())  # a driver joins with the environment it was started with
     try:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # not the cluster above
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # ours, even when one runs here
         try:
             yield (ray.get_runtime_context().gcs_address, _env()), (cluster.address(), cluster.env)
         finally:
@@ -103,9 +104,12 @@ def _start_same_fleet(tmp_path: Path, local: tuple[str, dict]) -> list[subproces
 def _check_same_fleet(tmp_path: Path, procs: list[subprocess.Popen]) -> None:
     """`--ray --groups 2` and `--workers 2`: the same ids, nothing lost, both reports alike."""
     devices = SAME
+    errs = []
     for proc in procs:
-        err = _finish(proc)
-        assert proc.returncode == 0, err
+        errs.append(_finish(proc))
+        assert proc.returncode == 0, errs[-1]
+    # this instance runs Ray's workers (so the boards) at nice 15: the driver says so
+    assert "warning: Ray runs the groups' boards at nice 15" in errs[0], errs[0]
     ray_report = json.loads((tmp_path / "ray.json").read_text())
     local_report = json.loads((tmp_path / "workers.json").read_text())
     ids = {f"dev-{i:05d}" for i in range(1, devices + 1)}
@@ -156,6 +160,8 @@ def _check_kill(tmp_path: Path, proc: subprocess.Popen, reader: threading.Thread
     _finish(proc, timeout=30)
     assert proc.returncode == 0, "".join(lines)
     assert killed_2.is_set(), "".join(lines)
+    # local.py's cluster runs Ray's workers at the driver's priority (worker_niceness 0): no warning
+    assert sum(", nice 0, pid " in line for line in lines) == 3 and not any("nice 15" in line for line in lines), "".join(lines)
     report = json.loads((tmp_path / "kill.json").read_text())
     groups = split(range(devices), 3)
     assert report["engine"] == "ray" and report["nodes"] == 2  # SPREAD: both nodes hold groups

@@ -13,7 +13,8 @@ _SCRIPT = """
 import sys
 from ray.cluster_utils import Cluster
 nodes, cpus = int(sys.argv[1]), float(sys.argv[2])
-cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": cpus, "include_dashboard": False})
+cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": cpus, "include_dashboard": False,
+                  "_system_config": {"worker_niceness": 0}})  # the boards at the driver's priority, as a fleet's own instance
 try:
     for _ in range(nodes - 1):
         cluster.add_node(num_cpus=cpus)
