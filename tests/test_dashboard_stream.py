@@ -163,19 +163,25 @@ def test_a_restart_with_an_event_log_replays_what_the_client_missed(broker, back
     again.close()
 
 
+def _logged_telemetry(backend, obs, n: int) -> list[dict]:
+    """Telemetry seq 0..n-1 published and read back through an SSE stream of
+    `backend` (which keeps an event log): the events as the client saw them."""
+    sse = backend.sse()
+    sse.next()  # the snapshot
+    publish_telemetry(obs, "d1", range(n))
+    seen = sse.until(lambda e: e["event"] == "telemetry" and e["data"]["payload"]["seq"] == n - 1)
+    sse.close()
+    return seen
+
+
 def test_after_a_crash_that_lost_the_log_tail_no_id_names_two_events(broker, backends, observer, tmp_path, capsys):
     """The log is synced only on a clean stop. A machine crash can lose its
     tail: ids clients already saw. The next backend must not hand those ids
     to new events: it starts from the clock, above them, and a client whose
     id was in the lost tail gets what comes next (no resync)."""
     log = tmp_path / "events.log"
-    backend = backends(events_log=log)
     obs = observer(broker)
-    sse = backend.sse()
-    sse.next()
-    publish_telemetry(obs, "d1", range(5))
-    seen = sse.until(lambda e: e["event"] == "telemetry" and e["data"]["payload"]["seq"] == 4)
-    sse.close()
+    seen = _logged_telemetry(backends(events_log=log), obs, 5)
     # the crash: no clean stop, and the disk kept all but the last two lines
     crashed = tmp_path / "crashed" / "events.log"
     crashed.parent.mkdir()
@@ -195,12 +201,7 @@ def test_after_a_crash_that_lost_the_log_tail_no_id_names_two_events(broker, bac
 def test_a_clean_stop_marks_the_log_and_the_next_start_consumes_the_mark(broker, backends, observer, tmp_path):
     log = tmp_path / "events.log"
     backend = backends(events_log=log)
-    obs = observer(broker)
-    sse = backend.sse()
-    sse.next()
-    publish_telemetry(obs, "d1", range(2))
-    seen = sse.until(lambda e: e["event"] == "telemetry" and e["data"]["payload"]["seq"] == 1)
-    sse.close()
+    seen = _logged_telemetry(backend, observer(broker), 2)
     backend.close()
     marker = log.with_name("events.log.closed")
     assert int(marker.read_text()) == seen[-1]["id"]
@@ -214,11 +215,7 @@ def test_a_truncated_last_line_of_the_event_log_is_skipped_with_one_warning(brok
     log = tmp_path / "events.log"
     backend = backends(events_log=log)
     obs = observer(broker)
-    sse = backend.sse()
-    sse.next()
-    publish_telemetry(obs, "d1", range(4))
-    seen = sse.until(lambda e: e["event"] == "telemetry" and e["data"]["payload"]["seq"] == 3)
-    sse.close()
+    seen = _logged_telemetry(backend, obs, 4)
     backend.close()
     with log.open("a") as f:  # a crash in the middle of a write
         f.write('{"type":"telemetry","id":%d,"device":"d1","payl' % (seen[-1]["id"] + 1))
