@@ -1,21 +1,21 @@
 """Test-side helpers for over-the-air updates (tests/test_ota*.py): a signed
-release folder as the contract (ota-contract.md) lays it out, built with the
-`cryptography` package, and a small static HTTP server on loopback with
-`Range` support and link faults (the real one is `esp32emu release serve`)."""
+release folder as the contract (ota-contract.md) lays it out, from any files
+and any manifest (bad ones included: `esp32emu release build` makes only good
+ones). The tests serve it with `esp32emu release serve`'s server
+(emulator/ota/serve.py: Range, fault hooks, a log of the requests)."""
 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import subprocess
-import threading
 import time
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from emulator.ota.release import sign
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
 
@@ -26,11 +26,6 @@ def new_key() -> ec.EllipticCurvePrivateKey:
 
 def public_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
-    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 def firmware_files(version: str, **changes: bytes) -> dict[str, bytes]:
@@ -65,83 +60,3 @@ def build_release(out: Path, files: dict[str, bytes], version: str, key, *, mpy_
     (out / "manifest.json").write_bytes(raw)
     (out / "manifest.json.sig").write_bytes(sign(key, raw))
     return out / "manifest.json"
-
-
-class ReleaseServer:
-    """Serves a folder over HTTP/1.1 on 127.0.0.1 with `Range`. Faults:
-    `drop_after[name] = n` closes the connection after n body bytes of that
-    file (once), `corrupt[name] = i` flips byte i of it (once)."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.bytes_served = 0
-        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
-        self.hosts: set[str] = set()  # Host headers seen
-        self.drop_after: dict[str, int] = {}
-        self.corrupt: dict[str, int] = {}
-        self._lock = threading.Lock()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                rel = self.path.lstrip("/")
-                path = (server.root / rel).resolve()
-                rng = self.headers.get("Range")
-                with server._lock:
-                    server.requests.append((rel, rng))
-                    server.hosts.add(self.headers.get("Host", ""))
-                if server.root.resolve() not in path.parents or not path.is_file():
-                    self.send_error(404)
-                    return
-                data = path.read_bytes()
-                start = 0
-                if rng and rng.startswith("bytes=") and rng.endswith("-"):
-                    start = int(rng[6:-1])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = bytearray(data[start:])
-                name = path.name
-                with server._lock:
-                    flip = server.corrupt.pop(name, None)
-                    drop = server.drop_after.pop(name, None)
-                if flip is not None and 0 <= flip - start < len(body):
-                    body[flip - start] ^= 0xFF
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                if drop is not None:
-                    body = body[:drop]
-                self.wfile.write(body)
-                with server._lock:
-                    server.bytes_served += len(body)
-                self.close_connection = True
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def url(self, rel: str = "manifest.json") -> str:
-        return f"http://127.0.0.1:{self.port}/{rel}"
-
-    def __enter__(self) -> "ReleaseServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(5)

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from tests.boards import KA, is_birth
-from tests.ota_release import ReleaseServer, build_release, firmware_files, new_key, public_pem
+from emulator.ota.serve import ReleaseServer
+from tests.ota_release import build_release, firmware_files, new_key, public_pem
 
 pytestmark = pytest.mark.integration
 
@@ -114,14 +115,14 @@ def test_update_installs_and_commits(emu, broker, observer, key, tmp_path):
     with ReleaseServer(manifest.parent) as srv:
         ota = Ota(emu, broker, observer, key)
         assert ota.start().json()["fw"] == OLD
-        res = ota.command("u1", {"url": srv.url()})
+        res = ota.command("u1", {"url": srv.url("manifest.json")})
         assert res == {"id": "u1", "ok": True, "result": {"from": OLD, "version": NEW}}, res
         out = ota.outcome()
         assert out == {"version": NEW, "from": OLD, "state": "committed", "progress": 100, "error": None}
         states = [m.json()["state"] for m in ota.obs.messages if m.topic.endswith("/ota")]
         assert states == ["trial", "committed"]
         assert ota.births()[-1]["fw"] == NEW
-        assert srv.hosts == {f"127.0.0.1:{srv.port}"}
+        assert {host for *_, host in srv.stats.log} == {f"127.0.0.1:{srv.port}"}
     on_flash = firmware_on(ota.flash)
     assert on_flash == firmware_files(NEW), "the flash holds exactly the new release"
     assert sorted(p.name for p in ota.flash.iterdir() if not p.is_file()) == []
@@ -136,7 +137,7 @@ def test_update_on_the_micropython_vm(emu, broker, observer, key, tmp_path):
     with ReleaseServer(manifest.parent) as srv:
         ota = Ota(emu, broker, observer, key, vm="micropython")
         assert ota.start().json()["fw"] == OLD
-        res = ota.command("v1", {"url": srv.url()}, timeout=60)
+        res = ota.command("v1", {"url": srv.url("manifest.json")}, timeout=60)
         assert res["ok"] is True, (res, "\n".join(ota.board.console_tail[-30:]))
         out = ota.outcome(timeout=60)
         assert out["state"] == "committed", out
@@ -160,11 +161,11 @@ def test_badly_signed_release_is_refused_with_nothing_written(emu, broker, obser
         ota.start()
         before = snapshot(ota.flash)
         mark = len(ota.obs.messages)
-        res = ota.command("b1", {"url": srv.url()})
+        res = ota.command("b1", {"url": srv.url("manifest.json")})
         assert res == {"id": "b1", "ok": False, "error": "manifest signature does not verify"}
         births = [m for m in ota.obs.messages[mark:] if is_birth(ota.id)(m)]
         assert births and births[-1].json()["fw"] == OLD
-        assert [r for r, _ in srv.requests] == ["manifest.json", "manifest.json.sig"], "no file fetched"
+        assert [r for r, *_ in srv.stats.log] == ["manifest.json", "manifest.json.sig"], "no file fetched"
         until(no_journal(ota))
         assert snapshot(ota.flash) == before, "nothing written"
         assert not [m for m in ota.obs.messages if m.topic.endswith("/ota")]
@@ -223,7 +224,7 @@ def test_a_file_that_never_matches_its_hash_fails(emu, broker, observer, key, tm
         ota = Ota(emu, broker, observer, key)
         ota.start()
         before = snapshot(ota.flash)
-        res = ota.command("h1", {"url": srv.url()})
+        res = ota.command("h1", {"url": srv.url("manifest.json")})
         assert res == {"id": "h1", "ok": False, "error": "download of device.py failed after 5 tries: sha256 mismatch"}
         out = ota.outcome()
         assert out["state"] == "failed" and out["error"] == res["error"] and out["version"] == NEW
@@ -240,7 +241,7 @@ def test_a_release_that_raises_at_import_rolls_back(emu, broker, observer, key, 
     with ReleaseServer(manifest.parent) as srv:
         ota = Ota(emu, broker, observer, key)
         ota.start()
-        res = ota.command("r1", {"url": srv.url()})
+        res = ota.command("r1", {"url": srv.url("manifest.json")})
         assert res["ok"] is True, res  # staged and installed; then the trial failed
         out = ota.outcome()
         assert out["state"] == "rolled_back" and out["version"] == NEW and out["from"] == OLD
@@ -253,13 +254,13 @@ def test_a_release_that_raises_at_import_rolls_back(emu, broker, observer, key, 
 def test_a_dropped_link_resumes_with_range(emu, broker, observer, key, tmp_path):
     manifest = _release(tmp_path, key)
     with ReleaseServer(manifest.parent) as srv:
-        srv.drop_after["device.py"] = 5000
-        srv.corrupt["mqtt_client.py"] = 100
+        srv.faults.drop("device.py", 5000)
+        srv.faults.corrupt("mqtt_client.py", 100)
         ota = Ota(emu, broker, observer, key)
         ota.start()
-        assert ota.command("d1", {"url": srv.url()})["ok"] is True
+        assert ota.command("d1", {"url": srv.url("manifest.json")})["ok"] is True
         assert ota.outcome()["state"] == "committed"
-        assert ("files/device.py", "bytes=5000-") in srv.requests
+        assert ("files/device.py", "bytes=5000-") in [(path, rng) for path, rng, _ in srv.stats.log]
     assert firmware_on(ota.flash) == firmware_files(NEW)
 
 
@@ -344,6 +345,6 @@ def _ops_of_an_update(emu, broker, observer, key, tmp_path_factory) -> int:
         ota = Ota(emu, broker, observer, key)
         ota.start()
         ops = ota.board.flash.ops_done
-        assert ota.command("dry", {"url": srv.url()})["ok"] is True
+        assert ota.command("dry", {"url": srv.url("manifest.json")})["ok"] is True
         assert ota.outcome()["state"] == "committed"
         return ota.board.flash.ops_done - ops

@@ -106,6 +106,7 @@ class Stats:
     drops: int = 0
     corruptions: int = 0
     by_path: dict[str, int] = field(default_factory=dict)  # requests per path
+    log: list[tuple[str, str | None, str]] = field(default_factory=list)  # each request: path, Range, Host
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: int) -> None:
@@ -115,7 +116,7 @@ class Stats:
 
     def as_dict(self) -> dict:
         with self.lock:
-            return {k: v for k, v in vars(self).items() if k != "lock" and not isinstance(v, dict)} | {
+            return {k: v for k, v in vars(self).items() if k != "lock" and not isinstance(v, (dict, list))} | {
                 "by_path": dict(self.by_path)}
 
 
@@ -140,6 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv.stats.add(requests=1)
         with srv.stats.lock:
             srv.stats.by_path[rel] = srv.stats.by_path.get(rel, 0) + 1
+            srv.stats.log.append((rel, self.headers.get("Range"), self.headers.get("Host", "")))
         target = (srv.root / rel).resolve()
         if not target.is_relative_to(srv.root) or not target.is_file():
             srv.stats.add(not_found=1)
