@@ -42,7 +42,7 @@ from emulator.board.fakes.machinefake import DEEPSLEEP_RESET, HARD_RESET, PWRON_
 from emulator.board.fakes.misc import FlashFS, NtptimeModule
 from emulator.board.fakes.networkfake import STA_IF, AccessPoint, NetworkModule, Radio
 from emulator.board.sensors import wire as wire_sensors
-from emulator.board.vm.interpreter import compiled_shims, shim_overhead, deploy_firmware, micropython_command, micropython_executable
+from emulator.board.vm.interpreter import DEFAULT_HEAP, compiled_shims, shim_overhead, deploy_firmware, micropython_command, micropython_executable
 from emulator.board.vm.proxy import LinkProxy
 from emulator.rng import SmallRandom
 from emulator.validation import check_heap, heap_bytes
@@ -60,7 +60,7 @@ class VmBoard:
         device_id: str,
         state_dir: Path,
         *,
-        heap: str = "100k",
+        heap: str = DEFAULT_HEAP,
         seed: int = 0,
         index: int = 0,
         console: Callable[[str], None] | None = None,
