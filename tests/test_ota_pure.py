@@ -196,3 +196,19 @@ def test_used_bytes_are_kept_by_the_operations_not_rescanned(tmp_path):
 def test_cut_power_needs_a_board(tmp_path):
     with pytest.raises(ValueError, match="need a CPython board"):
         FlashFS(tmp_path).cut_power_after(ops=1)
+
+
+def test_a_test_writing_through_the_flash_handle_is_counted_at_once(tmp_path):
+    """The plugin's `board.flash[...]` writes behind the firmware's back while
+    the board runs; the free space the firmware sees follows at once."""
+    from emulator.testing.handles import Flash
+
+    fs, _board, os_ = _flash(tmp_path)
+    assert fs.used_bytes() == 0
+    flash = Flash(fs)
+    flash["release.pub"] = b"k" * 4000
+    assert fs.used_bytes() == 4000 == _scanned(tmp_path)
+    fs.blocks = 2
+    assert os_.statvfs("/")[3] == 1
+    del flash["release.pub"]
+    assert fs.used_bytes() == 0 and os_.statvfs("/")[3] == 2

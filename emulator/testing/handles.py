@@ -32,6 +32,7 @@ from typing import Any, Iterator, MutableMapping
 
 from emulator.board.board import Board
 from emulator.board.fakes.machinefake import PWRON_RESET
+from emulator.board.fakes.misc import FlashFS
 from emulator.observe.recording import Message, ObserverClient, clock_text
 from emulator.run.scenario import BOARD_ACTIONS, apply_board_action
 from emulator.testing.harness import Emulator
@@ -115,10 +116,13 @@ class Console:
 
 class Flash(MutableMapping):
     """The board's filesystem root as a mapping of file name -> bytes.
-    `.path` is the host directory behind it."""
+    `.path` is the host directory behind it. A write or delete here tells the
+    board's flash to count its used bytes again (its free space is what the
+    firmware's `os.statvfs` and the OTA updater see)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, fs: FlashFS) -> None:
+        self.path: Path = fs.root
+        self._fs = fs
 
     def _file(self, name: str) -> Path:
         p = (self.path / name.lstrip("/")).resolve()
@@ -136,12 +140,14 @@ class Flash(MutableMapping):
         p = self._file(name)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data.encode() if isinstance(data, str) else data)
+        self._fs.recount()
 
     def __delitem__(self, name: str) -> None:
         try:
             self._file(name).unlink()
         except FileNotFoundError:
             raise KeyError(name) from None
+        self._fs.recount()
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file()))
@@ -211,7 +217,7 @@ class BoardHandle:
                                           start=False, certs=certs, vm=self.backend, heap=heap, **overrides)
         self.config: dict = json.loads(self.board.fs.host_path("/config.json").read_text())
         self.config["broker"] = {**self.config["broker"], **broker}
-        self.flash = Flash(self.board.flash_dir)
+        self.flash = Flash(self.board.fs)
         self.link = LinkControls(self)
         self.booted = False
         self._t0 = time.monotonic()
