@@ -290,11 +290,7 @@ class BoardGroup:
             if link is None:
                 continue
             link.abandon_connections()
-            for conn in list(link._live):  # whose socket still lives (emulator/net/faults.py)
-                transport = getattr(conn, "transport", None)
-                sock = transport.get_extra_info("socket") if transport is not None else None
-                if sock is not None and sock.fileno() >= 0:
-                    fds.append(sock.fileno())
+            fds += [sock.fileno() for sock in link.open_sockets()]
         return fds
 
     async def stop(self) -> None:

@@ -119,6 +119,18 @@ class LinkFaults:
             self.log(f"abandoned {n} connection(s) half-open")
         return n
 
+    def open_sockets(self) -> list:
+        """The host sockets still open under this link's connections (a
+        closed connection may keep its socket a while to send what it held):
+        what a node that dies leaves half-open."""
+        socks = []
+        for c in self._live:
+            transport = getattr(c, "transport", None)
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is not None and sock.fileno() >= 0:
+                socks.append(sock)
+        return socks
+
     def wifi_lost(self) -> None:
         """WiFi gone: established sockets stall for good (nothing reaches the
         AP); connections made after WiFi is back are not affected."""
