@@ -35,7 +35,9 @@ class I2CBus:
     def scan(self) -> list[int]:
         return sorted(self.devices)
 
-    def _dev(self, addr: int):
+    def device(self, addr: int):
+        """The chip that answers one transfer to `addr` (OSError when none
+        does, or when the transfer fails)."""
         dev = self.devices.get(addr)
         if dev is None:
             raise mp_oserror(ENODEV)  # no ACK from that address
@@ -44,10 +46,10 @@ class I2CBus:
         return dev
 
     def read(self, addr: int, reg: int, n: int) -> bytes:
-        return self._dev(addr).read(reg, n)
+        return self.device(addr).read(reg, n)
 
     def write(self, addr: int, reg: int, data: bytes) -> None:
-        self._dev(addr).write(reg, data)
+        self.device(addr).write(reg, data)
 
 
 class Drift:
@@ -171,20 +173,36 @@ class Environment:
 
     def temperature(self) -> float:
         """Air temperature in degC: a day-night cycle plus a slow drift."""
+        return self._temperature(self.now())
+
+    def humidity(self) -> float:
+        """Relative humidity in %: falls when the air warms (same water, warmer air)."""
         t = self.now()
+        return self._humidity(self._temperature(t), t)
+
+    def pressure(self) -> float:
+        """Station pressure in hPa: the weather's drift, lowered by the altitude."""
+        return self._pressure(self.now())
+
+    def air(self) -> tuple[float, float, float]:
+        """(temperature, pressure, humidity) at one instant: what a chip that
+        measures all three at once (the BME280) samples, with one clock read
+        and one temperature."""
+        t = self.now()
+        temp = self._temperature(t)
+        return temp, self._pressure(t), self._humidity(temp, t)
+
+    def _temperature(self, t: float) -> float:
         hour = (t % 86400) / 3600
         day = math.cos(2 * math.pi * (hour - self.peak_hour) / 24)
         return self.temp_mean + self.temp_swing * day + self._t_drift.at(t)
 
-    def humidity(self) -> float:
-        """Relative humidity in %: falls when the air warms (same water, warmer air)."""
-        t = self.temperature()
-        rh = self.rh_mean - self.rh_per_degree * (t - self.temp_mean) + self._h_drift.at(self.now())
+    def _humidity(self, temp: float, t: float) -> float:
+        rh = self.rh_mean - self.rh_per_degree * (temp - self.temp_mean) + self._h_drift.at(t)
         return min(98.0, max(3.0, rh))
 
-    def pressure(self) -> float:
-        """Station pressure in hPa: the weather's drift, lowered by the altitude."""
-        sea = self.sea_level_hpa + self._p_drift.at(self.now())
+    def _pressure(self, t: float) -> float:
+        sea = self.sea_level_hpa + self._p_drift.at(t)
         return sea * (1 - 2.25577e-5 * self.altitude_m) ** 5.25588
 
     # -- the board -------------------------------------------------------------
