@@ -314,9 +314,10 @@ class Bme280Chip:
             p += s * rng.uniform(30.0, 80.0)
             h += s * rng.uniform(30.0, 50.0)
         # Noise shrinks with oversampling (datasheet: ~0.005 degC, ~1.3 Pa, ~0.02 %RH at x1).
-        t += rng.gauss(0, 0.005) / max(os_t, 1) ** 0.5
-        p += rng.gauss(0, 0.013) / max(os_p, 1) ** 0.5
-        h += rng.gauss(0, 0.02) / max(os_h, 1) ** 0.5
+        noise = self.env.noise  # N(0, 1) draws (environment.Noise)
+        t += 0.005 * noise() / max(os_t, 1) ** 0.5
+        p += 0.013 * noise() / max(os_p, 1) ** 0.5
+        h += 0.02 * noise() / max(os_h, 1) ** 0.5
         h = min(100.0, max(0.0, h))
         adc_t, adc_p, adc_h = self._last_words = raw_words(
             t, p, h, self.cal_t, self.cal_p, self.cal_h, getattr(self, "_last_words", None)

@@ -228,7 +228,7 @@ class ADC:
 
     def _code(self) -> int:
         env = self._board.env
-        code = round((env.adc_volts(self._pin) + env.rng.gauss(0, self.NOISE_V)) / self.FULL_SCALE_V[self._atten] * 4095)
+        code = round((env.adc_volts(self._pin) + self.NOISE_V * env.noise()) / self.FULL_SCALE_V[self._atten] * 4095)
         return 0 if code < 0 else 4095 if code > 4095 else code
 
     def read_uv(self) -> int:
