@@ -95,10 +95,11 @@ def _invert(fn, target: float, bits: int, rising: bool, hint: int | None = None)
     # is used again for the final "nearer neighbour" choice.
     fg = fn(g)
     if (fg < target) == rising:
-        if g + 1 < n:
-            f1 = fn(g + 1)
-            if (f1 < target) != rising:  # the first word not below: g+1
-                return g if abs(fg - target) < abs(f1 - target) else g + 1
+        if g + 1 == n:  # the top word is still below: it is the nearest (the gallop would step past it)
+            return g
+        f1 = fn(g + 1)
+        if (f1 < target) != rising:  # the first word not below: g+1
+            return g if abs(fg - target) < abs(f1 - target) else g + 1
     elif g == 0:
         return 0
     else:
