@@ -185,7 +185,7 @@ class Environment:
         self._h_drift = Drift(self.child("drift:h"), 3.0, 2 * 3600)
         self._p_drift = Drift(self.child("drift:p"), 6.0, 30 * 3600)
         self.battery = Battery(self.child("battery"), now)
-        self.noise = Noise(rng)  # the ADC's
+        self.noise = Noise(rng)  # N(0, 1) draws for the sensors' noise (ADC, BME280, MCU)
         self.buses: dict[int, I2CBus] = {}
         self.adc_inputs: dict[int, Callable[[], float]] = {}  # pin -> volts at the pin
         self.dht: dict[int, object] = {}  # pin -> a DHT sensor wired there
@@ -234,7 +234,7 @@ class Environment:
     # -- the board -------------------------------------------------------------
 
     def mcu_temperature(self) -> float:
-        return self.temperature() + self.mcu_heating + self.rng.gauss(0, 0.3)
+        return self.temperature() + self.mcu_heating + 0.3 * self.noise()
 
     def radio_transmit(self, nbytes: int) -> None:
         self.battery.transmit(nbytes)
