@@ -11,6 +11,8 @@ message cost of an unsaturated board, without the parent's observer: the
     .venv/bin/python bench/msg_cost.py --devices 1000 --window 30
     .venv/bin/python bench/msg_cost.py --tree /tmp/before            # another tree (same flags)
     .venv/bin/python bench/msg_cost.py --devices 500 --window 20 --profile 25   # + cProfile's top functions
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=/dev/null \
+        .venv/bin/python bench/msg_cost.py --devices 20 --window 30 --settle 10 --callgrind  # instructions/message
 
 `--gc` adds what the cyclic collector did in the window (collections, their
 time, objects collected). Prints one table row (markdown); not a test.
@@ -157,6 +159,8 @@ def main() -> int:
     g = r["gc"]
     gc_txt = (f", gc {g['collections']} collections {g['s'] * 1000:.0f} ms, {g['piled_up'] / max(r['msgs'], 1):.1f} "
               "objects piled up a message" if args.gc else "")
+    if args.callgrind:  # valgrind prints "Collected : <instructions>" (the window's alone) at the end
+        print(f"{r['msgs']} messages in the window: divide callgrind's Collected count by it")
     print(f"| {tree} | {args.devices} | {args.interval:g} s | {r['msgs'] / r['wall_s']:.0f} msg/s | {us:.0f} CPU-µs/msg "
           f"| lag p99 {r['lag_p99_ms']:.0f} ms | load {os.getloadavg()[0]:.1f}{gc_txt} |")
     return 0

@@ -56,7 +56,7 @@ class I2CBus:
 # N(0, 1) at 1024 evenly spaced probabilities (their midpoints): a sensor's
 # noise as one table lookup on 10 random bits, where random.gauss spends two
 # draws, a logarithm, a square root and two trigonometric calls (the ADC
-# draws nine a telemetry message). Its tails stop at 3.1 sigma.
+# draws nine a telemetry message). Its tails stop at 3.3 sigma.
 _NORMAL = tuple(statistics.NormalDist().inv_cdf((i + 0.5) / 1024) for i in range(1024))
 
 

@@ -204,8 +204,8 @@ def raw_words(
     """(adc_T, adc_P, adc_H) that a chip with this calibration reports for
     this air: the inverse of the compensation. The search starts from the
     compensation solved for the word (a quadratic each: the answer or its
-    neighbour, ~4 evaluations instead of ~12 from the chip's previous answer,
-    `hint`, which is the fallback); the search makes the answer exact, the
+    neighbour, 2 evaluations where a search from the chip's previous answer,
+    `hint` (the fallback), takes ~12); the evaluations make the answer exact, the
     same as plain bisection's."""
     h_t, h_p, h_h = hint or (None, None, None)
     adc_t = _invert(lambda a: float_t(a, cal_t)[0], t_c, 20, True, _guess_t(t_c, cal_t, h_t))
