@@ -28,8 +28,7 @@ REG_CONFIG = const(0xF5)
 REG_DATA = const(0xF7)  # 8 bytes: press[3], temp[3], hum[2]
 STATUS_MEASURING = const(0x08)
 SKIPPED = const(0x80000)  # a 20-bit data register's reset value: nothing measured
-_CTRL_HUM_X1 = const(0x01)  # osrs_h = x1
-_CTRL_MEAS_FORCED = const(0x25)  # osrs_t = x1, osrs_p = x1, mode = forced
+# ctrl_hum 0x01: osrs_h = x1; ctrl_meas 0x25: osrs_t = x1, osrs_p = x1, mode = forced
 _MEASURE_MS = const(10)  # forced mode at x1/x1/x1 takes at most 9.3 ms (datasheet 9.1)
 _POLLS = const(5)
 _STUCK_READS = const(5)  # identical raw words this many times in a row: stuck
@@ -141,8 +140,9 @@ class BME280:
 
     async def _measure(self):
         i2c, addr, buf = self.i2c, self.addr, self._buf
-        i2c.writeto_mem(addr, REG_CTRL_HUM, bytes((_CTRL_HUM_X1,)))  # takes effect with ctrl_meas
-        i2c.writeto_mem(addr, REG_CTRL_MEAS, bytes((_CTRL_MEAS_FORCED,)))
+        # (bytes literals, constants of the code: no allocation a measurement)
+        i2c.writeto_mem(addr, REG_CTRL_HUM, b"\x01")  # takes effect with ctrl_meas
+        i2c.writeto_mem(addr, REG_CTRL_MEAS, b"\x25")
         await asyncio.sleep_ms(_MEASURE_MS)
         polls = 0
         while i2c.readfrom_mem(addr, REG_STATUS, 1)[0] & STATUS_MEASURING:

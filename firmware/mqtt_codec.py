@@ -118,8 +118,8 @@ def _field(out, data, what, text=False):
 
 
 def encode(p):
-    """Return the wire bytes of one packet tuple the device sends. ValueError
-    if it is invalid (or a packet only a broker sends)."""
+    """Return the wire bytes (a bytearray) of one packet tuple the device
+    sends. ValueError if it is invalid (or a packet only a broker sends)."""
     t = p[0]
     body = bytearray()
     tail = b""
@@ -197,14 +197,22 @@ def encode(p):
     n = len(body) + len(tail)
     if n > MAX_REMAINING_LENGTH:
         raise ValueError("remaining length %d out of range" % n)
-    out = bytearray((first,))
+    # One buffer of the packet's size, filled in place (appending grew it
+    # two or three times, then bytes() copied it all: a telemetry message
+    # is a PUBLISH of a few hundred bytes): the packet as a bytearray.
+    i = 2 if n < 0x80 else 3 if n < 0x4000 else 4 if n < 0x200000 else 5
+    out = bytearray(i + n)
+    out[0] = first
+    i = 1
     while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
+        out[i] = n & 0x7F | 0x80
         n >>= 7
-    out.append(n)
-    out.extend(body)
-    out.extend(tail)
-    return bytes(out)
+        i += 1
+    out[i] = n
+    i += 1
+    out[i : i + len(body)] = body
+    out[i + len(body) :] = tail
+    return out
 
 
 # ----------------------------------------------------------------- decoding

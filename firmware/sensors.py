@@ -119,7 +119,7 @@ class Sensors:
         self.entries = []  # [names, base names, kind, state, last reason or None, last values]
         self._good = {}  # reading -> (value, ticks) last accepted
         self._pending = {}  # reading -> value rejected as a jump (a real step repeats)
-        self._seen = {}  # reading -> (last value, its verdict)
+        self._seen = {}  # reading -> the verdict on its last value (None: plausible)
         buses = {}
         for i, spec in enumerate(specs or ({"type": "mcu"},)):
             kind = spec.get("type")
@@ -138,6 +138,7 @@ class Sensors:
     async def read_all(self, into):
         """Read every sensor into the dict `into` (readings, and "err" for
         the ones that failed this round)."""
+        now = time.ticks_ms()  # the round's time for the jump checks (one clock read, not one a reading)
         for entry in self.entries:
             names, bases = entry[0], entry[1]
             try:
@@ -156,27 +157,27 @@ class Sensors:
             fresh = values is not entry[5]
             entry[5] = values
             for i in range(len(values)):
-                self._accept(into, names[i], bases[i], values[i], fresh)
+                self._accept(into, names[i], bases[i], values[i], fresh, now)
 
-    def _accept(self, into, name, base, v, fresh):
+    def _accept(self, into, name, base, v, fresh, now):
         lim = None
         for x in _LIMITS:
             if x[0] == base:
                 lim = x
+                break
         if lim is None:
             into[name] = v
             return
-        seen = self._seen.get(name)
-        if not fresh and seen is not None and seen[0] == v:
-            why = seen[1]  # the same measurement again: the same verdict
-        else:
+        # The very same measurement again (the driver handed back its tuple,
+        # so the same values): the same verdict. 0: none yet.
+        why = 0 if fresh else self._seen.get(name, 0)
+        if why == 0:
             # None when v is plausible, else the reason.
             _, lo, hi, jump, _ = lim
             why = None
             if not (lo <= v <= hi):  # also refuses NaN
                 why = "out of range"
             else:
-                now = time.ticks_ms()
                 good = self._good.get(name)
                 if jump and good is not None and time.ticks_diff(now, good[1]) < _JUMP_WINDOW_MS and abs(v - good[0]) > jump:
                     pending = self._pending.get(name)
@@ -186,7 +187,7 @@ class Sensors:
                 if why is None:
                     self._pending.pop(name, None)
                     self._good[name] = (v, now)
-            self._seen[name] = (v, why)
+            self._seen[name] = why  # (a str or None: no tuple a reading)
         if why is None:
             into[name] = round(v, lim[4])
         else:

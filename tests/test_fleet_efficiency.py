@@ -289,8 +289,92 @@ def test_the_bme280_raw_words_solved_in_closed_form_are_the_bisections(seed):
         adc_p = S._invert_by_bisection(lambda a: S.float_p(a, t_fine, cal_p), p * 100, 20, False)
         adc_h = S._invert_by_bisection(lambda a: S.float_h(a, t_fine, cal_h), h, 16, True)
         assert S.raw_words(t, p, h, cal_t, cal_p, cal_h) == (adc_t, adc_p, adc_h)
-        # the closed form alone lands on the answer or next to it (the search then costs ~4 evaluations)
+        # the closed form alone lands on the answer or next to it (the search then costs 2 evaluations)
         assert abs(S._guess_t(t, cal_t, None) - adc_t) <= 1
         assert abs(S._guess_p(p * 100, t_fine, cal_p, None) - adc_p) <= 1
         if 0 < h < 100:
             assert abs(S._guess_h(h, t_fine, cal_h, None) - adc_h) <= 1
+
+
+def test_a_hint_on_or_next_to_the_answer_costs_two_evaluations_and_gives_the_bisections():
+    from emulator.board import sensors as S
+    from emulator.rng import SmallRandom
+
+    rng = SmallRandom(11)
+    calls = [0]
+
+    def counted(fn):
+        def f(a):
+            calls[0] += 1
+            return fn(a)
+
+        return f
+
+    cal_t, cal_p, cal_h = S._CAL_T, S._CAL_P, S._CAL_H
+    for _ in range(200):
+        t, p, h = rng.uniform(-40, 85), rng.uniform(300, 1100) * 100, rng.uniform(0, 100)
+        t_fine = S.float_t(S._invert_by_bisection(lambda a: S.float_t(a, cal_t)[0], t, 20, True), cal_t)[1]
+        for fn, target, bits, rising in (
+            (lambda a: S.float_t(a, cal_t)[0], t, 20, True),
+            (lambda a: S.float_p(a, t_fine, cal_p), p, 20, False),
+            (lambda a: S.float_h(a, t_fine, cal_h), h, 16, True),
+        ):
+            want = S._invert_by_bisection(fn, target, bits, rising)
+            lo = want + 1 if (fn(want) < target) == rising else want  # the first word not below the target
+            for hint in (want - 2, want - 1, want, want + 1, want + 2):
+                calls[0] = 0
+                assert S._invert(counted(fn), target, bits, rising, hint) == want
+                if lo - 1 <= hint <= lo:  # on the answer or next to it
+                    assert calls[0] == 2, (hint, want, calls[0])
+    # the ends of the range, from either side
+    fn = lambda a: S.float_t(a, cal_t)[0]  # noqa: E731
+    for target in (-1e9, 1e9):
+        want = S._invert_by_bisection(fn, target, 20, True)
+        for hint in (0, 1, (1 << 20) - 2, (1 << 20) - 1):
+            assert S._invert(fn, target, 20, True, hint) == want
+
+
+def test_the_air_at_one_instant_is_what_the_three_readings_say():
+    import random
+
+    from emulator.board.environment import Environment
+    from emulator.board.sensors import manual_clock
+
+    clock = manual_clock()
+    reads = [0]
+
+    def now():
+        reads[0] += 1
+        return clock()
+
+    env = Environment(random.Random(3), now=now)
+    for _ in range(5):
+        clock.advance(1800.0)
+        reads[0] = 0
+        t, p, h = env.air()
+        assert reads[0] == 1, "one clock read for the three"
+        assert (t, p, h) == (env.temperature(), env.pressure(), env.humidity())
+
+
+def test_sensor_noise_is_a_seeded_standard_normal_six_draws_a_word():
+    import statistics
+
+    from emulator.board.environment import Noise
+    from emulator.rng import SmallRandom
+
+    class Counting(SmallRandom):
+        __slots__ = ("words",)
+
+        def getrandbits(self, k):
+            self.words += 1
+            return super().getrandbits(k)
+
+    rng = Counting(5)
+    rng.words = 0
+    noise = Noise(rng)
+    xs = [noise() for _ in range(60_000)]
+    assert rng.words == 10_000
+    assert abs(statistics.fmean(xs)) < 0.02 and abs(statistics.pstdev(xs) - 1) < 0.02
+    assert max(map(abs, xs)) < 3.4 and len(set(xs)) > 1000
+    again = Noise(SmallRandom(5))
+    assert [again() for _ in range(100)] == xs[:100]

@@ -195,6 +195,51 @@ def test_wifi_good_is_the_fast_path():
     run(go())
 
 
+class RecordingTransport:
+    """The real transport, with every write recorded as it is made."""
+
+    def __init__(self, transport):
+        self._t = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data) -> None:
+        self.writes.append(bytes(data))
+        self._t.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._t, name)
+
+
+def test_a_write_without_shaping_is_on_the_socket_when_write_returns():
+    async def go():
+        srv = await Server(echo=False).start()
+        link = Link(FakeBoard())
+        tapped = []
+        link.taps.append(lambda direction, data, now: tapped.append((direction, data)))
+        _, w = await link.open_connection("127.0.0.1", srv.port)
+        conn = next(iter(link.connections))
+        rec = conn.transport = RecordingTransport(conn.transport)
+        w.write(b"straight")
+        assert rec.writes == [b"straight"] and conn.tx.pending == 0 and conn.tx.flight is None
+        # A profile that shapes bytes: the pipe holds them until their time.
+        link.set_profile({"latency_ms": 40})
+        w.write(b"shaped")
+        assert rec.writes == [b"straight"] and conn.tx.pending == 6 and conn.tx.flight
+        await srv.wait_bytes(14)
+        assert rec.writes == [b"straight", b"shaped"] and conn.tx.pending == 0
+        # The fast path again, behind nothing: straight through.
+        link.set_profile("wifi-good")
+        w.write(b"again")
+        assert rec.writes[-1] == b"again"
+        await srv.wait_bytes(19)
+        assert bytes(srv.received) == b"straightshapedagain"
+        assert tapped == [("tx", b"straight"), ("tx", b"shaped"), ("tx", b"again")]
+        w.close()
+        await srv.close()
+
+    run(go())
+
+
 def test_round_trip_time_of_each_profile_is_within_its_bounds():
     """An echo of 10 bytes takes latency±jitter each way (losses off)."""
     measured: dict[str, list[float]] = {}

@@ -155,6 +155,20 @@ def test_dht22_is_read_at_most_every_2_s(tmp_path):
     assert "err" in rig.read()
 
 
+def test_a_dht22_repeat_within_2_s_keeps_its_verdict(tmp_path):
+    # Within 2 s the driver hands back the same tuple: the same measurement,
+    # judged once. Judged again, a spike would pass as a confirmed real step.
+    rig = Rig(tmp_path, [DHT])
+    good = rig.read()
+    rig.fault("dht22", "spike")
+    rig.advance(2.1)
+    assert rig.read()["err"]["dht_t"] == "spike"
+    assert rig.read()["err"]["dht_t"] == "spike", "a repeat is not a second measurement"
+    rig.advance(2.1)  # the spike's other sign: a new measurement, refused on its own
+    assert rig.read()["err"]["dht_t"] == "spike"
+    assert "dht_t" in good
+
+
 def test_nothing_on_the_dht_pin(tmp_path):
     rig = Rig(tmp_path, [DHT], wired=[])
     assert rig.read() == {"err": {"dht_t": "ETIMEDOUT", "dht_h": "ETIMEDOUT"}}

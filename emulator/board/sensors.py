@@ -90,6 +90,22 @@ def _invert(fn, target: float, bits: int, rising: bool, hint: int | None = None)
     if hint is None:
         return _invert_by_bisection(fn, target, bits, rising)
     g = min(max(hint, 0), n - 1)
+    # The usual case, a hint on the answer or next to it, in two evaluations:
+    # the first word not below the target is g or g+1, and each value found
+    # is used again for the final "nearer neighbour" choice.
+    fg = fn(g)
+    if (fg < target) == rising:
+        if g + 1 == n:  # the top word is still below: it is the nearest (the gallop would step past it)
+            return g
+        f1 = fn(g + 1)
+        if (f1 < target) != rising:  # the first word not below: g+1
+            return g if abs(fg - target) < abs(f1 - target) else g + 1
+    elif g == 0:
+        return 0
+    else:
+        f0 = fn(g - 1)
+        if (f0 < target) == rising:  # the first word not below: g
+            return g - 1 if abs(f0 - target) < abs(fg - target) else g
     step = 1
     if before(g):
         lo, hi = g + 1, n - 1
@@ -188,8 +204,8 @@ def raw_words(
     """(adc_T, adc_P, adc_H) that a chip with this calibration reports for
     this air: the inverse of the compensation. The search starts from the
     compensation solved for the word (a quadratic each: the answer or its
-    neighbour, ~4 evaluations instead of ~12 from the chip's previous answer,
-    `hint`, which is the fallback); the search makes the answer exact, the
+    neighbour, 2 evaluations where a search from the chip's previous answer,
+    `hint` (the fallback), takes ~12); the evaluations make the answer exact, the
     same as plain bisection's."""
     h_t, h_p, h_h = hint or (None, None, None)
     adc_t = _invert(lambda a: float_t(a, cal_t)[0], t_c, 20, True, _guess_t(t_c, cal_t, h_t))
@@ -247,25 +263,33 @@ class Bme280Chip:
         self._tick()
         if reg == 0xF3:  # status: measuring while a conversion runs
             self.regs[0xF3] = 0x08 if self._pending is not None else 0
+        if reg + n <= 256:
+            return bytes(self.regs[reg : reg + n])
         return bytes(self.regs[(reg + i) & 0xFF] for i in range(n))
 
     def write(self, reg: int, data: bytes) -> None:
+        if len(data) == 1:  # the usual write: one register
+            self._write(reg, data[0])
+            return
         # Writes are register/value pairs after the first (datasheet 6.2.1).
         pairs = [(reg, data[0])] if data else []
         rest = data[1:]
         pairs += [(rest[i], rest[i + 1]) for i in range(0, len(rest) - 1, 2)]
         for r, v in pairs:
-            self._tick()
-            if r == 0xE0:
-                if v == 0xB6:
-                    self._reset()
-            elif r in (0xF2, 0xF5):
-                self.regs[r] = v
-            elif r == 0xF4:
-                self.regs[r] = v
-                self._ctrl_hum = self.regs[0xF2] & 7
-                if v & 3:
-                    self._start()
+            self._write(r, v)
+
+    def _write(self, r: int, v: int) -> None:
+        self._tick()
+        if r == 0xE0:
+            if v == 0xB6:
+                self._reset()
+        elif r in (0xF2, 0xF5):
+            self.regs[r] = v
+        elif r == 0xF4:
+            self.regs[r] = v
+            self._ctrl_hum = self.regs[0xF2] & 7
+            if v & 3:
+                self._start()
 
     # -- the measurement --
 
@@ -279,20 +303,22 @@ class Bme280Chip:
         self.conversions += 1
 
     def _sample(self, os_t: int, os_p: int, os_h: int) -> bytes:
-        env, rng = self.env, self.rng
+        rng = self.rng
         dt, dp, dh = self.offsets
-        t = env.temperature() + dt
-        p = env.pressure() + dp
-        h = env.humidity() + dh
+        t, p, h = self.env.air()
+        t += dt
+        p += dp
+        h += dh
         if self.fault == "spike":
             s = self._spike_sign = -self._spike_sign
             t += s * rng.uniform(15.0, 30.0)
             p += s * rng.uniform(30.0, 80.0)
             h += s * rng.uniform(30.0, 50.0)
         # Noise shrinks with oversampling (datasheet: ~0.005 degC, ~1.3 Pa, ~0.02 %RH at x1).
-        t += rng.gauss(0, 0.005) / max(os_t, 1) ** 0.5
-        p += rng.gauss(0, 0.013) / max(os_p, 1) ** 0.5
-        h += rng.gauss(0, 0.02) / max(os_h, 1) ** 0.5
+        noise = self.env.noise  # N(0, 1) draws (environment.Noise)
+        t += 0.005 * noise() / max(os_t, 1) ** 0.5
+        p += 0.013 * noise() / max(os_p, 1) ** 0.5
+        h += 0.02 * noise() / max(os_h, 1) ** 0.5
         h = min(100.0, max(0.0, h))
         adc_t, adc_p, adc_h = self._last_words = raw_words(
             t, p, h, self.cal_t, self.cal_p, self.cal_h, getattr(self, "_last_words", None)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 
 # The named profiles. Numbers are one-way unless the comment says RTT.
 PROFILES: dict[str, dict] = {
@@ -80,7 +81,7 @@ class Profile:
     connect_refuse_rate: float = 0.0
     connect_timeout_rate: float = 0.0
 
-    @property
+    @cached_property  # asked on every write; a profile never changes (frozen)
     def shapes_bytes(self) -> bool:
         """False when bytes pass untouched (the link then uses no timers)."""
         return bool(

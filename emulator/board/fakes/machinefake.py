@@ -227,9 +227,9 @@ class ADC:
         pass
 
     def _code(self) -> int:
-        full = self.FULL_SCALE_V[self._atten]
-        v = self._board.env.adc_volts(self._pin) + self._board.env.rng.gauss(0, self.NOISE_V)
-        return max(0, min(4095, round(v / full * 4095)))
+        env = self._board.env
+        code = round((env.adc_volts(self._pin) + self.NOISE_V * env.noise()) / self.FULL_SCALE_V[self._atten] * 4095)
+        return 0 if code < 0 else 4095 if code > 4095 else code
 
     def read_uv(self) -> int:
         return int(self._code() * self.FULL_SCALE_V[self._atten] / 4095 * 1_000_000)
@@ -248,14 +248,16 @@ class I2C:
     def scan(self) -> list:
         return self._bus.scan()
 
+    # Straight to the chip the bus answers with (I2CBus.device: the NAK and
+    # the bus errors), one call less per transfer than I2CBus.read/write.
     def readfrom_mem(self, addr, memaddr, nbytes, *, addrsize=8) -> bytes:
-        return self._bus.read(addr, memaddr, nbytes)
+        return self._bus.device(addr).read(memaddr, nbytes)
 
     def readfrom_mem_into(self, addr, memaddr, buf, *, addrsize=8) -> None:
-        buf[:] = self._bus.read(addr, memaddr, len(buf))
+        buf[:] = self._bus.device(addr).read(memaddr, len(buf))
 
     def writeto_mem(self, addr, memaddr, buf, *, addrsize=8) -> None:
-        self._bus.write(addr, memaddr, bytes(buf))
+        self._bus.device(addr).write(memaddr, bytes(buf))
 
 
 # What `machine.<name>` is on every board (bound to it by MachineModule).
