@@ -294,3 +294,59 @@ def test_the_bme280_raw_words_solved_in_closed_form_are_the_bisections(seed):
         assert abs(S._guess_p(p * 100, t_fine, cal_p, None) - adc_p) <= 1
         if 0 < h < 100:
             assert abs(S._guess_h(h, t_fine, cal_h, None) - adc_h) <= 1
+
+
+# -- main.py's closing asyncio.run without a greenlet (third round) --------------------
+
+_MAIN = """\
+import asyncio
+async def killer(t):
+    await asyncio.sleep_ms(20)
+    t.cancel()
+async def main():
+    print("running")
+    asyncio.create_task(killer(asyncio.current_task()))
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("after", ["", "x = 1\n"], ids=["main.py ends in asyncio.run", "code after asyncio.run"])
+def test_main_py_ending_in_asyncio_run_runs_without_its_greenlet_and_halts_the_same(emu, tmp_path, after):
+    """A main.py whose last act is asyncio.run leaves no greenlet (nor its
+    saved C stack) behind while its coroutine runs; one with code after the
+    call keeps main.py waiting in it. Both print the same traceback and halt
+    the same way when the firmware cancels its own main task."""
+    from tests.test_emulator_board import boot_board, image
+
+    board, con = boot_board(emu, image(tmp_path, {"main.py": _MAIN + after}))
+    con.wait("^running$")
+    waiting = emu.call(lambda: board._greenlet is not None and not board._greenlet.dead)
+    assert waiting is bool(after)
+    # the firmware's tasks are named after their board (one shared string, not a "Task-N" each)
+    assert emu.call(lambda: {t.get_name() for t in board.tasks}) == {board.id}
+    i = con.wait("^>>> $")
+    tb = con.lines.index("Traceback (most recent call last):")
+    assert con.lines[tb + 1 : tb + 3] == ['  File "main.py", line 9, in <module>', "CancelledError"]
+    assert con.lines[tb + 3].startswith("MicroPython v1.") and i > tb  # then the REPL
+    assert board.halted is True
+    assert any(kind == "halt" and "CancelledError" in msg for _, kind, msg in board.events)
+
+
+def test_main_ends_in_only_a_closing_call_of_main_py():
+    """The bytecode check behind it: the call's result dropped, then a
+    return, outside any handler; anything else keeps main.py waiting."""
+    from emulator.board.loader import _nothing_after
+
+    def offset(src: str) -> tuple:
+        import dis
+
+        code = compile(src, "main.py", "exec")
+        return code, next(i.offset for i in dis.get_instructions(code) if i.opname == "CALL")  # asyncio.run(c)
+
+    assert _nothing_after(*offset("import asyncio\nasyncio.run(c)\n"))
+    assert _nothing_after(*offset("if c is not None:\n    asyncio.run(c)\n"))
+    assert not _nothing_after(*offset("asyncio.run(c)\nprint(1)\n"))
+    assert not _nothing_after(*offset("x = asyncio.run(c)\n"))
+    assert not _nothing_after(*offset("try:\n    asyncio.run(c)\nexcept OSError:\n    pass\n"))
+    assert not _nothing_after(*offset("with m:\n    asyncio.run(c)\n"))

@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -38,7 +39,7 @@ from emulator.board.fakes.machinefake import (
 from emulator.board.fakes.misc import FlashFS
 from emulator.board.fakes.networkfake import AccessPoint, Radio
 from emulator.board.fakes.table import FakeTable
-from emulator.board.loader import BoardModules, FirmwareImage, format_micropython_exception
+from emulator.board.loader import BoardModules, FirmwareImage, format_micropython_exception, main_ends_in
 from emulator.board.sensors import wire as wire_sensors
 from emulator.net.event import Event
 from emulator.net.link import Link
@@ -47,6 +48,15 @@ log = logging.getLogger("esp32emu")
 
 REPL_BANNER = 'MicroPython v1.24.1 on esp32emu; ESP32 module with ESP32\nType "help()" for more information.'
 BUTTON_PIN = 0  # the BOOT button of ESP32 dev kits
+
+
+class _MainEnds(BaseException):
+    """main.py's last act is `asyncio.run(coro)`: carries the coroutine out
+    of main.py and its greenlet (loader.main_ends_in), which end at once."""
+
+    def __init__(self, coro, where: tuple[str, int, str]):
+        super().__init__()
+        self.coro, self.where = coro, where
 
 
 class Board:
@@ -309,7 +319,7 @@ class Board:
         self._wire_sensors()
         self.modules = BoardModules(self.image, self.flash_dir, self._fakes(), self._print, self.fs.open)
         self.log_event("boot", f"boot #{self.boots}, reset cause {cause}")
-        runner = self.loop.create_task(self._run_scripts())
+        runner = asyncio.Task(self._run_scripts(), loop=self.loop, name=self.id)
         # Only a reset (WDT, button, power, a deep sleep) ends a boot: the
         # scripts ending (halted at the REPL) does not. So the boot waits for
         # the reset alone; no task (nor asyncio.wait's set, callbacks and
@@ -411,12 +421,41 @@ class Board:
                 msg = g.switch()
             else:
                 raise RuntimeError(f"unknown greenlet request {kind!r}")
+        g = self._greenlet = None  # dead: its saved stack is gone
+        if msg[0] == "main":
+            await self._run_main(*msg[1:])
         if self.halted and self.repl is None:
             # At the REPL no event loop runs: the board's tasks stop where they
             # are (their sockets stay open until the broker gives up on them).
             await self._stop_tasks()
             self.console(REPL_BANNER)
             self.console(">>> ")
+
+    async def _run_main(self, coro, where: tuple[str, int, str]) -> None:
+        """main.py's closing `asyncio.run(coro)` without main.py waiting in
+        a greenlet (2.4 KiB of saved C stack a board): what main.py would do
+        with the outcome (nothing more: it ends there) is done here, the
+        same way _scripts_body does it."""
+        task = self._main_task = self.create_task(coro)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if self.hung:
+                await asyncio.Event().wait()  # stuck until a reset
+            if self._reset_request is not None or asyncio.current_task().cancelling():
+                raise
+            self._unhandled(asyncio.CancelledError(), where)  # the firmware cancelled its own main task
+        except BoardReset:
+            return
+        except SystemExit:
+            pass
+        except BaseException as e:  # noqa: BLE001 - unhandled in main.py: the board halts
+            self._unhandled(e, where)
+        self.halted = True
+
+    def _unhandled(self, e: BaseException, *outer: tuple[str, int, str]) -> None:
+        self.console(format_micropython_exception(e, outer))
+        self.log_event("halt", f"unhandled {type(e).__name__}: {e}")
 
     def _scripts_body(self) -> tuple:
         repl = self.repl
@@ -426,6 +465,8 @@ class Board:
             self.modules.run_script("boot.py")
             if repl is None or repl.runs_main():  # not after a soft reset from the raw REPL
                 self.modules.run_script("main.py")
+        except _MainEnds as ends:
+            return ("main", ends.coro, ends.where)
         except BoardReset:
             return ("done", None)
         except greenlet.GreenletExit:
@@ -433,8 +474,7 @@ class Board:
         except SystemExit:
             pass
         except BaseException as e:  # noqa: BLE001 - an unhandled firmware exception halts the board
-            self.console(format_micropython_exception(e))
-            self.log_event("halt", f"unhandled {type(e).__name__}: {e}")
+            self._unhandled(e)
         self.halted = True  # _run_scripts stops the tasks and shows the REPL
         if repl is not None:
             try:
@@ -450,6 +490,10 @@ class Board:
         if g is None or greenlet.getcurrent() is not g:
             coro.close()
             raise RuntimeError("asyncio.run() cannot be called from a running event loop")
+        if self.repl is None:  # (at a REPL, Ctrl-C raises KeyboardInterrupt in main.py: it waits)
+            where = main_ends_in(sys._getframe())
+            if where is not None:  # main.py ends here: no need to keep it (and the greenlet) waiting
+                raise _MainEnds(coro, where)
         return g.parent.switch(("run", coro))
 
     def blocking_sleep(self, seconds: float, what: str) -> None:
@@ -469,7 +513,9 @@ class Board:
         # context variable is in it; firmware has no contextvars): a copy per
         # task would cost ~600 bytes a task, a few thousand a board.
         context = self.modules.context
-        t = self.loop.create_task(coro, context=context)
+        # Named after the board (its id string, shared): else CPython makes a
+        # "Task-N" string for each task (uvloop's create_task too, even given a name).
+        t = asyncio.Task(coro, loop=self.loop, name=self.id, context=context)
         self.tasks.add(t)
         # the board's context, not a copy of it per task (and its bound method)
         t.add_done_callback(self._on_task_done, context=context)
