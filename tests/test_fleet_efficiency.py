@@ -350,3 +350,26 @@ def test_main_ends_in_only_a_closing_call_of_main_py():
     assert not _nothing_after(*offset("x = asyncio.run(c)\n"))
     assert not _nothing_after(*offset("try:\n    asyncio.run(c)\nexcept OSError:\n    pass\n"))
     assert not _nothing_after(*offset("with m:\n    asyncio.run(c)\n"))
+
+
+def test_the_fleet_observer_keeps_each_devices_last_payload_only_when_asked(broker, observer_factory):
+    """`esp32emu fleet` without a dashboard keeps no parsed last payload per
+    device (~1 KiB each in the parent); the dashboard's keep() turns it on.
+    Counting is the same either way."""
+    from emulator.observe.counting import FleetObserver
+
+    obs = FleetObserver(broker.host, broker.port)
+    obs.keep_last = False  # as the fleet sets it
+    obs.start()
+    try:
+        device = observer_factory(broker, subscribe=None)
+        device.publish("devices/d1/telemetry", {"seq": 0, "t": 21.5}, qos=0)
+        assert obs.wait_until(lambda d: "d1" in d and d["d1"].received == 1, 10)
+        assert obs.devices["d1"].last is None and obs.devices["d1"].last_at is not None
+        obs.keep(0, 0)  # what the dashboard asks for
+        device.publish("devices/d1/telemetry", {"seq": 1, "t": 21.6}, qos=0)
+        assert obs.wait_until(lambda d: d["d1"].received == 2, 10)
+        assert obs.devices["d1"].last == {"seq": 1, "t": 21.6}
+        assert obs.summary()["telemetry_lost"] == 0 and obs.summary()["telemetry_sent"] == 2
+    finally:
+        obs.stop()
