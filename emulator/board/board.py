@@ -109,7 +109,7 @@ class Board:
         self.ap = ap or AccessPoint()
         self.link = Link(self)
         # Every byte the radio sends draws current: the battery sags meanwhile.
-        self.link.taps.append(lambda direction, data, t: direction == "tx" and self.env.radio_transmit(len(data)))
+        self.link.taps.append(self._radio_tap)  # (a bound method: no closure and cell a board)
         self.fs = FlashFS(self.flash_dir, self)
         self.flash = self.fs  # power cuts, size and write time of the flash (fakes/misc.py FlashFS)
         self._console = console or (lambda line: None)
@@ -129,7 +129,9 @@ class Board:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.modules: BoardModules | None = None
         self.radio: Radio | None = None
-        self.tasks: set[asyncio.Task] = set()
+        # The boot's tasks, in a dict (keys only): a set of more than four
+        # takes a 512-byte table of its own, a dict of seven ~300 bytes.
+        self.tasks: dict[asyncio.Task, None] = {}
         self.task_exception_handler = None
         self._main_task: asyncio.Task | None = None
         self._greenlet: greenlet.greenlet | None = None
@@ -145,6 +147,10 @@ class Board:
         self._interrupted = False  # Ctrl-C: KeyboardInterrupt instead of CancelledError
         self._interrupt_waiter: asyncio.Future | None = None
         self._on_task_done = self._task_done  # one bound method for every task, not one each
+
+    def _radio_tap(self, direction: str, data: bytes, t: float) -> None:
+        if direction == "tx":
+            self.env.radio_transmit(len(data))
 
     # -- console and logging ---------------------------------------------------
 
@@ -516,13 +522,13 @@ class Board:
         # Named after the board (its id string, shared): else CPython makes a
         # "Task-N" string for each task (uvloop's create_task too, even given a name).
         t = asyncio.Task(coro, loop=self.loop, name=self.id, context=context)
-        self.tasks.add(t)
+        self.tasks[t] = None
         # the board's context, not a copy of it per task (and its bound method)
         t.add_done_callback(self._on_task_done, context=context)
         return t
 
     def _task_done(self, t: asyncio.Task) -> None:
-        self.tasks.discard(t)
+        self.tasks.pop(t, None)
         if t.cancelled() or t is self._main_task:
             return
         # Like MicroPython, report only if nobody retrieves the exception
