@@ -314,7 +314,7 @@ asyncio.run(main())
 @pytest.mark.parametrize("after", ["", "x = 1\n"], ids=["main.py ends in asyncio.run", "code after asyncio.run"])
 def test_main_py_ending_in_asyncio_run_runs_without_its_greenlet_and_halts_the_same(emu, tmp_path, after):
     """A main.py whose last act is asyncio.run leaves no greenlet (nor its
-    saved C stack) behind while its coroutine runs; one with code after the
+    saved C stack) nor task waiting while its coroutine runs; one with code after the
     call keeps main.py waiting in it. Both print the same traceback and halt
     the same way when the firmware cancels its own main task."""
     from tests.test_emulator_board import boot_board, image
@@ -323,6 +323,9 @@ def test_main_py_ending_in_asyncio_run_runs_without_its_greenlet_and_halts_the_s
     con.wait("^running$")
     waiting = emu.call(lambda: board._greenlet is not None and not board._greenlet.dead)
     assert waiting is bool(after)
+    # ... nor a task waiting for the main task (the boot's runner ended once it started it)
+    runners = emu.call(lambda: [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Board._run_scripts"])
+    assert len(runners) == (1 if after else 0)
     # the firmware's tasks are named after their board (one shared string, not a "Task-N" each)
     assert emu.call(lambda: {t.get_name() for t in board.tasks}) == {board.id}
     i = con.wait("^>>> $")

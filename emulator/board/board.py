@@ -67,7 +67,7 @@ class Board:
         "id", "index", "image", "state_dir", "flash_dir", "seed", "rng", "mac", "ip", "gateway", "clock", "env",
         "ap", "link", "fs", "flash", "_console", "_partial", "console_tail", "events", "nvs", "rtc_memory", "pins",
         "pin_writes", "pin_irqs", "reset_cause", "boots", "halted", "hung", "running", "loop", "modules", "radio",
-        "tasks", "task_exception_handler", "_main_task", "_greenlet", "_reset_request", "_reset_event",
+        "tasks", "task_exception_handler", "_main_task", "_main_where", "_runner", "_greenlet", "_reset_request", "_reset_event",
         "_wdt_timeout_ms", "_wdt_fed", "_wdt_task", "_run_task", "repl", "_interrupted", "_interrupt_waiter",
         "_on_task_done", "__dict__", "__weakref__",
     )
@@ -134,6 +134,10 @@ class Board:
         self.tasks: dict[asyncio.Task, None] = {}
         self.task_exception_handler = None
         self._main_task: asyncio.Task | None = None
+        # main.py's line that ended in asyncio.run while its main task runs on
+        # by itself (_start_main), else None
+        self._main_where: tuple[str, int, str] | None = None
+        self._runner: asyncio.Task | None = None  # the boot's _run_scripts, until it ends
         self._greenlet: greenlet.greenlet | None = None
         self._reset_request: tuple[int, int | None, bool] | None = None
         self._reset_event: asyncio.Event | None = None
@@ -325,7 +329,7 @@ class Board:
         self._wire_sensors()
         self.modules = BoardModules(self.image, self.flash_dir, self._fakes(), self._print, self.fs.open)
         self.log_event("boot", f"boot #{self.boots}, reset cause {cause}")
-        runner = asyncio.Task(self._run_scripts(), loop=self.loop, name=self.id)
+        self._runner = asyncio.Task(self._run_scripts(), loop=self.loop, name=self.id)
         # Only a reset (WDT, button, power, a deep sleep) ends a boot: the
         # scripts ending (halted at the REPL) does not. So the boot waits for
         # the reset alone; no task (nor asyncio.wait's set, callbacks and
@@ -334,7 +338,9 @@ class Board:
         try:
             await waiter
         finally:
-            runner.cancel()
+            if self._runner is not None:
+                self._runner.cancel()
+                self._runner = None
             waiter.cancel()
             await self._teardown()
         req = self._reset_request or (HARD_RESET, None, False)
@@ -365,6 +371,7 @@ class Board:
             self._wdt_task.cancel()
             self._wdt_task = None
         self._wdt_timeout_ms = None
+        self._main_where = None  # a main task cancelled from here on is the reset's (or stop's) doing
         await self._stop_tasks()
         if self.radio is not None:
             self.radio.close()
@@ -429,35 +436,42 @@ class Board:
                 raise RuntimeError(f"unknown greenlet request {kind!r}")
         g = self._greenlet = None  # dead: its saved stack is gone
         if msg[0] == "main":
-            await self._run_main(*msg[1:])
-        if self.halted and self.repl is None:
-            # At the REPL no event loop runs: the board's tasks stop where they
-            # are (their sockets stay open until the broker gives up on them).
-            await self._stop_tasks()
-            self.console(REPL_BANNER)
-            self.console(">>> ")
-
-    async def _run_main(self, coro, where: tuple[str, int, str]) -> None:
-        """main.py's closing `asyncio.run(coro)` without main.py waiting in
-        a greenlet (2.4 KiB of saved C stack a board): what main.py would do
-        with the outcome (nothing more: it ends there) is done here, the
-        same way _scripts_body does it."""
-        task = self._main_task = self.create_task(coro)
-        try:
-            await task
-        except asyncio.CancelledError:
-            if self.hung:
-                await asyncio.Event().wait()  # stuck until a reset
-            if self._reset_request is not None or asyncio.current_task().cancelling():
-                raise
-            self._unhandled(asyncio.CancelledError(), where)  # the firmware cancelled its own main task
-        except BoardReset:
+            self._start_main(*msg[1:])  # and this task ends: _main_ended takes the main task's outcome
+            self._runner = None  # (a task done keeps its coroutine: let both go)
             return
-        except SystemExit:
-            pass
-        except BaseException as e:  # noqa: BLE001 - unhandled in main.py: the board halts
+        if self.halted and self.repl is None:
+            await self._at_repl()
+
+    async def _at_repl(self) -> None:
+        # At the REPL no event loop runs: the board's tasks stop where they
+        # are (their sockets stay open until the broker gives up on them).
+        await self._stop_tasks()
+        self.console(REPL_BANNER)
+        self.console(">>> ")
+
+    def _start_main(self, coro, where: tuple[str, int, str]) -> None:
+        """main.py's closing `asyncio.run(coro)`, with neither main.py waiting
+        in a greenlet (2.4 KiB of saved C stack a board) nor a task waiting
+        for it: `_main_ended` does what main.py would do with the outcome
+        (nothing more: it ends there), the same way _scripts_body does it."""
+        self._main_where = where
+        self._main_task = self.create_task(coro)
+
+    def _main_ended(self, task: asyncio.Task) -> None:
+        where, self._main_where = self._main_where, None
+        if task.cancelled():
+            if self.hung or self._reset_request is not None:
+                return  # stuck until a reset / the reset is under way
+            e: BaseException | None = asyncio.CancelledError()  # the firmware cancelled its own main task
+        else:
+            e = task.exception()
+        if isinstance(e, BoardReset):
+            return
+        if e is not None and not isinstance(e, SystemExit):
             self._unhandled(e, where)
         self.halted = True
+        if self.repl is None:
+            self.loop.create_task(self._at_repl())
 
     def _unhandled(self, e: BaseException, *outer: tuple[str, int, str]) -> None:
         self.console(format_micropython_exception(e, outer))
@@ -529,6 +543,9 @@ class Board:
 
     def _task_done(self, t: asyncio.Task) -> None:
         self.tasks.pop(t, None)
+        if t is self._main_task and self._main_where is not None:
+            self._main_ended(t)
+            return
         if t.cancelled() or t is self._main_task:
             return
         # Like MicroPython, report only if nobody retrieves the exception
