@@ -63,6 +63,8 @@ def test_a_fleet_runs_the_same_on_either_loop(tmp_path, broker, loop):
     steady = data["steady"]
     assert steady is not None and steady["boards_cpu_s_per_1000_msgs"] is not None
     assert 0 < steady["boards_cpu_s_per_1000_msgs"] <= steady["cpu_s_per_1000_msgs"]
+    # each group's RSS before its boards, next to its RSS: the workers' share of rss_per_board_kb
+    assert all(0 < g["rss_base_mb"] < g["rss_mb"] for g in data["groups"]) and len(data["groups"]) == 2
 
 
 def test_an_unknown_loop_is_a_one_line_usage_error(tmp_path):

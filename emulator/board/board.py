@@ -5,7 +5,9 @@ power is lost, the link and the environment) and recreates what a reset
 wipes (module table, tasks, radio state, ticks). Each boot runs `boot.py`
 then `main.py` in a greenlet: top-level code that blocks (`asyncio.run`,
 `time.sleep` in boot.py) waits there while the board's tasks run on the one
-shared event loop.
+shared event loop. An `asyncio.run` that is main.py's last act does not wait:
+main.py and the greenlet end, and the main task runs on by itself
+(`_start_main`, `_main_ended`).
 
 Tests, scenarios and the CLI drive a board through its methods
 (`power_cycle`, `hard_reset`, `press_button`, `link.*`, `ap.set_up`).
