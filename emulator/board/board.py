@@ -15,6 +15,9 @@ Tests, scenarios and the CLI drive a board through its methods
 
 from __future__ import annotations
 
+# size: one job, a board's life (power, boots, the scripts and their main task,
+# resets, watchdog, external controls); its state is one __slots__ object.
+
 import asyncio
 import base64
 import hashlib
