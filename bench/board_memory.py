@@ -87,6 +87,45 @@ def rss_sizes(sizes: list[int], seconds: float, interval: float) -> int:
     return 0
 
 
+class _Owned:
+    def __init__(self, owner: str):
+        self.owner, self.size_diff, self.count_diff = owner, 0, 0
+
+
+def owner_of(traceback, lines: bool = False) -> str:
+    """The innermost frame in this repository's code: firmware modules are
+    compiled under their bare names ("device.py"), the emulator's by path."""
+    for frame in reversed(traceback):
+        name = frame.filename
+        at = f":{frame.lineno}" if lines else ""
+        if "/" not in name and name.endswith(".py"):
+            return "firmware/" + name + at
+        if "/emulator/" in name:
+            return short(name) + at
+    return "stdlib, uvloop (no repository frame)"
+
+
+def owners(after, before, lines: bool = False) -> list:
+    """The snapshot difference grouped by owner_of, biggest first."""
+    out: dict[str, _Owned] = {}
+    for s in after.compare_to(before, "traceback"):
+        key = owner_of(s.traceback, lines)
+        o = out.setdefault(key, _Owned(key))
+        o.size_diff += s.size_diff
+        o.count_diff += s.count_diff
+    return sorted(out.values(), key=lambda o: -o.size_diff)
+
+
+def short(filename: str) -> str:
+    """A file's name as the table gives it: its path under the repository
+    (emulator/board/sensors.py, firmware/sensors.py), else its last part."""
+    parts = Path(filename).parts
+    for top in ("emulator", "firmware", "bench"):
+        if top in parts:
+            return "/".join(parts[len(parts) - 1 - parts[::-1].index(top):])
+    return parts[-1] if parts else filename
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", type=int, nargs="+", default=[300])
@@ -94,7 +133,9 @@ def main() -> int:
     p.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--run", type=float, default=20, help="seconds the boards run before the snapshot")
     p.add_argument("--interval", type=float, default=10)
-    p.add_argument("--by", choices=["lineno", "filename"], default="lineno")
+    p.add_argument("--by", choices=["lineno", "filename", "owner", "owner-line"], default="lineno",
+                   help="owner: each block charged to the innermost frame in this repository's code "
+                        "(firmware/ or emulator/), by file (owner-line: by file:line); what only the standard library or uvloop allocated: 'stdlib'")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--trace", help="print the allocating stacks of this file:line")
     args = p.parse_args()
@@ -118,31 +159,39 @@ def main() -> int:
 
         FirmwareImage(FIRMWARE_DIR)  # imports and caches warmed before the first snapshot
         gc.collect()
-        tracemalloc.start(12 if args.trace else 1)
+        tracemalloc.start(12 if args.trace else 30 if args.by.startswith("owner") else 1)
         before = tracemalloc.take_snapshot()
         rss0 = rss_kb()
         group.build()
-        loop = asyncio.new_event_loop()
-        loop.run_until_complete(run(group, args.run))
-        gc.collect()
-        after = tracemalloc.take_snapshot()
-        rss1 = rss_kb()
-        loop.run_until_complete(group.stop())
-        loop.close()
+
+        async def go():  # on the fleet's event loop (uvloop when installed), as a worker runs
+            await run(group, args.run)
+            gc.collect()
+            snap = tracemalloc.take_snapshot(), rss_kb()
+            await group.stop()
+            return snap
+
+        after, rss1 = run_loop(go())
     finally:
         broker.stop()
-    stats = after.compare_to(before, args.by)
+    stats = owners(after, before, args.by == "owner-line") if args.by.startswith("owner") else after.compare_to(before, args.by)
     total = sum(s.size_diff for s in stats)
     n = args.devices
+    if args.by.startswith("owner"):
+        print(f"{n} boards: traced {total / n / 1024:.1f} KiB/board, RSS {(rss1 - rss0) / n:.1f} KiB/board (with tracemalloc)")
+        print("| owner | B/board | blocks/board |\n|---|---|---|")
+        for s in stats[: args.top]:
+            print(f"| {s.owner} | {s.size_diff / n:.0f} | {s.count_diff / n:.1f} |")
+        return 0
     print(f"{n} boards: traced {total / n / 1024:.1f} KiB/board, RSS {(rss1 - rss0) / n:.1f} KiB/board (with tracemalloc)")
     print(f"| where | B/board | blocks/board |\n|---|---|---|")
     for s in stats[: args.top]:
         where = s.traceback[0]
-        print(f"| {Path(where.filename).name}:{where.lineno if args.by == 'lineno' else ''} | {s.size_diff / n:.0f} | {s.count_diff / n:.1f} |")
+        print(f"| {short(where.filename)}:{where.lineno if args.by == 'lineno' else ''} | {s.size_diff / n:.0f} | {s.count_diff / n:.1f} |")
     if args.trace:
         for s in after.compare_to(before, "traceback"):
-            f = s.traceback[0]
-            if f"{Path(f.filename).name}:{f.lineno}" == args.trace:
+            f = s.traceback[-1]  # the most recent frame (tracebacks run oldest first)
+            if f"{short(f.filename)}:{f.lineno}" == args.trace:
                 print(f"{s.size_diff / n:.0f} B/board:")
                 print("\n".join(s.traceback.format()[-14:]))
                 break

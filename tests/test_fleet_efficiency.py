@@ -63,6 +63,8 @@ def test_a_fleet_runs_the_same_on_either_loop(tmp_path, broker, loop):
     steady = data["steady"]
     assert steady is not None and steady["boards_cpu_s_per_1000_msgs"] is not None
     assert 0 < steady["boards_cpu_s_per_1000_msgs"] <= steady["cpu_s_per_1000_msgs"]
+    # each group's RSS before its boards, next to its RSS: the workers' share of rss_per_board_kb
+    assert all(0 < g["rss_base_mb"] < g["rss_mb"] for g in data["groups"]) and len(data["groups"]) == 2
 
 
 def test_an_unknown_loop_is_a_one_line_usage_error(tmp_path):
@@ -378,3 +380,84 @@ def test_sensor_noise_is_a_seeded_standard_normal_six_draws_a_word():
     assert max(map(abs, xs)) < 3.4 and len(set(xs)) > 1000
     again = Noise(SmallRandom(5))
     assert [again() for _ in range(100)] == xs[:100]
+
+# -- main.py's closing asyncio.run without a greenlet (third round) --------------------
+
+_MAIN = """\
+import asyncio
+async def killer(t):
+    await asyncio.sleep_ms(20)
+    t.cancel()
+async def main():
+    print("running")
+    asyncio.create_task(killer(asyncio.current_task()))
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("after", ["", "x = 1\n"], ids=["main.py ends in asyncio.run", "code after asyncio.run"])
+def test_main_py_ending_in_asyncio_run_runs_without_its_greenlet_and_halts_the_same(emu, tmp_path, after):
+    """A main.py whose last act is asyncio.run leaves no greenlet (nor its
+    saved C stack) nor task waiting while its coroutine runs; one with code after the
+    call keeps main.py waiting in it. Both print the same traceback and halt
+    the same way when the firmware cancels its own main task."""
+    from tests.test_emulator_board import boot_board, image
+
+    board, con = boot_board(emu, image(tmp_path, {"main.py": _MAIN + after}))
+    con.wait("^running$")
+    waiting = emu.call(lambda: board._greenlet is not None and not board._greenlet.dead)
+    assert waiting is bool(after)
+    # ... nor a task waiting for the main task (the boot's runner ended once it started it)
+    runners = emu.call(lambda: [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Board._run_scripts"])
+    assert len(runners) == (1 if after else 0)
+    # the firmware's tasks are named after their board (one shared string, not a "Task-N" each)
+    assert emu.call(lambda: {t.get_name() for t in board.tasks}) == {board.id}
+    i = con.wait("^>>> $")
+    tb = con.lines.index("Traceback (most recent call last):")
+    assert con.lines[tb + 1 : tb + 3] == ['  File "main.py", line 9, in <module>', "CancelledError"]
+    assert con.lines[tb + 3].startswith("MicroPython v1.") and i > tb  # then the REPL
+    assert board.halted is True
+    assert any(kind == "halt" and "CancelledError" in msg for _, kind, msg in board.events)
+
+
+def test_main_ends_in_only_a_closing_call_of_main_py():
+    """The bytecode check behind it: the call's result dropped, then a
+    return, outside any handler; anything else keeps main.py waiting."""
+    from emulator.board.loader import _nothing_after
+
+    def offset(src: str) -> tuple:
+        import dis
+
+        code = compile(src, "main.py", "exec")
+        return code, next(i.offset for i in dis.get_instructions(code) if i.opname == "CALL")  # asyncio.run(c)
+
+    assert _nothing_after(*offset("import asyncio\nasyncio.run(c)\n"))
+    assert _nothing_after(*offset("if c is not None:\n    asyncio.run(c)\n"))
+    assert not _nothing_after(*offset("asyncio.run(c)\nprint(1)\n"))
+    assert not _nothing_after(*offset("x = asyncio.run(c)\n"))
+    assert not _nothing_after(*offset("try:\n    asyncio.run(c)\nexcept OSError:\n    pass\n"))
+    assert not _nothing_after(*offset("with m:\n    asyncio.run(c)\n"))
+
+
+def test_the_fleet_observer_keeps_each_devices_last_payload_only_when_asked(broker, observer_factory):
+    """`esp32emu fleet` without a dashboard keeps no parsed last payload per
+    device (~1 KiB each in the parent); the dashboard's keep() turns it on.
+    Counting is the same either way."""
+    from emulator.observe.counting import FleetObserver
+
+    obs = FleetObserver(broker.host, broker.port)
+    obs.keep_last = False  # as the fleet sets it
+    obs.start()
+    try:
+        device = observer_factory(broker, subscribe=None)
+        device.publish("devices/d1/telemetry", {"seq": 0, "t": 21.5}, qos=0)
+        assert obs.wait_until(lambda d: "d1" in d and d["d1"].received == 1, 10)
+        assert obs.devices["d1"].last is None and obs.devices["d1"].last_at is not None
+        obs.keep(0, 0)  # what the dashboard asks for
+        device.publish("devices/d1/telemetry", {"seq": 1, "t": 21.6}, qos=0)
+        assert obs.wait_until(lambda d: d["d1"].received == 2, 10)
+        assert obs.devices["d1"].last == {"seq": 1, "t": 21.6}
+        assert obs.summary()["telemetry_lost"] == 0 and obs.summary()["telemetry_sent"] == 2
+    finally:
+        obs.stop()

@@ -5,7 +5,9 @@ power is lost, the link and the environment) and recreates what a reset
 wipes (module table, tasks, radio state, ticks). Each boot runs `boot.py`
 then `main.py` in a greenlet: top-level code that blocks (`asyncio.run`,
 `time.sleep` in boot.py) waits there while the board's tasks run on the one
-shared event loop.
+shared event loop. An `asyncio.run` that is main.py's last act does not wait:
+main.py and the greenlet end, and the main task runs on by itself
+(`_start_main`, `_main_ended`).
 
 Tests, scenarios and the CLI drive a board through its methods
 (`power_cycle`, `hard_reset`, `press_button`, `link.*`, `ap.set_up`).
@@ -13,11 +15,15 @@ Tests, scenarios and the CLI drive a board through its methods
 
 from __future__ import annotations
 
+# size: one job, a board's life (power, boots, the scripts and their main task,
+# resets, watchdog, external controls); its state is one __slots__ object.
+
 import asyncio
 import base64
 import hashlib
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -38,7 +44,7 @@ from emulator.board.fakes.machinefake import (
 from emulator.board.fakes.misc import FlashFS
 from emulator.board.fakes.networkfake import AccessPoint, Radio
 from emulator.board.fakes.table import FakeTable
-from emulator.board.loader import BoardModules, FirmwareImage, format_micropython_exception
+from emulator.board.loader import BoardModules, FirmwareImage, format_micropython_exception, main_ends_in
 from emulator.board.sensors import wire as wire_sensors
 from emulator.net.event import Event
 from emulator.net.link import Link
@@ -49,6 +55,15 @@ REPL_BANNER = 'MicroPython v1.24.1 on esp32emu; ESP32 module with ESP32\nType "h
 BUTTON_PIN = 0  # the BOOT button of ESP32 dev kits
 
 
+class _MainEnds(BaseException):
+    """main.py's last act is `asyncio.run(coro)`: carries the coroutine out
+    of main.py and its greenlet (loader.main_ends_in), which end at once."""
+
+    def __init__(self, coro, where: tuple[str, int, str]):
+        super().__init__()
+        self.coro, self.where = coro, where
+
+
 class Board:
     # Slots: a board has more attributes than CPython shares the keys of
     # (30), so without them each board carried a 1.5 KiB dict of its own.
@@ -57,7 +72,7 @@ class Board:
         "id", "index", "image", "state_dir", "flash_dir", "seed", "rng", "mac", "ip", "gateway", "clock", "env",
         "ap", "link", "fs", "flash", "_console", "_partial", "console_tail", "events", "nvs", "rtc_memory", "pins",
         "pin_writes", "pin_irqs", "reset_cause", "boots", "halted", "hung", "running", "loop", "modules", "radio",
-        "tasks", "task_exception_handler", "_main_task", "_greenlet", "_reset_request", "_reset_event",
+        "tasks", "task_exception_handler", "_main_task", "_main_where", "_runner", "_greenlet", "_reset_request", "_reset_event",
         "_wdt_timeout_ms", "_wdt_fed", "_wdt_task", "_run_task", "repl", "_interrupted", "_interrupt_waiter",
         "_on_task_done", "__dict__", "__weakref__",
     )
@@ -99,7 +114,7 @@ class Board:
         self.ap = ap or AccessPoint()
         self.link = Link(self)
         # Every byte the radio sends draws current: the battery sags meanwhile.
-        self.link.taps.append(lambda direction, data, t: direction == "tx" and self.env.radio_transmit(len(data)))
+        self.link.taps.append(self._radio_tap)  # (a bound method: no closure and cell a board)
         self.fs = FlashFS(self.flash_dir, self)
         self.flash = self.fs  # power cuts, size and write time of the flash (fakes/misc.py FlashFS)
         self._console = console or (lambda line: None)
@@ -119,9 +134,15 @@ class Board:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.modules: BoardModules | None = None
         self.radio: Radio | None = None
-        self.tasks: set[asyncio.Task] = set()
+        # The boot's tasks, in a dict (keys only): a set of more than four
+        # takes a 512-byte table of its own, a dict of seven ~300 bytes.
+        self.tasks: dict[asyncio.Task, None] = {}
         self.task_exception_handler = None
         self._main_task: asyncio.Task | None = None
+        # main.py's line that ended in asyncio.run while its main task runs on
+        # by itself (_start_main), else None
+        self._main_where: tuple[str, int, str] | None = None
+        self._runner: asyncio.Task | None = None  # the boot's _run_scripts, until it ends
         self._greenlet: greenlet.greenlet | None = None
         self._reset_request: tuple[int, int | None, bool] | None = None
         self._reset_event: asyncio.Event | None = None
@@ -135,6 +156,10 @@ class Board:
         self._interrupted = False  # Ctrl-C: KeyboardInterrupt instead of CancelledError
         self._interrupt_waiter: asyncio.Future | None = None
         self._on_task_done = self._task_done  # one bound method for every task, not one each
+
+    def _radio_tap(self, direction: str, data: bytes, t: float) -> None:
+        if direction == "tx":
+            self.env.radio_transmit(len(data))
 
     # -- console and logging ---------------------------------------------------
 
@@ -309,7 +334,7 @@ class Board:
         self._wire_sensors()
         self.modules = BoardModules(self.image, self.flash_dir, self._fakes(), self._print, self.fs.open)
         self.log_event("boot", f"boot #{self.boots}, reset cause {cause}")
-        runner = self.loop.create_task(self._run_scripts())
+        self._runner = asyncio.Task(self._run_scripts(), loop=self.loop, name=self.id)
         # Only a reset (WDT, button, power, a deep sleep) ends a boot: the
         # scripts ending (halted at the REPL) does not. So the boot waits for
         # the reset alone; no task (nor asyncio.wait's set, callbacks and
@@ -318,7 +343,9 @@ class Board:
         try:
             await waiter
         finally:
-            runner.cancel()
+            if self._runner is not None:
+                self._runner.cancel()
+                self._runner = None
             waiter.cancel()
             await self._teardown()
         req = self._reset_request or (HARD_RESET, None, False)
@@ -349,6 +376,7 @@ class Board:
             self._wdt_task.cancel()
             self._wdt_task = None
         self._wdt_timeout_ms = None
+        self._main_where = None  # a main task cancelled from here on is the reset's (or stop's) doing
         await self._stop_tasks()
         if self.radio is not None:
             self.radio.close()
@@ -411,12 +439,48 @@ class Board:
                 msg = g.switch()
             else:
                 raise RuntimeError(f"unknown greenlet request {kind!r}")
+        g = self._greenlet = None  # dead: its saved stack is gone
+        if msg[0] == "main":
+            self._start_main(*msg[1:])  # and this task ends: _main_ended takes the main task's outcome
+            self._runner = None  # (a task done keeps its coroutine: let both go)
+            return
         if self.halted and self.repl is None:
-            # At the REPL no event loop runs: the board's tasks stop where they
-            # are (their sockets stay open until the broker gives up on them).
-            await self._stop_tasks()
-            self.console(REPL_BANNER)
-            self.console(">>> ")
+            await self._at_repl()
+
+    async def _at_repl(self) -> None:
+        # At the REPL no event loop runs: the board's tasks stop where they
+        # are (their sockets stay open until the broker gives up on them).
+        await self._stop_tasks()
+        self.console(REPL_BANNER)
+        self.console(">>> ")
+
+    def _start_main(self, coro, where: tuple[str, int, str]) -> None:
+        """main.py's closing `asyncio.run(coro)`, with neither main.py waiting
+        in a greenlet (2.4 KiB of saved C stack a board) nor a task waiting
+        for it: `_main_ended` does what main.py would do with the outcome
+        (nothing more: it ends there), the same way _scripts_body does it."""
+        self._main_where = where
+        self._main_task = self.create_task(coro)
+
+    def _main_ended(self, task: asyncio.Task) -> None:
+        where, self._main_where = self._main_where, None
+        if task.cancelled():
+            if self.hung or self._reset_request is not None:
+                return  # stuck until a reset / the reset is under way
+            e: BaseException | None = asyncio.CancelledError()  # the firmware cancelled its own main task
+        else:
+            e = task.exception()
+        if isinstance(e, BoardReset):
+            return
+        if e is not None and not isinstance(e, SystemExit):
+            self._unhandled(e, where)
+        self.halted = True
+        if self.repl is None:
+            self.loop.create_task(self._at_repl())
+
+    def _unhandled(self, e: BaseException, *outer: tuple[str, int, str]) -> None:
+        self.console(format_micropython_exception(e, outer))
+        self.log_event("halt", f"unhandled {type(e).__name__}: {e}")
 
     def _scripts_body(self) -> tuple:
         repl = self.repl
@@ -426,6 +490,8 @@ class Board:
             self.modules.run_script("boot.py")
             if repl is None or repl.runs_main():  # not after a soft reset from the raw REPL
                 self.modules.run_script("main.py")
+        except _MainEnds as ends:
+            return ("main", ends.coro, ends.where)
         except BoardReset:
             return ("done", None)
         except greenlet.GreenletExit:
@@ -433,8 +499,7 @@ class Board:
         except SystemExit:
             pass
         except BaseException as e:  # noqa: BLE001 - an unhandled firmware exception halts the board
-            self.console(format_micropython_exception(e))
-            self.log_event("halt", f"unhandled {type(e).__name__}: {e}")
+            self._unhandled(e)
         self.halted = True  # _run_scripts stops the tasks and shows the REPL
         if repl is not None:
             try:
@@ -450,6 +515,10 @@ class Board:
         if g is None or greenlet.getcurrent() is not g:
             coro.close()
             raise RuntimeError("asyncio.run() cannot be called from a running event loop")
+        if self.repl is None:  # (at a REPL, Ctrl-C raises KeyboardInterrupt in main.py: it waits)
+            where = main_ends_in(sys._getframe())
+            if where is not None:  # main.py ends here: no need to keep it (and the greenlet) waiting
+                raise _MainEnds(coro, where)
         return g.parent.switch(("run", coro))
 
     def blocking_sleep(self, seconds: float, what: str) -> None:
@@ -469,14 +538,19 @@ class Board:
         # context variable is in it; firmware has no contextvars): a copy per
         # task would cost ~600 bytes a task, a few thousand a board.
         context = self.modules.context
-        t = self.loop.create_task(coro, context=context)
-        self.tasks.add(t)
+        # Named after the board (its id string, shared): else CPython makes a
+        # "Task-N" string for each task (uvloop's create_task too, even given a name).
+        t = asyncio.Task(coro, loop=self.loop, name=self.id, context=context)
+        self.tasks[t] = None
         # the board's context, not a copy of it per task (and its bound method)
         t.add_done_callback(self._on_task_done, context=context)
         return t
 
     def _task_done(self, t: asyncio.Task) -> None:
-        self.tasks.discard(t)
+        self.tasks.pop(t, None)
+        if t is self._main_task and self._main_where is not None:
+            self._main_ended(t)
+            return
         if t.cancelled() or t is self._main_task:
             return
         # Like MicroPython, report only if nobody retrieves the exception

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import builtins
 import contextvars
+import dis
 import os
 import re
 import sys
@@ -372,6 +373,43 @@ class BoardModules:
         return True
 
 
+_ENDS_AFTER: dict[tuple[types.CodeType, int], bool] = {}  # (code, offset of the call) -> nothing follows it
+
+
+def main_ends_in(frame) -> tuple[str, int, str] | None:
+    """Where main.py's top level calls the function whose frame is `frame`
+    (an emulator fake: `asyncio.run`), if that call is main.py's last act:
+    its result dropped, then the script returns, outside any try or with
+    block. Then nothing of main.py needs to wait for the call: the board can
+    run it without keeping main.py's frame (and the greenlet under it)
+    suspended. None otherwise (another script, code after the call, a
+    handler around it): the caller keeps main.py waiting."""
+    f = frame.f_back
+    while f is not None and os.path.isabs(f.f_code.co_filename):  # the fake's own frames
+        f = f.f_back
+    if f is None or f.f_code.co_filename != "main.py" or f.f_code.co_name != "<module>":
+        return None
+    if f.f_globals.get("__name__") != "__main__" or f.f_back is None or f.f_back.f_code is not BoardModules.run_script.__code__:
+        return None
+    key = (f.f_code, f.f_lasti)
+    ends = _ENDS_AFTER.get(key)
+    if ends is None:
+        ends = _ENDS_AFTER[key] = _nothing_after(f.f_code, f.f_lasti)
+    return ("main.py", f.f_lineno, "<module>") if ends else None
+
+
+def _nothing_after(code: types.CodeType, offset: int) -> bool:
+    """Does the call at `offset` drop its result and return None next, outside any handler?"""
+    bc = dis.Bytecode(code)
+    if any(e.start <= offset < e.end for e in bc.exception_entries):
+        return False
+    after = [i for i in bc if i.offset > offset and i.opname not in ("NOP", "CACHE")]
+    ops = [(i.opname, i.argval) for i in after[:3]]
+    if ops[:1] != [("POP_TOP", None)]:
+        return False
+    return ops[1:2] == [("RETURN_CONST", None)] or ops[1:3] == [("LOAD_CONST", None), ("RETURN_VALUE", None)]  # 3.12+ / 3.11
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text()
@@ -390,10 +428,12 @@ def firmware_frames(tb) -> list[tuple[str, int, str]]:
     return frames
 
 
-def format_micropython_exception(exc: BaseException) -> str:
-    """Render like MicroPython's sys.print_exception."""
+def format_micropython_exception(exc: BaseException, outer: tuple[tuple[str, int, str], ...] = ()) -> str:
+    """Render like MicroPython's sys.print_exception; `outer`: the frames
+    the exception passed through before its traceback began (main.py's
+    top level, when `main_ends_in` let it go on outside main.py)."""
     lines = ["Traceback (most recent call last):"]
-    for filename, lineno, func in firmware_frames(exc.__traceback__):
+    for filename, lineno, func in (*outer, *firmware_frames(exc.__traceback__)):
         lines.append(f'  File "{filename}", line {lineno}, in {func}')
     msg = str(exc)
     lines.append(f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__)

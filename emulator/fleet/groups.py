@@ -201,6 +201,7 @@ class GroupHost:
                 "boards": len(g.indices),
                 "state": "running" if g.lost is None else g.lost.how,
                 "rss_mb": round(g.latest.get("rss_kb", 0) / 1024, 1),
+                "rss_base_mb": round(g.ready.get("rss_base_kb", 0) / 1024, 1),  # before its boards: rss_mb - this is theirs
                 "cpu_s": round(max(g.latest.get("cpu_s", 0.0) - g.ready.get("cpu_s", 0.0), 0.0), 1),
                 "loop_lag_p99_ms": percentile(lag, 99),
             })

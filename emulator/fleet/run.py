@@ -240,6 +240,7 @@ def run_fleet(opts: FleetOptions) -> int:
         else:
             boards = WorkerPool(specs)
         observer.expect(opts.devices)
+        observer.keep_last = False  # the last payloads are for a dashboard: beside() keeps them
         dashboard = beside(observer, opts.dashboard, opts.state_dir)  # the same observer: the page and the live view agree
         try:
             observer.start()

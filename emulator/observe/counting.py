@@ -68,7 +68,7 @@ class DeviceView:
     reset: str | None = None
     ip: str | None = None
     since: float | None = None  # the last presence change (online, offline, Will)
-    last: object = None  # the last telemetry payload (parsed JSON, or the text when it was not JSON)
+    last: object = None  # the last telemetry payload (parsed JSON, or the text when it was not JSON); None with keep_last off
     last_at: float | None = None  # when it came
     # Kept only when the observer is asked to (`keep(...)`): newest last.
     presence: deque | None = None  # {"at", "state", "reason", "boot", "retained"} per status message
@@ -112,6 +112,9 @@ class FleetObserver:
         self._flush_broken = False  # a marker did not come back: said once, no more waiting
         self.keep_presence = 0  # per device, with keep(): the last status messages
         self.keep_telemetry = 0  # ... and the last telemetry messages
+        # Each device's last telemetry payload, parsed (DeviceView.last): ~1 KiB a
+        # device. A fleet that shows it nowhere turns it off; keep() turns it on.
+        self.keep_last = True
         # Called under the lock after each counted message, on paho's thread:
         # listener(kind, device_id, view or None, payload, retained, wall_time, rtt_ms or None),
         # kind "status" | "telemetry" | "result". Must not block.
@@ -151,9 +154,11 @@ class FleetObserver:
 
     def keep(self, presence: int, telemetry: int) -> None:
         """Keep each device's last `presence` status messages and last
-        `telemetry` telemetry messages (the dashboard's device panel)."""
+        `telemetry` telemetry messages (the dashboard's device panel), and
+        its last telemetry payload (`DeviceView.last`)."""
         with self.lock:
             self.keep_presence, self.keep_telemetry = presence, telemetry
+            self.keep_last = True
 
     def expect(self, n: int) -> None:
         """Record `all_online_at` the first time n devices are online together."""
@@ -270,7 +275,9 @@ class FleetObserver:
         self.telemetry_total += 1
         view.received += 1
         view.last_telemetry_at = now
-        view.last, view.last_at = body, wall
+        view.last_at = wall
+        if self.keep_last:
+            view.last = body
         if self.keep_telemetry:
             if view.recent is None:
                 view.recent = deque(maxlen=self.keep_telemetry)
