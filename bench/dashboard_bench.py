@@ -21,8 +21,14 @@ What it measures, and how:
   (what Chromium negotiates).
 - backend CPU per 1,000 events: utime+stime of the backend process
   (/proc/PID/stat) over the window, per 1,000 telemetry messages it took in.
-- 100 concurrent SSE clients (raw sockets, one asyncio loop in a separate
-  process): their latency for the probe events, and the backend's CPU.
+- 100 concurrent SSE clients: bench/dashboard_backend.py's `Readers`
+  (asyncio Protocols over 2 spawned processes, uvloop): each reads every
+  byte, timestamps each recv chunk as it arrives, and scans the chunk's whole
+  events with bytes regexes (no JSON): telemetry counted, every event id
+  checked to follow the one before, the probes' `ts` and the backend's
+  receive time `at` taken. Their latency (publish -> read, and backend
+  receive -> read), their own event-loop lag and CPU, the bytes the kernel
+  holds unread for them (`ss`), and the backend's CPU.
 - time until the page shows all devices: navigation start -> the page's
   device count equals N (performance.now() in the page).
 - frames/s while updating: requestAnimationFrame callbacks per second over
@@ -35,7 +41,6 @@ import argparse
 import base64
 import http.client
 import json
-import multiprocessing
 import os
 import re
 import secrets
@@ -55,6 +60,9 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from emulator.broker.mosquitto import Broker  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from dashboard_backend import Readers  # noqa: E402  (the SSE readers)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -294,52 +302,17 @@ class WsCounter(threading.Thread):
         self.sock.close()
 
 
-# -- 100 SSE clients, in their own process ---------------------------------------------------------
+# -- 100 SSE clients: bench/dashboard_backend.py's readers ----------------------------------------
 
 
-def _many_sse(port: int, token: str, n: int, seconds: float, out) -> None:
-    import asyncio
-
-    async def one(lat: list[float], counts: list[int]) -> None:
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        w.write(f"GET /api/events?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode())
-        await r.readuntil(b"\r\n\r\n")
-        buf = b""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                chunk = await asyncio.wait_for(r.read(65536), max(0.01, end - time.monotonic()))
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            now = time.time()
-            buf += chunk
-            cut = buf.rfind(b"\n\n") + 2
-            if cut < 2:
-                continue
-            done, buf = buf[:cut], buf[cut:]
-            counts[0] += done.count(b"\nevent: ")
-            if b'"probe-' not in done:  # only the probes' events are parsed: the client stays cheap
-                continue
-            for ev in done.split(b"\n\n"):
-                if b'"probe-' in ev and b"event: telemetry" in ev:
-                    i = ev.find(b"data: ")
-                    try:
-                        d = json.loads(ev[i + 6:].split(b"\r\n", 1)[0])
-                        lat.append((now - d["payload"]["ts"]) * 1000)
-                    except (ValueError, KeyError, TypeError):
-                        pass
-        w.close()
-
-    async def main() -> None:
-        lat: list[float] = []
-        counts = [0]
-        res = await asyncio.gather(*(one(lat, counts) for _ in range(n)), return_exceptions=True)
-        errors = [repr(e) for e in res if isinstance(e, BaseException)]
-        out.put({"lat": lat, "events": counts[0], "errors": errors[:3], "failed": len(errors)})
-
-    asyncio.run(main())
+def reader_queues(port: int) -> tuple[int, int]:
+    """(bytes the kernel holds for the SSE readers to read, bytes in the backend's send queues),
+    summed over the connections to the backend's port (`ss`)."""
+    out = subprocess.run(["ss", "-tnH", "state", "established", f"( sport = :{port} or dport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    rows = [line.split() for line in out.splitlines() if len(line.split()) >= 4]
+    return (sum(int(r[0]) for r in rows if r[3].endswith(f":{port}")),
+            sum(int(r[1]) for r in rows if r[2].endswith(f":{port}")))
 
 
 # -- the page ------------------------------------------------------------------------------------
@@ -390,6 +363,9 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=None)
     ap.add_argument("--window", type=float, default=None, help="seconds per measurement window")
     ap.add_argument("--clients", type=int, default=100, help="concurrent SSE clients in the last phase")
+    ap.add_argument("--trace", type=Path, default=None,
+                    help="write the SSE clients' (client, read time, backend receive -> read) per probe event here (JSON)")
+    ap.add_argument("--reader-procs", type=int, default=2, help="processes the SSE clients are spread over")
     ap.add_argument("--screenshot", type=Path, default=None, help="save the page (a device panel open) as PNG here")
     ap.add_argument("--probe-rate", type=float, default=20.0, help="probe telemetry messages/s (latency samples)")
     args = ap.parse_args()
@@ -498,25 +474,49 @@ def main() -> int:
                          f"{st['events']:,} events, {st['resyncs']} resync"))
 
             # -- window 2: 100 SSE clients besides the page
-            ctx = multiprocessing.get_context("spawn")
-            q = ctx.Queue()
-            proc = ctx.Process(target=_many_sse, args=(backend.port, backend.token, args.clients, window, q))
+            readers = Readers(backend.port, backend.token, args.clients, args.reader_procs, prefix="probe-", timeout=180)
+            time.sleep(5.0)  # the snapshots (MBs each at 10,000 devices) and what queued behind them, read
+            readers.mark()
             page.evaluate(START_WINDOW)
-            proc.start()
-            time.sleep(1.0)
             c0 = backend.cpu()
+            r0 = [cpu_s(pid) for pid in readers.pids]
             t_start = time.monotonic()
-            out = q.get(timeout=window + 60)
+            queued = []
+            while time.monotonic() - t_start < window:
+                time.sleep(1.0)
+                queued.append(reader_queues(backend.port))
             c1 = backend.cpu()
+            r1 = [cpu_s(pid) for pid in readers.pids]
             elapsed = time.monotonic() - t_start
-            proc.join(10)
             res2 = page.evaluate(END_WINDOW)
-            lat = out["lat"]
+            out = readers.finish()
+            if args.trace:
+                args.trace.write_text(json.dumps({"queued": queued, "trace": out["trace"], "lags": out["lags"]}))
+            t_end = max((x[1] for x in out["trace"]), default=0.0)
+            thirds: list[list[float]] = [[], [], []]
+            for x in out["trace"]:
+                thirds[max(0, 2 - int((t_end - x[1]) / (window / 3)))].append(x[2] * 1000)
+            lat = [x * 1000 for x in out["lat"]]
+            lat_at = [x * 1000 for x in out["lat_at"]]
+            lag = [x * 1000 for x in out["lag"]]
+            tel = out["telemetry"]
             rows.append((f"{args.clients} SSE clients: latency p50 / p99",
                          f"{fmt(pct(lat, 50), ' ms')} / {fmt(pct(lat, 99), ' ms')}",
-                         f"{len(lat)} probe events over all clients; {out['failed']} failed {out['errors']}"))
+                         f"{len(lat)} probe events over all clients, read at each recv chunk"))
+            rows.append((f"{args.clients} SSE clients: p99 by thirds of the window", " / ".join(fmt(pct(t, 99), " ms") for t in thirds),
+                         "a backlog growing or draining shows here"))
+            rows.append((f"{args.clients} SSE clients: backend receive -> read p99", fmt(pct(lat_at, 99), " ms"),
+                         "from the event's `at` (paho's thread in the backend) to the client's recv"))
+            rows.append((f"{args.clients} SSE clients: readers' own loop lag p99", fmt(pct(lag, 99), " ms"),
+                         f"{len(readers.pids)} processes, {sum(r1) - sum(r0):.1f} CPU s in {elapsed:.0f} s "
+                         f"({(sum(r1) - sum(r0)) / elapsed * 100:.0f} % of a core)"))
+            rows.append((f"{args.clients} SSE clients: kernel queues", f"{max(q[0] for q in queued):,} B",
+                         f"max unread for the readers (sampled 1/s; backend send queues max {max(q[1] for q in queued):,} B)"))
+            rows.append((f"{args.clients} SSE clients: integrity", f"{out['gaps']} gap / {out['dups']} dup",
+                         f"every event id in every stream; telemetry a client {min(tel):,}..{max(tel):,}, "
+                         f"{sum(tel):,} in all; {len(out['errors'])} failed {out['errors'][:2]}"))
             rows.append((f"{args.clients} SSE clients: backend CPU", f"{(c1 - c0) / elapsed * 100:.0f} % of a core",
-                         f"{out['events']:,} events delivered in all"))
+                         f"{sum(out['bytes']) / 1e6:,.0f} MB read by the clients in all"))
             rows.append((f"{args.clients} SSE clients: page SSE p99 / frames/s",
                          f"{fmt(pct(res2['sse'], 99), ' ms')} / {res2['frames'] / res2['seconds']:.1f}", ""))
             if args.screenshot:
