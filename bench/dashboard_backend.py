@@ -7,7 +7,10 @@ Phases (each prints one row), after a 3 s warm-up that is not reported:
   steady      K SSE clients reading, R msg/s for D s
   + stalled   the same, plus one SSE client that never reads, there the
               whole phase (when the backend drops it, its queue full, the
-              next one connects): the readers' p99 must not move
+              next one connects): the readers' p99 must not move. A stalled
+              client connects with the readers' last event id, so what it
+              costs is its stall, not a snapshot of the fleet (what any new
+              client costs)
   The two alternate ABBA ABBA... (--repeats pairs), so that the machine's
   drift falls on both alike; the summary gives the pooled p99 of each kind,
   each pair's difference, and steady against the next steady (the noise).
@@ -48,6 +51,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -148,9 +152,9 @@ class _Stream:
     (one global sequence: a gap or a duplicate is counted), and the timed
     events' `ts` and `at` taken for the latency."""
 
-    def __init__(self, k, counts, since, lat, lat_at, timed, ready):
-        self.k, self.counts, self.since, self.lat, self.lat_at, self.timed, self.ready = \
-            k, counts, since, lat, lat_at, timed, ready
+    def __init__(self, k, counts, since, latest, lat, lat_at, timed, ready):
+        self.k, self.counts, self.since, self.latest, self.lat, self.lat_at, self.timed, self.ready = \
+            k, counts, since, latest, lat, lat_at, timed, ready
         self.head = b""
         self.parts: list[bytes] = []  # the unfinished event's chunks
         self.trace: list[tuple] = []  # (client, read at, publish -> read, backend receive -> read) per timed event
@@ -196,6 +200,8 @@ class _Stream:
                     self.gaps += b > a + 1
                     self.dups += b <= a
             self.last_id = max(seq[-1], prev or 0)
+            if self.k == 0:
+                self.latest.value = self.last_id
         if self.timed is not None and now >= self.since.value:
             for m in self.timed.finditer(done):
                 self.lat.append(now - float(m.group(2)))
@@ -211,7 +217,8 @@ class _Stream:
             self.ready.set_exception(ConnectionError(f"closed before its snapshot ({self.status!r})"))
 
 
-def _reader_process(port: int, token: str, slots: list[int], counts, since, prefix: str, timeout: float, q, stop) -> None:
+def _reader_process(port: int, token: str, slots: list[int], counts, since, latest, prefix: str, timeout: float, q,
+                    stop) -> None:
     try:
         import uvloop  # what the backend runs on too; the readers' loop costs less
         uvloop.install()
@@ -247,7 +254,7 @@ def _reader_process(port: int, token: str, slots: list[int], counts, since, pref
         streams = []
         for k in slots:
             ready = loop.create_future()
-            tr, st = await loop.create_connection(lambda k=k, ready=ready: _Stream(k, counts, since, lat, lat_at, timed, ready),
+            tr, st = await loop.create_connection(lambda k=k, ready=ready: _Stream(k, counts, since, latest, lat, lat_at, timed, ready),
                                                   "127.0.0.1", port)
             tr.write(f"GET /api/events?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      "Accept: text/event-stream\r\n\r\n".encode())
@@ -283,10 +290,11 @@ class Readers:
         self.clients = clients
         self.counts = ctx.Array("q", clients, lock=False)
         self.since = ctx.Value("d", float("inf"), lock=False)  # latency, lag and CPU are taken from mark() on
+        self.latest = ctx.Value("q", 0, lock=False)  # the last event id client 0 read
         self.q, self.stop = ctx.Queue(), ctx.Event()
         procs = max(1, min(procs, clients))
         self.procs = [ctx.Process(target=_reader_process, daemon=True,
-                                  args=(port, token, list(range(i, clients, procs)), self.counts, self.since, prefix, timeout,
+                                  args=(port, token, list(range(i, clients, procs)), self.counts, self.since, self.latest, prefix, timeout,
                                         self.q, self.stop)) for i in range(procs)]
         for p in self.procs:
             p.start()
@@ -360,8 +368,11 @@ def phase(port: int, pid: int, pub: Publisher, readers: int, procs: int, rate: f
     the whole time: when the backend drops it (its queue full), the next
     one connects. /metrics is polled every 0.5 s in both kinds of phase."""
     pool = Readers(port, TOKEN, readers, procs, prefix="d")
-    blocker = stalled_sse(port, token=TOKEN) if stall else None
-    stalled = [blocker] if stall else []
+
+    def stop_reading() -> socket.socket:  # from the last id: a short replay, not a whole-fleet snapshot to build
+        return stalled_sse(port, f"&last_event_id={pool.latest.value}", token=TOKEN)
+
+    stalled = [stop_reading()] if stall else []
     dropped0 = dropped = metric(port, "esp32emu_clients_dropped_total")
     c0 = cpu_s(pid)
     pool.mark()
@@ -372,7 +383,7 @@ def phase(port: int, pid: int, pub: Publisher, readers: int, procs: int, rate: f
         sender.join(0.5)
         now = metric(port, "esp32emu_clients_dropped_total")
         if stall and now > dropped:  # dropped: another client stops reading
-            stalled.append(stalled_sse(port, token=TOKEN))
+            stalled.append(stop_reading())
         dropped = now
     complete = pool.wait_for(n, 30)  # the tail arrives
     cpu = cpu_s(pid) - c0

@@ -380,6 +380,7 @@ def main() -> int:
     broker = Broker(work / "broker")
     broker.start()
     rows: list[tuple[str, str, str]] = []
+    loads: list[float] = []  # the 1-minute load average at the end of each window
     fleet = backend = wire = probes = None
     try:
         backend = Backend(broker.url, work)
@@ -442,6 +443,7 @@ def main() -> int:
             for t in (sse, ws_plain, ws_deflate):
                 t.counting.clear()
             res = page.evaluate(END_WINDOW)
+            loads.append(os.getloadavg()[0])
             for t in (sse, ws_plain, ws_deflate):
                 t.done.set()
             sse_bytes, sse_n, sse_frame = sse.result()
@@ -489,6 +491,7 @@ def main() -> int:
             r1 = [cpu_s(pid) for pid in readers.pids]
             elapsed = time.monotonic() - t_start
             res2 = page.evaluate(END_WINDOW)
+            loads.append(os.getloadavg()[0])
             out = readers.finish()
             if args.trace:
                 args.trace.write_text(json.dumps({"queued": queued, "trace": out["trace"], "lags": out["lags"]}))
@@ -509,12 +512,13 @@ def main() -> int:
                          "from the event's `at` (paho's thread in the backend) to the client's recv"))
             rows.append((f"{args.clients} SSE clients: readers' own loop lag p99", fmt(pct(lag, 99), " ms"),
                          f"{len(readers.pids)} processes, {sum(r1) - sum(r0):.1f} CPU s in {elapsed:.0f} s "
-                         f"({(sum(r1) - sum(r0)) / elapsed * 100:.0f} % of a core)"))
+                         f"({(sum(r1) - sum(r0)) / elapsed * 100:.0f} % of a core); load {os.getloadavg()[0]:.1f}"))
             rows.append((f"{args.clients} SSE clients: kernel queues", f"{max(q[0] for q in queued):,} B",
                          f"max unread for the readers (sampled 1/s; backend send queues max {max(q[1] for q in queued):,} B)"))
             rows.append((f"{args.clients} SSE clients: integrity", f"{out['gaps']} gap / {out['dups']} dup",
                          f"every event id in every stream; telemetry a client {min(tel):,}..{max(tel):,}, "
-                         f"{sum(tel):,} in all; {len(out['errors'])} failed {out['errors'][:2]}"))
+                         f"{sum(tel):,} in all; {out['closed']} ended by the backend (dropped: fell > 5,000 events "
+                         f"behind); {len(out['errors'])} failed {out['errors'][:2]}"))
             rows.append((f"{args.clients} SSE clients: backend CPU", f"{(c1 - c0) / elapsed * 100:.0f} % of a core",
                          f"{sum(out['bytes']) / 1e6:,.0f} MB read by the clients in all"))
             rows.append((f"{args.clients} SSE clients: page SSE p99 / frames/s",
@@ -546,7 +550,7 @@ def main() -> int:
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     print(f"\nesp32emu dashboard bench: {devices:,} boards, interval {interval:g} s, window {window:g} s, "
-          f"{os.cpu_count()} CPUs\n")
+          f"{os.cpu_count()} CPUs; load average (1 min) at the windows' ends: {', '.join(f'{x:.1f}' for x in loads)}\n")
     print(f"{'measure':<{w0}}  {'value':>{w1}}  how")
     print(f"{'-' * w0}  {'-' * w1}  {'-' * 40}")
     for a, b, c in rows:
