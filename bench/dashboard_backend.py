@@ -218,7 +218,7 @@ class _Stream:
 
 
 def _reader_process(port: int, token: str, slots: list[int], counts, since, latest, prefix: str, timeout: float, q,
-                    stop) -> None:
+                    stop, last_event_id: int | None) -> None:
     try:
         import uvloop  # what the backend runs on too; the readers' loop costs less
         uvloop.install()
@@ -256,8 +256,9 @@ def _reader_process(port: int, token: str, slots: list[int], counts, since, late
             ready = loop.create_future()
             tr, st = await loop.create_connection(lambda k=k, ready=ready: _Stream(k, counts, since, latest, lat, lat_at, timed, ready),
                                                   "127.0.0.1", port)
+            resume = "" if last_event_id is None else f"Last-Event-ID: {last_event_id}\r\n"
             tr.write(f"GET /api/events?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     "Accept: text/event-stream\r\n\r\n".encode())
+                     f"Accept: text/event-stream\r\n{resume}\r\n".encode())
             streams.append((tr, st, ready))
         await aio.wait_for(aio.gather(*(r for _, _, r in streams)), timeout)  # every one has its first event
         q.put(("ready", None))
@@ -281,9 +282,12 @@ class Readers:
     (spawned: each its own interpreter and loop), each reading every byte.
     `counts` (shared memory) holds each client's telemetry events so far;
     latency is taken for telemetry of devices whose id starts with `prefix`
-    (their payload carries a precise `ts` first after `seq`)."""
+    (their payload carries a precise `ts` first after `seq`). With
+    `last_event_id` they join as an EventSource reconnects (a replay from
+    the ring, no snapshot)."""
 
-    def __init__(self, port: int, token: str, clients: int, procs: int = 2, prefix: str | None = "", timeout: float = 60):
+    def __init__(self, port: int, token: str, clients: int, procs: int = 2, prefix: str | None = "", timeout: float = 60,
+                 last_event_id: int | None = None):
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
@@ -295,7 +299,7 @@ class Readers:
         procs = max(1, min(procs, clients))
         self.procs = [ctx.Process(target=_reader_process, daemon=True,
                                   args=(port, token, list(range(i, clients, procs)), self.counts, self.since, self.latest, prefix, timeout,
-                                        self.q, self.stop)) for i in range(procs)]
+                                        self.q, self.stop, last_event_id)) for i in range(procs)]
         for p in self.procs:
             p.start()
         for _ in self.procs:
