@@ -218,7 +218,9 @@ class _Stream:
 
 
 def _reader_process(port: int, token: str, slots: list[int], counts, since, latest, prefix: str, timeout: float, q,
-                    stop, last_event_id: int | None) -> None:
+                    stop, last_event_id: int | None, nice: int) -> None:
+    if nice:
+        os.nice(nice)
     try:
         import uvloop  # what the backend runs on too; the readers' loop costs less
         uvloop.install()
@@ -284,10 +286,13 @@ class Readers:
     latency is taken for telemetry of devices whose id starts with `prefix`
     (their payload carries a precise `ts` first after `seq`). With
     `last_event_id` they join as an EventSource reconnects (a replay from
-    the ring, no snapshot)."""
+    the ring, no snapshot). `nice` < 0 (root only) lets them read before
+    the backend, the broker and the fleet run: they stand for browsers on
+    other machines, and what is measured is then the backend's delivery,
+    not their own wait for a core."""
 
     def __init__(self, port: int, token: str, clients: int, procs: int = 2, prefix: str | None = "", timeout: float = 60,
-                 last_event_id: int | None = None):
+                 last_event_id: int | None = None, nice: int = 0):
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
@@ -299,7 +304,7 @@ class Readers:
         procs = max(1, min(procs, clients))
         self.procs = [ctx.Process(target=_reader_process, daemon=True,
                                   args=(port, token, list(range(i, clients, procs)), self.counts, self.since, self.latest, prefix, timeout,
-                                        self.q, self.stop, last_event_id)) for i in range(procs)]
+                                        self.q, self.stop, last_event_id, nice)) for i in range(procs)]
         for p in self.procs:
             p.start()
         for _ in self.procs:

@@ -369,6 +369,8 @@ def main() -> int:
                     help="write the SSE clients' (client, read time, backend receive -> read) per probe event here (JSON)")
     ap.add_argument("--snapshots", action="store_true",
                     help="the SSE clients connect afresh (a whole-fleet snapshot each), not from the page's last id")
+    ap.add_argument("--reader-nice", type=int, default=0,
+                    help="niceness of the SSE clients' processes (negative, as root: they read before the system under test)")
     ap.add_argument("--reader-procs", type=int, default=2, help="processes the SSE clients are spread over")
     ap.add_argument("--screenshot", type=Path, default=None, help="save the page (a device panel open) as PNG here")
     ap.add_argument("--probe-rate", type=float, default=20.0, help="probe telemetry messages/s (latency samples)")
@@ -485,9 +487,10 @@ def main() -> int:
             # dashboard_backend.py measures, not the streaming this window is about (--snapshots: with them).
             resume = None if args.snapshots else page.evaluate("window.esp32dash.stats.lastId")
             readers = Readers(backend.port, backend.token, args.clients, args.reader_procs, prefix="probe-", timeout=180,
-                              last_event_id=resume)
+                              last_event_id=resume, nice=args.reader_nice)
             time.sleep(5.0 if args.snapshots else 2.0)  # what queued behind the snapshots or the replay, read
             readers.mark()
+            n0 = readers.counts[:]
             page.evaluate(START_WINDOW)
             c0 = backend.cpu()
             r0 = [cpu_s(pid) for pid in readers.pids]
@@ -498,6 +501,7 @@ def main() -> int:
                 queued.append(reader_queues(backend.port))
             c1 = backend.cpu()
             r1 = [cpu_s(pid) for pid in readers.pids]
+            n1 = readers.counts[:]
             elapsed = time.monotonic() - t_start
             res2 = page.evaluate(END_WINDOW)
             loads.append(os.getloadavg()[0])
@@ -512,6 +516,10 @@ def main() -> int:
             lat_at = [x * 1000 for x in out["lat_at"]]
             lag = [x * 1000 for x in out["lag"]]
             tel = out["telemetry"]
+            per_client = sorted((b - a) / elapsed for a, b in zip(n0, n1))
+            rows.append((f"{args.clients} SSE clients: telemetry read a client", fmt(per_client[len(per_client) // 2], " msg/s", 0),
+                         f"median over the clients (min {per_client[0]:,.0f}, max {per_client[-1]:,.0f}); "
+                         "the fleet's rate in this window"))
             rows.append((f"{args.clients} SSE clients: latency p50 / p99",
                          f"{fmt(pct(lat, 50), ' ms')} / {fmt(pct(lat, 99), ' ms')}",
                          f"{len(lat)} probe events over all clients, read at each recv chunk; joined "
