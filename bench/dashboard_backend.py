@@ -80,7 +80,7 @@ def start_backend(broker: Broker, workdir: Path) -> tuple[subprocess.Popen, int]
     proc = subprocess.Popen(
         [sys.executable, "-m", "emulator", "--state", str(workdir), "dashboard", "--broker", broker.url,
          "--port", "0", "--token", TOKEN, "--history", "20000"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=workdir,
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=workdir, start_new_session=True,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     for line in proc.stderr:
         m = re.search(r"dashboard at http://127\.0\.0\.1:(\d+)/", line)
@@ -218,9 +218,12 @@ class _Stream:
 
 
 def _reader_process(port: int, token: str, slots: list[int], counts, since, latest, prefix: str, timeout: float, q,
-                    stop, last_event_id: int | None, nice: int) -> None:
-    if nice:
-        os.nice(nice)
+                    stop, last_event_id: int | None) -> None:
+    # A session of its own: with Linux's autogroup scheduling (sched_autogroup_enabled) CPU is shared
+    # between sessions first, so in the bench's session the readers would share one share with the
+    # bench and Chromium (and wait for a core for seconds on a busy machine), while the backend and
+    # the fleet each have one. Each reader process stands for browsers on a machine of their own.
+    os.setsid()
     try:
         import uvloop  # what the backend runs on too; the readers' loop costs less
         uvloop.install()
@@ -286,13 +289,10 @@ class Readers:
     latency is taken for telemetry of devices whose id starts with `prefix`
     (their payload carries a precise `ts` first after `seq`). With
     `last_event_id` they join as an EventSource reconnects (a replay from
-    the ring, no snapshot). `nice` < 0 (root only) lets them read before
-    the backend, the broker and the fleet run: they stand for browsers on
-    other machines, and what is measured is then the backend's delivery,
-    not their own wait for a core."""
+    the ring, no snapshot). Each process runs in a session of its own."""
 
     def __init__(self, port: int, token: str, clients: int, procs: int = 2, prefix: str | None = "", timeout: float = 60,
-                 last_event_id: int | None = None, nice: int = 0):
+                 last_event_id: int | None = None):
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
@@ -304,7 +304,7 @@ class Readers:
         procs = max(1, min(procs, clients))
         self.procs = [ctx.Process(target=_reader_process, daemon=True,
                                   args=(port, token, list(range(i, clients, procs)), self.counts, self.since, self.latest, prefix, timeout,
-                                        self.q, self.stop, last_event_id, nice)) for i in range(procs)]
+                                        self.q, self.stop, last_event_id)) for i in range(procs)]
         for p in self.procs:
             p.start()
         for _ in self.procs:

@@ -369,8 +369,6 @@ def main() -> int:
                     help="write the SSE clients' (client, read time, backend receive -> read) per probe event here (JSON)")
     ap.add_argument("--snapshots", action="store_true",
                     help="the SSE clients connect afresh (a whole-fleet snapshot each), not from the page's last id")
-    ap.add_argument("--reader-nice", type=int, default=0,
-                    help="niceness of the SSE clients' processes (negative, as root: they read before the system under test)")
     ap.add_argument("--reader-procs", type=int, default=2, help="processes the SSE clients are spread over")
     ap.add_argument("--screenshot", type=Path, default=None, help="save the page (a device panel open) as PNG here")
     ap.add_argument("--probe-rate", type=float, default=20.0, help="probe telemetry messages/s (latency samples)")
@@ -487,7 +485,7 @@ def main() -> int:
             # dashboard_backend.py measures, not the streaming this window is about (--snapshots: with them).
             resume = None if args.snapshots else page.evaluate("window.esp32dash.stats.lastId")
             readers = Readers(backend.port, backend.token, args.clients, args.reader_procs, prefix="probe-", timeout=180,
-                              last_event_id=resume, nice=args.reader_nice)
+                              last_event_id=resume)
             time.sleep(5.0 if args.snapshots else 2.0)  # what queued behind the snapshots or the replay, read
             readers.mark()
             n0 = readers.counts[:]
