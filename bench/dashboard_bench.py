@@ -64,7 +64,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from emulator.broker.mosquitto import Broker  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from dashboard_backend import Readers  # noqa: E402  (the SSE readers)
+from dashboard_backend import TIMED, Readers  # noqa: E402  (the SSE readers)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -455,6 +455,12 @@ def main() -> int:
             rate = events_in / window
             rows.append(("telemetry through the backend", fmt(rate, " msg/s", 0),
                          f"{devices:,} boards at {interval:g} s + {args.probe_rate:g}/s probes, {window:g} s window"))
+            # the probes' publish -> the backend's receive (`at`), from the raw SSE stream: the MQTT side's share
+            mqtt_side = [(float(at) - float(ts)) * 1000 for at, ts in
+                         re.findall(TIMED.format(prefix="probe-").encode(), bytes(sse.data))]
+            rows.append(("publish -> backend receive p50 / p99", f"{fmt(pct(mqtt_side, 50), ' ms')} / "
+                         f"{fmt(pct(mqtt_side, 99), ' ms')}", f"{len(mqtt_side)} probe events: their `at` - `ts` "
+                         "(the probe publisher, Mosquitto, the backend's paho thread)"))
             for name, lat in (("SSE", res["sse"]), ("WebSocket", res["ws"])):
                 rows.append((f"publish -> browser latency, {name} p50 / p99",
                              f"{fmt(pct(lat, 50), ' ms')} / {fmt(pct(lat, 99), ' ms')}",
