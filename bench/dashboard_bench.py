@@ -21,8 +21,16 @@ What it measures, and how:
   (what Chromium negotiates).
 - backend CPU per 1,000 events: utime+stime of the backend process
   (/proc/PID/stat) over the window, per 1,000 telemetry messages it took in.
-- 100 concurrent SSE clients (raw sockets, one asyncio loop in a separate
-  process): their latency for the probe events, and the backend's CPU.
+- 100 concurrent SSE clients: bench/dashboard_backend.py's `Readers`
+  (asyncio Protocols over 2 spawned processes, uvloop): each reads every
+  byte, timestamps each recv chunk as it arrives, and scans the chunk's whole
+  events with bytes regexes (no JSON): telemetry counted, every event id
+  checked to follow the one before, the probes' `ts` and the backend's
+  receive time `at` taken. Their latency (publish -> read, and backend
+  receive -> read), their own event-loop lag and CPU, the bytes the kernel
+  holds unread for them (`ss`), and the backend's CPU. They join with the
+  page's last event id (a replay, as an EventSource reconnects), not with a
+  3 MB whole-fleet snapshot each (`--snapshots` for that).
 - time until the page shows all devices: navigation start -> the page's
   device count equals N (performance.now() in the page).
 - frames/s while updating: requestAnimationFrame callbacks per second over
@@ -35,7 +43,6 @@ import argparse
 import base64
 import http.client
 import json
-import multiprocessing
 import os
 import re
 import secrets
@@ -55,6 +62,9 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from emulator.broker.mosquitto import Broker  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from dashboard_backend import TIMED, Readers  # noqa: E402  (the SSE readers)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -294,52 +304,17 @@ class WsCounter(threading.Thread):
         self.sock.close()
 
 
-# -- 100 SSE clients, in their own process ---------------------------------------------------------
+# -- 100 SSE clients: bench/dashboard_backend.py's readers ----------------------------------------
 
 
-def _many_sse(port: int, token: str, n: int, seconds: float, out) -> None:
-    import asyncio
-
-    async def one(lat: list[float], counts: list[int]) -> None:
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        w.write(f"GET /api/events?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode())
-        await r.readuntil(b"\r\n\r\n")
-        buf = b""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                chunk = await asyncio.wait_for(r.read(65536), max(0.01, end - time.monotonic()))
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            now = time.time()
-            buf += chunk
-            cut = buf.rfind(b"\n\n") + 2
-            if cut < 2:
-                continue
-            done, buf = buf[:cut], buf[cut:]
-            counts[0] += done.count(b"\nevent: ")
-            if b'"probe-' not in done:  # only the probes' events are parsed: the client stays cheap
-                continue
-            for ev in done.split(b"\n\n"):
-                if b'"probe-' in ev and b"event: telemetry" in ev:
-                    i = ev.find(b"data: ")
-                    try:
-                        d = json.loads(ev[i + 6:].split(b"\r\n", 1)[0])
-                        lat.append((now - d["payload"]["ts"]) * 1000)
-                    except (ValueError, KeyError, TypeError):
-                        pass
-        w.close()
-
-    async def main() -> None:
-        lat: list[float] = []
-        counts = [0]
-        res = await asyncio.gather(*(one(lat, counts) for _ in range(n)), return_exceptions=True)
-        errors = [repr(e) for e in res if isinstance(e, BaseException)]
-        out.put({"lat": lat, "events": counts[0], "errors": errors[:3], "failed": len(errors)})
-
-    asyncio.run(main())
+def reader_queues(port: int) -> tuple[int, int]:
+    """(bytes the kernel holds for the SSE readers to read, bytes in the backend's send queues),
+    summed over the connections to the backend's port (`ss`)."""
+    out = subprocess.run(["ss", "-tnH", "state", "established", f"( sport = :{port} or dport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    rows = [line.split() for line in out.splitlines() if len(line.split()) >= 4]
+    return (sum(int(r[0]) for r in rows if r[3].endswith(f":{port}")),
+            sum(int(r[1]) for r in rows if r[2].endswith(f":{port}")))
 
 
 # -- the page ------------------------------------------------------------------------------------
@@ -390,6 +365,11 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=None)
     ap.add_argument("--window", type=float, default=None, help="seconds per measurement window")
     ap.add_argument("--clients", type=int, default=100, help="concurrent SSE clients in the last phase")
+    ap.add_argument("--trace", type=Path, default=None,
+                    help="write the SSE clients' (client, read time, backend receive -> read) per probe event here (JSON)")
+    ap.add_argument("--snapshots", action="store_true",
+                    help="the SSE clients connect afresh (a whole-fleet snapshot each), not from the page's last id")
+    ap.add_argument("--reader-procs", type=int, default=2, help="processes the SSE clients are spread over")
     ap.add_argument("--screenshot", type=Path, default=None, help="save the page (a device panel open) as PNG here")
     ap.add_argument("--probe-rate", type=float, default=20.0, help="probe telemetry messages/s (latency samples)")
     args = ap.parse_args()
@@ -404,6 +384,7 @@ def main() -> int:
     broker = Broker(work / "broker")
     broker.start()
     rows: list[tuple[str, str, str]] = []
+    loads: list[float] = []  # the 1-minute load average at the end of each window
     fleet = backend = wire = probes = None
     try:
         backend = Backend(broker.url, work)
@@ -466,6 +447,7 @@ def main() -> int:
             for t in (sse, ws_plain, ws_deflate):
                 t.counting.clear()
             res = page.evaluate(END_WINDOW)
+            loads.append(os.getloadavg()[0])
             for t in (sse, ws_plain, ws_deflate):
                 t.done.set()
             sse_bytes, sse_n, sse_frame = sse.result()
@@ -473,6 +455,12 @@ def main() -> int:
             rate = events_in / window
             rows.append(("telemetry through the backend", fmt(rate, " msg/s", 0),
                          f"{devices:,} boards at {interval:g} s + {args.probe_rate:g}/s probes, {window:g} s window"))
+            # the probes' publish -> the backend's receive (`at`), from the raw SSE stream: the MQTT side's share
+            mqtt_side = [(float(at) - float(ts)) * 1000 for at, ts in
+                         re.findall(TIMED.format(prefix="probe-").encode(), bytes(sse.data))]
+            rows.append(("publish -> backend receive p50 / p99", f"{fmt(pct(mqtt_side, 50), ' ms')} / "
+                         f"{fmt(pct(mqtt_side, 99), ' ms')}", f"{len(mqtt_side)} probe events: their `at` - `ts` "
+                         "(the probe publisher, Mosquitto, the backend's paho thread)"))
             for name, lat in (("SSE", res["sse"]), ("WebSocket", res["ws"])):
                 rows.append((f"publish -> browser latency, {name} p50 / p99",
                              f"{fmt(pct(lat, 50), ' ms')} / {fmt(pct(lat, 99), ' ms')}",
@@ -498,25 +486,63 @@ def main() -> int:
                          f"{st['events']:,} events, {st['resyncs']} resync"))
 
             # -- window 2: 100 SSE clients besides the page
-            ctx = multiprocessing.get_context("spawn")
-            q = ctx.Queue()
-            proc = ctx.Process(target=_many_sse, args=(backend.port, backend.token, args.clients, window, q))
+            # They join as the page would reconnect, with its last event id (a replay from the ring): 100
+            # snapshots of the whole fleet at once (3 MB each at 10,000 devices) are the connect storm that
+            # dashboard_backend.py measures, not the streaming this window is about (--snapshots: with them).
+            resume = None if args.snapshots else page.evaluate("window.esp32dash.stats.lastId")
+            readers = Readers(backend.port, backend.token, args.clients, args.reader_procs, prefix="probe-", timeout=180,
+                              last_event_id=resume)
+            time.sleep(5.0 if args.snapshots else 2.0)  # what queued behind the snapshots or the replay, read
+            readers.mark()
+            n0 = readers.counts[:]
             page.evaluate(START_WINDOW)
-            proc.start()
-            time.sleep(1.0)
             c0 = backend.cpu()
+            r0 = [cpu_s(pid) for pid in readers.pids]
             t_start = time.monotonic()
-            out = q.get(timeout=window + 60)
+            queued = []
+            while time.monotonic() - t_start < window:
+                time.sleep(1.0)
+                queued.append(reader_queues(backend.port))
             c1 = backend.cpu()
+            r1 = [cpu_s(pid) for pid in readers.pids]
+            n1 = readers.counts[:]
             elapsed = time.monotonic() - t_start
-            proc.join(10)
             res2 = page.evaluate(END_WINDOW)
-            lat = out["lat"]
+            loads.append(os.getloadavg()[0])
+            out = readers.finish()
+            if args.trace:
+                args.trace.write_text(json.dumps({"queued": queued, "trace": out["trace"], "lags": out["lags"]}))
+            t_end = max((x[1] for x in out["trace"]), default=0.0)
+            thirds: list[list[float]] = [[], [], []]
+            for x in out["trace"]:
+                thirds[max(0, 2 - int((t_end - x[1]) / (window / 3)))].append(x[2] * 1000)
+            lat = [x * 1000 for x in out["lat"]]
+            lat_at = [x * 1000 for x in out["lat_at"]]
+            lag = [x * 1000 for x in out["lag"]]
+            tel = out["telemetry"]
+            per_client = sorted((b - a) / elapsed for a, b in zip(n0, n1))
+            rows.append((f"{args.clients} SSE clients: telemetry read a client", fmt(per_client[len(per_client) // 2], " msg/s", 0),
+                         f"median over the clients (min {per_client[0]:,.0f}, max {per_client[-1]:,.0f}); "
+                         "the fleet's rate in this window"))
             rows.append((f"{args.clients} SSE clients: latency p50 / p99",
                          f"{fmt(pct(lat, 50), ' ms')} / {fmt(pct(lat, 99), ' ms')}",
-                         f"{len(lat)} probe events over all clients; {out['failed']} failed {out['errors']}"))
+                         f"{len(lat)} probe events over all clients, read at each recv chunk; joined "
+                         + ("afresh (a snapshot each)" if resume is None else "from the page's last id (a replay)")))
+            rows.append((f"{args.clients} SSE clients: p99 by thirds of the window", " / ".join(fmt(pct(t, 99), " ms") for t in thirds),
+                         "a backlog growing or draining shows here"))
+            rows.append((f"{args.clients} SSE clients: backend receive -> read p99", fmt(pct(lat_at, 99), " ms"),
+                         "from the event's `at` (paho's thread in the backend) to the client's recv"))
+            rows.append((f"{args.clients} SSE clients: readers' own loop lag p99", fmt(pct(lag, 99), " ms"),
+                         f"{len(readers.pids)} processes, {sum(r1) - sum(r0):.1f} CPU s in {elapsed:.0f} s "
+                         f"({(sum(r1) - sum(r0)) / elapsed * 100:.0f} % of a core); load {os.getloadavg()[0]:.1f}"))
+            rows.append((f"{args.clients} SSE clients: kernel queues", f"{max(q[0] for q in queued):,} B",
+                         f"max unread for the readers (sampled 1/s; backend send queues max {max(q[1] for q in queued):,} B)"))
+            rows.append((f"{args.clients} SSE clients: integrity", f"{out['gaps']} gap / {out['dups']} dup",
+                         f"every event id in every stream; telemetry a client {min(tel):,}..{max(tel):,}, "
+                         f"{sum(tel):,} in all; {out['closed']} ended by the backend (dropped: fell > 5,000 events "
+                         f"behind); {len(out['errors'])} failed {out['errors'][:2]}"))
             rows.append((f"{args.clients} SSE clients: backend CPU", f"{(c1 - c0) / elapsed * 100:.0f} % of a core",
-                         f"{out['events']:,} events delivered in all"))
+                         f"{sum(out['bytes']) / 1e6:,.0f} MB read by the clients in all"))
             rows.append((f"{args.clients} SSE clients: page SSE p99 / frames/s",
                          f"{fmt(pct(res2['sse'], 99), ' ms')} / {res2['frames'] / res2['seconds']:.1f}", ""))
             if args.screenshot:
@@ -546,7 +572,7 @@ def main() -> int:
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     print(f"\nesp32emu dashboard bench: {devices:,} boards, interval {interval:g} s, window {window:g} s, "
-          f"{os.cpu_count()} CPUs\n")
+          f"{os.cpu_count()} CPUs; load average (1 min) at the windows' ends: {', '.join(f'{x:.1f}' for x in loads)}\n")
     print(f"{'measure':<{w0}}  {'value':>{w1}}  how")
     print(f"{'-' * w0}  {'-' * w1}  {'-' * 40}")
     for a, b, c in rows:
