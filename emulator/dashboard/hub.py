@@ -44,6 +44,7 @@ gets `resync`, never someone else's events.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import operator
 import os
@@ -153,49 +154,48 @@ class Snapshot(Event):
 
     __slots__ = ("wall", "fields", "task", "users", "abandoned")
 
-    def __init__(self, sid: int, wall: float, fields: list[tuple[str, tuple]]):
+    def __init__(self, sid: int, wall: float, fields: dict[str, tuple]):
         self.id, self.type, self.device, self.json, self.sse = sid, "snapshot", None, None, None
         self.wall, self.fields = wall, fields
         self.task: asyncio.Task | None = None
         self.users: set[Client] = set()  # the clients waiting for it
         self.abandoned = False  # no one waits for it any more, or it could not be written: not to be handed out
         if len(fields) <= SNAPSHOT_CHUNK:
-            for _ in self._finish([self._chunk(fields)]):
+            for _ in self._steps():
                 pass
         else:
             self.task = asyncio.get_running_loop().create_task(self._write())
 
-    def _chunk(self, fields) -> str:
-        """Rows as JSON, without the list's brackets."""
-        return encode([_row(d, f, self.wall) for d, f in fields])[1:-1]
+    def _steps(self):
+        """Writes `sse` and `json`, a step at a time (a generator): a chunk
+        of rows a step, then the ~3 MB copies one a step."""
+        head = f"id: {self.id}\nevent: snapshot\ndata: ".encode()
+        obj = encode({"type": "snapshot", "id": self.id, "at": self.wall, "devices": []})[:-2]  # ..."devices":[
+        parts = [head + obj.encode()]  # the JSON is ASCII (\u escapes)
+        items = iter(self.fields.items())
+        while chunk := list(itertools.islice(items, SNAPSHOT_CHUNK)):
+            if len(parts) > 1:
+                parts.append(b",")
+            parts.append(encode([_row(d, f, self.wall) for d, f in chunk])[1:-1].encode())  # without [ ]
+            yield
+        parts.append(b"]}\n\n")
+        self.fields = {}
+        sse = b"".join(parts)
+        yield
+        self.json = str(memoryview(sse)[len(head):-2], "ascii")  # last: it is written
+        self.sse = sse
 
     async def _write(self) -> None:
         try:
-            parts = []
-            for i in range(0, len(self.fields), SNAPSHOT_CHUNK):
-                if parts:
-                    await asyncio.sleep(0)
-                parts.append(self._chunk(self.fields[i:i + SNAPSHOT_CHUNK]))
-            for _ in self._finish(parts):  # megabytes copied: one copy a turn
+            for _ in self._steps():
                 await asyncio.sleep(0)
         except Exception as e:  # noqa: BLE001 -- its clients' streams end, the backend goes on
             _warn(f"dashboard snapshot {self.id} could not be written ({type(e).__name__}: {e})")
             self.abandoned = True
         finally:
-            self.fields = []
+            self.fields = {}
             for client in self.users:
                 client.wake.set()
-
-    def _finish(self, parts: list[str]):
-        """`json` and `sse` from the chunks' JSON, a step at a time (a generator)."""
-        head = encode({"type": "snapshot", "id": self.id, "at": self.wall, "devices": []})[:-2]  # ... "devices":[
-        text = head + ",".join(p for p in parts if p) + "]}"
-        yield
-        data = text.encode()
-        yield
-        self.sse = b"".join((f"id: {self.id}\nevent: snapshot\ndata: ".encode(), data, b"\n\n"))
-        self.json = text  # last: written
-        self.fields = []
 
     def leave(self, client: "Client") -> None:
         self.users.discard(client)
@@ -492,7 +492,7 @@ class Hub:
         with self.observer.lock:
             sid = self.last_id
             rows = self._rows
-            fields = list(rows.items()) if devices is None else [(d, rows[d]) for d in devices if d in rows]
+            fields = rows.copy() if devices is None else {d: rows[d] for d in devices if d in rows}
         return Snapshot(sid, wall, fields)
 
     def open(self, devices: frozenset[str] | None, last_event_id: int | None, kind: str) -> tuple[Client, list[Event]]:
