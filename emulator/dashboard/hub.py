@@ -6,7 +6,12 @@ increasing id, numbered on paho's thread under the observer's lock -- so a
 snapshot of the model taken under that lock is exactly "everything up to
 id S". Events are encoded once there (JSON for the WebSocket, the SSE frame)
 and handed to the event loop in batches (one `call_soon_threadsafe` per
-batch, not per message).
+batch, not per message). The hub keeps each device's row fields as of its
+last event there too (a tuple): a snapshot copies that dict under the lock
+(`open()`, no await: the client is registered with `after = S` in the same
+step), and its rows and JSON are written later on the loop a chunk at a
+time (`Snapshot`), the client's stream waiting for it with the events after
+S queued.
 
 On the loop, `_drain` appends each batch to the replay ring (`history`
 events) and hands it to every client's bounded queue (a batch gathers for
@@ -499,7 +504,9 @@ class Hub:
         """A new client and what it gets first: the replay after
         `last_event_id`, or (none given, or past the ring) `snapshot`, with
         `resync` before it when an id was given. Runs on the loop, no await:
-        nothing can come between the snapshot and the registration."""
+        nothing can come between the snapshot and the registration. The
+        snapshot may still be being written: `await client.ready()` before
+        sending `first`."""
         oldest = self.ring[0].id if self.ring else self.drained + 1
         if last_event_id is not None and oldest - 1 <= last_event_id <= self.last_id:
             first = self._replay(last_event_id, devices)
