@@ -17,8 +17,9 @@ import pytest
 from paho.mqtt.client import MQTTMessage
 from websockets.sync.client import connect as ws_connect
 
-from emulator.dashboard import hub as hubmod
-from emulator.dashboard.hub import Event, Hub, Snapshot, device_row, encode
+from emulator.dashboard import events
+from emulator.dashboard.events import Event, Snapshot, device_row, encode
+from emulator.dashboard.hub import Hub
 from emulator.observe.counting import FleetObserver
 from tests.dashboard import TOKEN, Backend, publish_telemetry
 
@@ -200,7 +201,7 @@ def test_streams_wait_for_a_snapshot_written_in_chunks(broker, observer, monkeyp
     """Over real SSE and WebSocket on a real Mosquitto, with a snapshot
     written two devices at a time: `retry:`, the snapshot, then the events
     after its id, none lost or repeated."""
-    monkeypatch.setattr(hubmod, "SNAPSHOT_CHUNK", 2)
+    monkeypatch.setattr(events, "SNAPSHOT_CHUNK", 2)
     backend = Backend(broker)
     try:
         obs = observer(broker)

@@ -8,7 +8,7 @@
   WebSocket cannot set headers); 401 without it. A command by GET is 405.
 - `GET /metrics`: Prometheus text (counts only, no device strings).
 
-Everything a device sent goes out JSON-encoded (hub.encode: also `<`, `>`,
+Everything a device sent goes out JSON-encoded (events.encode: also `<`, `>`,
 `&` escaped); nothing here renders HTML.
 """
 
@@ -30,7 +30,8 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from emulator.dashboard.hub import Client, Event, Hub, encode
+from emulator.dashboard.events import Event, encode
+from emulator.dashboard.hub import Client, Hub
 from emulator.observe.watch import Rate
 
 STATIC = Path(__file__).resolve().parent / "static"
