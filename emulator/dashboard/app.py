@@ -8,7 +8,7 @@
   WebSocket cannot set headers); 401 without it. A command by GET is 405.
 - `GET /metrics`: Prometheus text (counts only, no device strings).
 
-Everything a device sent goes out JSON-encoded (hub.encode: also `<`, `>`,
+Everything a device sent goes out JSON-encoded (events.encode: also `<`, `>`,
 `&` escaped); nothing here renders HTML.
 """
 
@@ -30,7 +30,8 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from emulator.dashboard.hub import Client, Event, Hub, encode
+from emulator.dashboard.events import Event, encode
+from emulator.dashboard.hub import Client, Hub
 from emulator.observe.watch import Rate
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -130,15 +131,16 @@ class EventStream:
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]})
-            await self._write(send, client, f"retry: {RETRY_MS}\n\n".encode() + b"".join(ev.sse for ev in first))
-            while True:
-                events = await client.next(HEARTBEAT_S)
-                if client.dropped:
-                    break
-                if events or not client.closed:
-                    await self._write(send, client, b": heartbeat\n\n" if events is None else b"".join(ev.sse for ev in events))
-                if client.closed:
-                    break
+            if await client.ready():  # its snapshot written (the events after it queue meanwhile)
+                await self._write(send, client, f"retry: {RETRY_MS}\n\n".encode() + b"".join(ev.sse for ev in first))
+                while True:
+                    events = await client.next(HEARTBEAT_S)
+                    if client.dropped:
+                        break
+                    if events or not client.closed:
+                        await self._write(send, client, b": heartbeat\n\n" if events is None else b"".join(ev.sse for ev in events))
+                    if client.closed:
+                        break
             if client.closed and not client.dropped:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -239,7 +241,7 @@ class Channel:
 
     async def _write(self, client: Client, first: list[Event]) -> None:
         try:
-            events: list[Event] | None = first
+            events: list[Event] | None = first if await client.ready() else []  # dropped or closed: it ends below
             while True:
                 if events:
                     client.sending = True

@@ -6,7 +6,12 @@ increasing id, numbered on paho's thread under the observer's lock -- so a
 snapshot of the model taken under that lock is exactly "everything up to
 id S". Events are encoded once there (JSON for the WebSocket, the SSE frame)
 and handed to the event loop in batches (one `call_soon_threadsafe` per
-batch, not per message).
+batch, not per message). The hub keeps each device's row fields as of its
+last event there too (a tuple): a snapshot copies that dict under the lock
+(`open()`, no await: the client is registered with `after = S` in the same
+step), and its rows and JSON are written later on the loop a chunk at a
+time (`Snapshot`), the client's stream waiting for it with the events after
+S queued.
 
 On the loop, `_drain` appends each batch to the replay ring (`history`
 events) and hands it to every client's bounded queue (a batch gathers for
@@ -46,14 +51,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import threading
 import time
 import uuid
 from collections import deque
 from pathlib import Path
 
-from emulator.observe.counting import DeviceView, FleetObserver, parse_payload
+from emulator.dashboard.events import _ROW_FIELDS, Event, Snapshot, _row, _warn, device_row, encode
+from emulator.observe.counting import FleetObserver, parse_payload
+
+__all__ = ["Client", "Event", "EventLog", "Hub", "Snapshot", "device_row", "encode"]
 
 DEFAULT_HISTORY = 10_000  # events kept for Last-Event-ID replay
 CLIENT_QUEUE = 5_000  # events a client may have waiting before it is dropped
@@ -61,75 +68,6 @@ KEEP_TELEMETRY = 60  # per device, for GET /api/devices/{id} (kept as the bytes 
 KEEP_PRESENCE = 50
 BATCH_S = 0.005  # events gather this long before they go out (the latency it costs; writes it saves)
 SNAPSHOT_REUSE_S = 0.5  # a whole-fleet snapshot serves the clients that connect within this time
-
-
-def encode(obj) -> str:
-    """One line of JSON that is also safe to drop into HTML or a <script>:
-    `<`, `>` and `&` are written as \\u escapes (they only occur inside
-    strings), NaN and Infinity (which JSON has not) as strings."""
-    try:
-        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        text = json.dumps(_no_nan(obj), separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _no_nan(obj):
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_no_nan(v) for v in obj]
-    return obj
-
-
-def device_row(device_id: str, v: DeviceView, wall: float) -> dict:
-    """A device as GET /api/devices lists it (SPEC §6). Call under the observer's lock."""
-    return {
-        "id": device_id,
-        "online": v.state == "online",
-        "state": v.state or "unknown",
-        "reason": v.reason,
-        "since": v.since,
-        "fw": v.fw,
-        "boot": v.boot,
-        "reset": v.reset,
-        "ip": v.ip,
-        "last": v.last,
-        "last_at": v.last_at,
-        "age_s": None if v.last_at is None else round(max(wall - v.last_at, 0.0), 3),
-        "received": v.received,
-        "lost": v.lost,
-        "reconnects": v.reconnects,
-        "wills": v.wills,
-    }
-
-
-class Event:
-    __slots__ = ("id", "type", "device", "json", "sse")
-
-    def __init__(self, event_id: int, kind: str, device: str | None, obj: dict):
-        self.id, self.type, self.device = event_id, kind, device
-        self.json = encode(obj)
-        self.sse = f"id: {event_id}\nevent: {kind}\ndata: {self.json}\n\n".encode()
-
-    @classmethod
-    def from_json(cls, text: str) -> "Event":
-        """An event as the log holds it (its JSON line); ValueError if it is not one."""
-        obj = json.loads(text)
-        event_id, kind, device = (obj.get("id"), obj.get("type"), obj.get("device")) if isinstance(obj, dict) else (None,) * 3
-        if isinstance(event_id, bool) or not isinstance(event_id, int) or not isinstance(kind, str) \
-                or not (device is None or isinstance(device, str)):
-            raise ValueError("not an event")
-        ev = cls.__new__(cls)
-        ev.id, ev.type, ev.device, ev.json = event_id, kind, device, text
-        ev.sse = f"id: {event_id}\nevent: {kind}\ndata: {text}\n\n".encode()
-        return ev
-
-
-def _warn(text: str) -> None:
-    print(f"esp32emu: warning: {text}", file=sys.stderr, flush=True)
 
 
 class EventLog:
@@ -245,6 +183,29 @@ class Client:
         self.closed = False  # the backend is stopping
         self.sending = False  # blocked writing to the socket (cancel `task` to drop it)
         self.task: asyncio.Task | None = None
+        self.snapshot: Snapshot | None = None  # the snapshot it gets first, while it is being written
+
+    def wait_for(self, snap: Event) -> None:
+        if isinstance(snap, Snapshot) and snap.json is None:
+            self.snapshot = snap
+            snap.users.add(self)
+
+    async def ready(self) -> bool:
+        """Wait until its snapshot is written (events queue meanwhile): False
+        when it was dropped or closed first, or the snapshot could not be written."""
+        snap = self.snapshot
+        try:
+            while snap is not None and snap.json is None and not snap.abandoned and not self.dropped and not self.closed:
+                self.wake.clear()
+                await self.wake.wait()
+            return not self.dropped and not self.closed and (snap is None or snap.json is not None)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self.snapshot is not None:
+            self.snapshot.leave(self)
+            self.snapshot = None
 
     def wants(self, ev: Event) -> bool:
         return ev.id > self.after and (self.devices is None or ev.device in self.devices)
@@ -291,7 +252,7 @@ class Hub:
         self.clients: set[Client] = set()
         self.waiters: dict[str, asyncio.Future] = {}
         self._pending: list[Event] = []
-        self._snap: Event | None = None  # the last whole-fleet snapshot (loop)
+        self._snap: Snapshot | None = None  # the last whole-fleet snapshot (loop)
         self._snap_at = 0.0
         self._plock = threading.Lock()
         # the log's last id (one sequence across restarts), or above every id of an earlier run
@@ -305,7 +266,11 @@ class Hub:
         self.dropped_total = {"sse": 0, "ws": 0}
         self.connected = {"sse": 0, "ws": 0}
         observer.keep(KEEP_PRESENCE, KEEP_TELEMETRY)
+        # Each device's row fields as of its last event (paho's thread, under
+        # the observer's lock): a snapshot copies this dict, not the model.
+        self._rows: dict[str, tuple] = {}
         with observer.lock:
+            self._rows.update((d, _ROW_FIELDS(v)) for d, v in observer.devices.items())
             observer.listeners.append(self._on_message)
 
     # -- paho's thread ------------------------------------------------------------
@@ -314,9 +279,11 @@ class Hub:
         """Called by the observer under its lock, after the model took the message."""
         self.last_id += 1
         obj = {"type": kind, "id": self.last_id, "device": device_id, "at": wall, "payload": body}
+        if kind != "result":
+            fields = self._rows[device_id] = _ROW_FIELDS(view)
         if kind == "status":
             obj["retained"] = retained
-            obj["view"] = device_row(device_id, view, wall)
+            obj["view"] = _row(device_id, fields, wall)
         elif kind == "telemetry":
             obj["received"], obj["lost"] = view.received, view.lost
         else:  # result
@@ -367,34 +334,36 @@ class Hub:
     def _replay(self, after: int, devices: frozenset[str] | None) -> list[Event]:
         return [ev for ev in self.ring if ev.id > after and (devices is None or ev.device in devices)]
 
-    def _fleet_snapshot(self, oldest: int) -> Event:
+    def _fleet_snapshot(self, oldest: int) -> Snapshot:
         """The whole fleet's snapshot, reused for SNAPSHOT_REUSE_S while the
         ring still holds every event after it (they follow it as a replay):
         at 10,000 devices a snapshot is megabytes of JSON, and a hundred
         pages reconnecting at once after a restart must not build a hundred."""
         cached = self._snap
         now = time.monotonic()
-        if cached is None or now - self._snap_at > SNAPSHOT_REUSE_S or cached.id < oldest - 1:
-            sid, obj = self.snapshot(None)
-            cached = self._snap = Event(sid, "snapshot", None, obj)
+        if cached is None or cached.abandoned or now - self._snap_at > SNAPSHOT_REUSE_S or cached.id < oldest - 1:
+            cached = self._snap = self.snapshot(None)
             self._snap_at = now
         return cached
 
-    def snapshot(self, devices: frozenset[str] | None = None) -> tuple[int, dict]:
-        """(S, the snapshot event's object): the model as of event id S."""
+    def snapshot(self, devices: frozenset[str] | None = None) -> Snapshot:
+        """The snapshot of the model as of event id S (its `id`): the row
+        fields copied here (a dict copy: ~1 ms at 10,000 devices), the rows
+        and their JSON written later on the loop. Call on the loop."""
         wall = time.time()
         with self.observer.lock:
             sid = self.last_id
-            views = self.observer.devices
-            ids = views.keys() if devices is None else [d for d in devices if d in views]
-            rows = [device_row(d, views[d], wall) for d in ids]
-        return sid, {"type": "snapshot", "id": sid, "at": wall, "devices": rows}
+            rows = self._rows
+            fields = rows.copy() if devices is None else {d: rows[d] for d in devices if d in rows}
+        return Snapshot(sid, wall, fields)
 
     def open(self, devices: frozenset[str] | None, last_event_id: int | None, kind: str) -> tuple[Client, list[Event]]:
         """A new client and what it gets first: the replay after
         `last_event_id`, or (none given, or past the ring) `snapshot`, with
         `resync` before it when an id was given. Runs on the loop, no await:
-        nothing can come between the snapshot and the registration."""
+        nothing can come between the snapshot and the registration. The
+        snapshot may still be being written: `await client.ready()` before
+        sending `first`."""
         oldest = self.ring[0].id if self.ring else self.drained + 1
         if last_event_id is not None and oldest - 1 <= last_event_id <= self.last_id:
             first = self._replay(last_event_id, devices)
@@ -405,8 +374,8 @@ class Hub:
                 first = [snap, *self._replay(snap.id, None)]
                 sid = max(snap.id, self.drained)
             else:
-                sid, obj = self.snapshot(devices)
-                first = [Event(sid, "snapshot", None, obj)]
+                snap = self.snapshot(devices)
+                first, sid = [snap], snap.id
             if last_event_id is not None:
                 why = "from an earlier run of the backend" if last_event_id > self.last_id \
                     or (self.log is None and last_event_id < self.first_id) \
@@ -415,11 +384,13 @@ class Hub:
                 first.insert(0, Event(rid, "resync", None, {"type": "resync", "id": rid, "last_event_id": last_event_id,
                                                               "reason": f"event {last_event_id} is {why}"}))
             client = Client(devices, sid, self.client_queue)
+            client.wait_for(snap)
         self.clients.add(client)
         self.connected[kind] += 1
         return client, first
 
     def close(self, client: Client, kind: str) -> None:
+        client.release()
         if client in self.clients:
             self.clients.discard(client)
             self.connected[kind] -= 1
