@@ -1,6 +1,8 @@
 """What issue 15 made cheaper keeps behaving the same: a fleet on uvloop and
 on the standard library's loop ($ESP32EMU_LOOP), the lean Event the boards'
-firmware and links use, and the fake classes shared by every board."""
+firmware and links use, the fake classes shared by every board, and (round
+3) sleeps that share loop timers, the shared ticks_ms and an observer without
+a reference cycle per message."""
 
 from __future__ import annotations
 
