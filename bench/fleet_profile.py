@@ -59,6 +59,7 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=10)
     p.add_argument("--window", type=float, default=30, help="seconds sampled in the steady state")
     p.add_argument("--boot-rate", type=float, default=500)
+    p.add_argument("--settle", type=float, help="seconds from start to the sampled window (default: twice the boot's, plus 15)")
     p.add_argument("--tree", type=Path, default=REPO, help="the source tree to run (default: this one)")
     p.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
     p.add_argument("--raw", type=Path, help="keep py-spy's raw stacks here")
@@ -68,13 +69,14 @@ def main() -> int:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     work = Path(tempfile.mkdtemp(prefix="esp32emu-prof-"))
     boot_s = args.devices / args.boot_rate
-    settle = boot_s + 15
+    settle = args.settle if args.settle is not None else 2 * boot_s + 15  # a busy machine boots slower
     duration = settle + args.window + 10
     report = work / "report.json"
     cmd = [sys.executable, "-m", "emulator", "--state", str(work / "state"), "fleet", "--devices", str(args.devices)]
     cmd += ["--workers", "1", "--interval", str(args.interval), "--keepalive", "30", "--duration", f"{duration:.0f}"]
     cmd += ["--boot-rate", str(args.boot_rate), "--quiet", "--report", str(report), *args.extra]
     env = dict(os.environ, PYTHONPATH=str(args.tree))
+    fleet = None
     try:
         fleet = subprocess.Popen(cmd, cwd=args.tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(settle)
@@ -96,6 +98,9 @@ def main() -> int:
             parts[charge(stack)] += int(n)
             leaves[re.sub(r":\d+\)$", ")", stack.split(";")[-1])] += int(n)
     finally:
+        if fleet is not None and fleet.poll() is None:  # py-spy failed: do not leave the fleet running
+            fleet.terminate()
+            fleet.wait(timeout=120)
         shutil.rmtree(work, ignore_errors=True)
     steady = data["steady"]
     if steady is None:  # never all online at once: the whole run's figures

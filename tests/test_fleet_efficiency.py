@@ -1,6 +1,8 @@
 """What issue 15 made cheaper keeps behaving the same: a fleet on uvloop and
 on the standard library's loop ($ESP32EMU_LOOP), the lean Event the boards'
-firmware and links use, and the fake classes shared by every board."""
+firmware and links use, the fake classes shared by every board, and (round
+3) sleeps that share loop timers, the shared ticks_ms and an observer without
+a reference cycle per message."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -219,7 +222,7 @@ def test_the_real_fakes_only_call_shared_what_is_one_object_on_every_board():
         ma, mb = cls(a), cls(b)
         for name in cls.SHARED:
             assert getattr(ma, name) is getattr(mb, name), f"{cls.__name__}.{name} differs between boards"
-    assert "create_task" not in AsyncioModule.SHARED and "ticks_ms" not in TimeModule.SHARED
+    assert "create_task" not in AsyncioModule.SHARED and "ticks_us" not in TimeModule.SHARED
 
 
 def test_wait_for_ms_arms_no_timer_for_work_that_never_waits_and_keeps_its_deadline_otherwise():
@@ -461,3 +464,158 @@ def test_the_fleet_observer_keeps_each_devices_last_payload_only_when_asked(brok
         assert obs.summary()["telemetry_lost"] == 0 and obs.summary()["telemetry_sent"] == 2
     finally:
         obs.stop()
+
+
+# -- round 3: the cost of a wake ---------------------------------------------------------
+
+
+def _loops():
+    loops = [("asyncio", asyncio.new_event_loop)]
+    try:
+        import uvloop
+    except ImportError:
+        return loops
+    return loops + [("uvloop", uvloop.new_event_loop)]
+
+
+@pytest.mark.parametrize("name,new_loop", _loops(), ids=[n for n, _ in _loops()])
+def test_long_sleeps_share_loop_timers_and_end_at_their_deadline_never_before(name, new_loop):
+    from emulator.board.fakes import asynciofake as A
+
+    sleep_ms = A.AsyncioModule.sleep_ms
+    late: list[float] = []
+
+    async def sleeper(ms):
+        t0 = time.monotonic()
+        await sleep_ms(ms)
+        late.append(time.monotonic() - t0 - ms / 1000)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        timers = _timer_count(loop)
+        # 40 sleeps of 300-330 ms, started together: at most 3 slots of 1/64 s
+        tasks = [asyncio.ensure_future(sleeper(300 + i % 31)) for i in range(40)]
+        await asyncio.sleep(0)  # each task makes its sleep now
+        if timers is not None:
+            assert _timer_count(loop) - timers <= 3, "one loop timer per slot, not per sleep"
+        assert sum(len(v) for v in loop.esp32emu_wheel.values()) == 40
+        await asyncio.gather(*tasks)
+        assert not loop.esp32emu_wheel, "a slot is dropped once it fired"
+        # and short sleeps keep a timer of their own, to the loop's precision
+        await asyncio.gather(*(sleeper(ms) for ms in (1, 5, 20, 150)))
+
+    loop = new_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert len(late) == 44
+    assert min(late) >= 0, f"a sleep ended {-min(late) * 1000:.2f} ms early"
+    # never early; late by at most a slot plus what this (shared, busy) machine adds
+    assert max(late[:40]) < A.GRAIN_S + 0.5
+
+
+def _timer_count(loop):
+    scheduled = getattr(loop, "_scheduled", None)  # the standard loop's timer heap (uvloop keeps its own)
+    return None if scheduled is None else len([h for h in scheduled if not h.cancelled()])
+
+
+def test_a_slot_timer_that_fires_early_waits_on_and_a_cancelled_sleep_leaves_its_slot_working():
+    from emulator.board.fakes import asynciofake as A
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a = A.AsyncioModule.sleep_ms(400)
+        b = asyncio.ensure_future(_await(A.AsyncioModule.sleep(0.4)))
+        await asyncio.sleep(0)
+        (slot, due), = loop.esp32emu_wheel.items()
+        assert due[0] is a and len(due) == 2
+        # the slot's timer run before the slot's end (a loop timer a little
+        # early by the host's clock): nothing wakes, it waits on
+        A._wake_slot(loop, loop.esp32emu_wheel, slot)
+        assert not a.done() and loop.esp32emu_wheel[slot] is due
+        b.cancel()  # the firmware cancels a sleeping task (set_interval, a disconnect)
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        t0 = time.monotonic()
+        assert await a is None
+        assert time.monotonic() >= slot * A.GRAIN_S > t0
+        assert slot not in loop.esp32emu_wheel
+
+    asyncio.run(main())
+
+
+async def _await(aw):
+    return await aw
+
+
+def test_sleep_zero_yields_once_and_sleep_passes_its_result():
+    from emulator.board.fakes.asynciofake import AsyncioModule as M
+
+    trail = []
+
+    async def other():
+        trail.append("other")
+
+    async def main():
+        asyncio.ensure_future(other())
+        await M.sleep_ms(0)
+        trail.append("after sleep_ms(0)")
+        assert await M.sleep(0.25, "r") == "r" and await M.sleep(0, "z") == "z"
+        assert await M.sleep(-1) is None and await M.sleep_ms(-5) is None
+        with pytest.raises(asyncio.TimeoutError):
+            await M.wait_for_ms(M.sleep_ms(5000), 20)  # a sleep is an awaitable like any other
+
+    asyncio.run(main())
+    assert trail == ["other", "after sleep_ms(0)"]
+
+
+def test_shared_ticks_ms_reads_the_running_boards_clock(tmp_path):
+    from emulator.board.clock import BoardClock
+    from emulator.board.fakes.timefake import TimeModule
+    from emulator.board.loader import BoardModules, FirmwareImage
+
+    fw = tmp_path / "fw"
+    fw.mkdir()
+    (fw / "dev.py").write_text("import time\n\ndef now():\n    return time.ticks_ms()\n")
+    img = FirmwareImage(fw)
+    boards = []
+    for i, offset in enumerate((0, 500_000_000)):
+        b = _Board()
+        b.clock = BoardClock(offset)
+        (tmp_path / str(i)).mkdir()
+        boards.append(BoardModules(img, tmp_path / str(i), {"time": lambda b=b: TimeModule(b)}, print, open))
+    a, b = boards
+    dev = a.context.run(a.load, "dev")
+    assert b.context.run(b.load, "dev") is dev  # one shared module, one shared ticks_ms
+    ta, tb = a.context.run(dev.now), b.context.run(dev.now)
+    assert ta < 10_000 and 500_000_000 <= tb < 500_010_000
+    assert "ticks_ms" in vars(dev.time), "kept on the proxy"
+    # a board's own `import time` (main.py) gets the same answers in its context
+    own = b.context.run(b.load, "time")
+    assert 500_000_000 <= b.context.run(own.ticks_ms) < 500_010_000
+
+
+def test_the_observer_leaves_no_reference_cycle_per_message():
+    """paho matches each message against its per-topic callbacks with a
+    recursive closure (a cycle per message, ~100,000 a minute for the
+    collector of a 3,000-board fleet in one process); the observer has none."""
+    import gc
+
+    from emulator.observe.connection import BrokerConnection
+
+    conn = BrokerConnection("127.0.0.1", 1, "test-observer", on_message=lambda *a: None)
+    matcher = conn.client._on_message_filtered
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        gc.collect()
+        for i in range(100):
+            assert list(matcher.iter_match(f"devices/dev-{i:05d}/telemetry")) == []
+        assert gc.collect() == 0, "a message left cyclic garbage"
+    finally:
+        if was:
+            gc.enable()
+    # paho's per-topic callbacks still work where someone adds one
+    conn.client.message_callback_add("devices/+/status", print)
+    assert list(matcher.iter_match("devices/dev-00001/status")) == [print]

@@ -58,11 +58,14 @@ class BoardClock:
 
 def ticks_add(ticks: int, delta: int) -> int:
     # Like MicroPython >= 1.23: a delta that ticks_diff could not give back
-    # (|delta| >= 2**29) is refused rather than silently wrapped.
-    if not -(TICKS_PERIOD >> 1) < delta < (TICKS_PERIOD >> 1):
+    # (|delta| >= 2**29) is refused rather than silently wrapped. (The
+    # constants are literals, TICKS_MASK and TICKS_PERIOD // 2: these run
+    # several times a board-second.)
+    if not -0x20000000 < delta < 0x20000000:
         raise OverflowError("ticks interval overflow")
-    return (ticks + delta) & TICKS_MASK
+    return (ticks + delta) & 0x3FFFFFFF
 
 
 def ticks_diff(a: int, b: int) -> int:
-    return ((a - b + (TICKS_PERIOD >> 1)) & TICKS_MASK) - (TICKS_PERIOD >> 1)
+    return ((a - b + 0x20000000) & 0x3FFFFFFF) - 0x20000000
+

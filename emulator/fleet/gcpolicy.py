@@ -9,8 +9,9 @@ keeps feeding it until a full collection traverses everything. Measured on
 loop lag p99 180 ms.
 
 A running fleet makes almost no cyclic garbage (none at all in 10 s of
-steady telemetry; reconnects leave some: exception tracebacks), so a
-`Collector`
+steady telemetry; reconnects leave some: exception tracebacks; the
+observer's paho client made a cycle per message until its matcher went:
+emulator/observe/connection.py), so a `Collector`
 - freezes what boot builds (`gc.freeze()`: never traversed again), at a
   `checkpoint()` every few hundred boards so that no single collection
   has to walk the whole boot; a board reset later leaks its first

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.matcher import MQTTMatcher
 
 from emulator.broker.certs import BACKEND_CN, CertError, Pki, ensure_backend
 
@@ -44,6 +45,17 @@ def backend_tls(certs_dir: Path | str, identity: str = BACKEND_CN) -> dict:
     return {"ca_certs": str(files[0]), "certfile": str(files[1]), "keyfile": str(files[2])}
 
 
+class _Filters(MQTTMatcher):
+    """paho's per-topic callbacks (`message_callback_add`; none here): paho
+    matches every message against them with a recursive closure, a
+    reference cycle per message that only the cyclic collector frees (a
+    fleet in one process collects once a minute: 100,000 of them at 3,000
+    boards). No filter, no match."""
+
+    def iter_match(self, topic):
+        return super().iter_match(topic) if self._root._children else iter(())
+
+
 class BrokerConnection:
     """One observer's paho client (`.client`) and the state of its connection."""
 
@@ -59,6 +71,7 @@ class BrokerConnection:
         self._subacks: dict[int, list[Any]] = {}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv311, clean_session=True)
+        self.client._on_message_filtered = _Filters()  # paho's own, without the cycle per message
         if tls:
             self.client.tls_set(**tls)
         self.client.reconnect_delay_set(1, 2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio as _aio
 import contextvars as _contextvars
+import time as _time
 import types as _types
 
 from emulator.net.event import Event
@@ -22,7 +23,66 @@ _CoroutineType = _types.CoroutineType
 # context variable, so it needs no copy of the running one (asyncio.sleep makes
 # one per sleep; a fleet's boards are mostly asleep, three timers each).
 _NO_CONTEXT = _contextvars.Context()
-_set_result_unless_cancelled = _aio.futures._set_result_unless_cancelled
+
+# The timer wheel. A fleet's boards wake about once a second each (the
+# firmware's chores), and a loop timer per sleep (an event-loop timer handle,
+# its heap entry and a callback) was the biggest part of a wake. A sleep of
+# at least WHEEL_MIN_S shares its loop timer with every other sleep, on any
+# board of this loop, whose deadline falls in the same GRAIN_S slot: the
+# timer fires at the slot's end and wakes them all in one callback. A sleep
+# thus ends at its deadline or at most GRAIN_S after it (plus the loop's own
+# lateness), never before: MicroPython's asyncio promises no more (its
+# sleeps end when the scheduler gets round to them), and a fixed-rate
+# schedule (device.py's next_due) does not drift from it. Shorter sleeps (a
+# sensor's conversion, a write's back-off) keep a timer of their own.
+GRAIN_S = 1 / 64
+WHEEL_MIN_S = 0.2
+_SLOTS_PER_S = 64  # 1 / GRAIN_S
+_monotonic = _time.monotonic  # the clock of the board's ticks (emulator/board/clock.py)
+
+
+def _sleep_future(delay):
+    """A future that is done `delay` seconds (> 0) from now, never sooner.
+    Returned as it is (no coroutine around it): awaiting it is the task's
+    only suspension, and cancelling the task cancels it."""
+    loop = _aio.get_running_loop()
+    fut = loop.create_future()
+    now = _monotonic()
+    if delay < WHEEL_MIN_S:
+        loop.call_later(delay, _wake_one, loop, fut, now + delay, context=_NO_CONTEXT)
+        return fut
+    try:
+        wheel = loop.esp32emu_wheel
+    except AttributeError:
+        wheel = loop.esp32emu_wheel = {}  # slot -> the futures due in it
+    slot = int((now + delay) * _SLOTS_PER_S) + 1  # the first slot end at or after the deadline
+    due = wheel.get(slot)
+    if due is None:
+        wheel[slot] = [fut]
+        loop.call_later(slot * GRAIN_S - now, _wake_slot, loop, wheel, slot, context=_NO_CONTEXT)
+    else:
+        due.append(fut)
+    return fut
+
+
+def _wake_one(loop, fut, deadline):
+    # A loop may run a timer a little early by the host's clock (uvloop's
+    # timers count whole milliseconds of a cached time): then wait on.
+    left = deadline - _monotonic()
+    if left > 0:
+        loop.call_later(left, _wake_one, loop, fut, deadline, context=_NO_CONTEXT)
+    elif not fut.done():
+        fut.set_result(None)
+
+
+def _wake_slot(loop, wheel, slot):
+    left = slot * GRAIN_S - _monotonic()
+    if left > 0:
+        loop.call_later(left, _wake_slot, loop, wheel, slot, context=_NO_CONTEXT)
+        return
+    for fut in wheel.pop(slot):
+        if not fut.done():  # a cancelled sleep stays in its slot until then
+            fut.set_result(None)
 
 
 @_types.coroutine
@@ -30,18 +90,30 @@ def _sleep0():
     yield  # a bare yield: the task runs again at the next loop step
 
 
-async def _sleep(delay, result=None):
-    # asyncio.sleep, without the context copy
+async def _sleep_result(delay, result):
+    await _sleep_future(delay)
+    return result
+
+
+def _sleep(delay, result=None):
+    # asyncio.sleep, without the context copy, and as the future itself
     if delay <= 0:
-        await _sleep0()
-        return result
-    loop = _aio.get_running_loop()
-    future = loop.create_future()
-    h = loop.call_later(delay, _set_result_unless_cancelled, future, result, context=_NO_CONTEXT)
-    try:
-        return await future
-    finally:
-        h.cancel()
+        return _sleep0() if result is None else _sleep0_result(result)
+    if result is not None:
+        return _sleep_result(delay, result)
+    return _sleep_future(delay)
+
+
+async def _sleep0_result(result):
+    await _sleep0()
+    return result
+
+
+def _sleep_ms(ms):
+    # the same in milliseconds: the firmware's every wait
+    if ms <= 0:
+        return _sleep0()
+    return _sleep_future(ms / 1000)
 
 
 async def _wait_for(aw, timeout):
@@ -155,9 +227,7 @@ class AsyncioModule:
     def __init__(self, board):
         self._board = board
 
-    @staticmethod
-    def sleep_ms(ms: int):
-        return _sleep(ms / 1000)
+    sleep_ms = staticmethod(_sleep_ms)
 
     @staticmethod
     def wait_for_ms(aw, timeout_ms: int):
