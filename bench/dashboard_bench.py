@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from emulator.broker.mosquitto import Broker  # noqa: E402
+from emulator.broker.mosquitto import OBSERVER_BACKLOG, Broker  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from dashboard_backend import TIMED, Readers  # noqa: E402  (the SSE readers)
@@ -381,7 +381,7 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     work = Path(tempfile.mkdtemp(prefix="esp32emu-dashbench-"))
-    broker = Broker(work / "broker")
+    broker = Broker(work / "broker", extra_config=OBSERVER_BACKLOG)
     broker.start()
     rows: list[tuple[str, str, str]] = []
     loads: list[float] = []  # the 1-minute load average at the end of each window

@@ -52,7 +52,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from emulator.broker.mosquitto import Broker  # noqa: E402
+from emulator.broker.mosquitto import OBSERVER_BACKLOG, Broker  # noqa: E402
 from emulator.fleet.workers import raise_fd_limit, rss_kb  # noqa: E402
 from emulator.observe.counting import FleetObserver, percentile  # noqa: E402
 
@@ -101,7 +101,7 @@ def run_esp32emu(n: int, interval: float, args, work: Path, loop: str | None = N
 
 
 def _run_esp32emu(n: int, interval: float, args, work: Path, loop: str | None, tree: Path) -> dict:
-    broker = Broker(work / "broker").start()
+    broker = Broker(work / "broker", extra_config=OBSERVER_BACKLOG).start()
     rate = boot_rate(n, args)
     env = dict(os.environ)
     if loop:
@@ -208,7 +208,7 @@ def run_baseline(n: int, interval: float, args, work: Path) -> dict:
     holds three (its socket and a socketpair to wake its thread), so one
     process stops at ~340 clients. Given --per-process clients each (300),
     it is measured on what threads per client cost, not on that limit."""
-    broker = Broker(work / "broker").start()
+    broker = Broker(work / "broker", extra_config=OBSERVER_BACKLOG).start()
     obs = FleetObserver(broker.host, broker.port)
     obs.expect(n)
     obs.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from typing import Callable
 
 import paho.mqtt.client as mqtt
@@ -178,3 +179,56 @@ def test_context_manager_stops(tmp_path) -> None:  # type: ignore[no-untyped-def
     with Broker(tmp_path / "cm") as b:
         assert b.running
     assert not b.running
+
+
+def _observer_backlog(broker: Broker, n: int, read: bool = True) -> int:
+    """An observer that stops reading while `n` QoS 1 messages are published
+    to it (all of them taken by the broker), then reads again (`read`): how
+    many it gets (waits for all `n`, at most 10 s)."""
+    got: list[bytes] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="backlog-obs")
+    sub.on_message = lambda c, u, m: got.append(m.payload)
+    sub.connect(broker.host, broker.port, 30)
+    subscribed: list = []
+    sub.on_subscribe = lambda *a: subscribed.append(1)
+    sub.subscribe("b/#", qos=1)
+    while not subscribed:
+        sub.loop(0.05)
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="backlog-pub")
+    pub.max_inflight_messages_set(100)
+    pub.connect(broker.host, broker.port, 30)
+    pub.loop_start()
+    try:
+        infos = [pub.publish("b/x", b"x" * 100, qos=1) for _ in range(n)]
+        for info in infos:  # a PUBACK comes after the broker routed the message to the observer
+            info.wait_for_publish(20)
+            assert info.is_published()
+        deadline = time.monotonic() + 10
+        while read and len(got) < n and time.monotonic() < deadline:
+            sub.loop(0.05)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        sub.disconnect()
+    return len(got)
+
+
+def test_a_fleets_private_broker_keeps_an_observer_that_fell_behind_whole(tmp_path) -> None:
+    """Mosquitto's default drops what a client has queued beyond 1,000
+    messages (a fleet's observer behind by a moment would lose births and
+    telemetry it counts); the private broker a fleet starts keeps them."""
+    from emulator.broker.pick import broker_for
+
+    with broker_for(None, tmp_path / "state", say=lambda _msg: None) as url:
+        assert url.broker is not None
+        assert _observer_backlog(url.broker, 3000) == 3000
+        assert "being dropped" not in url.broker.log_text()
+    control = Broker(tmp_path / "default").start()  # Mosquitto's defaults: the loss this avoids
+    try:
+        _observer_backlog(control, 1500, read=False)  # routed (and dropped) before each PUBACK
+        deadline = time.monotonic() + 5
+        while "being dropped for client backlog-obs" not in control.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the broker's log file with a deadline
+        assert "Outgoing messages are being dropped for client backlog-obs" in control.log_text()
+    finally:
+        control.stop()

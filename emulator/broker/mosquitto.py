@@ -31,6 +31,7 @@ from emulator.broker.certs import BACKEND_CN, BACKEND_IDENTITIES, backend_names
 from emulator.broker.probe import mqtt_connect_rc
 
 __all__ = [
+    "OBSERVER_BACKLOG",
     "Broker",
     "BrokerError",
     "TlsConfig",
@@ -49,6 +50,17 @@ _MOSQUITTO_FALLBACKS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/us
 
 class BrokerError(RuntimeError):
     """Mosquitto is missing, would not start, died, or did not answer in time."""
+
+
+# A private broker's backlog per client. Mosquitto 2.0 keeps at most 1,000
+# messages queued for a client beyond its in-flight window and drops the rest
+# silently ("Outgoing messages are being dropped for client ..."). A fleet's
+# observer is one client that gets every board's births (QoS 1) and
+# telemetry: while it falls behind for a moment (10,000 boards booting at
+# 500/s on a busy machine), the default would drop births and telemetry it
+# counts, and a board would look never online or lossy. The backlog is
+# bounded by what the observer is behind, not by the fleet.
+OBSERVER_BACKLOG = ("max_queued_messages 1000000",)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from emulator.broker.mosquitto import Broker
+from emulator.broker.mosquitto import OBSERVER_BACKLOG, Broker
 from emulator.validation import BrokerURL, parse_broker_url
 from emulator.validation import state_dir as check_state_dir
 
@@ -36,7 +36,7 @@ def broker_for(url: str | None, state_dir: Path, say=lambda msg: print(msg, file
     if parsed is not None:
         yield parsed
         return
-    broker = Broker(state_dir / "broker")
+    broker = Broker(state_dir / "broker", extra_config=OBSERVER_BACKLOG)
     broker.start()
     say(f"esp32emu: started a private Mosquitto at {broker.url} (config and log in {broker.workdir})")
     try:
