@@ -412,7 +412,8 @@ def test_main_py_ending_in_asyncio_run_runs_without_its_greenlet_and_halts_the_s
     waiting = emu.call(lambda: board._greenlet is not None and not board._greenlet.dead)
     assert waiting is bool(after)
     # ... nor a task waiting for the main task (the boot's runner ended once it started it)
-    runners = emu.call(lambda: [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Board._run_scripts"])
+    runner = type(board)._run_scripts.__qualname__
+    runners = emu.call(lambda: [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == runner])
     assert len(runners) == (1 if after else 0)
     # the firmware's tasks are named after their board (one shared string, not a "Task-N" each)
     assert emu.call(lambda: {t.get_name() for t in board.tasks}) == {board.id}

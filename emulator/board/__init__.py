@@ -1,5 +1,6 @@
 """One emulated board: `board.py` (the CPython board: flash, module table,
-greenlet for boot.py/main.py, buttons, power), `loader.py` (firmware code
+buttons, power, resets), `scripts.py` (boot.py/main.py in a greenlet, the
+main task, the REPL's halt), `loader.py` (firmware code
 compiled once, executed per board), `fakes/` (machine, network, esp32,
 time, asyncio... bound to one board), `clock.py`, `sensors.py` and
 `environment.py` (the sensor chips and the world they measure), `vm/` (the

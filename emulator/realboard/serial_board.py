@@ -33,7 +33,8 @@ from pathlib import Path
 
 import greenlet
 
-from emulator.board.board import REPL_BANNER, Board
+from emulator.board.board import Board
+from emulator.board.scripts import REPL_BANNER
 from emulator.board.fakes import mp_oserror
 from emulator.board.fakes.machinefake import (
     DEEPSLEEP_RESET,
