@@ -18,7 +18,7 @@ import pytest
 
 from emulator.board.fakes import BoundClass
 from emulator.board.fakes.machinefake import MachineModule, Pin
-from emulator.fleet.workers import loop_name, run_loop
+from emulator.fleet.workers import loop_name, run_loop, worker_cpus
 from emulator.net.event import Event
 
 ESP32EMU = [sys.executable, "-m", "emulator"]
@@ -68,19 +68,38 @@ def test_a_fleet_runs_the_same_on_either_loop(tmp_path, broker, loop):
     assert 0 < steady["boards_cpu_s_per_1000_msgs"] <= steady["cpu_s_per_1000_msgs"]
     # each group's RSS before its boards, next to its RSS: the workers' share of rss_per_board_kb
     assert all(0 < g["rss_base_mb"] < g["rss_mb"] for g in data["groups"]) and len(data["groups"]) == 2
+    # each worker pinned to a CPU of its own (as the worker itself sees its affinity), where there are two
+    pinned = worker_cpus(2)
+    want = [[c] for c in pinned] if pinned else [sorted(os.sched_getaffinity(0))] * 2
+    assert [g["cpus"] for g in data["groups"]] == want
 
 
-def test_an_unknown_loop_is_a_one_line_usage_error(tmp_path):
+def test_workers_are_pinned_one_per_cpu_unless_told_not_to(monkeypatch):
+    monkeypatch.delenv("ESP32EMU_PIN", raising=False)
+    cpus = sorted(os.sched_getaffinity(0))
+    assert worker_cpus(1) is None and worker_cpus(len(cpus) + 1) is None
+    if len(cpus) >= 2:
+        assert worker_cpus(2) == [cpus[0], cpus[len(cpus) // 2]]
+        assert worker_cpus(len(cpus)) == cpus
+    monkeypatch.setenv("ESP32EMU_PIN", "0")
+    assert worker_cpus(2) is None
+    monkeypatch.setenv("ESP32EMU_PIN", "yes")
+    with pytest.raises(ValueError, match="ESP32EMU_PIN='yes'"):
+        worker_cpus(2)
+
+
+@pytest.mark.parametrize("var,value", [("ESP32EMU_LOOP", "trio"), ("ESP32EMU_PIN", "yes")])
+def test_an_unknown_loop_or_pinning_is_a_one_line_usage_error(tmp_path, var, value):
     r = subprocess.run(
         ESP32EMU + ["--state", str(tmp_path), "fleet", "--devices", "1", "--duration", "1"],
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ, "PYTHONPATH": str(REPO), "ESP32EMU_LOOP": "trio"},
+        env={**os.environ, "PYTHONPATH": str(REPO), var: value},
     )
     assert r.returncode == 2, r
     lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "ESP32EMU_LOOP" in lines[0], r.stderr
+    assert len(lines) == 1 and var in lines[0], r.stderr
 
 
 def test_event_wakes_every_waiter_and_forgets_a_cancelled_one():

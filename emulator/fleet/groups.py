@@ -198,6 +198,7 @@ class GroupHost:
             rows.append({
                 "group": w,
                 "node": g.where.get("node", "local"),
+                "cpus": g.latest.get("cpus"),  # the CPUs the group's process may run on, as it sees them
                 "boards": len(g.indices),
                 "state": "running" if g.lost is None else g.lost.how,
                 "rss_mb": round(g.latest.get("rss_kb", 0) / 1024, 1),

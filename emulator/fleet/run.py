@@ -35,7 +35,7 @@ from emulator.broker.pick import broker_for, check_inputs
 from emulator.dashboard.server import beside
 from emulator.firmware.folder import pick_firmware
 from emulator.fleet.groups import will_bound_s
-from emulator.fleet.workers import GroupSpec, LocalBoards, WorkerError, WorkerPool, device_id, loop_name, rss_kb, run_loop, split
+from emulator.fleet.workers import GroupSpec, LocalBoards, WorkerError, WorkerPool, device_id, loop_name, rss_kb, run_loop, split, worker_cpus
 from emulator.observe.counting import FleetObserver, percentile
 from emulator.observe.watch import Rate, rtt_text, worst_table
 from emulator.run import scenario as scenario_mod
@@ -198,6 +198,7 @@ def run_fleet(opts: FleetOptions) -> int:
     check_inputs(opts.broker, opts.state_dir, credentials=True)  # bad input fails before the first line
     try:
         loop = loop_name()
+        worker_cpus(opts.workers)  # $ESP32EMU_PIN, checked before anything starts
     except ValueError as e:
         raise UsageError(str(e)) from None
     firmware = pick_firmware(opts.firmware, board_modules(opts.vm))
