@@ -115,7 +115,8 @@ def _run_esp32emu(n: int, interval: float, args, work: Path, loop: str | None, t
         cmd = [sys.executable, "-m", "emulator", "--state", str(work / "state"), "fleet", "--devices", str(n)]
         cmd += ["--broker", broker.url, "--interval", str(interval), "--keepalive", str(KEEPALIVE)]
         cmd += ["--duration", f"{duration:.0f}", "--boot-rate", f"{rate:g}", "--quiet", "--report", str(report)]
-        cmd += ["--workers", str(min(args.workers, n))]
+        if args.workers:  # else the fleet's default: one worker per 2,500 boards, at most one a core
+            cmd += ["--workers", str(min(args.workers, n))]
         r = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=duration + 180, env=env)
         if r.returncode != 0:
             return {"error": (r.stderr.strip().splitlines() or ["exit %d" % r.returncode])[-1]}
@@ -134,6 +135,7 @@ def _run_esp32emu(n: int, interval: float, args, work: Path, loop: str | None, t
         "lag_p99": steady.get("loop_lag_p99_ms"),
         "msgs_per_s": steady.get("msgs_per_s"),
         "loop": data.get("loop", "asyncio"),
+        "workers": data["workers"],
         "boot_rate": rate,
         "load": round(os.getloadavg()[0], 1),
     }
@@ -295,7 +297,7 @@ def esp32emu_name(args, n: int, r: dict, busy: bool = False) -> str:
     extra = "" if loop in (None, "uvloop") else f", {loop} loop"
     if busy:
         extra += ", + 1 busy core"
-    return f"esp32emu (real firmware, {min(args.workers, n)} proc{extra})"
+    return f"esp32emu (real firmware, {r.get('workers', '?')} proc{extra})"
 
 
 def parse_extra(text: str) -> tuple[int, float, str | None, bool]:
@@ -314,7 +316,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="N in 100 1000 and shorter windows (~6 min)")
     p.add_argument("--sizes", type=int, nargs="+", help="board counts (default 100 1000 5000 10000)")
     p.add_argument("--intervals", type=float, nargs="+", default=[10, 1], help="telemetry intervals (default 10 1)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="esp32emu fleet --workers (default: cores)")
+    p.add_argument("--workers", type=int, help="esp32emu fleet --workers (default: the fleet's, one per 2,500 boards, at most one a core)")
     p.add_argument("--boot-rate", type=float, default=500, help="esp32emu boards powered on per second (default 500)")
     p.add_argument("--cap", type=float, default=120, help="give the baseline this long to connect (default 120 s)")
     p.add_argument("--systems", nargs="+", choices=["esp32emu", "paho"], default=["esp32emu", "paho"], help="what to measure (default both)")
@@ -340,7 +342,7 @@ def main() -> int:
     soft, hard = raise_fd_limit(want=max(3 * biggest + 4096, 65536))
     if args.quick:
         args.cap = min(args.cap, 60)
-    print(f"open-file limit {soft}; {os.cpu_count()} cores; esp32emu --workers {args.workers}, boot rate {args.boot_rate}/s "
+    print(f"open-file limit {soft}; {os.cpu_count()} cores; esp32emu --workers {args.workers or 'auto'}, boot rate {args.boot_rate}/s "
           f"(N/40 above {40 * args.boot_rate:.0f} boards); keepalive {KEEPALIVE} s", flush=True)
     header = ("| system | N | interval | all online | RSS/board KiB | CPU s/1k msgs | CPU s/1k, boards only | lost/sent | lag p99 | load |\n"
               "|---|---|---|---|---|---|---|---|---|---|")

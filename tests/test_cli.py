@@ -190,3 +190,6 @@ def test_fleet_report(tmp_path, broker):
     assert data["lwt_seen"] == 0
     assert data["commands_ok"] == data["commands_sent"] > 0
     assert data["cmd_rtt_ms"]["p50"] is not None
+    # the boards in this process: their CPU is the process's less the observer's thread
+    steady = data["steady"]
+    assert steady is not None and 0 < steady["boards_cpu_s_per_1000_msgs"] < steady["cpu_s_per_1000_msgs"]

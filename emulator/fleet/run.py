@@ -288,10 +288,10 @@ class _Meter:
         return time.process_time() - self.cpu0 + st["worker_cpu_s"] + st["vm_cpu_s"]
 
     def boards_cpu_s(self) -> float | None:
-        """The worker processes' CPU alone (no observer, no live view); None
-        when the boards run in this process."""
+        """The worker processes' CPU alone (no observer, no live view); when
+        the boards run in this process, its CPU less the observer's thread."""
         if self.boards.in_process:
-            return None
+            return time.process_time() - self.observer.conn.cpu_s()
         st = self.boards.stats()
         return st["worker_cpu_s"] + st["vm_cpu_s"]
 

@@ -67,6 +67,7 @@ class BrokerConnection:
         self._answered = False  # a CONNACK came (accepted or not)
         self._refused: str | None = None  # the CONNACK's reason when the broker refused us
         self.connects = 0
+        self._thread_cpu_s = 0.0  # cpu_s(): the last reading
         self._subs: dict[str, int] = {}  # renewed after every reconnect (clean session)
         self._subacks: dict[int, list[Any]] = {}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -124,6 +125,17 @@ class BrokerConnection:
         denied = [f for (f, _), rc in zip(filters, codes) if rc.is_failure]
         if denied:
             raise ConnectionError(f"subscribe to {', '.join(denied)} denied by the broker at {self.where} (SUBACK 0x80)")
+
+    def cpu_s(self) -> float:
+        """CPU seconds paho's network thread has used (the observer's own
+        work: it parses and counts every message there); 0 before it runs."""
+        thread = getattr(self.client, "_thread", None)  # paho's loop_start() thread
+        if thread is not None and thread.ident is not None:
+            try:
+                self._thread_cpu_s = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            except OSError:  # the thread has ended: what it used last
+                pass
+        return self._thread_cpu_s
 
     def close(self) -> None:
         try:
