@@ -215,10 +215,12 @@ def raw_words(
 
 
 # How far from the midway between two words the exact solution must lie for
-# its rounding to be the nearest word, with no evaluation: the compensation
-# bends by under 1e-5 of a word between neighbours (humidity's, the most)
-# and the closed form is off by ~1e-9 word; closer calls (2 %) evaluate.
-_SURE = 0.49
+# its rounding to be the nearest word with no evaluation: the compensation
+# bends by under 2e-6 of its slope from one word to the next (humidity's,
+# the most: 2*h1*m/524288), which moves the midway by < 1e-6 word, and the
+# closed form and the evaluations err by ~1e-11 word; calls closer than
+# 0.001 word to the midway (0.2 %) are settled by evaluating.
+_SURE = 0.499
 
 
 class Inverse:
