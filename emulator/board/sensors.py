@@ -223,6 +223,16 @@ def raw_words(
 _SURE = 0.499
 
 
+def _sure(x: float, top: int) -> int:
+    """round(x), the real-valued solution's word, when it is certainly the
+    nearest (inside 1..top-1 and clear of a tie by _SURE), else -1."""
+    if 1.0 <= x < top:
+        w = round(x)
+        if -_SURE < x - w < _SURE:
+            return w
+    return -1
+
+
 class Inverse:
     """`raw_words` for one chip's calibration, cheap. Each word solves its
     compensation in closed form (a quadratic each, the calibration's share
@@ -255,11 +265,7 @@ class Inverse:
         if d >= 0:
             q = b + (sqrt(d) if b >= 0 else -sqrt(d))
             if q:
-                x = (-2 * c / q + c2) * 131072.0
-                if 1.0 <= x <= 1048574.0:
-                    adc_t = round(x)
-                    if not -_SURE < x - adc_t < _SURE:
-                        adc_t = -1
+                adc_t = _sure((-2 * c / q + c2) * 131072.0, 1048575)
         if adc_t < 0:
             cal_t = self.cal_t
             adc_t = _invert(lambda a: float_t(a, cal_t)[0], t_c, 20, True, _guess_t(t_c, cal_t, hint[0]))
@@ -278,11 +284,7 @@ class Inverse:
         if d >= 0 and var1:
             q = b + (sqrt(d) if b >= 0 else -sqrt(d))
             if q:
-                x = 1048576.0 - var2 / 4096.0 + 2 * c / q * var1 / 6250.0
-                if 1.0 <= x <= 1048574.0:
-                    adc_p = round(x)
-                    if not -_SURE < x - adc_p < _SURE:
-                        adc_p = -1
+                adc_p = _sure(1048576.0 - var2 / 4096.0 + 2 * c / q * var1 / 6250.0, 1048575)
         if adc_p < 0:
             cal_p = self.cal_p
             adc_p = _invert(lambda a: float_p(a, t_fine, cal_p), p_pa, 20, False, _guess_p(p_pa, t_fine, cal_p, hint[1]))
@@ -294,11 +296,7 @@ class Inverse:
             m = h2 / 65536.0 * (1.0 + h6 / 67108864.0 * v0 * (1.0 + h3 / 67108864.0 * v0))
             d = 1.0 + 4 * self._h1 * h_pct
             if d >= 0 and m:
-                x = 2 * h_pct / (1.0 + sqrt(d)) / m + h4 * 64.0 + h5 / 16384.0 * v0
-                if 1.0 <= x <= 65534.0:
-                    adc_h = round(x)
-                    if not -_SURE < x - adc_h < _SURE:
-                        adc_h = -1
+                adc_h = _sure(2 * h_pct / (1.0 + sqrt(d)) / m + h4 * 64.0 + h5 / 16384.0 * v0, 65535)
         if adc_h < 0:
             cal_h = self.cal_h
             adc_h = _invert(lambda a: float_h(a, t_fine, cal_h), h_pct, 16, True, _guess_h(h_pct, t_fine, cal_h, hint[2]))
