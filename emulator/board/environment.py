@@ -10,6 +10,7 @@ emulator/board/sensors.py; this module only knows physics."""
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import statistics
@@ -113,6 +114,7 @@ class Drift:
 
 # Open-circuit voltage of a Li-ion cell by state of charge.
 OCV = ((0.0, 3.0), (0.05, 3.45), (0.1, 3.6), (0.2, 3.7), (0.4, 3.78), (0.6, 3.87), (0.8, 4.0), (0.9, 4.08), (1.0, 4.2))
+_OCV_SOC = tuple(soc for soc, _ in OCV)
 
 
 class Battery:
@@ -152,10 +154,12 @@ class Battery:
         self.soc = max(0.0, self.soc - used_mah / self.capacity_mah)
 
     def ocv(self) -> float:
-        for (s0, v0), (s1, v1) in zip(OCV, OCV[1:]):
-            if self.soc <= s1:
-                return v0 + (v1 - v0) * (self.soc - s0) / (s1 - s0)
-        return OCV[-1][1]
+        soc = self.soc
+        i = bisect.bisect_left(_OCV_SOC, soc, 1)  # the first point at or above soc (its segment's top)
+        if i == len(OCV):
+            return OCV[-1][1]
+        (s0, v0), (s1, v1) = OCV[i - 1], OCV[i]
+        return v0 + (v1 - v0) * (soc - s0) / (s1 - s0)
 
     def volts(self) -> float:
         t = self.now()
