@@ -12,7 +12,9 @@ of its own, the trees' rounds interleaved (the machine's load hits both).
     .venv/bin/python bench/fake_cost.py                      # this tree
     .venv/bin/python bench/fake_cost.py --tree /work/main    # before (another checkout) and after
 
-Prints one markdown table; not a test.
+Prints one markdown table (and the drive loop's own cost, the same loop
+with every fake a do-nothing object: subtract it for the fakes alone);
+not a test.
 """
 
 from __future__ import annotations
@@ -33,8 +35,31 @@ BOARDS = 200
 MESSAGES = 30  # per board and round
 
 
-def measure() -> dict[str, float]:
-    """One round in this process: CPU-µs per message for each part."""
+class _Idle:
+    """Stands in for every fake in the dry run: the drive loop's own cost."""
+
+    def device(self, addr):
+        return self
+
+    def read(self, reg, n):
+        return b""
+
+    def write(self, reg, data):
+        pass
+
+    def read_u16(self):
+        return 0
+
+    def read_uv(self):
+        return 0
+
+    def mcu_temperature(self):
+        return 0.0
+
+
+def measure(dry: bool = False) -> dict[str, float]:
+    """One round in this process: CPU-µs per message for each part (with
+    `dry`, of the drive loop alone, every fake an _Idle)."""
     from emulator.board.environment import Environment
     from emulator.board.fakes.esp32fake import Esp32Module
     from emulator.board.fakes.machinefake import ADC
@@ -60,7 +85,7 @@ def measure() -> dict[str, float]:
         board = Board()
         board.env = env = Environment(SmallRandom(f"env:{i}"), now=functools.partial(operator.getitem, clock, 0))
         wire(env, [{"type": "bme280", "i2c": 0, "sda": 21, "scl": 22, "addr": 0x76}, {"type": "battery", "pin": 35, "divider": 2.0}])
-        boards.append((clock, env.i2c_bus(0), ADC(board, Pin(), atten=3), Esp32Module(board)))
+        boards.append((clock, _Idle(), _Idle(), _Idle()) if dry else (clock, env.i2c_bus(0), ADC(board, Pin(), atten=3), Esp32Module(board)))
 
     def bme280(clock, bus, adc, esp32):
         bus.device(0x76).write(0xF2, b"\x01")
@@ -96,20 +121,24 @@ def main() -> int:
     p.add_argument("--tree", type=Path, action="append", default=[], help="also run another source tree (a checkout's root); repeatable")
     p.add_argument("--runs", type=int, default=5, help="rounds per tree (the best is reported, and the median)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--dry", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(measure()))
+        print(json.dumps(measure(dry=args.dry)))
         return 0
     trees = [*args.tree, REPO]
     for tree in trees:
         if not (tree / "emulator" / "board" / "environment.py").is_file():
             print(f"fake_cost: {tree} is not an esp32emu tree", file=sys.stderr)
             return 2
-    rounds: dict[Path, list[dict[str, float]]] = {t: [] for t in trees}
+    rounds: dict[object, list[dict[str, float]]] = {t: [] for t in [*trees, "drive loop alone"]}
     for _ in range(args.runs):
-        for tree in trees:
-            env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
-            out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child"], env=env, capture_output=True, text=True, cwd=tree)
+        for tree in rounds:
+            dry = tree == "drive loop alone"
+            env = dict(os.environ, PYTHONPATH=str(REPO if dry else tree.resolve()))
+            out = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), "--child", *(["--dry"] if dry else [])], env=env, capture_output=True, text=True, cwd=REPO if dry else tree
+            )
             if out.returncode:
                 print(f"fake_cost: {tree}: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
                 return 1
@@ -119,7 +148,7 @@ def main() -> int:
     print()
     print("| tree | " + " | ".join(parts) + " |")
     print("|---" * (len(parts) + 1) + "|")
-    for tree in trees:
+    for tree in rounds:
         cells = [f"{min(r[k] for r in rounds[tree]):.1f} ({statistics.median(r[k] for r in rounds[tree]):.1f})" for k in parts]
         print(f"| {tree} | " + " | ".join(cells) + " |")
     return 0
