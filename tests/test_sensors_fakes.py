@@ -414,14 +414,21 @@ def test_the_air_is_continuous_between_knots_and_exact_at_them():
         assert all(abs(a - b) < 0.01 for a, b in zip(now, prev)), (now, prev)
         prev = now
     # a knot's value is the exact day cycle plus the drifts at that instant
-    k = env._ka
+    k = env._line[0]  # the current interval's start
     clock.t = k
     t, _, _ = env.air()
     import math
 
     day = math.cos(2 * math.pi * ((k % 86400) / 3600 - env.peak_hour) / 24)
     drift = t - env.temp_mean - env.temp_swing * day
-    assert abs(drift) < 4 * 0.8 and drift == pytest.approx(env._temp0 - env.temp_mean - env.temp_swing * day)
+    assert abs(drift) < 4 * 0.8 and drift == pytest.approx(env._line[1] - env.temp_mean - env.temp_swing * day)
+    # the site changes (carried outdoors): the air follows at once, not at the next knot
+    clock.advance(KNOT_S / 2)
+    t, p, h = env.air()
+    env.temp_mean -= 15
+    env.altitude_m += 100
+    t2, p2, h2 = env.air()
+    assert t2 == pytest.approx(t - 15) and p2 < p - 10 and h2 == pytest.approx(h)  # RH follows the site's mean
 
 
 def test_the_drifts_keep_their_spread_and_correlation_time():

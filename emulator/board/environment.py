@@ -180,6 +180,10 @@ class Battery:
         return self.ocv() - sag
 
 
+# The site's parameters (Environment): setting one refits the current interval.
+_SITE = frozenset(("temp_mean", "temp_swing", "peak_hour", "rh_mean", "rh_per_degree", "sea_level_hpa", "altitude_m"))
+
+
 class Divider:
     """An ADC input: the battery's voltage behind a resistor divider (ratio
     >= 1). Environment.adc_volts/adc_code read it without the call."""
@@ -198,6 +202,8 @@ class Environment:
     by seed); `now` gives the time in seconds (the wall clock by default,
     a manual clock in tests)."""
 
+    _line = (math.inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None)  # read by __setattr__ until __init__ sets its own
+
     def __init__(self, rng: random.Random, now: Callable[[], float] = time.time):
         self.rng = rng
         self.now = now
@@ -214,12 +220,11 @@ class Environment:
         self._t_drift = Drift(self.child("drift:t"), 0.8, 3 * 3600)
         self._h_drift = Drift(self.child("drift:h"), 3.0, 2 * 3600)
         self._p_drift = Drift(self.child("drift:p"), 6.0, 30 * 3600)
-        self._altitude_factor = (1 - 2.25577e-5 * self.altitude_m) ** 5.25588  # station/sea-level pressure
-        # The grid interval the air is interpolated in (_knot): its start and
-        # end, the drifts' values at the end, and each quantity's value at the
-        # start and rate of change across it.
-        self._ka, self._kb, self._ends = math.inf, None, None
-        self._temp0 = self._temp_rate = self._rh0 = self._rh_rate = self._p0 = self._p_rate = 0.0
+        # The grid interval the air is interpolated in (_knot), one list
+        # changed in place: its start; temperature, its rate; humidity (not
+        # clamped), its rate; pressure, its rate (_fit); its end; the drifts'
+        # values at the start and at the end.
+        self._line = [math.inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None]
         self.battery = Battery(self.child("battery"), now)
         self.noise = Noise(rng)  # N(0, 1) draws for the sensors' noise (ADC, BME280, MCU)
         self.buses: dict[int, I2CBus] = {}
@@ -236,38 +241,42 @@ class Environment:
     def temperature(self) -> float:
         """Air temperature in degC: a day-night cycle plus a slow drift."""
         t = self.now()
-        d = t - self._ka
+        line = self._line
+        d = t - line[0]
         if not 0.0 <= d < KNOT_S:
             d = self._knot(t)
-        return self._temp0 + d * self._temp_rate
+        return line[1] + d * line[2]
 
     def humidity(self) -> float:
         """Relative humidity in %: falls when the air warms (same water, warmer air)."""
         t = self.now()
-        d = t - self._ka
+        line = self._line
+        d = t - line[0]
         if not 0.0 <= d < KNOT_S:
             d = self._knot(t)
-        rh = self._rh0 + d * self._rh_rate
+        rh = line[3] + d * line[4]
         return 98.0 if rh > 98.0 else 3.0 if rh < 3.0 else rh
 
     def pressure(self) -> float:
         """Station pressure in hPa: the weather's drift, lowered by the altitude."""
         t = self.now()
-        d = t - self._ka
+        line = self._line
+        d = t - line[0]
         if not 0.0 <= d < KNOT_S:
             d = self._knot(t)
-        return self._p0 + d * self._p_rate
+        return line[5] + d * line[6]
 
     def air(self) -> tuple[float, float, float]:
         """(temperature, pressure, humidity) at one instant: what a chip that
         measures all three at once (the BME280) samples, with one clock read
         and one temperature."""
         t = self.now()
-        d = t - self._ka
+        line = self._line
+        d = t - line[0]
         if not 0.0 <= d < KNOT_S:
             d = self._knot(t)
-        rh = self._rh0 + d * self._rh_rate
-        return self._temp0 + d * self._temp_rate, self._p0 + d * self._p_rate, 98.0 if rh > 98.0 else 3.0 if rh < 3.0 else rh
+        rh = line[3] + d * line[4]
+        return line[1] + d * line[2], line[5] + d * line[6], 98.0 if rh > 98.0 else 3.0 if rh < 3.0 else rh
 
     def _knot(self, t: float) -> float:
         """Move the interpolation to the grid interval holding `t` and return
@@ -276,22 +285,33 @@ class Environment:
         back holds the air at the interval's start."""
         k = math.floor(t / KNOT_S) * KNOT_S
         drifts = (self._t_drift, self._h_drift, self._p_drift)
-        if self._kb is None:  # the first reading: the drifts' first values are the knot's
-            ends = [d.value for d in drifts]
-        elif k < self._ka:
+        line = self._line
+        start, end = line[0], line[7]
+        if end is None:  # the first reading: the drifts' first values are the knot's
+            values = [d.value for d in drifts]
+        elif k < start:
             return 0.0
-        elif k == self._kb:
-            ends = self._ends
+        elif k == end:
+            values = line[9]
         else:
-            ends = [d.step(k - self._kb) for d in drifts]
-        nxt = [d.step(KNOT_S) for d in drifts]
-        t0, rh0, p0 = self._at_knot(k, ends)
-        t1, rh1, p1 = self._at_knot(k + KNOT_S, nxt)
-        self._ka, self._kb, self._ends = k, k + KNOT_S, nxt
-        self._temp0, self._temp_rate = t0, (t1 - t0) / KNOT_S
-        self._rh0, self._rh_rate = rh0, (rh1 - rh0) / KNOT_S
-        self._p0, self._p_rate = p0, (p1 - p0) / KNOT_S
+            values = [d.step(k - end) for d in drifts]
+        line[0], line[7], line[8], line[9] = k, k + KNOT_S, values, [d.step(KNOT_S) for d in drifts]
+        self._fit()
         return t - k
+
+    def _fit(self) -> None:
+        """The straight lines across the current interval, from its knots."""
+        line = self._line
+        t0, rh0, p0 = self._at_knot(line[0], line[8])
+        t1, rh1, p1 = self._at_knot(line[7], line[9])
+        line[1:7] = t0, (t1 - t0) / KNOT_S, rh0, (rh1 - rh0) / KNOT_S, p0, (p1 - p0) / KNOT_S
+
+    def __setattr__(self, name: str, value) -> None:
+        # A site parameter changed (the board carried outdoors, a test's
+        # freezer): the air follows at once, not at the next knot.
+        object.__setattr__(self, name, value)
+        if name in _SITE and self._line[7] is not None:
+            self._fit()
 
     def _at_knot(self, t: float, drifts) -> tuple[float, float, float]:
         """(temperature, unclamped humidity, pressure) exactly at time t."""
@@ -299,7 +319,7 @@ class Environment:
         hour = (t % 86400) / 3600
         temp = self.temp_mean + self.temp_swing * math.cos(2 * math.pi * (hour - self.peak_hour) / 24) + dt
         rh = self.rh_mean - self.rh_per_degree * (temp - self.temp_mean) + dh
-        return temp, rh, (self.sea_level_hpa + dp) * self._altitude_factor
+        return temp, rh, (self.sea_level_hpa + dp) * (1 - 2.25577e-5 * self.altitude_m) ** 5.25588
 
     # -- the board -------------------------------------------------------------
 
