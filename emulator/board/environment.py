@@ -3,7 +3,9 @@
 pressure drifting with the weather), its battery (discharge, sag while the
 radio transmits), the MCU's own temperature, the voltages its ADC pins see,
 and its I2C buses. Seeded per board so boards in a fleet differ and a run
-can be replayed; time comes from the injected `now` (seconds).
+can be replayed; time comes from the injected `now` (seconds). The air is
+computed exactly every KNOT_S seconds of that clock and on a straight line
+in between: a reading costs a few multiplications (issue 15).
 
 The sensor chips that turn this world into register values are in
 emulator/board/sensors.py; this module only knows physics."""
