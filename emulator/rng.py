@@ -44,6 +44,11 @@ class SmallRandom:
         return (self._next64() >> 11) * (1.0 / 9007199254740992.0)
 
     def getrandbits(self, k: int) -> int:
+        if 0 < k <= 64:  # one word (the sensors' noise takes 60 bits a time): _next64 inline
+            self._state = z = (self._state + 0x9E3779B97F4A7C15) & _MASK64
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+            return (z ^ (z >> 31)) >> (64 - k)
         if k < 0:
             raise ValueError("number of bits must be non-negative")
         out, have = 0, 0

@@ -352,3 +352,133 @@ def test_fast_inverse_matches_bisection():
         fn_h = lambda a: S.float_h(a, t_fine, cal_h)  # noqa: E731
         want = S._invert_by_bisection(fn_h, h, 16, True)
         assert S._invert(fn_h, h, 16, True, rng.randrange(0, 1 << 16)) == want
+
+
+# -- the cheap paths (issue 15): same answers, same statistics -------------------------------------
+
+
+def test_raw_words_at_the_midway_between_two_words_are_still_the_bisections():
+    """Targets placed exactly half way (in value) between neighbouring words,
+    and a hair either side, are where rounding the closed form could pick
+    the wrong neighbour: the evaluations must settle them as bisection does."""
+    from emulator.board import sensors as S
+
+    rng = random.Random(21)
+    for _ in range(40):
+        cal_t = tuple(v + rng.randint(-d, d) for v, d in zip(S._CAL_T, (300, 300, 50)))
+        cal_p = tuple(v + rng.randint(-d, d) for v, d in zip(S._CAL_P, (400, 200, 100, 300, 20, 1, 100, 200, 100)))
+        cal_h = tuple(v + rng.randint(-d, d) for v, d in zip(S._CAL_H, (5, 20, 0, 20, 5, 3)))
+        w_t, w_p, w_h = rng.randrange(300_000, 700_000), rng.randrange(200_000, 600_000), rng.randrange(20_000, 45_000)
+        t_mid = (S.float_t(w_t, cal_t)[0] + S.float_t(w_t + 1, cal_t)[0]) / 2
+        for t in (t_mid, t_mid * (1 + 1e-15), t_mid * (1 - 1e-15)):
+            adc_t = S._invert_by_bisection(lambda a: S.float_t(a, cal_t)[0], t, 20, True)
+            t_fine = S.float_t(adc_t, cal_t)[1]
+            p_mid = (S.float_p(w_p, t_fine, cal_p) + S.float_p(w_p + 1, t_fine, cal_p)) / 2
+            h_mid = (S.float_h(w_h, t_fine, cal_h) + S.float_h(w_h + 1, t_fine, cal_h)) / 2
+            for p, h in ((p_mid, h_mid), (p_mid + 1e-9, h_mid - 1e-12), (p_mid - 1e-9, h_mid + 1e-12)):
+                p_hpa = p / 100  # raw_words takes hPa; the target is that times 100
+                want = (
+                    adc_t,
+                    S._invert_by_bisection(lambda a: S.float_p(a, t_fine, cal_p), p_hpa * 100, 20, False),
+                    S._invert_by_bisection(lambda a: S.float_h(a, t_fine, cal_h), h, 16, True),
+                )
+                assert S.raw_words(t, p_hpa, h, cal_t, cal_p, cal_h) == want
+                assert S.Inverse(cal_t, cal_p, cal_h)(t, p_hpa, h) == want
+
+
+def test_a_chip_reuses_its_inverse_and_its_words_decode_to_the_air():
+    clock = manual_clock()
+    env = env_at(4, clock)
+    chip = Bme280Chip(env, random.Random(4))
+    cal = firmware_cal(chip)
+    for _ in range(30):
+        clock.advance(37.0)
+        t, p, h = env.air()
+        words = chip._inverse(t, p, h)
+        assert words == raw_words(t, p, h, chip.cal_t, chip.cal_p, chip.cal_h)
+        ct, cp, ch = bme280.compensate(*words, cal)
+        assert abs(ct - t) < 0.011 and abs(cp - p) < 0.02 and abs(ch - h) < 0.02
+
+
+def test_the_air_is_continuous_between_knots_and_exact_at_them():
+    """Between the knots (KNOT_S apart) the air moves on a straight line; at a
+    knot it is the day cycle plus the drifts, with no jump."""
+    from emulator.board.environment import KNOT_S
+
+    clock = manual_clock(1_700_000_000.0)
+    env = env_at(8, clock)
+    prev = env.air()
+    for _ in range(int(5 * KNOT_S / 0.25)):
+        clock.advance(0.25)
+        now = env.air()
+        assert all(abs(a - b) < 0.01 for a, b in zip(now, prev)), (now, prev)
+        prev = now
+    # a knot's value is the exact day cycle plus the drifts at that instant
+    k = env._line[0]  # the current interval's start
+    clock.t = k
+    t, _, _ = env.air()
+    import math
+
+    day = math.cos(2 * math.pi * ((k % 86400) / 3600 - env.peak_hour) / 24)
+    drift = t - env.temp_mean - env.temp_swing * day
+    assert abs(drift) < 4 * 0.8 and drift == pytest.approx(env._line[1] - env.temp_mean - env.temp_swing * day)
+    # the site changes (carried outdoors): the air follows at once, not at the next knot
+    clock.advance(KNOT_S / 2)
+    t, p, h = env.air()
+    env.temp_mean -= 15
+    env.altitude_m += 100
+    t2, p2, h2 = env.air()
+    assert t2 == pytest.approx(t - 15) and p2 < p - 10 and h2 == pytest.approx(h)  # RH follows the site's mean
+
+
+def test_the_drifts_keep_their_spread_and_correlation_time():
+    from emulator.board.environment import KNOT_S, Drift
+    from emulator.rng import SmallRandom
+
+    d = Drift(SmallRandom(3), sigma=2.0, tau_s=600.0)
+    xs = [d.step(KNOT_S) for _ in range(60_000)]  # ~1000 correlation times
+    mean = sum(xs) / len(xs)
+    sd = (sum((x - mean) ** 2 for x in xs) / len(xs)) ** 0.5
+    assert abs(mean) < 0.3 and 1.8 < sd < 2.2
+    lag = int(600 / KNOT_S)  # one correlation time: autocorrelation ~ 1/e
+    r = sum((a - mean) * (b - mean) for a, b in zip(xs, xs[lag:])) / (len(xs) - lag) / sd**2
+    assert 0.25 < r < 0.5
+    # a long jump is one exact step: the value forgets where it was
+    far = [Drift(SmallRandom(s), 2.0, 600.0) for s in range(400)]
+    ys = [x.step(1e6) for x in far]
+    assert 1.7 < (sum(y * y for y in ys) / len(ys)) ** 0.5 < 2.3
+
+
+def test_adc_noise_is_the_converters_sigma_in_codes():
+    from emulator.board.environment import Divider
+    from emulator.board.fakes.machinefake import _NOISE_CODES, _PER_VOLT, ADC
+
+    clock = manual_clock()
+    env = env_at(9, clock)
+    env.adc_inputs[35] = lambda: 1.6  # a steady source: no battery window, every read new
+    codes = [env.adc_code(35, _PER_VOLT[3], _NOISE_CODES[3]) for _ in range(6000)]
+    mean = sum(codes) / len(codes)
+    sd = (sum((c - mean) ** 2 for c in codes) / len(codes)) ** 0.5
+    assert abs(mean - 1.6 * _PER_VOLT[3]) < 0.2
+    assert abs(sd - ADC.NOISE_V * _PER_VOLT[3]) < 0.1 * ADC.NOISE_V * _PER_VOLT[3]
+    # a battery divider: the same code scale, reads in one sample window share one voltage
+    env.adc_inputs[35] = Divider(env.battery, 2.0)
+    v = env.battery.volts() / 2.0
+    burst = [env.adc_code(35, _PER_VOLT[3], _NOISE_CODES[3]) for _ in range(9)]
+    assert all(abs(c - v * _PER_VOLT[3]) < 4 * ADC.NOISE_V * _PER_VOLT[3] for c in burst)
+    assert env.adc_volts(35) == v
+    # and the same seed gives the same codes
+    again = env_at(9, manual_clock())
+    again.adc_inputs[35] = lambda: 1.6
+    assert [again.adc_code(35, _PER_VOLT[3], _NOISE_CODES[3]) for _ in range(50)] == codes[:50]
+
+
+def test_small_random_one_word_fast_path_is_the_general_one():
+    from emulator.rng import SmallRandom
+
+    a, b = SmallRandom("x"), SmallRandom("x")
+    for k in (1, 10, 60, 63, 64):
+        got = a.getrandbits(k)
+        out = b._next64() >> (64 - k)  # the general path's answer for k <= 64
+        assert got == out and 0 <= got < 1 << k
+    assert a.getrandbits(0) == 0 and a.getrandbits(130) == b.getrandbits(130)

@@ -3,13 +3,16 @@
 pressure drifting with the weather), its battery (discharge, sag while the
 radio transmits), the MCU's own temperature, the voltages its ADC pins see,
 and its I2C buses. Seeded per board so boards in a fleet differ and a run
-can be replayed; time comes from the injected `now` (seconds).
+can be replayed; time comes from the injected `now` (seconds). The air is
+computed exactly every KNOT_S seconds of that clock and on a straight line
+in between: a reading costs a few multiplications (issue 15).
 
 The sensor chips that turn this world into register values are in
 emulator/board/sensors.py; this module only knows physics."""
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import statistics
@@ -53,6 +56,14 @@ class I2CBus:
         self.device(addr).write(reg, data)
 
 
+# The air is computed exactly at knots this many seconds apart (on a grid of
+# the clock: multiples of KNOT_S) and linearly between them. The drifts wander
+# over hours, the day over 24 h: between knots the straight line is off by
+# well under a millidegree (the day's curvature: ~3e-7 degC), and a reading
+# costs a few multiplications instead of three exponentials, three square
+# roots, three gaussian draws and a cosine.
+KNOT_S = 10.0
+
 # N(0, 1) at 1024 evenly spaced probabilities (their midpoints): a sensor's
 # noise as one table lookup on 10 random bits, where random.gauss spends two
 # draws, a logarithm, a square root and two trigonometric calls (the ADC
@@ -79,27 +90,33 @@ class Noise:
 
 class Drift:
     """A slow random wander (Ornstein-Uhlenbeck): mean 0, standard deviation
-    `sigma`, correlation time `tau_s`. Deterministic for a given generator
-    and sequence of query times."""
+    `sigma`, correlation time `tau_s`. `step(dt)` moves it on by dt seconds
+    with the process's exact transition (one noise draw whatever dt), so the
+    Environment advances it on a coarse time grid (KNOT_S) and interpolates
+    between knots. Deterministic for a given generator and sequence of steps."""
+
+    __slots__ = ("noise", "sigma", "tau_s", "value", "_a", "_s")
 
     def __init__(self, rng: random.Random, sigma: float, tau_s: float):
-        self.rng, self.sigma, self.tau_s = rng, sigma, tau_s
-        self.value = rng.gauss(0, sigma)
-        self.t: float | None = None
+        self.noise = Noise(rng)
+        self.sigma, self.tau_s = sigma, tau_s
+        self.value = sigma * self.noise()
+        self._a = math.exp(-KNOT_S / tau_s)  # the usual step (one knot) precomputed
+        self._s = sigma * math.sqrt(1 - self._a * self._a)
 
-    def at(self, t: float) -> float:
-        if self.t is None:
-            self.t = t
-        dt = t - self.t
-        if dt > 0:
+    def step(self, dt: float) -> float:
+        if dt == KNOT_S:
+            a, s = self._a, self._s
+        else:
             a = math.exp(-dt / self.tau_s)
-            self.value = self.value * a + self.sigma * math.sqrt(1 - a * a) * self.rng.gauss(0, 1)
-            self.t = t
-        return self.value
+            s = self.sigma * math.sqrt(1 - a * a)
+        self.value = v = self.value * a + s * self.noise()
+        return v
 
 
 # Open-circuit voltage of a Li-ion cell by state of charge.
 OCV = ((0.0, 3.0), (0.05, 3.45), (0.1, 3.6), (0.2, 3.7), (0.4, 3.78), (0.6, 3.87), (0.8, 4.0), (0.9, 4.08), (1.0, 4.2))
+_OCV_SOC = tuple(soc for soc, _ in OCV)
 
 
 class Battery:
@@ -139,10 +156,12 @@ class Battery:
         self.soc = max(0.0, self.soc - used_mah / self.capacity_mah)
 
     def ocv(self) -> float:
-        for (s0, v0), (s1, v1) in zip(OCV, OCV[1:]):
-            if self.soc <= s1:
-                return v0 + (v1 - v0) * (self.soc - s0) / (s1 - s0)
-        return OCV[-1][1]
+        soc = self.soc
+        i = bisect.bisect_left(_OCV_SOC, soc, 1)  # the first point at or above soc (its segment's top)
+        if i == len(OCV):
+            return OCV[-1][1]
+        (s0, v0), (s1, v1) = OCV[i - 1], OCV[i]
+        return v0 + (v1 - v0) * (soc - s0) / (s1 - s0)
 
     def volts(self) -> float:
         t = self.now()
@@ -163,10 +182,29 @@ class Battery:
         return self.ocv() - sag
 
 
+# The site's parameters (Environment): setting one refits the current interval.
+_SITE = frozenset(("temp_mean", "temp_swing", "peak_hour", "rh_mean", "rh_per_degree", "sea_level_hpa", "altitude_m"))
+
+
+class Divider:
+    """An ADC input: the battery's voltage behind a resistor divider (ratio
+    >= 1). Environment.adc_volts/adc_code read it without the call."""
+
+    __slots__ = ("battery", "ratio")
+
+    def __init__(self, battery: Battery, ratio: float):
+        self.battery, self.ratio = battery, ratio
+
+    def __call__(self) -> float:
+        return self.battery.volts() / self.ratio
+
+
 class Environment:
     """The world around one board. `rng` seeds everything (boards differ
     by seed); `now` gives the time in seconds (the wall clock by default,
     a manual clock in tests)."""
+
+    _line = (math.inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None)  # read by __setattr__ until __init__ sets its own
 
     def __init__(self, rng: random.Random, now: Callable[[], float] = time.time):
         self.rng = rng
@@ -184,6 +222,11 @@ class Environment:
         self._t_drift = Drift(self.child("drift:t"), 0.8, 3 * 3600)
         self._h_drift = Drift(self.child("drift:h"), 3.0, 2 * 3600)
         self._p_drift = Drift(self.child("drift:p"), 6.0, 30 * 3600)
+        # The grid interval the air is interpolated in (_knot), one list
+        # changed in place: its start; temperature, its rate; humidity (not
+        # clamped), its rate; pressure, its rate (_fit); its end; the drifts'
+        # values at the start and at the end.
+        self._line = [math.inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None]
         self.battery = Battery(self.child("battery"), now)
         self.noise = Noise(rng)  # N(0, 1) draws for the sensors' noise (ADC, BME280, MCU)
         self.buses: dict[int, I2CBus] = {}
@@ -199,37 +242,86 @@ class Environment:
 
     def temperature(self) -> float:
         """Air temperature in degC: a day-night cycle plus a slow drift."""
-        return self._temperature(self.now())
+        t = self.now()
+        line = self._line
+        d = t - line[0]
+        if not 0.0 <= d < KNOT_S:
+            d = self._knot(t)
+        return line[1] + d * line[2]
 
     def humidity(self) -> float:
         """Relative humidity in %: falls when the air warms (same water, warmer air)."""
         t = self.now()
-        return self._humidity(self._temperature(t), t)
+        line = self._line
+        d = t - line[0]
+        if not 0.0 <= d < KNOT_S:
+            d = self._knot(t)
+        rh = line[3] + d * line[4]
+        return 98.0 if rh > 98.0 else 3.0 if rh < 3.0 else rh
 
     def pressure(self) -> float:
         """Station pressure in hPa: the weather's drift, lowered by the altitude."""
-        return self._pressure(self.now())
+        t = self.now()
+        line = self._line
+        d = t - line[0]
+        if not 0.0 <= d < KNOT_S:
+            d = self._knot(t)
+        return line[5] + d * line[6]
 
     def air(self) -> tuple[float, float, float]:
         """(temperature, pressure, humidity) at one instant: what a chip that
         measures all three at once (the BME280) samples, with one clock read
         and one temperature."""
         t = self.now()
-        temp = self._temperature(t)
-        return temp, self._pressure(t), self._humidity(temp, t)
+        line = self._line
+        d = t - line[0]
+        if not 0.0 <= d < KNOT_S:
+            d = self._knot(t)
+        rh = line[3] + d * line[4]
+        return line[1] + d * line[2], line[5] + d * line[6], 98.0 if rh > 98.0 else 3.0 if rh < 3.0 else rh
 
-    def _temperature(self, t: float) -> float:
+    def _knot(self, t: float) -> float:
+        """Move the interpolation to the grid interval holding `t` and return
+        t's offset into it. The drifts take one exact step to the interval's
+        start (however far that is) and one more to its end; a clock that went
+        back holds the air at the interval's start."""
+        k = math.floor(t / KNOT_S) * KNOT_S
+        drifts = (self._t_drift, self._h_drift, self._p_drift)
+        line = self._line
+        start, end = line[0], line[7]
+        if end is None:  # the first reading: the drifts' first values are the knot's
+            values = [d.value for d in drifts]
+        elif k < start:
+            return 0.0
+        elif k == end:
+            values = line[9]
+        else:
+            values = [d.step(k - end) for d in drifts]
+        line[0], line[7], line[8], line[9] = k, k + KNOT_S, values, [d.step(KNOT_S) for d in drifts]
+        self._fit()
+        return t - k
+
+    def _fit(self) -> None:
+        """The straight lines across the current interval, from its knots."""
+        line = self._line
+        t0, rh0, p0 = self._at_knot(line[0], line[8])
+        t1, rh1, p1 = self._at_knot(line[7], line[9])
+        line[1:7] = t0, (t1 - t0) / KNOT_S, rh0, (rh1 - rh0) / KNOT_S, p0, (p1 - p0) / KNOT_S
+
+    def __setattr__(self, name: str, value) -> None:
+        # A site parameter changed (the board carried outdoors, a test's
+        # freezer): the air follows at once, not at the next knot.
+        object.__setattr__(self, name, value)
+        if name in _SITE and self._line[7] is not None:
+            self._fit()
+
+    def _at_knot(self, t: float, drifts) -> tuple[float, float, float]:
+        """(temperature, unclamped humidity, pressure) exactly at time t."""
+        dt, dh, dp = drifts
         hour = (t % 86400) / 3600
-        day = math.cos(2 * math.pi * (hour - self.peak_hour) / 24)
-        return self.temp_mean + self.temp_swing * day + self._t_drift.at(t)
-
-    def _humidity(self, temp: float, t: float) -> float:
-        rh = self.rh_mean - self.rh_per_degree * (temp - self.temp_mean) + self._h_drift.at(t)
-        return min(98.0, max(3.0, rh))
-
-    def _pressure(self, t: float) -> float:
-        sea = self.sea_level_hpa + self._p_drift.at(t)
-        return sea * (1 - 2.25577e-5 * self.altitude_m) ** 5.25588
+        temp = self.temp_mean + self.temp_swing * math.cos(2 * math.pi * (hour - self.peak_hour) / 24) + dt
+        rh = self.rh_mean - self.rh_per_degree * (temp - self.temp_mean) + dh
+        return temp, rh, (self.sea_level_hpa + dp) * (1 - 2.25577e-5 * self.altitude_m) ** 5.25588
 
     # -- the board -------------------------------------------------------------
 
@@ -245,7 +337,36 @@ class Environment:
         source = self.adc_inputs.get(pin)
         if source is None:
             return abs(self.rng.gauss(0.05, 0.03))
+        if source.__class__ is Divider:
+            return source.battery.volts() / source.ratio
         return source()
+
+    def adc_code(self, pin: int, per_volt: float, noise_codes) -> int:
+        """One raw code of a 12-bit converter on `pin`: the pin's voltage
+        times `per_volt` (codes per volt) plus one draw of `noise_codes` (the
+        standard normal table _NORMAL scaled to codes), rounded and clamped
+        to 0..4095. The ADC's nine reads a telemetry message in one call
+        each: the noise draw is Noise's, inline."""
+        source = self.adc_inputs.get(pin)
+        if source.__class__ is Divider:
+            battery = source.battery
+            t = battery.now()
+            at = battery._v_at
+            if t == at or 0 <= t - at < battery.SAMPLE_S:  # Battery.volts, inline: the burst's later reads
+                v = battery._v / source.ratio
+            else:
+                v = battery.volts() / source.ratio
+        elif source is None:
+            v = abs(self.rng.gauss(0.05, 0.03))
+        else:
+            v = source()
+        noise = self.noise
+        bits = noise._bits
+        if bits < 1024:
+            bits = noise.rng.getrandbits(60) | 1 << 60
+        noise._bits = bits >> 10
+        code = round(v * per_volt + noise_codes[bits & 1023])
+        return 0 if code < 0 else 4095 if code > 4095 else code
 
     def i2c_bus(self, bus_id: int) -> I2CBus:
         bus = self.buses.get(bus_id)

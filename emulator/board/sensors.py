@@ -20,9 +20,11 @@ Everything is drawn from generators seeded by the board's Environment.
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 
+from emulator.board.environment import Divider
 from emulator.board.fakes import mp_oserror
 
 ETIMEDOUT = 116  # ESP32's value (not Linux's 110)
@@ -202,18 +204,104 @@ def raw_words(
     t_c: float, p_hpa: float, h_pct: float, cal_t, cal_p, cal_h, hint: tuple[int, int, int] | None = None
 ) -> tuple[int, int, int]:
     """(adc_T, adc_P, adc_H) that a chip with this calibration reports for
-    this air: the inverse of the compensation. The search starts from the
-    compensation solved for the word (a quadratic each: the answer or its
-    neighbour, 2 evaluations where a search from the chip's previous answer,
-    `hint` (the fallback), takes ~12); the evaluations make the answer exact, the
-    same as plain bisection's."""
-    h_t, h_p, h_h = hint or (None, None, None)
-    adc_t = _invert(lambda a: float_t(a, cal_t)[0], t_c, 20, True, _guess_t(t_c, cal_t, h_t))
-    t_fine = float_t(adc_t, cal_t)[1]
-    p_pa = p_hpa * 100
-    adc_p = _invert(lambda a: float_p(a, t_fine, cal_p), p_pa, 20, False, _guess_p(p_pa, t_fine, cal_p, h_p))
-    adc_h = _invert(lambda a: float_h(a, t_fine, cal_h), h_pct, 16, True, _guess_h(h_pct, t_fine, cal_h, h_h))
-    return adc_t, adc_p, adc_h
+    this air: the inverse of the compensation, exactly plain bisection's
+    answer. The compensation solved for the word (a quadratic each) lands
+    on the answer or its neighbour, and two evaluations settle which; when
+    it does not, a search from `hint` (the chip's previous answer) does.
+    A chip keeps an `Inverse` (below) with its constants instead."""
+    inverse = Inverse(cal_t, cal_p, cal_h)
+    inverse.last = hint
+    return inverse(t_c, p_hpa, h_pct)
+
+
+# How far from the midway between two words the exact solution must lie for
+# its rounding to be the nearest word with no evaluation: the compensation
+# bends by under 2e-6 of its slope from one word to the next (humidity's,
+# the most: 2*h1*m/524288), which moves the midway by < 1e-6 word, and the
+# closed form and the evaluations err by ~1e-11 word; calls closer than
+# 0.001 word to the midway (0.2 %) are settled by evaluating.
+_SURE = 0.499
+
+
+def _sure(x: float, top: int) -> int:
+    """round(x), the real-valued solution's word, when it is certainly the
+    nearest (inside 1..top-1 and clear of a tie by _SURE), else -1."""
+    if 1.0 <= x < top:
+        w = round(x)
+        if -_SURE < x - w < _SURE:
+            return w
+    return -1
+
+
+class Inverse:
+    """`raw_words` for one chip's calibration, cheap. Each word solves its
+    compensation in closed form (a quadratic each, the calibration's share
+    computed once); when that real-valued solution rounds clearly (_SURE),
+    the rounding is the nearest word, which is what plain bisection finds;
+    a near tie, a clamp or a word at the end of the range goes to `_invert`
+    (the evaluations decide, exactly). The previous answer is its hint."""
+
+    __slots__ = ("cal_t", "cal_p", "cal_h", "_t", "_p", "_h1", "last")
+
+    def __init__(self, cal_t, cal_p, cal_h):
+        self.cal_t, self.cal_p, self.cal_h = cal_t, cal_p, cal_h
+        t1, t2, t3 = cal_t
+        # float_t's t1/1024.0 and t1/8192.0, t2, t3, and the quadratic's b
+        self._t = (t1 / 1024.0, t1 / 8192.0, t2, t3, 8.0 * t2)
+        p7, p8, p9 = cal_p[6:]
+        # float_p's last line as a quadratic in P: a, b, and c without the target
+        self._p = (p9 / 2147483648.0 / 16.0, 1.0 + p8 / 32768.0 / 16.0, p7 / 16.0)
+        self._h1 = -cal_h[0] / 524288.0  # float_h's quadratic in v: a (b = 1)
+        self.last: tuple[int, int, int] | None = None  # the previous answer
+
+    def __call__(self, t_c: float, p_hpa: float, h_pct: float) -> tuple[int, int, int]:
+        sqrt = math.sqrt
+        hint = self.last or (None, None, None)
+        # -- temperature: t_fine = 8*t2*x + t3*x*x, x = adc/131072 - t1/8192
+        c1, c2, t2, t3, b = self._t
+        c = -t_c * 5120.0
+        d = b * b - 4 * t3 * c
+        adc_t = -1
+        if d >= 0:
+            q = b + (sqrt(d) if b >= 0 else -sqrt(d))
+            if q:
+                adc_t = _sure((-2 * c / q + c2) * 131072.0, 1048575)
+        if adc_t < 0:
+            cal_t = self.cal_t
+            adc_t = _invert(lambda a: float_t(a, cal_t)[0], t_c, 20, True, _guess_t(t_c, cal_t, hint[0]))
+        x = adc_t / 131072.0 - c2
+        t_fine = (adc_t / 16384.0 - c1) * t2 + x * x * t3  # float_t's
+        # -- pressure: float_p's P is linear in the word, its output quadratic in P
+        p1, p2, p3, p4, p5, p6 = self.cal_p[:6]
+        p_pa = p_hpa * 100
+        var1 = t_fine / 2.0 - 64000.0
+        var2 = (var1 * var1 * p6 / 32768.0 + var1 * p5 * 2.0) / 4.0 + p4 * 65536.0
+        var1 = (1.0 + ((p3 * var1 * var1 / 524288.0 + p2 * var1) / 524288.0) / 32768.0) * p1
+        adc_p = -1
+        qa, b, c = self._p
+        c -= p_pa
+        d = b * b - 4 * qa * c
+        if d >= 0 and var1:
+            q = b + (sqrt(d) if b >= 0 else -sqrt(d))
+            if q:
+                adc_p = _sure(1048576.0 - var2 / 4096.0 + 2 * c / q * var1 / 6250.0, 1048575)
+        if adc_p < 0:
+            cal_p = self.cal_p
+            adc_p = _invert(lambda a: float_p(a, t_fine, cal_p), p_pa, 20, False, _guess_p(p_pa, t_fine, cal_p, hint[1]))
+        # -- humidity: out = v*(1 - h1*v/524288), v = (adc - k)*m, clamped to 0..100
+        adc_h = -1
+        if 0.05 < h_pct < 99.95:
+            h1, h2, h3, h4, h5, h6 = self.cal_h
+            v0 = t_fine - 76800.0
+            m = h2 / 65536.0 * (1.0 + h6 / 67108864.0 * v0 * (1.0 + h3 / 67108864.0 * v0))
+            d = 1.0 + 4 * self._h1 * h_pct
+            if d >= 0 and m:
+                adc_h = _sure(2 * h_pct / (1.0 + sqrt(d)) / m + h4 * 64.0 + h5 / 16384.0 * v0, 65535)
+        if adc_h < 0:
+            cal_h = self.cal_h
+            adc_h = _invert(lambda a: float_h(a, t_fine, cal_h), h_pct, 16, True, _guess_h(h_pct, t_fine, cal_h, hint[2]))
+        self.last = words = (adc_t, adc_p, adc_h)
+        return words
 
 
 # -- BME280 ------------------------------------------------------------------------
@@ -222,6 +310,29 @@ def raw_words(
 def _osrs(code: int) -> int:
     """Oversampling factor for a 3-bit osrs field (0 = skipped)."""
     return (0, 1, 2, 4, 8, 16, 16, 16)[code & 7]
+
+
+def _mode(os_t: int, os_p: int, os_h: int) -> tuple:
+    """What a measurement with these oversampling factors (0 = skipped)
+    takes: its typical time in s (datasheet 9.1), the noise's standard
+    deviation per channel (datasheet: ~0.005 degC, ~1.3 Pa, ~0.02 %RH at x1,
+    shrinking with oversampling), and the masks of the bits T and P resolve
+    (16 at x1, one more per doubling; 0 = skipped), H's flag."""
+    ms = 1 + 2 * os_t + (2 * os_p + 0.5 if os_p else 0) + (2 * os_h + 0.5 if os_h else 0)
+    keep_t = ~((1 << (20 - min(20, 15 + os_t.bit_length()))) - 1) & 0xFFFFF if os_t else 0
+    keep_p = ~((1 << (20 - min(20, 15 + os_p.bit_length()))) - 1) & 0xFFFFF if os_p else 0
+    return (
+        ms / 1000,
+        0.005 / max(os_t, 1) ** 0.5,
+        0.013 / max(os_p, 1) ** 0.5,
+        0.02 / max(os_h, 1) ** 0.5,
+        keep_t,
+        keep_p,
+        1 if os_h else 0,
+    )
+
+
+_MODES: dict[int, tuple] = {}  # (osrs_t, osrs_p, osrs_h) codes -> _mode(...), shared by all chips
 
 
 class Bme280Chip:
@@ -241,6 +352,7 @@ class Bme280Chip:
         self.fault: str | None = None
         self._spike_sign = 1
         self.conversions = 0
+        self._inverse = Inverse(self.cal_t, self.cal_p, self.cal_h)  # the raw words for the air
         self._reset()
 
     def _reset(self) -> None:
@@ -295,38 +407,37 @@ class Bme280Chip:
 
     def _start(self) -> None:
         ctrl = self.regs[0xF4]
-        os_t, os_p, os_h = _osrs(ctrl >> 5), _osrs(ctrl >> 2), _osrs(self._ctrl_hum)
-        # Typical measurement time (datasheet 9.1) in ms.
-        ms = 1 + 2 * os_t + (2 * os_p + 0.5 if os_p else 0) + (2 * os_h + 0.5 if os_h else 0)
-        self._busy_until = self.env.now() + ms / 1000
-        self._pending = self._sample(os_t, os_p, os_h)
+        key = (ctrl >> 2) << 3 | self._ctrl_hum
+        mode = _MODES.get(key)
+        if mode is None:
+            mode = _MODES[key] = _mode(_osrs(ctrl >> 5), _osrs(ctrl >> 2), _osrs(self._ctrl_hum))
+        self._busy_until = self.env.now() + mode[0]
+        self._pending = self._sample(mode)
         self.conversions += 1
 
-    def _sample(self, os_t: int, os_p: int, os_h: int) -> bytes:
-        rng = self.rng
+    def _sample(self, mode) -> bytes:
+        _, sd_t, sd_p, sd_h, keep_t, keep_p, keep_h = mode
         dt, dp, dh = self.offsets
-        t, p, h = self.env.air()
+        env = self.env
+        t, p, h = env.air()
         t += dt
         p += dp
         h += dh
         if self.fault == "spike":
+            rng = self.rng
             s = self._spike_sign = -self._spike_sign
             t += s * rng.uniform(15.0, 30.0)
             p += s * rng.uniform(30.0, 80.0)
             h += s * rng.uniform(30.0, 50.0)
-        # Noise shrinks with oversampling (datasheet: ~0.005 degC, ~1.3 Pa, ~0.02 %RH at x1).
-        noise = self.env.noise  # N(0, 1) draws (environment.Noise)
-        t += 0.005 * noise() / max(os_t, 1) ** 0.5
-        p += 0.013 * noise() / max(os_p, 1) ** 0.5
-        h += 0.02 * noise() / max(os_h, 1) ** 0.5
-        h = min(100.0, max(0.0, h))
-        adc_t, adc_p, adc_h = self._last_words = raw_words(
-            t, p, h, self.cal_t, self.cal_p, self.cal_h, getattr(self, "_last_words", None)
-        )
+        noise = env.noise  # N(0, 1) draws (environment.Noise)
+        t += sd_t * noise()
+        p += sd_p * noise()
+        h += sd_h * noise()
+        adc_t, adc_p, adc_h = self._inverse(t, p, 100.0 if h > 100.0 else 0.0 if h < 0.0 else h)
         # Without the IIR filter, T and P resolve 16 bits at x1, one more per doubling.
-        adc_t = adc_t & ~((1 << (20 - min(20, 15 + os_t.bit_length()))) - 1) if os_t else _SKIPPED_20
-        adc_p = adc_p & ~((1 << (20 - min(20, 15 + os_p.bit_length()))) - 1) if os_p else _SKIPPED_20
-        adc_h = adc_h if os_h else _SKIPPED_16
+        adc_t = adc_t & keep_t if keep_t else _SKIPPED_20
+        adc_p = adc_p & keep_p if keep_p else _SKIPPED_20
+        adc_h = adc_h if keep_h else _SKIPPED_16
         return bytes(
             (adc_p >> 12, (adc_p >> 4) & 0xFF, (adc_p & 0xF) << 4, adc_t >> 12, (adc_t >> 4) & 0xFF, (adc_t & 0xF) << 4, adc_h >> 8, adc_h & 0xFF)
         )
@@ -424,7 +535,7 @@ def wire(env, specs) -> None:
         elif kind == "battery":
             pin, divider = spec.get("pin", 35), spec.get("divider", 2.0)
             if _small_int(pin) and not isinstance(divider, bool) and isinstance(divider, (int, float)) and 1 <= divider <= 100:
-                env.adc_inputs[pin] = lambda d=divider: env.battery.volts() / d
+                env.adc_inputs[pin] = Divider(env.battery, divider)
 
 
 def _small_int(v) -> bool:

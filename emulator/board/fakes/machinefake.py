@@ -5,6 +5,7 @@ ADC/I2C. Resets never return: they raise `BoardReset`, which no firmware
 
 from __future__ import annotations
 
+from emulator.board.environment import _NORMAL
 from emulator.board.fakes import BoundClass
 
 PWRON_RESET = 1
@@ -212,33 +213,38 @@ class ADC:
     NOISE_V = 0.006
 
     def __init__(self, board, pin, *, atten=None):
-        self._board = board
+        self._env = board.env
         self._pin = pin._id if hasattr(pin, "_id") else int(pin)
-        self._atten = self.ATTN_0DB if atten is None else atten
-        if self._atten not in (0, 1, 2, 3):
-            raise ValueError("invalid attenuation")
+        self.atten(self.ATTN_0DB if atten is None else atten)
 
     def atten(self, a):
         if a not in (0, 1, 2, 3):
             raise ValueError("invalid attenuation")
         self._atten = a
+        # codes per volt at the pin, the noise table in codes, microvolts per code
+        self._per_volt, self._noise, self._uv = _PER_VOLT[a], _NOISE_CODES[a], _UV_PER_CODE[a]
 
     def width(self, w):
         pass
 
     def _code(self) -> int:
-        env = self._board.env
-        code = round((env.adc_volts(self._pin) + self.NOISE_V * env.noise()) / self.FULL_SCALE_V[self._atten] * 4095)
-        return 0 if code < 0 else 4095 if code > 4095 else code
+        return self._env.adc_code(self._pin, self._per_volt, self._noise)
 
     def read_uv(self) -> int:
-        return int(self._code() * self.FULL_SCALE_V[self._atten] / 4095 * 1_000_000)
+        return int(self._env.adc_code(self._pin, self._per_volt, self._noise) * self._uv)
 
     def read_u16(self) -> int:
         return self._code() * 65535 // 4095
 
     def read(self) -> int:
         return self._code()
+
+
+# Per attenuation: codes per volt at the pin, microvolts per code (read_uv),
+# and the converter's noise (N(0, 1) scaled to NOISE_V) in codes.
+_PER_VOLT = tuple(4095 / fs for fs in ADC.FULL_SCALE_V)
+_UV_PER_CODE = tuple(fs / 4095 * 1_000_000 for fs in ADC.FULL_SCALE_V)
+_NOISE_CODES = tuple(tuple(x * ADC.NOISE_V * per_volt for x in _NORMAL) for per_volt in _PER_VOLT)
 
 
 class I2C:
