@@ -694,3 +694,28 @@ def test_the_observer_leaves_no_reference_cycle_per_message():
     # paho's per-topic callbacks still work where someone adds one
     conn.client.message_callback_add("devices/+/status", print)
     assert list(matcher.iter_match("devices/dev-00001/status")) == [print]
+
+
+def test_the_lag_probe_wakes_with_the_boards_timer_slots_not_on_its_own():
+    from emulator.board.fakes import asynciofake as A
+    from emulator.fleet.workers import BoardGroup
+
+    group = BoardGroup.__new__(BoardGroup)
+    group.lag_ms = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        probe = asyncio.ensure_future(group._lag_probe())
+        await asyncio.sleep(0)
+        # the probe waits in the wheel's next slot, with whatever boards' sleeps end there
+        (slot, due), = loop.esp32emu_wheel.items()
+        assert len(due) == 1 and slot * A.GRAIN_S > time.monotonic()
+        board = A.AsyncioModule.sleep_ms(1000)  # a board's: in a slot of its own, later
+        assert len(loop.esp32emu_wheel) == 2
+        await board
+        probe.cancel()
+        await asyncio.gather(probe, return_exceptions=True)
+
+    asyncio.run(main())
+    assert 13 <= len(group.lag_ms) <= 18, len(group.lag_ms)  # 16 slots a second
+    assert all(lag >= 0 for lag in group.lag_ms)

@@ -64,18 +64,35 @@ def _sleep_future(delay):
     if delay < WHEEL_MIN_S:
         loop.call_later(delay + _MARGIN_S, _wake_one, loop, fut, now + delay, context=_NO_CONTEXT)
         return fut
+    _join_slot(loop, fut, int((now + delay) * _SLOTS_PER_S) + 1, now)  # the first slot end at or after the deadline
+    return fut
+
+
+def _join_slot(loop, fut, slot, now):
     try:
         wheel = loop.esp32emu_wheel
     except AttributeError:
         wheel = loop.esp32emu_wheel = {}  # slot -> the futures due in it
-    slot = int((now + delay) * _SLOTS_PER_S) + 1  # the first slot end at or after the deadline
     due = wheel.get(slot)
     if due is None:
         wheel[slot] = [fut]
         loop.call_later(slot * GRAIN_S - now + _MARGIN_S, _wake_slot, loop, wheel, slot, context=_NO_CONTEXT)
     else:
         due.append(fut)
-    return fut
+
+
+def next_slot():
+    """(deadline, future): a future of the running loop that is done when
+    the timer wheel's next slot fires, after the boards' sleeps that end
+    there, and the time.monotonic() that slot is armed for. A fleet's lag
+    probe waits on it: it then shares the boards' wakes instead of making
+    one of its own (on a VM each costs ~150 CPU-µs from idle)."""
+    loop = _aio.get_running_loop()
+    fut = loop.create_future()
+    now = _monotonic()
+    slot = int(now * _SLOTS_PER_S) + 1
+    _join_slot(loop, fut, slot, now)
+    return slot * GRAIN_S + _MARGIN_S, fut
 
 
 def _wake_one(loop, fut, deadline):
