@@ -302,16 +302,24 @@ class MqttClient:
         if self._writer is None or not self.session.has_data_to_send():
             return
         try:
-            await wait_for_ms(self._send(), _WRITE_TIMEOUT_MS)
+            await self._send(time.ticks_ms())
         except asyncio.TimeoutError:
             raise LinkError("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
 
-    async def _send(self):
+    async def _send(self, start=None):
         # One writer at a time (one drain at a time per stream), writing and
         # draining until the session has nothing more queued: bytes leave in
         # the order queued. Another caller waits until it is done (a flag and
         # the _resume Event: asyncio.Lock's module costs heap; callers that
         # need not wait check _writing first).
+        # With `start` (ticks): all done within _WRITE_TIMEOUT_MS of it, or
+        # asyncio.TimeoutError. The deadline (wait_for_ms: a Task and a frame)
+        # is armed only for a wait: another writer at work, or bytes the
+        # socket did not take at write() (asyncio's Stream keeps them in
+        # out_buf; its drain() then only yields). A publish that fits the
+        # socket's buffer, nearly all of them, allocates no alarm.
+        if start is not None and self._writing:
+            return await wait_for_ms(self._send(), _WRITE_TIMEOUT_MS)
         resume = self._resume
         while self._writing:
             resume.clear()
@@ -331,7 +339,10 @@ class MqttClient:
                 self._tx_since = time.ticks_ms()
                 try:
                     w.write(data)
-                    await w.drain()
+                    if start is not None and getattr(w, "out_buf", True):
+                        await wait_for_ms(w.drain(), _WRITE_TIMEOUT_MS - time.ticks_diff(time.ticks_ms(), start))
+                    else:
+                        await w.drain()
                 except OSError as e:
                     raise LinkError(self._oserror("write", e))
                 finally:

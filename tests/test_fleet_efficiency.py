@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -639,3 +640,88 @@ def test_the_observer_leaves_no_reference_cycle_per_message():
     # paho's per-topic callbacks still work where someone adds one
     conn.client.message_callback_add("devices/+/status", print)
     assert list(matcher.iter_match("devices/dev-00001/status")) == [print]
+
+
+# Round 4: a publish whose bytes the socket takes at once arms no deadline.
+_SEND_MP = """\
+import sys
+sys.path.insert(0, sys.argv[1])
+import asyncio
+import time
+import mqtt_client
+
+made = []
+_create = asyncio.create_task
+
+
+def counting(coro):
+    made.append(1)
+    return _create(coro)
+
+
+asyncio.create_task = counting
+
+
+class Session:
+    def __init__(self, chunk, times):
+        self.chunk = chunk
+        self.left = times
+
+    def has_data_to_send(self):
+        return self.left > 0
+
+    def data_to_send(self):
+        if self.left <= 0:
+            return b""
+        self.left -= 1
+        return self.chunk
+
+
+async def main():
+    r, w = await asyncio.open_connection("127.0.0.1", int(sys.argv[2]))
+    c = mqtt_client.MqttClient(Session(b"p" * 200, 3), None)
+    c._writer = w
+    for _ in range(3):
+        c.session.left = 1
+        await c._flush()
+    print("taken", c.session.left, len(made))
+    # a peer that reads nothing: the socket fills, drain waits, and what is
+    # left of the deadline (9,950 ms of 10,000 gone at `start`) ends it
+    c.session = Session(b"q" * 65536, 400)
+    t0 = time.ticks_ms()
+    try:
+        await c._send(time.ticks_add(t0, -9950))
+        print("no timeout")
+    except asyncio.TimeoutError:
+        print("timeout", len(made), c._writing, c._tx_since, time.ticks_diff(time.ticks_ms(), t0) < 5000)
+    # another writer at work: the wait for it has the deadline too
+    c._writing = True
+    try:
+        await c._send(time.ticks_add(time.ticks_ms(), -9950))
+        print("no timeout")
+    except asyncio.TimeoutError:
+        print("timeout waiting", len(made))
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_write_the_socket_takes_at_once_arms_no_alarm_and_a_stalled_one_keeps_its_deadline(tmp_path):
+    # On the real MicroPython VM, over a real socket to a peer that never
+    # reads: firmware/mqtt_client.py's writes create an alarm Task only when
+    # asyncio's Stream kept bytes back (out_buf), and the deadline still
+    # counts from the start of the flush.
+    from emulator.board.vm.interpreter import micropython_executable
+
+    script = tmp_path / "send.py"
+    script.write_text(_SEND_MP)
+    with socket.socket() as lsock:
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        r = subprocess.run([micropython_executable(), "-X", "heapsize=256k", str(script), str(REPO / "firmware"),
+                            str(lsock.getsockname()[1])], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == ["taken 0 0", "timeout 1 False None True", "timeout waiting 2"], r.stdout + r.stderr
+

@@ -382,6 +382,14 @@ class Connection(asyncio.Protocol):
             n += self.transport.get_write_buffer_size()
         return n
 
+    def drains_at_once(self) -> bool:
+        """Would drain() return (or raise) without waiting?"""
+        if self.abandoned:
+            return False
+        if self.closed or self.killed or self._rx_end == _RESET or self._gone:
+            return True
+        return self.unsent() <= SEND_BUFFER
+
     async def drain(self) -> None:
         """Returns once the unsent bytes fit the send buffer, like
         MicroPython's drain on lwIP: a dead path stalls it."""
