@@ -51,7 +51,9 @@ async def wait_for_ms(aw, timeout_ms):
     # KiB of heap for good) and with one task instead of two and a closure:
     # aw runs in this task; an alarm task cancels it at the deadline, which
     # raises asyncio.TimeoutError here.
-    alarm = asyncio.create_task(_cancel_in(asyncio.current_task(), timeout_ms))
+    task = asyncio.current_task()
+    assert task is not None  # (always, in a coroutine run by asyncio)
+    alarm = asyncio.create_task(_after(timeout_ms, task.cancel))
     try:
         return await aw
     except asyncio.CancelledError:
@@ -62,9 +64,10 @@ async def wait_for_ms(aw, timeout_ms):
         alarm.cancel()
 
 
-async def _cancel_in(task, ms):
+async def _after(ms, f):
+    # An alarm's task: f() (a task's cancel, an Event's set) in ms.
     await asyncio.sleep_ms(ms)
-    task.cancel()
+    f()
 
 
 class LinkError(Exception):
@@ -247,15 +250,11 @@ class MqttClient:
             # Sleep until the reader's news or the deadline (the alarm sets
             # wake then): one task, where asyncio.wait_for_ms on the Event
             # kept two and a closure alive the whole time.
-            alarm = asyncio.create_task(self._alarm(left))
+            alarm = asyncio.create_task(_after(left, wake.set))
             try:
                 await wake.wait()
             finally:
                 alarm.cancel()
-
-    async def _alarm(self, ms):
-        await asyncio.sleep_ms(ms)
-        self._wake.set()
 
     def _dispatch(self):
         while self._failure is None:
