@@ -725,3 +725,29 @@ def test_a_write_the_socket_takes_at_once_arms_no_alarm_and_a_stalled_one_keeps_
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.splitlines() == ["taken 0 0", "timeout 1 False None True", "timeout waiting 2"], r.stdout + r.stderr
 
+
+def test_shared_time_reads_the_running_boards_rtc_and_runtime_imports_find_its_modules(tmp_path):
+    from emulator.board.clock import BoardClock
+    from emulator.board.fakes.timefake import TimeModule
+    from emulator.board.loader import BoardModules, FirmwareImage
+
+    fw = tmp_path / "fw"
+    fw.mkdir()
+    (fw / "dev.py").write_text("import time\n\ndef now():\n    return time.time()\n\n"
+                               "def mod():\n    import time as t\n    return t\n")
+    img = FirmwareImage(fw)
+    boards = []
+    for i, rtc in enumerate((0, 700_000_000)):
+        b = _Board()
+        b.clock = BoardClock(0)
+        b.clock.set_rtc(rtc)
+        (tmp_path / str(i)).mkdir()
+        boards.append(BoardModules(img, tmp_path / str(i), {"time": lambda b=b: TimeModule(b)}, print, open))
+    a, b = boards
+    dev = a.context.run(a.load, "dev")
+    assert b.context.run(b.load, "dev") is dev
+    assert 0 <= a.context.run(dev.now) < 100 and 700_000_000 <= b.context.run(dev.now) < 700_000_100
+    assert "time" in vars(dev.time), "kept on the proxy"
+    assert a.context.run(dev.mod) is a.modules["time"] and b.context.run(dev.mod) is b.modules["time"]
+    assert a.context.run(a.modules["time"].gmtime)[0] == 2000
+
