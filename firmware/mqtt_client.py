@@ -296,14 +296,10 @@ class MqttClient:
 
     # -- writing --------------------------------------------------------------
 
-    async def _flush(self):
-        # Send what the session queued, within _WRITE_TIMEOUT_MS.
-        if self._writer is None or not self.session.has_data_to_send():
-            return
-        try:
-            await self._send(time.ticks_ms())
-        except asyncio.TimeoutError:
-            raise LinkError("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
+    def _flush(self):
+        # Send what the session queued, within _WRITE_TIMEOUT_MS, or
+        # LinkError: _send's own coroutine (one frame less a publish).
+        return self._send(time.ticks_ms())
 
     async def _send(self, start=None):
         # One writer at a time (one drain at a time per stream), writing and
@@ -311,14 +307,21 @@ class MqttClient:
         # the order queued. Another caller waits until it is done (a flag and
         # the _resume Event: asyncio.Lock's module costs heap; callers that
         # need not wait check _writing first).
-        # With `start` (ticks): all done within _WRITE_TIMEOUT_MS of it, or
-        # asyncio.TimeoutError. The deadline (wait_for_ms: a Task and a frame)
-        # is armed only for a wait: another writer at work, or bytes the
-        # socket did not take at write() (asyncio's Stream keeps them in
-        # out_buf; its drain() then only yields). A publish that fits the
-        # socket's buffer, nearly all of them, allocates no alarm.
-        if start is not None and self._writing:
-            return await wait_for_ms(self._send(), _WRITE_TIMEOUT_MS)
+        # With `start` (ticks; _flush): nothing to do if nothing is queued,
+        # else all done within _WRITE_TIMEOUT_MS of it, or LinkError. The
+        # deadline (wait_for_ms: a Task and a frame) is armed only for a
+        # wait: another writer at work, or bytes the socket did not take at
+        # write() (asyncio's Stream keeps them in out_buf; its drain() then
+        # only yields). A publish that fits the socket's buffer, nearly all
+        # of them, allocates no alarm.
+        if start is not None:
+            if self._writer is None or not self.session.has_data_to_send():
+                return
+            if self._writing:
+                try:
+                    return await wait_for_ms(self._send(), _WRITE_TIMEOUT_MS)
+                except asyncio.TimeoutError:
+                    raise LinkError("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
         resume = self._resume
         while self._writing:
             resume.clear()
@@ -339,7 +342,10 @@ class MqttClient:
                 try:
                     w.write(data)
                     if start is not None and getattr(w, "out_buf", True):
-                        await wait_for_ms(w.drain(), _WRITE_TIMEOUT_MS - time.ticks_diff(time.ticks_ms(), start))
+                        try:
+                            await wait_for_ms(w.drain(), _WRITE_TIMEOUT_MS - time.ticks_diff(time.ticks_ms(), start))
+                        except asyncio.TimeoutError:
+                            raise LinkError("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
                     else:
                         await w.drain()
                 except OSError as e:
