@@ -314,47 +314,43 @@ class MqttClient:
         # write() (asyncio's Stream keeps them in out_buf; its drain() then
         # only yields). A publish that fits the socket's buffer, nearly all
         # of them, allocates no alarm.
-        if start is not None:
-            if self._writer is None or not self.session.has_data_to_send():
-                return
-            if self._writing:
-                try:
-                    return await wait_for_ms(self._send(), _WRITE_TIMEOUT_MS)
-                except asyncio.TimeoutError:
-                    raise LinkError("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
-        resume = self._resume
-        while self._writing:
-            resume.clear()
-            await resume.wait()
-        w = self._writer
-        if w is None:
+        if start is not None and (self._writer is None or not self.session.has_data_to_send()):
             return
-        link = self._link
-        self._writing = True
         try:
-            while True:
-                # the session's own buffer, unchanged until the next call (made
-                # only here, by the one writer, after this drain): no copy
-                data = self.session.data_to_send()
-                if not data or link != self._link:  # nothing left, or closed meanwhile
-                    return
-                self._tx_since = time.ticks_ms()
-                try:
-                    w.write(data)
-                    if start is not None and getattr(w, "out_buf", True):
-                        try:
+            if start is not None and self._writing:
+                return await wait_for_ms(self._send(), _WRITE_TIMEOUT_MS - time.ticks_diff(time.ticks_ms(), start))
+            resume = self._resume
+            while self._writing:
+                resume.clear()
+                await resume.wait()
+            w = self._writer
+            if w is None:
+                return
+            link = self._link
+            self._writing = True
+            try:
+                while True:
+                    # the session's own buffer, unchanged until the next call (made
+                    # only here, by the one writer, after this drain): no copy
+                    data = self.session.data_to_send()
+                    if not data or link != self._link:  # nothing left, or closed meanwhile
+                        return
+                    self._tx_since = time.ticks_ms()
+                    try:
+                        w.write(data)
+                        if start is not None and getattr(w, "out_buf", True):
                             await wait_for_ms(w.drain(), _WRITE_TIMEOUT_MS - time.ticks_diff(time.ticks_ms(), start))
-                        except asyncio.TimeoutError:
-                            raise LinkError("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
-                    else:
-                        await w.drain()
-                except OSError as e:
-                    raise LinkError(self._oserror("write", e))
-                finally:
-                    self._tx_since = None
-        finally:
-            self._writing = False
-            self._resume.set()
+                        else:
+                            await w.drain()
+                    except OSError as e:
+                        raise LinkError(self._oserror("write", e))
+                    finally:
+                        self._tx_since = None
+            finally:
+                self._writing = False
+                self._resume.set()
+        except asyncio.TimeoutError:  # (only with start)
+            raise LinkError("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
 
     # -- for the owner --------------------------------------------------------
 
