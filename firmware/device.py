@@ -52,12 +52,12 @@ _STAT_CONNECTING = const(1001)
 _STAT_GOT_IP = const(1010)
 
 
-def next_due(due, period):
+def next_due(due, period, now):
     # The deadline after `due` on a fixed-rate schedule: a late wake keeps
     # the cadence (and a fleet of boards keeps its spread instead of bunching
-    # up behind a busy moment); more than a period behind, restart from now.
+    # up behind a busy moment); more than a period behind, restart from now
+    # (ticks: the caller's clock read, which it also sleeps from).
     due = time.ticks_add(due, period)
-    now = time.ticks_ms()
     if time.ticks_diff(now, due) >= period:
         return time.ticks_add(now, period)
     return due
@@ -313,8 +313,9 @@ class Device:
                             await client.publish(self.t_telemetry, commands.dumps(msg), 0, False)
                         except LinkError:
                             pass  # the supervisor sees the same failure and reconnects
-                due = next_due(due, period)
-                left = time.ticks_diff(due, time.ticks_ms())
+                now = time.ticks_ms()
+                due = next_due(due, period, now)
+                left = time.ticks_diff(due, now)
                 if left > 0:
                     self._telemetry = task  # only while in this sleep
                     try:
@@ -540,5 +541,6 @@ class Device:
                 self._wifi_lost = True
                 self._pump = None
                 pump.cancel()
-            due = next_due(due, period)
-            await asyncio.sleep_ms(max(time.ticks_diff(due, time.ticks_ms()), 0))
+            now = time.ticks_ms()
+            due = next_due(due, period, now)
+            await asyncio.sleep_ms(max(time.ticks_diff(due, now), 0))

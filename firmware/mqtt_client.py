@@ -51,7 +51,9 @@ async def wait_for_ms(aw, timeout_ms):
     # KiB of heap for good) and with one task instead of two and a closure:
     # aw runs in this task; an alarm task cancels it at the deadline, which
     # raises asyncio.TimeoutError here.
-    alarm = asyncio.create_task(_cancel_in(asyncio.current_task(), timeout_ms))
+    task = asyncio.current_task()
+    assert task is not None  # (always, in a coroutine run by asyncio)
+    alarm = asyncio.create_task(_after(timeout_ms, task.cancel))
     try:
         return await aw
     except asyncio.CancelledError:
@@ -62,9 +64,10 @@ async def wait_for_ms(aw, timeout_ms):
         alarm.cancel()
 
 
-async def _cancel_in(task, ms):
+async def _after(ms, f):
+    # An alarm's task: f() (a task's cancel, an Event's set) in ms.
     await asyncio.sleep_ms(ms)
-    task.cancel()
+    f()
 
 
 class LinkError(Exception):
@@ -247,15 +250,11 @@ class MqttClient:
             # Sleep until the reader's news or the deadline (the alarm sets
             # wake then): one task, where asyncio.wait_for_ms on the Event
             # kept two and a closure alive the whole time.
-            alarm = asyncio.create_task(self._alarm(left))
+            alarm = asyncio.create_task(_after(left, wake.set))
             try:
                 await wake.wait()
             finally:
                 alarm.cancel()
-
-    async def _alarm(self, ms):
-        await asyncio.sleep_ms(ms)
-        self._wake.set()
 
     def _dispatch(self):
         while self._failure is None:
@@ -297,48 +296,61 @@ class MqttClient:
 
     # -- writing --------------------------------------------------------------
 
-    async def _flush(self):
-        # Send what the session queued, within _WRITE_TIMEOUT_MS.
-        if self._writer is None or not self.session.has_data_to_send():
-            return
-        try:
-            await wait_for_ms(self._send(), _WRITE_TIMEOUT_MS)
-        except asyncio.TimeoutError:
-            raise LinkError("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
+    def _flush(self):
+        # Send what the session queued, within _WRITE_TIMEOUT_MS, or
+        # LinkError: _send's own coroutine (one frame less a publish).
+        return self._send(time.ticks_ms())
 
-    async def _send(self):
+    async def _send(self, start=None):
         # One writer at a time (one drain at a time per stream), writing and
         # draining until the session has nothing more queued: bytes leave in
         # the order queued. Another caller waits until it is done (a flag and
         # the _resume Event: asyncio.Lock's module costs heap; callers that
         # need not wait check _writing first).
-        resume = self._resume
-        while self._writing:
-            resume.clear()
-            await resume.wait()
-        w = self._writer
-        if w is None:
+        # With `start` (ticks; _flush): nothing to do if nothing is queued,
+        # else all done within _WRITE_TIMEOUT_MS of it, or LinkError. The
+        # deadline (wait_for_ms: a Task and a frame) is armed only for a
+        # wait: another writer at work, or bytes the socket did not take at
+        # write() (asyncio's Stream keeps them in out_buf; its drain() then
+        # only yields). A publish that fits the socket's buffer, nearly all
+        # of them, allocates no alarm.
+        if start is not None and (self._writer is None or not self.session.has_data_to_send()):
             return
-        link = self._link
-        self._writing = True
         try:
-            while True:
-                # the session's own buffer, unchanged until the next call (made
-                # only here, by the one writer, after this drain): no copy
-                data = self.session.data_to_send()
-                if not data or link != self._link:  # nothing left, or closed meanwhile
-                    return
-                self._tx_since = time.ticks_ms()
-                try:
-                    w.write(data)
-                    await w.drain()
-                except OSError as e:
-                    raise LinkError(self._oserror("write", e))
-                finally:
-                    self._tx_since = None
-        finally:
-            self._writing = False
-            self._resume.set()
+            if start is not None and self._writing:
+                return await wait_for_ms(self._send(), _WRITE_TIMEOUT_MS - time.ticks_diff(time.ticks_ms(), start))
+            resume = self._resume
+            while self._writing:
+                resume.clear()
+                await resume.wait()
+            w = self._writer
+            if w is None:
+                return
+            link = self._link
+            self._writing = True
+            try:
+                while True:
+                    # the session's own buffer, unchanged until the next call (made
+                    # only here, by the one writer, after this drain): no copy
+                    data = self.session.data_to_send()
+                    if not data or link != self._link:  # nothing left, or closed meanwhile
+                        return
+                    self._tx_since = time.ticks_ms()
+                    try:
+                        w.write(data)
+                        if start is not None and getattr(w, "out_buf", True):
+                            await wait_for_ms(w.drain(), _WRITE_TIMEOUT_MS - time.ticks_diff(time.ticks_ms(), start))
+                        else:
+                            await w.drain()
+                    except OSError as e:
+                        raise LinkError(self._oserror("write", e))
+                    finally:
+                        self._tx_since = None
+            finally:
+                self._writing = False
+                self._resume.set()
+        except asyncio.TimeoutError:  # (only with start)
+            raise LinkError("write stalled for %d ms" % _WRITE_TIMEOUT_MS)
 
     # -- for the owner --------------------------------------------------------
 

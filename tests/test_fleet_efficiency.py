@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -719,3 +720,115 @@ def test_the_lag_probe_wakes_with_the_boards_timer_slots_not_on_its_own():
     asyncio.run(main())
     assert 13 <= len(group.lag_ms) <= 18, len(group.lag_ms)  # 16 slots a second
     assert all(lag >= 0 for lag in group.lag_ms)
+
+
+# Round 4: a publish whose bytes the socket takes at once arms no deadline.
+_SEND_MP = """\
+import sys
+sys.path.insert(0, sys.argv[1])
+import asyncio
+import time
+import mqtt_client
+
+made = []
+_create = asyncio.create_task
+
+
+def counting(coro):
+    made.append(1)
+    return _create(coro)
+
+
+asyncio.create_task = counting
+
+
+class Session:
+    def __init__(self, chunk, times):
+        self.chunk = chunk
+        self.left = times
+
+    def has_data_to_send(self):
+        return self.left > 0
+
+    def data_to_send(self):
+        if self.left <= 0:
+            return b""
+        self.left -= 1
+        return self.chunk
+
+
+async def main():
+    r, w = await asyncio.open_connection("127.0.0.1", int(sys.argv[2]))
+    c = mqtt_client.MqttClient(Session(b"p" * 200, 3), None)
+    c._writer = w
+    for _ in range(3):
+        c.session.left = 1
+        await c._flush()
+    print("taken", c.session.left, len(made))
+    # a peer that reads nothing: the socket fills, drain waits, and what is
+    # left of the deadline (9,950 ms of 10,000 gone at `start`) ends it
+    c.session = Session(b"q" * 65536, 400)
+    t0 = time.ticks_ms()
+    try:
+        await c._send(time.ticks_add(t0, -9950))
+        print("no timeout")
+    except mqtt_client.LinkError as e:
+        print(e, len(made), c._writing, c._tx_since, time.ticks_diff(time.ticks_ms(), t0) < 5000)
+    # another writer at work: the wait for it has the deadline too
+    c._writing = True
+    try:
+        await c._send(time.ticks_add(time.ticks_ms(), -9950))
+        print("no timeout")
+    except mqtt_client.LinkError as e:
+        print("waiting:", e, len(made))
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_write_the_socket_takes_at_once_arms_no_alarm_and_a_stalled_one_keeps_its_deadline(tmp_path):
+    # On the real MicroPython VM, over a real socket to a peer that never
+    # reads: firmware/mqtt_client.py's writes create an alarm Task only when
+    # asyncio's Stream kept bytes back (out_buf), and the deadline still
+    # counts from the start of the flush.
+    from emulator.board.vm.interpreter import micropython_executable
+
+    script = tmp_path / "send.py"
+    script.write_text(_SEND_MP)
+    with socket.socket() as lsock:
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        r = subprocess.run([micropython_executable(), "-X", "heapsize=256k", str(script), str(REPO / "firmware"),
+                            str(lsock.getsockname()[1])], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == ["taken 0 0", "write stalled for 10000 ms 1 False None True",
+                                   "waiting: write stalled for 10000 ms 2"], r.stdout + r.stderr
+
+
+def test_shared_time_reads_the_running_boards_rtc_and_runtime_imports_find_its_modules(tmp_path):
+    from emulator.board.clock import BoardClock
+    from emulator.board.fakes.timefake import TimeModule
+    from emulator.board.loader import BoardModules, FirmwareImage
+
+    fw = tmp_path / "fw"
+    fw.mkdir()
+    (fw / "dev.py").write_text("import time\n\ndef now():\n    return time.time()\n\n"
+                               "def mod():\n    import time as t\n    return t\n")
+    img = FirmwareImage(fw)
+    boards = []
+    for i, rtc in enumerate((0, 700_000_000)):
+        b = _Board()
+        b.clock = BoardClock(0)
+        b.clock.set_rtc(rtc)
+        (tmp_path / str(i)).mkdir()
+        boards.append(BoardModules(img, tmp_path / str(i), {"time": lambda b=b: TimeModule(b)}, print, open))
+    a, b = boards
+    dev = a.context.run(a.load, "dev")
+    assert b.context.run(b.load, "dev") is dev
+    assert 0 <= a.context.run(dev.now) < 100 and 700_000_000 <= b.context.run(dev.now) < 700_000_100
+    assert "time" in vars(dev.time), "kept on the proxy"
+    assert a.context.run(dev.mod) is a.modules["time"] and b.context.run(dev.mod) is b.modules["time"]
+    assert a.context.run(a.modules["time"].gmtime)[0] == 2000
+

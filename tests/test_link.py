@@ -518,12 +518,15 @@ def test_drain_stalls_on_a_blackhole_until_healed():
         _, w = await link.open_connection("127.0.0.1", srv.port)
         link.blackhole(rx=False, tx=True)
         w.write(b"a" * 2000)
+        assert w.out_buf == b""  # MicroPython's sign that drain() will not wait
         await asyncio.wait_for(w.drain(), 0.2)  # fits the send buffer
         w.write(b"b" * 8000)
+        assert w.out_buf
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(w.drain(), 0.3)
         link.heal()
         await asyncio.wait_for(w.drain(), 1)
+        assert w.out_buf == b""
         await srv.wait_bytes(10000)
         assert srv.received == b"a" * 2000 + b"b" * 8000
         w.close()

@@ -167,7 +167,14 @@ class FirmwareImage:
         name = ALIASES.get(name, name)
         if self._exec_depth == 0:
             # An import inside a function of a shared module, at run time:
-            # the running board's module.
+            # the running board's module (one already loaded, the common
+            # case, straight from its table: sensors.py imports esp32 for
+            # every reading).
+            mods = _CURRENT.get(None)
+            if mods is not None and not fromlist and not level:
+                mod = mods.modules.get(name)
+                if mod is not None:
+                    return mod
             return current_modules()._import(name, globals, locals, fromlist, level)
         if name in self.shareable:
             return self.shared_module(name)

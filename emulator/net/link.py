@@ -372,8 +372,14 @@ class Connection(asyncio.Protocol):
             tx = self.tx
             if tx.blocked or tx.flight or self.link.profile.shapes_bytes:
                 tx.push(bytes(data))
-            else:  # what the pipe's fast path does, without its bookkeeping: straight to the socket
-                self._send(bytes(data), False)
+            else:  # what the pipe's fast path does, without its bookkeeping: straight to the socket (_send, inlined)
+                t = self.transport
+                if t is not None and not t.is_closing():  # (not killed: checked above)
+                    data = bytes(data)
+                    if self.link.taps:
+                        self.link.tap("tx", data)
+                    t.write(data)
+                self._tx_event.set()
 
     def unsent(self) -> int:
         """Bytes written by the board that have not left for the broker."""
@@ -381,6 +387,14 @@ class Connection(asyncio.Protocol):
         if self._writing_paused and self.transport is not None:
             n += self.transport.get_write_buffer_size()
         return n
+
+    def drains_at_once(self) -> bool:
+        """Would drain() return (or raise) without waiting?"""
+        if self.abandoned:
+            return False
+        if self.closed or self.killed or self._rx_end == _RESET or self._gone:
+            return True
+        return self.unsent() <= SEND_BUFFER
 
     async def drain(self) -> None:
         """Returns once the unsent bytes fit the send buffer, like

@@ -16,6 +16,7 @@ class Connection(Protocol):
     async def drain(self) -> None: ...
     def close(self) -> None: ...
     def peername(self): ...
+    def drains_at_once(self) -> bool: ...
 
 
 class Stream:
@@ -65,6 +66,13 @@ class Stream:
 
     async def drain(self) -> None:
         await self._c.drain()
+
+    @property
+    def out_buf(self) -> bytes:
+        # MicroPython's Stream keeps here what the socket did not take at
+        # write(): empty when drain() will not wait (firmware/mqtt_client.py
+        # arms a write's deadline only otherwise).
+        return b"" if self._c.drains_at_once() else b"\0"
 
     async def awrite(self, buf, off: int = 0, sz: int = -1) -> None:
         end = len(buf) if sz < 0 else off + sz

@@ -164,7 +164,9 @@ class WLAN:
         self._radio.disconnect()
 
     def isconnected(self) -> bool:
-        return self._radio.connected
+        # Radio.connected inlined: every board asks once a second (_chores)
+        r = self._radio
+        return r.active and r.status == STAT_GOT_IP
 
     def status(self, param=None):
         if param is None:

@@ -26,12 +26,24 @@ def _running_ticks_ms() -> int:
     return (int((_monotonic() - c._boot) * 1000) + c.ticks_offset_ms) & TICKS_MASK
 
 
+def _running_time() -> int:
+    """`time.time` as shared firmware code calls it (every telemetry
+    message's timestamp): the running board's RTC, like `_running_ticks_ms`."""
+    mods = _CURRENT.get()
+    mod = mods.modules.get("time")
+    if mod is None:
+        mod = mods.load("time")
+    c = mod._clock
+    return int(c._rtc_base + (_monotonic() - c._rtc_mono))
+
+
 class TimeModule:
     __name__ = "time"
     # The same functions on every board (loader.ModuleProxy keeps them):
     # ticks_ms is the running board's through the context variable.
-    SHARED = frozenset({"ticks_add", "ticks_diff", "ticks_ms"})
+    SHARED = frozenset({"ticks_add", "ticks_diff", "ticks_ms", "time"})
     ticks_ms = staticmethod(_running_ticks_ms)
+    time = staticmethod(_running_time)
 
     def __init__(self, board):
         self._board = board
@@ -44,9 +56,6 @@ class TimeModule:
 
     def ticks_cpu(self) -> int:
         return self._clock.ticks_us()
-
-    def time(self) -> int:
-        return int(self._clock.rtc_seconds())
 
     def time_ns(self) -> int:
         return int(self._clock.rtc_seconds() * 1e9)
@@ -62,7 +71,7 @@ class TimeModule:
 
     def gmtime(self, secs: int | None = None) -> tuple:
         if secs is None:
-            secs = self.time()
+            secs = int(self._clock.rtc_seconds())
         t = _host_time.gmtime(int(secs) + UNIX_2000)
         # MicroPython: (year, month, mday, hour, minute, second, weekday 0=Monday, yearday)
         return (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, t.tm_wday, t.tm_yday)
