@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--scenario", type=Path, help="TOML timeline of faults (see README: Scenario files)")
     fl.add_argument("--certs", type=Path, default=CERTS_DIR, help="PKI for mqtts:// (default certs)")
     fl.add_argument(
-        "--workers", type=_value(v.WORKERS), help="processes running boards (default: one per 2,500 boards, at most one per core)"
+        "--workers", type=_value(v.WORKERS), help="processes running boards (default: one per 2,500 boards, at most one per core; with 2 up to one per CPU each is pinned to a CPU of its own, ESP32EMU_PIN=0 leaves them to the scheduler)"
     )
     fl.add_argument("--vm", choices=("micropython",), help="every board on the real MicroPython interpreter "
                     "(one process each, firmware deployed as flash --mpy does)")
