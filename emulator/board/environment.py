@@ -251,22 +251,11 @@ class Environment:
 
     def humidity(self) -> float:
         """Relative humidity in %: falls when the air warms (same water, warmer air)."""
-        t = self.now()
-        line = self._line
-        d = t - line[0]
-        if not 0.0 <= d < KNOT_S:
-            d = self._knot(t)
-        rh = line[3] + d * line[4]
-        return 98.0 if rh > 98.0 else 3.0 if rh < 3.0 else rh
+        return self.air()[2]
 
     def pressure(self) -> float:
         """Station pressure in hPa: the weather's drift, lowered by the altitude."""
-        t = self.now()
-        line = self._line
-        d = t - line[0]
-        if not 0.0 <= d < KNOT_S:
-            d = self._knot(t)
-        return line[5] + d * line[6]
+        return self.air()[1]
 
     def air(self) -> tuple[float, float, float]:
         """(temperature, pressure, humidity) at one instant: what a chip that
